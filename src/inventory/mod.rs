@@ -1,0 +1,597 @@
+//! The inventory state machine: stock counters, reservations, and the rules
+//! that change them.
+//!
+//! This module is pure and deterministic. It never reads a clock, a disk or
+//! the network: time arrives as the leader's stamp on each [`Batch`], and the
+//! same batches applied in the same order give the same state on every
+//! replica, bit for bit (checked by [`Inventory::digest`]).
+//!
+//! Applying a batch, step by step:
+//! 1. Time moves to the batch's stamp (never backwards).
+//! 2. Holds whose deadline has come are expired, returning their stock.
+//! 3. Finished reservations and transaction ids older than the retention
+//!    window (or beyond the retained maximum) are forgotten.
+//! 4. Each command is applied in order and answers an [`Applied`].
+//!
+//! The invariants (reserved never negative, a reserve never drives available
+//! below zero, reserved equals the open lines) are asserted as they are
+//! touched; the full cross-check [`Inventory::check_invariants`] runs after
+//! every batch in debug builds and tests. A broken invariant panics: the node
+//! stops rather than serve state it cannot trust.
+
+pub mod answer;
+pub mod codec;
+pub mod command;
+pub mod reservation;
+pub mod snapshot;
+pub mod stock;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+pub use answer::{
+    Applied, CapacityError, ConsumeError, ExtendAnswer, ExtendError, Outcome, ReleaseError,
+    ReserveAnswer, ReserveError, Shortage, StockAnswer, StockChangeError,
+};
+pub use command::{AdjustReason, Batch, Command, InvalidInput, Line};
+pub use reservation::{HeldLine, Reservation, ReservationState};
+pub use stock::{SkuAvailability, StockLevel, StockTable};
+
+use crate::limits::{COUNTER_MAX, RESERVATIONS_OPEN_MAX};
+
+/// What readers share with the apply thread: the counters, the reservations,
+/// and how far the log has been applied. Readers never take a lock that the
+/// apply thread holds for longer than one counter update.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub stock: StockTable,
+    pub reservations: DashMap<Arc<str>, Reservation>,
+    applied_index: AtomicU64,
+    now_ms: AtomicU64,
+}
+
+impl Shared {
+    /// The last log index whose effects are visible to readers.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index.load(Ordering::Acquire)
+    }
+
+    /// The leader's time as of the last applied entry.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms.load(Ordering::Acquire)
+    }
+}
+
+/// A remembered id, ordered by the time it finished so the oldest is
+/// forgotten first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Finished {
+    Reservation(Arc<str>),
+    Txn(Arc<str>),
+}
+
+/// The outcome of a stock-change transaction, kept so a retry with the same
+/// txn_id answers exactly as the first call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnRecord {
+    pub fingerprint: u64,
+    pub at_ms: u64,
+    pub level: StockLevel,
+}
+
+/// The state machine. Owned by the replication loop; readers use
+/// [`Inventory::shared`].
+#[derive(Debug)]
+pub struct Inventory {
+    shared: Arc<Shared>,
+    /// Interned node names (few nodes, many SKUs per node).
+    node_names: HashSet<Arc<str>>,
+    /// Open reservations by deadline.
+    expiry: BTreeSet<(u64, Arc<str>)>,
+    /// Finished reservations and transaction ids by finish time.
+    finished: BTreeSet<(u64, Finished)>,
+    txns: HashMap<Arc<str>, TxnRecord>,
+    open_count: usize,
+    now_ms: u64,
+    applied_index: u64,
+}
+
+impl Default for Inventory {
+    fn default() -> Self {
+        Inventory::new()
+    }
+}
+
+impl Inventory {
+    pub fn new() -> Inventory {
+        Inventory {
+            shared: Arc::new(Shared::default()),
+            node_names: HashSet::new(),
+            expiry: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            txns: HashMap::new(),
+            open_count: 0,
+            now_ms: 0,
+            applied_index: 0,
+        }
+    }
+
+    /// The read side, for gRPC handlers.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub fn stock(&self) -> &StockTable {
+        &self.shared.stock
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open_count
+    }
+
+    /// How many finished reservations and transaction ids are remembered.
+    pub fn retained_count(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// The earliest deadline of an open reservation, so the leader knows when
+    /// to propose a tick that expires it.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.expiry.first().map(|(at, _)| *at)
+    }
+
+    pub fn reservation(&self, id: &str) -> Option<Reservation> {
+        self.shared.reservations.get(id).map(|r| r.clone())
+    }
+
+    /// Records that log entry `index` carried no batch (a leader's empty
+    /// entry or a membership change) so the applied index stays exact.
+    pub fn apply_empty(&mut self, index: u64) {
+        assert!(index > self.applied_index, "applied index went backwards");
+        self.set_applied(index);
+    }
+
+    /// Applies one log entry's batch and answers each command in order.
+    pub fn apply_batch(&mut self, index: u64, batch: &Batch) -> Vec<Applied> {
+        assert!(
+            index > self.applied_index,
+            "entry {index} applied after {}",
+            self.applied_index
+        );
+        // Time never runs backwards, even if a new leader's clock is behind.
+        self.now_ms = self.now_ms.max(batch.stamp_ms);
+        self.expire_due();
+        self.forget_old(batch.id_retention_ms, batch.id_retained_max);
+        let mut answers = Vec::with_capacity(batch.commands.len());
+        for command in &batch.commands {
+            answers.push(self.apply(command));
+        }
+        self.set_applied(index);
+        #[cfg(debug_assertions)]
+        if self.shared.stock.counter_count() + self.shared.reservations.len() <= 20_000 {
+            if let Err(broken) = self.check_invariants() {
+                panic!("invariant broken after entry {index}: {broken}");
+            }
+        }
+        answers
+    }
+
+    fn set_applied(&mut self, index: u64) {
+        self.applied_index = index;
+        self.shared.now_ms.store(self.now_ms, Ordering::Release);
+        self.shared.applied_index.store(index, Ordering::Release);
+    }
+
+    fn apply(&mut self, command: &Command) -> Applied {
+        match command {
+            Command::Reserve(c) => Applied::Reserve(self.reserve(c)),
+            Command::Consume { reservation_id } => Applied::Consume(self.consume(reservation_id)),
+            Command::Release { reservation_id } => Applied::Release(self.release(reservation_id)),
+            Command::Extend(c) => Applied::Extend(self.extend(c)),
+            Command::Sell(c) => {
+                let fingerprint = codec::fingerprint(command);
+                Applied::StockChange(self.stock_change(&c.txn_id, fingerprint, &c.sku, &c.node, |level| {
+                    let on_hand = i128::from(level.on_hand) - i128::from(c.qty);
+                    set_on_hand_checked(level, on_hand, &c.sku, &c.node)
+                }))
+            }
+            Command::Adjust(c) => {
+                let fingerprint = codec::fingerprint(command);
+                Applied::StockChange(self.stock_change(&c.txn_id, fingerprint, &c.sku, &c.node, |level| {
+                    let on_hand = i128::from(level.on_hand) + i128::from(c.delta);
+                    set_on_hand_checked(level, on_hand, &c.sku, &c.node)
+                }))
+            }
+            Command::SetOnHand(c) => {
+                let fingerprint = codec::fingerprint(command);
+                Applied::StockChange(self.stock_change(&c.txn_id, fingerprint, &c.sku, &c.node, |level| {
+                    if let Some(expected) = c.expected_on_hand {
+                        if expected != level.on_hand {
+                            return Err(StockChangeError::Stale {
+                                sku: c.sku.clone(),
+                                node: c.node.clone(),
+                                expected,
+                                actual: level.on_hand,
+                            });
+                        }
+                    }
+                    level.on_hand = c.on_hand;
+                    Ok(())
+                }))
+            }
+            Command::SetSafetyStock(c) => {
+                let result = self.shared.stock.update_or_create(
+                    &c.sku,
+                    &c.node,
+                    &mut self.node_names,
+                    |level| {
+                        level.safety_stock = c.safety_stock;
+                        *level
+                    },
+                );
+                Applied::SetSafetyStock(result.map(|level| StockAnswer { level }))
+            }
+        }
+    }
+
+    fn reserve(&mut self, c: &command::Reserve) -> Result<ReserveAnswer, ReserveError> {
+        if let Some(existing) = self.shared.reservations.get(c.reservation_id.as_str()) {
+            if !existing.same_payload(&c.lines, c.ttl_ms) {
+                return Err(ReserveError::IdReused {
+                    id: c.reservation_id.clone(),
+                });
+            }
+            return Ok(ReserveAnswer {
+                outcome: outcome_of(existing.state),
+                expires_at_ms: existing.expires_at_ms,
+                shortages: Vec::new(),
+            });
+        }
+        if self.open_count >= RESERVATIONS_OPEN_MAX {
+            return Err(ReserveError::TooManyOpen {
+                open: self.open_count,
+            });
+        }
+        // Check every line first: all or nothing.
+        let mut shortages = Vec::new();
+        for line in &c.lines {
+            let level = self
+                .shared
+                .stock
+                .level(&line.sku, &line.node)
+                .unwrap_or_default();
+            if level.available() < line.qty {
+                shortages.push(Shortage {
+                    sku: line.sku.clone(),
+                    node: line.node.clone(),
+                    requested: line.qty,
+                    available: level.available(),
+                });
+            }
+        }
+        if !shortages.is_empty() {
+            return Ok(ReserveAnswer {
+                outcome: Outcome::InsufficientStock,
+                expires_at_ms: 0,
+                shortages,
+            });
+        }
+        // Every counter exists (available >= qty >= 1) and has room.
+        let mut held = Vec::with_capacity(c.lines.len());
+        for line in &c.lines {
+            let changed = self
+                .shared
+                .stock
+                .update_existing(&line.sku, &line.node, |level| {
+                    level.reserved += line.qty;
+                    assert!(
+                        level.available() >= 0,
+                        "reserve drove available below zero"
+                    );
+                });
+            assert!(changed.is_some(), "checked counter vanished");
+            let (Some(sku), Some(node)) = (
+                self.shared.stock.sku_key(&line.sku),
+                self.shared.stock.node_key(&line.sku, &line.node),
+            ) else {
+                panic!("checked counter vanished");
+            };
+            held.push(HeldLine {
+                sku,
+                node,
+                qty: line.qty,
+            });
+        }
+        let id: Arc<str> = Arc::from(c.reservation_id.as_str());
+        let expires_at_ms = self.now_ms.saturating_add(c.ttl_ms);
+        self.expiry.insert((expires_at_ms, id.clone()));
+        self.shared.reservations.insert(
+            id.clone(),
+            Reservation {
+                id,
+                lines: held,
+                ttl_ms: c.ttl_ms,
+                state: ReservationState::Open,
+                created_at_ms: self.now_ms,
+                expires_at_ms,
+                finished_at_ms: 0,
+            },
+        );
+        self.open_count += 1;
+        Ok(ReserveAnswer {
+            outcome: Outcome::Reserved,
+            expires_at_ms,
+            shortages: Vec::new(),
+        })
+    }
+
+    fn consume(&mut self, id: &str) -> Result<Outcome, ConsumeError> {
+        let state = match self.shared.reservations.get(id) {
+            None => return Ok(Outcome::NotFound),
+            Some(r) => r.state,
+        };
+        match state {
+            ReservationState::Open => {
+                self.finish(id, ReservationState::Consumed);
+                Ok(Outcome::Consumed)
+            }
+            ReservationState::Consumed => Ok(Outcome::Consumed),
+            ReservationState::Expired => Ok(Outcome::Expired),
+            ReservationState::Released => Err(ConsumeError::Released { id: id.to_string() }),
+        }
+    }
+
+    fn release(&mut self, id: &str) -> Result<Outcome, ReleaseError> {
+        let state = match self.shared.reservations.get(id) {
+            None => return Ok(Outcome::NotFound),
+            Some(r) => r.state,
+        };
+        match state {
+            ReservationState::Open => {
+                self.finish(id, ReservationState::Released);
+                Ok(Outcome::Released)
+            }
+            ReservationState::Released => Ok(Outcome::Released),
+            ReservationState::Expired => Ok(Outcome::Expired),
+            ReservationState::Consumed => Err(ReleaseError::Consumed { id: id.to_string() }),
+        }
+    }
+
+    fn extend(&mut self, c: &command::Extend) -> Result<ExtendAnswer, ExtendError> {
+        let Some(mut r) = self.shared.reservations.get_mut(c.reservation_id.as_str()) else {
+            return Ok(ExtendAnswer {
+                outcome: Outcome::NotFound,
+                expires_at_ms: 0,
+            });
+        };
+        match r.state {
+            ReservationState::Open => {
+                let was_present = self.expiry.remove(&(r.expires_at_ms, r.id.clone()));
+                assert!(was_present, "open reservation missing from the expiry index");
+                r.expires_at_ms = self.now_ms.saturating_add(c.ttl_ms);
+                self.expiry.insert((r.expires_at_ms, r.id.clone()));
+                Ok(ExtendAnswer {
+                    outcome: Outcome::Reserved,
+                    expires_at_ms: r.expires_at_ms,
+                })
+            }
+            ReservationState::Expired => Ok(ExtendAnswer {
+                outcome: Outcome::Expired,
+                expires_at_ms: r.expires_at_ms,
+            }),
+            ReservationState::Consumed => Err(ExtendError::Consumed {
+                id: c.reservation_id.clone(),
+            }),
+            ReservationState::Released => Err(ExtendError::Released {
+                id: c.reservation_id.clone(),
+            }),
+        }
+    }
+
+    /// Ends an open reservation: its stock is consumed (on_hand and reserved
+    /// drop) or returned (reserved drops).
+    fn finish(&mut self, id: &str, end: ReservationState) {
+        let Some(mut r) = self.shared.reservations.get_mut(id) else {
+            panic!("finishing unknown reservation {id:?}");
+        };
+        assert_eq!(r.state, ReservationState::Open, "finishing a closed reservation");
+        for line in &r.lines {
+            let changed = self.shared.stock.update_existing(&line.sku, &line.node, |level| {
+                level.reserved -= line.qty;
+                assert!(level.reserved >= 0, "reserved went negative");
+                if end == ReservationState::Consumed {
+                    level.on_hand -= line.qty;
+                }
+            });
+            assert!(changed.is_some(), "reservation holds a missing counter");
+        }
+        let was_present = self.expiry.remove(&(r.expires_at_ms, r.id.clone()));
+        assert!(was_present, "open reservation missing from the expiry index");
+        r.state = end;
+        r.finished_at_ms = self.now_ms;
+        self.finished
+            .insert((self.now_ms, Finished::Reservation(r.id.clone())));
+        assert!(self.open_count > 0, "open count underflow");
+        self.open_count -= 1;
+    }
+
+    fn expire_due(&mut self) {
+        loop {
+            let id = match self.expiry.first() {
+                Some((at, id)) if *at <= self.now_ms => id.clone(),
+                _ => return,
+            };
+            self.finish(&id, ReservationState::Expired);
+        }
+    }
+
+    fn forget_old(&mut self, retention_ms: u64, retained_max: u64) {
+        loop {
+            let Some((at, _)) = self.finished.first() else {
+                return;
+            };
+            let too_old = at.saturating_add(retention_ms) <= self.now_ms;
+            let too_many = self.finished.len() as u64 > retained_max;
+            if !too_old && !too_many {
+                return;
+            }
+            let Some((_, which)) = self.finished.pop_first() else {
+                return;
+            };
+            match which {
+                Finished::Reservation(id) => {
+                    self.shared.reservations.remove(&id);
+                }
+                Finished::Txn(id) => {
+                    self.txns.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Applies a stock change under a transaction id: at most once per id,
+    /// and a refused change (stale, out of range) leaves nothing behind, not
+    /// even an empty counter, so the same id may be retried.
+    fn stock_change(
+        &mut self,
+        txn_id: &str,
+        fingerprint: u64,
+        sku: &str,
+        node: &str,
+        change: impl FnOnce(&mut StockLevel) -> Result<(), StockChangeError>,
+    ) -> Result<StockAnswer, StockChangeError> {
+        if let Some(record) = self.txns.get(txn_id) {
+            if record.fingerprint != fingerprint {
+                return Err(StockChangeError::IdReused {
+                    id: txn_id.to_string(),
+                });
+            }
+            return Ok(StockAnswer {
+                level: record.level,
+            });
+        }
+        let mut next = self.shared.stock.level(sku, node).unwrap_or_default();
+        change(&mut next)?;
+        self.shared
+            .stock
+            .update_or_create(sku, node, &mut self.node_names, |level| *level = next)?;
+        let id: Arc<str> = Arc::from(txn_id);
+        self.txns.insert(
+            id.clone(),
+            TxnRecord {
+                fingerprint,
+                at_ms: self.now_ms,
+                level: next,
+            },
+        );
+        self.finished.insert((self.now_ms, Finished::Txn(id)));
+        Ok(StockAnswer { level: next })
+    }
+
+    /// Cross-checks the whole state: every counter's reserved equals the sum
+    /// of its open reservation lines; nothing is negative that must not be;
+    /// the expiry index holds exactly the open reservations. Costs a full
+    /// scan, so it runs in debug builds and tests.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut held: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
+        let mut open = 0usize;
+        for r in self.shared.reservations.iter() {
+            if r.state != ReservationState::Open {
+                continue;
+            }
+            open += 1;
+            if !self.expiry.contains(&(r.expires_at_ms, r.id.clone())) {
+                return Err(format!("open reservation {:?} is not in the expiry index", r.id));
+            }
+            for line in &r.lines {
+                *held.entry((line.sku.clone(), line.node.clone())).or_default() += line.qty;
+            }
+        }
+        if open != self.open_count || open != self.expiry.len() {
+            return Err(format!(
+                "{open} open reservations, open count {}, expiry index {}",
+                self.open_count,
+                self.expiry.len()
+            ));
+        }
+        let mut broken = None;
+        let mut counters = 0usize;
+        self.shared.stock.for_each(|sku, node, level| {
+            counters += 1;
+            let expect = held.remove(&(Arc::from(sku), Arc::from(node))).unwrap_or(0);
+            if broken.is_none()
+                && (level.reserved != expect
+                    || level.reserved < 0
+                    || level.safety_stock < 0
+                    || level.on_hand.abs() > 2 * COUNTER_MAX)
+            {
+                broken = Some(format!(
+                    "counter {sku}@{node} {level:?}: open lines hold {expect}"
+                ));
+            }
+        });
+        if let Some(message) = broken {
+            return Err(message);
+        }
+        if let Some(((sku, node), qty)) = held.into_iter().next() {
+            return Err(format!("open lines hold {qty} of missing counter {sku}@{node}"));
+        }
+        if counters != self.shared.stock.counter_count() {
+            return Err(format!(
+                "counter count {} but {counters} counters",
+                self.shared.stock.counter_count()
+            ));
+        }
+        Ok(())
+    }
+
+    /// A digest of the whole state in canonical order: replicas that applied
+    /// the same entries have the same digest.
+    pub fn digest(&self) -> u64 {
+        snapshot::write(self).digest
+    }
+}
+
+/// Sets on_hand to `value` if it stays within the counter range.
+fn set_on_hand_checked(
+    level: &mut StockLevel,
+    value: i128,
+    sku: &str,
+    node: &str,
+) -> Result<(), StockChangeError> {
+    let max = i128::from(COUNTER_MAX);
+    if value < -max || value > max {
+        return Err(StockChangeError::OutOfRange {
+            sku: sku.to_string(),
+            node: node.to_string(),
+            value,
+            max: COUNTER_MAX,
+        });
+    }
+    // In range, so the conversion is exact.
+    level.on_hand = value as i64;
+    Ok(())
+}
+
+fn outcome_of(state: ReservationState) -> Outcome {
+    match state {
+        ReservationState::Open => Outcome::Reserved,
+        ReservationState::Consumed => Outcome::Consumed,
+        ReservationState::Released => Outcome::Released,
+        ReservationState::Expired => Outcome::Expired,
+    }
+}

@@ -1,0 +1,77 @@
+//! Reservations: holds on stock taken at checkout.
+
+use std::sync::Arc;
+
+/// The life of a reservation. Open until exactly one of the three endings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReservationState {
+    /// Holds its stock (counted in `reserved`).
+    Open,
+    /// Its stock left on_hand (the API's COMMITTED).
+    Consumed,
+    /// Its stock was returned by the client.
+    Released,
+    /// Its stock was returned because its deadline passed.
+    Expired,
+}
+
+impl ReservationState {
+    /// The code used in snapshots (matches `stockraft.v1.ReservationState`).
+    pub fn code(self) -> i32 {
+        match self {
+            ReservationState::Open => 1,
+            ReservationState::Consumed => 2,
+            ReservationState::Released => 3,
+            ReservationState::Expired => 4,
+        }
+    }
+
+    pub fn from_code(code: i32) -> Option<ReservationState> {
+        match code {
+            1 => Some(ReservationState::Open),
+            2 => Some(ReservationState::Consumed),
+            3 => Some(ReservationState::Released),
+            4 => Some(ReservationState::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// One held (sku, node) of a reservation. Names are shared with the stock
+/// table, so a reservation costs a pointer per name, not a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLine {
+    pub sku: Arc<str>,
+    pub node: Arc<str>,
+    pub qty: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: Arc<str>,
+    /// One line per (sku, node), sorted.
+    pub lines: Vec<HeldLine>,
+    /// The TTL it was made with, kept to recognise a retried request.
+    pub ttl_ms: u64,
+    pub state: ReservationState,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// When it left Open (0 while open).
+    pub finished_at_ms: u64,
+}
+
+impl Reservation {
+    /// True when `lines` and `ttl_ms` are the payload this reservation was
+    /// made with: the test for a harmless retry versus a reused id.
+    pub fn same_payload(&self, lines: &[super::command::Line], ttl_ms: u64) -> bool {
+        if self.ttl_ms != ttl_ms || self.lines.len() != lines.len() {
+            return false;
+        }
+        for (held, asked) in self.lines.iter().zip(lines) {
+            if *held.sku != *asked.sku || *held.node != *asked.node || held.qty != asked.qty {
+                return false;
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,247 @@
+//! The stock table: one counter per (sku, node).
+//!
+//! Storefronts read availability far more often than stock changes, and
+//! those reads must never wait behind the replication loop. So the table is a
+//! concurrent map (dashmap) shared by reference: the apply thread is its only
+//! writer, and any number of gRPC handlers read it at once. A read sees each
+//! counter atomically; a read over several counters may see a reserve that
+//! touched them half applied, which is why a multi-SKU availability answer is
+//! per-counter consistent rather than a cut across counters.
+//!
+//! Per SKU the nodes are a short sorted vector, so "all nodes of this SKU" (the
+//! common storefront question) is one map lookup.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::answer::CapacityError;
+use crate::limits::{COUNTERS_MAX, NODES_PER_SKU_MAX};
+
+/// The stock of one (sku, node).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StockLevel {
+    /// Units physically at the node (negative after sales of stock that the
+    /// counter did not know about).
+    pub on_hand: i64,
+    /// Units held by open reservations; never negative.
+    pub reserved: i64,
+    /// Units kept back from sale.
+    pub safety_stock: i64,
+}
+
+impl StockLevel {
+    /// What a new reservation may take: on_hand - reserved - safety_stock.
+    /// Each term is bounded by [`crate::limits::COUNTER_MAX`] (reserved by
+    /// twice that at most), so this cannot overflow.
+    pub fn available(&self) -> i64 {
+        self.on_hand - self.reserved - self.safety_stock
+    }
+
+    /// True when the node has promised or kept back more than it holds.
+    pub fn is_short(&self) -> bool {
+        self.available() < 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeStock {
+    pub node: Arc<str>,
+    pub level: StockLevel,
+}
+
+#[derive(Debug, Default)]
+pub struct SkuStock {
+    /// Sorted by node name.
+    pub nodes: Vec<NodeStock>,
+}
+
+impl SkuStock {
+    fn position(&self, node: &str) -> Result<usize, usize> {
+        self.nodes.binary_search_by(|n| (*n.node).cmp(node))
+    }
+
+    pub fn level(&self, node: &str) -> Option<StockLevel> {
+        self.position(node).ok().map(|i| self.nodes[i].level)
+    }
+}
+
+/// One SKU's availability over some nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkuAvailability {
+    pub sku: String,
+    /// Sum of each listed node's available, counting short nodes as 0: what
+    /// can be promised to a new order over those nodes.
+    pub total_available: i64,
+    pub nodes: Vec<(String, StockLevel)>,
+}
+
+/// The counters, shared between the apply thread (writer) and readers.
+#[derive(Debug, Default)]
+pub struct StockTable {
+    skus: DashMap<Arc<str>, SkuStock>,
+    counters: AtomicUsize,
+}
+
+impl StockTable {
+    pub fn new() -> StockTable {
+        StockTable::default()
+    }
+
+    /// Number of (sku, node) counters.
+    pub fn counter_count(&self) -> usize {
+        self.counters.load(Ordering::Relaxed)
+    }
+
+    pub fn level(&self, sku: &str, node: &str) -> Option<StockLevel> {
+        self.skus.get(sku).and_then(|s| s.level(node))
+    }
+
+    /// Availability of one SKU over `nodes`, or over every node that stocks
+    /// it when `nodes` is empty. A node that never stocked the SKU answers
+    /// zeros, so the caller sees every node it asked about.
+    pub fn availability(&self, sku: &str, nodes: &[String]) -> SkuAvailability {
+        let mut answer = SkuAvailability {
+            sku: sku.to_string(),
+            total_available: 0,
+            nodes: Vec::new(),
+        };
+        let entry = self.skus.get(sku);
+        if nodes.is_empty() {
+            if let Some(stock) = &entry {
+                for n in &stock.nodes {
+                    answer.nodes.push((n.node.to_string(), n.level));
+                }
+            }
+        } else {
+            for node in nodes {
+                let level = entry.as_ref().and_then(|s| s.level(node)).unwrap_or_default();
+                answer.nodes.push((node.clone(), level));
+            }
+        }
+        drop(entry);
+        // At most NODES_PER_SKU_MAX (or NODES_PER_READ_MAX) terms of at most
+        // COUNTER_MAX each: far inside i64.
+        for (_, level) in &answer.nodes {
+            answer.total_available += level.available().max(0);
+        }
+        answer
+    }
+
+    /// Applies `change` to an existing counter; None when it does not exist.
+    pub(crate) fn update_existing<R>(
+        &self,
+        sku: &str,
+        node: &str,
+        change: impl FnOnce(&mut StockLevel) -> R,
+    ) -> Option<R> {
+        let mut stock = self.skus.get_mut(sku)?;
+        let i = stock.position(node).ok()?;
+        Some(change(&mut stock.nodes[i].level))
+    }
+
+    /// Applies `change` to a counter, creating it at zero first when missing.
+    /// `nodes` interns node names so that a node stocking a million SKUs
+    /// keeps one copy of its name.
+    pub(crate) fn update_or_create<R>(
+        &self,
+        sku: &str,
+        node: &str,
+        nodes: &mut HashSet<Arc<str>>,
+        change: impl FnOnce(&mut StockLevel) -> R,
+    ) -> Result<R, CapacityError> {
+        // Two steps (look, then create) are safe: this is the only writer.
+        if let Some(mut stock) = self.skus.get_mut(sku) {
+            let i = match stock.position(node) {
+                Ok(i) => return Ok(change(&mut stock.nodes[i].level)),
+                Err(i) => i,
+            };
+            self.check_room(sku, stock.nodes.len())?;
+            let mut level = StockLevel::default();
+            let result = change(&mut level);
+            stock.nodes.insert(
+                i,
+                NodeStock {
+                    node: intern(nodes, node),
+                    level,
+                },
+            );
+            self.counters.fetch_add(1, Ordering::Relaxed);
+            return Ok(result);
+        }
+        self.check_room(sku, 0)?;
+        let mut level = StockLevel::default();
+        let result = change(&mut level);
+        let stock = SkuStock {
+            nodes: vec![NodeStock {
+                node: intern(nodes, node),
+                level,
+            }],
+        };
+        self.skus.insert(Arc::from(sku), stock);
+        self.counters.fetch_add(1, Ordering::Relaxed);
+        Ok(result)
+    }
+
+    fn check_room(&self, sku: &str, nodes_of_sku: usize) -> Result<(), CapacityError> {
+        if self.counter_count() >= COUNTERS_MAX {
+            return Err(CapacityError::TooManyCounters { max: COUNTERS_MAX });
+        }
+        if nodes_of_sku >= NODES_PER_SKU_MAX {
+            return Err(CapacityError::TooManyNodes {
+                sku: sku.to_string(),
+                max: NODES_PER_SKU_MAX,
+            });
+        }
+        Ok(())
+    }
+
+    /// The shared name of a SKU that exists, to store in reservations.
+    pub(crate) fn sku_key(&self, sku: &str) -> Option<Arc<str>> {
+        self.skus.get(sku).map(|e| e.key().clone())
+    }
+
+    /// The shared name of a node that stocks `sku`.
+    pub(crate) fn node_key(&self, sku: &str, node: &str) -> Option<Arc<str>> {
+        let stock = self.skus.get(sku)?;
+        let i = stock.position(node).ok()?;
+        Some(stock.nodes[i].node.clone())
+    }
+
+    /// Every counter, sorted by (sku, node): the canonical order used by
+    /// snapshots and digests.
+    pub fn sorted_counters(&self) -> Vec<(Arc<str>, Arc<str>, StockLevel)> {
+        let mut skus: Vec<Arc<str>> = self.skus.iter().map(|e| e.key().clone()).collect();
+        skus.sort();
+        let mut out = Vec::with_capacity(self.counter_count());
+        for sku in skus {
+            if let Some(stock) = self.skus.get(&sku) {
+                for n in &stock.nodes {
+                    out.push((sku.clone(), n.node.clone(), n.level));
+                }
+            }
+        }
+        out
+    }
+
+    /// Calls `visit` for every counter, in no particular order.
+    pub fn for_each(&self, mut visit: impl FnMut(&str, &str, &StockLevel)) {
+        for entry in self.skus.iter() {
+            for n in &entry.nodes {
+                visit(entry.key(), &n.node, &n.level);
+            }
+        }
+    }
+}
+
+/// Returns the shared copy of `name`, adding it when new.
+pub(crate) fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(existing) = names.get(name) {
+        return existing.clone();
+    }
+    let shared: Arc<str> = Arc::from(name);
+    names.insert(shared.clone());
+    shared
+}

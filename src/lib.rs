@@ -1,0 +1,46 @@
+//! stockraft: a Raft-replicated inventory reservation server.
+//!
+//! Retailers keep one real-time count of stock per SKU per fulfilment node
+//! and take holds on it at checkout. stockraft keeps those counters in
+//! memory, replicates every change through a Raft log stored in RocksDB, and
+//! answers only once a change is durable, so no acknowledged reservation is
+//! lost and no SKU is oversold while machines fail.
+//!
+//! # Map of the crate
+//!
+//! Each module is one concept; the arrows show who calls whom.
+//!
+//! ```text
+//!  cli ──► client ──gRPC──► server ──► replica ──► inventory
+//!                             │           │
+//!                             │           └──► storage (RocksDB)
+//!                             └──► inventory (reads, no lock held by apply)
+//! ```
+//!
+//! - [`inventory`]: the state machine. Counters, reservations, expiry and
+//!   exactly-once rules. Pure and deterministic: no clock, no I/O.
+//! - [`replica`]: the replication core. Drives raft-rs: batches proposals
+//!   into log entries, persists through the [`replica::LogStore`] trait,
+//!   applies committed entries and matches answers to waiting callers.
+//!   Sans-IO: time and messages come in as arguments, messages go out as
+//!   return values.
+//! - [`storage`]: the RocksDB implementation of `LogStore` (and an in-memory
+//!   one for tests), with the write and fsync order written down.
+//! - [`server`]: the process around the core: the replication thread, the
+//!   tonic services (a thin adapter from protobuf to commands and from typed
+//!   errors to status codes), health, reflection, metrics and shutdown.
+//! - [`client`]: a typed client over the public API, used by the CLI and tests.
+//! - [`cli`]: the `stockraft` command line.
+//! - [`limits`]: every bound, in one place.
+//! - [`proto`]: generated protobuf code.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod cli;
+pub mod client;
+pub mod inventory;
+pub mod limits;
+pub mod proto;
+pub mod replica;
+pub mod server;
+pub mod storage;

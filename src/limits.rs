@@ -1,0 +1,66 @@
+//! Every bound stockraft enforces, in one place.
+//!
+//! Following TigerBeetle's rule that everything has a limit: a request, a
+//! queue, a batch or a table that can grow without bound is a way to take the
+//! server down. Each limit here is checked where input enters (the request is
+//! refused with a clear status) and asserted where it matters inside.
+
+/// Longest reservation id or transaction id, in bytes.
+pub const ID_BYTES_MAX: usize = 128;
+
+/// Longest SKU or node name, in bytes.
+pub const NAME_BYTES_MAX: usize = 128;
+
+/// Most lines in one reservation.
+pub const LINES_PER_RESERVATION_MAX: usize = 1_000;
+
+/// Largest quantity in one line, sale or adjustment.
+pub const QTY_MAX: i64 = 1_000_000_000;
+
+/// Largest magnitude of on_hand, reserved or safety stock on one counter.
+/// Far above any real stock, and far below i64::MAX, so that sums of many
+/// counters (total availability of a SKU over all its nodes) cannot overflow.
+pub const COUNTER_MAX: i64 = 1_000_000_000_000;
+
+/// Most SKUs in one availability read.
+pub const SKUS_PER_READ_MAX: usize = 1_000;
+
+/// Most nodes named in one availability read.
+pub const NODES_PER_READ_MAX: usize = 1_000;
+
+/// Most nodes that can stock one SKU. Bounds the per-SKU node list, which is
+/// scanned to total a SKU's availability.
+pub const NODES_PER_SKU_MAX: usize = 10_000;
+
+/// Most (sku, node) counters in the state machine.
+pub const COUNTERS_MAX: usize = 50_000_000;
+
+/// Most reservations open at once.
+pub const RESERVATIONS_OPEN_MAX: usize = 10_000_000;
+
+/// Most finished reservations and transaction ids remembered for retries, by
+/// default. When more are finished within the retention window, the oldest
+/// are forgotten first, so memory stays bounded at any traffic.
+pub const ID_RETAINED_MAX_DEFAULT: u64 = 20_000_000;
+
+/// Longest time-to-live a reservation may ask for: 7 days.
+pub const TTL_MS_MAX: u64 = 7 * 24 * 3_600 * 1_000;
+
+/// Default time-to-live of a reservation when the request leaves it 0.
+pub const TTL_MS_DEFAULT: u64 = 15 * 60 * 1_000;
+
+/// How long ids are remembered for exactly-once retries, by default: 24 h.
+pub const ID_RETENTION_MS_DEFAULT: u64 = 24 * 3_600 * 1_000;
+
+/// Most client commands in one Raft log entry (one group commit).
+pub const BATCH_COMMANDS_MAX: usize = 4_096;
+
+/// Most bytes of encoded commands in one Raft log entry.
+pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most requests waiting for the replication loop. Beyond this the server
+/// answers RESOURCE_EXHAUSTED instead of queueing without bound.
+pub const QUEUE_REQUESTS_MAX: usize = 65_536;
+
+/// Most bytes in one gRPC request the public service accepts.
+pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
