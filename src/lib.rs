@@ -30,13 +30,12 @@
 //!   tonic services (a thin adapter from protobuf to commands and from typed
 //!   errors to status codes), health, reflection, metrics and shutdown.
 //! - [`client`]: a typed client over the public API, used by the CLI and tests.
-//! - [`cli`]: the `stockraft` command line.
+//! - `cli` (in the binary, src/cli/): the `stockraft` command line.
 //! - [`limits`]: every bound, in one place.
 //! - [`proto`]: generated protobuf code.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod cli;
 pub mod client;
 pub mod inventory;
 pub mod limits;

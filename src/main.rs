@@ -1,1 +1,73 @@
-fn main(){}
+//! The `stockraft` binary: see `stockraft --help`.
+
+mod cli;
+
+use anyhow::Result;
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() {
+    // A panic anywhere (a broken invariant) stops the node: it must never
+    // keep serving from state it cannot trust.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
+    let args = Cli::parse();
+    if let Err(error) = run(args) {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Cli) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match args.command {
+        Command::Serve(serve_args) => {
+            init_logging();
+            let config = serve_args.into_config()?;
+            runtime.block_on(stockraft::server::serve(config, shutdown_signal()))?;
+            Ok(())
+        }
+        client_command => runtime.block_on(cli::run_client(client_command)),
+    }
+}
+
+/// Logs to stderr; the level comes from STOCKRAFT_LOG (or RUST_LOG),
+/// e.g. `STOCKRAFT_LOG=debug` or `STOCKRAFT_LOG=stockraft=debug,raft=info`.
+fn init_logging() {
+    let filter = std::env::var("STOCKRAFT_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on Ctrl-C or SIGTERM (what Docker and Kubernetes send).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

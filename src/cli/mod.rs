@@ -1,1 +1,637 @@
-//! TODO
+//! The `stockraft` command line: `serve`, and a client command for every
+//! call of the public API.
+//!
+//! Client commands print a short human-readable answer, or with `--json` one
+//! JSON object for scripts. Errors print the gRPC status code and the
+//! server's message, and exit with status 1.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use stockraft::client::{self, parse_counter_arg};
+use stockraft::limits;
+use stockraft::proto::v1 as pb;
+use stockraft::replica::ReplicaConfig;
+use stockraft::server::inventory_service::ApiConfig;
+use stockraft::server::ServeConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stockraft",
+    version,
+    about = "A Raft-replicated inventory reservation server",
+    long_about = "A Raft-replicated inventory reservation server: per-SKU-per-node stock, \
+                  atomic reserve / commit / release over gRPC.\n\n\
+                  Run `stockraft serve` for a one-node server on 127.0.0.1:50051, then use the \
+                  client commands against it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a server node.
+    Serve(ServeArgs),
+    /// Hold stock for an order: `stockraft reserve ORDER-1 SKU-1@store-7:2 SKU-2@dc-1:1`.
+    Reserve {
+        /// The reservation id (your order or cart id).
+        id: String,
+        /// Lines as SKU@NODE:QTY.
+        #[arg(required = true)]
+        lines: Vec<String>,
+        /// Time to live, e.g. 30s, 15m (default: the server's).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Consume a reservation's stock (the order shipped or was paid).
+    Commit {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Return a reservation's stock.
+    Release {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Move an open reservation's deadline to now + TTL.
+    Extend {
+        id: String,
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a reservation.
+    Get {
+        id: String,
+        /// Read this node's applied state without a round to the leader.
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Record a point-of-sale sale: SKU@NODE:QTY (never refused for lack of stock).
+    Sell {
+        line: String,
+        /// Transaction id for exactly-once retries (default: a new random id).
+        #[arg(long)]
+        txn: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change on_hand by a signed delta: SKU@NODE:DELTA.
+    Adjust {
+        line: String,
+        #[arg(long, value_enum)]
+        reason: Reason,
+        #[arg(long)]
+        txn: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set on_hand (a count or WMS sync): SKU@NODE:ON_HAND.
+    Set {
+        line: String,
+        /// Only if on_hand is still this value (compare-and-set).
+        #[arg(long, allow_hyphen_values = true)]
+        expected: Option<i64>,
+        #[arg(long)]
+        txn: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set the safety stock kept back from sale: SKU@NODE:UNITS.
+    Safety {
+        line: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show availability of SKUs, over all their nodes or the ones named.
+    Avail {
+        #[arg(required = true)]
+        skus: Vec<String>,
+        /// Only these nodes (repeat the flag for several).
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Reason {
+    Receive,
+    ReturnRestock,
+    Damage,
+    Shrink,
+    Correction,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The server to call.
+    #[arg(long, env = "STOCKRAFT_SERVER", default_value = "127.0.0.1:50051")]
+    pub server: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up on a call after this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This node's id in the cluster (a positive integer).
+    #[arg(long, env = "STOCKRAFT_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: u64,
+    /// Address for clients (and, in a cluster, peers).
+    #[arg(long, env = "STOCKRAFT_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Where the node keeps its Raft log and snapshots.
+    #[arg(long, env = "STOCKRAFT_DATA_DIR", default_value = "./stockraft-data")]
+    pub data_dir: PathBuf,
+    /// Address of the Prometheus metrics endpoint, or "off".
+    #[arg(
+        long,
+        env = "STOCKRAFT_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_listen: String,
+    /// Raft tick: heartbeats, elections and expiry checks run on it.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub tick: Duration,
+    /// Ticks without a leader before an election.
+    #[arg(long, default_value_t = 10)]
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    #[arg(long, default_value_t = 2)]
+    pub heartbeat_ticks: usize,
+    /// TTL of a reservation that asks for none.
+    #[arg(long, env = "STOCKRAFT_DEFAULT_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub default_ttl: Duration,
+    /// Longest TTL a reservation may ask for (at most 7d).
+    #[arg(long, env = "STOCKRAFT_MAX_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub max_ttl: Duration,
+    /// How long ids are remembered for exactly-once retries.
+    #[arg(long, env = "STOCKRAFT_ID_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub id_retention: Duration,
+    /// Most finished ids remembered; the oldest are forgotten first beyond it.
+    #[arg(long, default_value_t = limits::ID_RETAINED_MAX_DEFAULT)]
+    pub id_retained_max: u64,
+    /// Applied log entries between snapshots.
+    #[arg(long, default_value_t = 20_000)]
+    pub snapshot_entries: u64,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 30s, 15m, 24h: {e}"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Result<ServeConfig> {
+        let metrics_listen = match self.metrics_listen.as_str() {
+            "off" | "" => None,
+            text => Some(text.parse::<SocketAddr>().with_context(|| {
+                format!("--metrics-listen {text:?} is not HOST:PORT or \"off\"")
+            })?),
+        };
+        let ttl_ms_max = millis(self.max_ttl);
+        if ttl_ms_max > limits::TTL_MS_MAX {
+            return Err(anyhow!("--max-ttl may be at most 7d"));
+        }
+        let ttl_ms_default = millis(self.default_ttl);
+        if ttl_ms_default == 0 || ttl_ms_default > ttl_ms_max {
+            return Err(anyhow!(
+                "--default-ttl must be positive and at most --max-ttl"
+            ));
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err(anyhow!(
+                "--election-ticks must be greater than --heartbeat-ticks"
+            ));
+        }
+        let mut replica = ReplicaConfig::new(self.node_id);
+        replica.election_tick = self.election_ticks;
+        replica.heartbeat_tick = self.heartbeat_ticks;
+        replica.id_retention_ms = millis(self.id_retention);
+        replica.id_retained_max = self.id_retained_max;
+        replica.snapshot_entries = self.snapshot_entries.max(1);
+        Ok(ServeConfig {
+            node_id: self.node_id,
+            listen: self.listen,
+            data_dir: self.data_dir,
+            metrics_listen,
+            tick_ms: millis(self.tick).max(1),
+            api: ApiConfig {
+                ttl_ms_default,
+                ttl_ms_max,
+            },
+            replica,
+        })
+    }
+}
+
+/// A random transaction id for commands run by hand.
+fn new_txn_id() -> String {
+    format!("cli-{:016x}", rand::random::<u64>())
+}
+
+fn outcome_name(outcome: i32) -> &'static str {
+    pb::Outcome::try_from(outcome)
+        .map(|o| o.as_str_name())
+        .unwrap_or("UNKNOWN_OUTCOME")
+}
+
+fn level_json(level: &Option<pb::StockLevel>) -> Value {
+    match level {
+        Some(l) => json!({
+            "on_hand": l.on_hand, "reserved": l.reserved,
+            "safety_stock": l.safety_stock, "available": l.available,
+        }),
+        None => Value::Null,
+    }
+}
+
+fn level_text(level: &Option<pb::StockLevel>, short: bool) -> String {
+    match level {
+        Some(l) => format!(
+            "on_hand={} reserved={} safety_stock={} available={}{}",
+            l.on_hand,
+            l.reserved,
+            l.safety_stock,
+            l.available,
+            if short {
+                "  (SHORT: more promised than held)"
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    }
+}
+
+fn format_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow!(
+        "{}: {}",
+        stockraft::server::status::code_label(status.code()),
+        status.message()
+    )
+}
+
+/// Runs a client command and prints its answer.
+pub async fn run_client(command: Command) -> Result<()> {
+    match command {
+        Command::Serve(_) => Err(anyhow!("serve is not a client command")),
+        Command::Reserve {
+            id,
+            lines,
+            ttl,
+            client,
+        } => {
+            let mut parsed = Vec::new();
+            for line in &lines {
+                let c = parse_counter_arg(line)?;
+                parsed.push(pb::Line {
+                    sku: c.sku,
+                    node: c.node,
+                    qty: c.number,
+                });
+            }
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .reserve(pb::ReserveRequest {
+                    reservation_id: id.clone(),
+                    lines: parsed,
+                    ttl_ms: ttl.map(millis).unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let shortages: Vec<Value> = r
+                .shortages
+                .iter()
+                .map(|s| json!({"sku": s.sku, "node": s.node, "requested": s.requested, "available": s.available}))
+                .collect();
+            if client.json {
+                println!(
+                    "{}",
+                    json!({"reservation_id": id, "outcome": outcome_name(r.outcome), "expires_at_ms": r.expires_at_ms, "shortages": shortages})
+                );
+            } else {
+                if r.expires_at_ms == 0 {
+                    println!("{id}: {}", outcome_name(r.outcome));
+                } else {
+                    println!(
+                        "{id}: {} (expires {})",
+                        outcome_name(r.outcome),
+                        format_ms(r.expires_at_ms)
+                    );
+                }
+                for s in &r.shortages {
+                    println!(
+                        "  short: {}@{} requested {} available {}",
+                        s.sku, s.node, s.requested, s.available
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Commit { id, client } => {
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .commit(pb::CommitRequest {
+                    reservation_id: id.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_outcome(&client, &id, r.outcome);
+            Ok(())
+        }
+        Command::Release { id, client } => {
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .release(pb::ReleaseRequest {
+                    reservation_id: id.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_outcome(&client, &id, r.outcome);
+            Ok(())
+        }
+        Command::Extend { id, ttl, client } => {
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .extend(pb::ExtendRequest {
+                    reservation_id: id.clone(),
+                    ttl_ms: ttl.map(millis).unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if client.json {
+                println!(
+                    "{}",
+                    json!({"reservation_id": id, "outcome": outcome_name(r.outcome), "expires_at_ms": r.expires_at_ms})
+                );
+            } else {
+                println!(
+                    "{id}: {} (expires {})",
+                    outcome_name(r.outcome),
+                    format_ms(r.expires_at_ms)
+                );
+            }
+            Ok(())
+        }
+        Command::Get { id, local, client } => {
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .get_reservation(pb::GetReservationRequest {
+                    reservation_id: id.clone(),
+                    consistency: consistency(local),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let state = pb::ReservationState::try_from(r.state)
+                .map(|s| s.as_str_name().trim_start_matches("RESERVATION_STATE_"))
+                .unwrap_or("UNKNOWN");
+            if client.json {
+                let lines: Vec<Value> = r
+                    .lines
+                    .iter()
+                    .map(|l| json!({"sku": l.sku, "node": l.node, "qty": l.qty}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"reservation_id": id, "outcome": outcome_name(r.outcome), "state": state, "lines": lines,
+                        "created_at_ms": r.created_at_ms, "expires_at_ms": r.expires_at_ms, "finished_at_ms": r.finished_at_ms})
+                );
+            } else if r.outcome == pb::Outcome::NotFound as i32 {
+                println!("{id}: NOT_FOUND");
+            } else {
+                println!(
+                    "{id}: {state} (created {}, expires {}, finished {})",
+                    format_ms(r.created_at_ms),
+                    format_ms(r.expires_at_ms),
+                    format_ms(r.finished_at_ms)
+                );
+                for l in &r.lines {
+                    println!("  {}@{}: {}", l.sku, l.node, l.qty);
+                }
+            }
+            Ok(())
+        }
+        Command::Sell { line, txn, client } => {
+            let c = parse_counter_arg(&line)?;
+            let txn_id = txn.unwrap_or_else(new_txn_id);
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .sell(pb::SellRequest {
+                    txn_id: txn_id.clone(),
+                    sku: c.sku.clone(),
+                    node: c.node.clone(),
+                    qty: c.number,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_level(
+                &client, &txn_id, &c.sku, &c.node, r.outcome, &r.level, r.short,
+            );
+            Ok(())
+        }
+        Command::Adjust {
+            line,
+            reason,
+            txn,
+            client,
+        } => {
+            let c = parse_counter_arg(&line)?;
+            let txn_id = txn.unwrap_or_else(new_txn_id);
+            let reason = match reason {
+                Reason::Receive => pb::AdjustReason::Receive,
+                Reason::ReturnRestock => pb::AdjustReason::ReturnRestock,
+                Reason::Damage => pb::AdjustReason::Damage,
+                Reason::Shrink => pb::AdjustReason::Shrink,
+                Reason::Correction => pb::AdjustReason::Correction,
+            };
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .adjust(pb::AdjustRequest {
+                    txn_id: txn_id.clone(),
+                    sku: c.sku.clone(),
+                    node: c.node.clone(),
+                    delta: c.number,
+                    reason: reason as i32,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_level(
+                &client, &txn_id, &c.sku, &c.node, r.outcome, &r.level, r.short,
+            );
+            Ok(())
+        }
+        Command::Set {
+            line,
+            expected,
+            txn,
+            client,
+        } => {
+            let c = parse_counter_arg(&line)?;
+            let txn_id = txn.unwrap_or_else(new_txn_id);
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .set_on_hand(pb::SetOnHandRequest {
+                    txn_id: txn_id.clone(),
+                    sku: c.sku.clone(),
+                    node: c.node.clone(),
+                    on_hand: c.number,
+                    expected_on_hand: expected,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_level(
+                &client, &txn_id, &c.sku, &c.node, r.outcome, &r.level, r.short,
+            );
+            Ok(())
+        }
+        Command::Safety { line, client } => {
+            let c = parse_counter_arg(&line)?;
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .set_safety_stock(pb::SetSafetyStockRequest {
+                    sku: c.sku.clone(),
+                    node: c.node.clone(),
+                    safety_stock: c.number,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_level(&client, "-", &c.sku, &c.node, r.outcome, &r.level, r.short);
+            Ok(())
+        }
+        Command::Avail {
+            skus,
+            nodes,
+            local,
+            client,
+        } => {
+            let mut api = client::connect(&client.server, client.timeout).await?;
+            let r = api
+                .get_availability(pb::GetAvailabilityRequest {
+                    skus,
+                    nodes,
+                    consistency: consistency(local),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if client.json {
+                let skus: Vec<Value> = r
+                    .skus
+                    .iter()
+                    .map(|s| {
+                        let nodes: Vec<Value> = s
+                            .nodes
+                            .iter()
+                            .map(|n| {
+                                json!({"node": n.node, "on_hand": n.on_hand, "reserved": n.reserved,
+                                "safety_stock": n.safety_stock, "available": n.available})
+                            })
+                            .collect();
+                        json!({"sku": s.sku, "total_available": s.total_available, "nodes": nodes})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"skus": skus, "applied_index": r.applied_index})
+                );
+            } else {
+                for s in &r.skus {
+                    println!("{}: total_available={}", s.sku, s.total_available);
+                    for n in &s.nodes {
+                        println!(
+                            "  {:<20} on_hand={:<6} reserved={:<6} safety_stock={:<6} available={}",
+                            n.node, n.on_hand, n.reserved, n.safety_stock, n.available
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn consistency(local: bool) -> i32 {
+    if local {
+        pb::Consistency::Local as i32
+    } else {
+        pb::Consistency::Linearizable as i32
+    }
+}
+
+fn print_outcome(client: &ClientArgs, id: &str, outcome: i32) {
+    if client.json {
+        println!(
+            "{}",
+            json!({"reservation_id": id, "outcome": outcome_name(outcome)})
+        );
+    } else {
+        println!("{id}: {}", outcome_name(outcome));
+    }
+}
+
+fn print_level(
+    client: &ClientArgs,
+    txn_id: &str,
+    sku: &str,
+    node: &str,
+    outcome: i32,
+    level: &Option<pb::StockLevel>,
+    short: bool,
+) {
+    if client.json {
+        println!(
+            "{}",
+            json!({"txn_id": txn_id, "sku": sku, "node": node, "outcome": outcome_name(outcome),
+                "level": level_json(level), "short": short})
+        );
+    } else {
+        println!(
+            "{sku}@{node}: {} {}",
+            outcome_name(outcome),
+            level_text(level, short)
+        );
+    }
+}

@@ -57,7 +57,9 @@ pub struct StockAnswer {
 pub enum ReserveError {
     #[error("reservation {id:?} already exists with different lines or ttl; use a new id for a new reservation")]
     IdReused { id: String },
-    #[error("{open} reservations are open, the most the server holds; commit or release some first")]
+    #[error(
+        "{open} reservations are open, the most the server holds; commit or release some first"
+    )]
     TooManyOpen { open: usize },
     #[error(transparent)]
     Capacity(#[from] CapacityError),
@@ -66,7 +68,9 @@ pub enum ReserveError {
 /// The API's Commit of a reservation.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConsumeError {
-    #[error("reservation {id:?} was released; its stock is no longer held, so it cannot be committed")]
+    #[error(
+        "reservation {id:?} was released; its stock is no longer held, so it cannot be committed"
+    )]
     Released { id: String },
 }
 
@@ -97,9 +101,13 @@ pub enum CapacityError {
 /// hand).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StockChangeError {
-    #[error("txn_id {id:?} was already used for a different change; use a new id for a new change")]
+    #[error(
+        "txn_id {id:?} was already used for a different change; use a new id for a new change"
+    )]
     IdReused { id: String },
-    #[error("on_hand of sku {sku:?} at node {node:?} would become {value}, outside -{max}..={max}")]
+    #[error(
+        "on_hand of sku {sku:?} at node {node:?} would become {value}, outside -{max}..={max}"
+    )]
     OutOfRange {
         sku: String,
         node: String,

@@ -398,7 +398,11 @@ impl SetOnHand {
 }
 
 impl SetSafetyStock {
-    pub fn new(sku: String, node: String, safety_stock: i64) -> Result<SetSafetyStock, InvalidInput> {
+    pub fn new(
+        sku: String,
+        node: String,
+        safety_stock: i64,
+    ) -> Result<SetSafetyStock, InvalidInput> {
         check_name("sku", &sku)?;
         check_name("node", &node)?;
         check_range("safety_stock", safety_stock, 0, COUNTER_MAX)?;

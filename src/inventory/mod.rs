@@ -204,34 +204,52 @@ impl Inventory {
             Command::Extend(c) => Applied::Extend(self.extend(c)),
             Command::Sell(c) => {
                 let fingerprint = codec::fingerprint(command);
-                Applied::StockChange(self.stock_change(&c.txn_id, fingerprint, &c.sku, &c.node, |level| {
-                    let on_hand = i128::from(level.on_hand) - i128::from(c.qty);
-                    set_on_hand_checked(level, on_hand, &c.sku, &c.node)
-                }))
+                Applied::StockChange(self.stock_change(
+                    &c.txn_id,
+                    fingerprint,
+                    &c.sku,
+                    &c.node,
+                    |level| {
+                        let on_hand = i128::from(level.on_hand) - i128::from(c.qty);
+                        set_on_hand_checked(level, on_hand, &c.sku, &c.node)
+                    },
+                ))
             }
             Command::Adjust(c) => {
                 let fingerprint = codec::fingerprint(command);
-                Applied::StockChange(self.stock_change(&c.txn_id, fingerprint, &c.sku, &c.node, |level| {
-                    let on_hand = i128::from(level.on_hand) + i128::from(c.delta);
-                    set_on_hand_checked(level, on_hand, &c.sku, &c.node)
-                }))
+                Applied::StockChange(self.stock_change(
+                    &c.txn_id,
+                    fingerprint,
+                    &c.sku,
+                    &c.node,
+                    |level| {
+                        let on_hand = i128::from(level.on_hand) + i128::from(c.delta);
+                        set_on_hand_checked(level, on_hand, &c.sku, &c.node)
+                    },
+                ))
             }
             Command::SetOnHand(c) => {
                 let fingerprint = codec::fingerprint(command);
-                Applied::StockChange(self.stock_change(&c.txn_id, fingerprint, &c.sku, &c.node, |level| {
-                    if let Some(expected) = c.expected_on_hand {
-                        if expected != level.on_hand {
-                            return Err(StockChangeError::Stale {
-                                sku: c.sku.clone(),
-                                node: c.node.clone(),
-                                expected,
-                                actual: level.on_hand,
-                            });
+                Applied::StockChange(self.stock_change(
+                    &c.txn_id,
+                    fingerprint,
+                    &c.sku,
+                    &c.node,
+                    |level| {
+                        if let Some(expected) = c.expected_on_hand {
+                            if expected != level.on_hand {
+                                return Err(StockChangeError::Stale {
+                                    sku: c.sku.clone(),
+                                    node: c.node.clone(),
+                                    expected,
+                                    actual: level.on_hand,
+                                });
+                            }
                         }
-                    }
-                    level.on_hand = c.on_hand;
-                    Ok(())
-                }))
+                        level.on_hand = c.on_hand;
+                        Ok(())
+                    },
+                ))
             }
             Command::SetSafetyStock(c) => {
                 let result = self.shared.stock.update_or_create(
@@ -298,10 +316,7 @@ impl Inventory {
                 .stock
                 .update_existing(&line.sku, &line.node, |level| {
                     level.reserved += line.qty;
-                    assert!(
-                        level.available() >= 0,
-                        "reserve drove available below zero"
-                    );
+                    assert!(level.available() >= 0, "reserve drove available below zero");
                 });
             assert!(changed.is_some(), "checked counter vanished");
             let (Some(sku), Some(node)) = (
@@ -381,7 +396,10 @@ impl Inventory {
         match r.state {
             ReservationState::Open => {
                 let was_present = self.expiry.remove(&(r.expires_at_ms, r.id.clone()));
-                assert!(was_present, "open reservation missing from the expiry index");
+                assert!(
+                    was_present,
+                    "open reservation missing from the expiry index"
+                );
                 r.expires_at_ms = self.now_ms.saturating_add(c.ttl_ms);
                 self.expiry.insert((r.expires_at_ms, r.id.clone()));
                 Ok(ExtendAnswer {
@@ -408,19 +426,29 @@ impl Inventory {
         let Some(mut r) = self.shared.reservations.get_mut(id) else {
             panic!("finishing unknown reservation {id:?}");
         };
-        assert_eq!(r.state, ReservationState::Open, "finishing a closed reservation");
+        assert_eq!(
+            r.state,
+            ReservationState::Open,
+            "finishing a closed reservation"
+        );
         for line in &r.lines {
-            let changed = self.shared.stock.update_existing(&line.sku, &line.node, |level| {
-                level.reserved -= line.qty;
-                assert!(level.reserved >= 0, "reserved went negative");
-                if end == ReservationState::Consumed {
-                    level.on_hand -= line.qty;
-                }
-            });
+            let changed = self
+                .shared
+                .stock
+                .update_existing(&line.sku, &line.node, |level| {
+                    level.reserved -= line.qty;
+                    assert!(level.reserved >= 0, "reserved went negative");
+                    if end == ReservationState::Consumed {
+                        level.on_hand -= line.qty;
+                    }
+                });
             assert!(changed.is_some(), "reservation holds a missing counter");
         }
         let was_present = self.expiry.remove(&(r.expires_at_ms, r.id.clone()));
-        assert!(was_present, "open reservation missing from the expiry index");
+        assert!(
+            was_present,
+            "open reservation missing from the expiry index"
+        );
         r.state = end;
         r.finished_at_ms = self.now_ms;
         self.finished
@@ -515,10 +543,15 @@ impl Inventory {
             }
             open += 1;
             if !self.expiry.contains(&(r.expires_at_ms, r.id.clone())) {
-                return Err(format!("open reservation {:?} is not in the expiry index", r.id));
+                return Err(format!(
+                    "open reservation {:?} is not in the expiry index",
+                    r.id
+                ));
             }
             for line in &r.lines {
-                *held.entry((line.sku.clone(), line.node.clone())).or_default() += line.qty;
+                *held
+                    .entry((line.sku.clone(), line.node.clone()))
+                    .or_default() += line.qty;
             }
         }
         if open != self.open_count || open != self.expiry.len() {
@@ -548,7 +581,9 @@ impl Inventory {
             return Err(message);
         }
         if let Some(((sku, node), qty)) = held.into_iter().next() {
-            return Err(format!("open lines hold {qty} of missing counter {sku}@{node}"));
+            return Err(format!(
+                "open lines hold {qty} of missing counter {sku}@{node}"
+            ));
         }
         if counters != self.shared.stock.counter_count() {
             return Err(format!(

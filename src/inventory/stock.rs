@@ -117,7 +117,10 @@ impl StockTable {
             }
         } else {
             for node in nodes {
-                let level = entry.as_ref().and_then(|s| s.level(node)).unwrap_or_default();
+                let level = entry
+                    .as_ref()
+                    .and_then(|s| s.level(node))
+                    .unwrap_or_default();
                 answer.nodes.push((node.clone(), level));
             }
         }

@@ -1,1 +1,626 @@
-//! TODO
+//! The replication core: one replica of the Raft group, driving raft-rs.
+//!
+//! Sans-IO in the manner of raft-rs itself: the core never reads a clock,
+//! never opens a socket and never spawns a thread. The caller hands it time
+//! (`now_ms`), client commands, reads and peer messages; the core hands back
+//! an [`Output`] of peer messages to send and answers to deliver. Durable
+//! state goes through the [`LogStore`] trait, so the server runs it over
+//! RocksDB and tests (and a simulator) over memory, with the same code.
+//!
+//! One turn of the caller's loop, step by step:
+//!
+//! 1. [`Replica::step`] each peer message that arrived.
+//! 2. [`Replica::tick`] when a tick interval passed: raft-rs's election and
+//!    heartbeat clock, and on the leader, a proposal that expires holds that
+//!    came due while no traffic arrived.
+//! 3. [`Replica::propose`] every client command waiting, as ONE log entry
+//!    (group commit): the leader stamps it with its clock, never earlier
+//!    than any stamp before.
+//! 4. [`Replica::read`] every linearizable read waiting, as ONE ReadIndex.
+//! 5. [`Replica::advance`] handles raft-rs's Ready, in the order raft-rs
+//!    requires: send messages; install a received snapshot; apply committed
+//!    entries; append new entries and hard state in one synced write; only
+//!    then release messages that promise persistence (votes, append
+//!    responses); advance; apply what the advance committed; answer each
+//!    waiting command from its entry's results and each read whose index is
+//!    applied; take a snapshot and compact the log when it has grown.
+//!
+//! A command is answered only after its entry is committed and applied, and
+//! on a single node, committed means synced to disk: nothing acknowledged can
+//! be lost. A command whose entry is overwritten (leadership changed) is
+//! answered [`ProposeError::Unknown`]; clients retry with the same id, which
+//! is safe because the state machine applies each id at most once.
+
+pub mod log_store;
+mod logger;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, Snapshot, SnapshotMetadata};
+use raft::{RawNode, ReadState, StateRole};
+use thiserror::Error;
+
+pub use log_store::{LogStore, StoreError};
+pub use logger::tracing_logger;
+
+use crate::inventory::codec::{self, DecodeError};
+use crate::inventory::snapshot::{self, SnapshotError};
+use crate::inventory::{Applied, Batch, Command, Inventory, Shared};
+
+/// Identifies a waiting caller; chosen by the caller, returned in answers.
+pub type Token = u64;
+
+/// Settings of a replica. Every replica of a group must use the same
+/// `election_tick` and `heartbeat_tick`; the leader's `id_retention_ms` and
+/// `id_retained_max` travel in each entry, so followers need not agree.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: u64,
+    /// Ticks without a leader's message before a follower campaigns
+    /// (randomised by raft-rs between this and twice this).
+    pub election_tick: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_tick: usize,
+    /// Applied entries between snapshots.
+    pub snapshot_entries: u64,
+    /// Bytes of log held in memory that force a snapshot sooner.
+    pub snapshot_log_bytes: u64,
+    /// Entries kept behind a snapshot, so a briefly lagging follower catches
+    /// up from the log instead of a snapshot.
+    pub log_keep_entries: u64,
+    pub id_retention_ms: u64,
+    pub id_retained_max: u64,
+    /// Ticks a linearizable read may wait for its ReadIndex to be confirmed.
+    pub read_timeout_ticks: u64,
+    /// Milliseconds between expiry proposals for the same due hold when the
+    /// previous one did not land.
+    pub expiry_retry_ms: u64,
+}
+
+impl ReplicaConfig {
+    pub fn new(id: u64) -> ReplicaConfig {
+        ReplicaConfig {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_entries: 20_000,
+            snapshot_log_bytes: 256 * 1024 * 1024,
+            log_keep_entries: 1_000,
+            id_retention_ms: crate::limits::ID_RETENTION_MS_DEFAULT,
+            id_retained_max: crate::limits::ID_RETAINED_MAX_DEFAULT,
+            read_timeout_ticks: 30,
+            expiry_retry_ms: 1_000,
+        }
+    }
+}
+
+/// Why a command got no answer from the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProposeError {
+    #[error("no leader is known yet (an election is under way); retry shortly")]
+    NoLeader,
+    #[error("this node is not the leader; node {leader} is")]
+    NotLeader { leader: u64 },
+    #[error("leadership changed before the operation was confirmed; it may or may not have been applied, so retry with the same id (each id is applied at most once)")]
+    Unknown,
+    #[error("the leader refused the proposal ({0}); retry shortly")]
+    Dropped(String),
+}
+
+/// Why a linearizable read could not be confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReadError {
+    #[error("no leader is known yet (an election is under way); retry shortly")]
+    NoLeader,
+    #[error("this node is not the leader; node {leader} is")]
+    NotLeader { leader: u64 },
+    #[error("the leader could not confirm its leadership in time; retry shortly")]
+    TimedOut,
+}
+
+/// An error the replica cannot recover from: the caller must stop the node.
+#[derive(Debug, Error)]
+pub enum Fatal {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("committed entry {index} cannot be decoded: {error}")]
+    Decode { index: u64, error: DecodeError },
+    #[error("snapshot cannot be loaded: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("raft state cannot be decoded: {0}")]
+    Protobuf(#[from] protobuf::ProtobufError),
+}
+
+/// What one call produced for the caller to deliver.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Messages for peers, to send in order.
+    pub messages: Vec<Message>,
+    /// Answers to commands, by token.
+    pub answers: Vec<(Token, Result<Applied, ProposeError>)>,
+    /// Linearizable reads now safe to serve from the shared state (the
+    /// applied index they may read at), by token.
+    pub reads: Vec<(Token, Result<u64, ReadError>)>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty() && self.answers.is_empty() && self.reads.is_empty()
+    }
+}
+
+/// A replica's view of itself, for health checks, metrics and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicaStatus {
+    pub id: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub term: u64,
+    pub is_leader: bool,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+    pub open_reservations: u64,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    term: u64,
+    tokens: Vec<Token>,
+}
+
+#[derive(Debug)]
+struct PendingRead {
+    ctx: u64,
+    tokens: Vec<Token>,
+    ticks: u64,
+}
+
+/// One replica: raft-rs's RawNode, the inventory, and the callers waiting
+/// on them.
+pub struct Replica<S: LogStore> {
+    raw: RawNode<S>,
+    inventory: Inventory,
+    /// What readers see; swapped whole when a snapshot replaces the state.
+    shared: Arc<arc_swap::ArcSwap<Shared>>,
+    config: ReplicaConfig,
+    /// Proposed entries by log index, with the term they were proposed in.
+    waiting: BTreeMap<u64, Waiting>,
+    reads_unconfirmed: VecDeque<PendingRead>,
+    reads_confirmed: BTreeMap<u64, Vec<Token>>,
+    next_read_ctx: u64,
+    last_stamp_ms: u64,
+    last_expiry_proposal_ms: u64,
+    snapshot_index: u64,
+    /// Whether this replica led when the last Ready was handled, to notice
+    /// it stepped down and fail the callers waiting on it.
+    was_leader: bool,
+}
+
+impl<S: LogStore> Replica<S> {
+    /// Opens a replica over `store`: loads the latest snapshot, then lets
+    /// raft-rs replay the committed log tail through [`Replica::advance`].
+    pub fn new(
+        config: ReplicaConfig,
+        store: S,
+        logger: &slog::Logger,
+    ) -> Result<Replica<S>, Fatal> {
+        let (inventory, applied) = match store.load_snapshot()? {
+            Some((meta, image)) => (snapshot::read(&image, meta.index)?, meta.index),
+            None => (Inventory::new(), 0),
+        };
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_tick,
+            heartbeat_tick: config.heartbeat_tick,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            max_committed_size_per_ready: 16 * 1024 * 1024,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, store, logger)?;
+        let shared = Arc::new(arc_swap::ArcSwap::new(inventory.shared()));
+        Ok(Replica {
+            raw,
+            inventory,
+            shared,
+            config,
+            waiting: BTreeMap::new(),
+            reads_unconfirmed: VecDeque::new(),
+            reads_confirmed: BTreeMap::new(),
+            next_read_ctx: 1,
+            last_stamp_ms: 0,
+            last_expiry_proposal_ms: 0,
+            snapshot_index: applied,
+            was_leader: false,
+        })
+    }
+
+    /// The state readers use. Load it per read: a snapshot install replaces it.
+    pub fn shared(&self) -> Arc<arc_swap::ArcSwap<Shared>> {
+        self.shared.clone()
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    pub fn store(&self) -> &S {
+        self.raw.store()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            id: self.config.id,
+            leader_id: self.raw.raft.leader_id,
+            term: self.raw.raft.term,
+            is_leader: self.is_leader(),
+            commit_index: self.raw.raft.raft_log.committed,
+            applied_index: self.inventory.applied_index(),
+            last_index: self.raw.raft.raft_log.last_index(),
+            snapshot_index: self.snapshot_index,
+            open_reservations: self.inventory.open_count() as u64,
+        }
+    }
+
+    /// Starts an election now instead of waiting for the election timeout
+    /// (a single-voter group elects itself at once).
+    pub fn campaign(&mut self) -> Result<(), Fatal> {
+        self.raw.campaign()?;
+        Ok(())
+    }
+
+    /// Hands a message from a peer to raft-rs. A message raft-rs refuses
+    /// (from an unknown peer, say) is dropped; the error says why.
+    pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        self.raw.step(message)
+    }
+
+    /// Advances raft-rs's logical clock by one tick and, on the leader,
+    /// proposes an expiry when a hold came due.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Output) {
+        self.raw.tick();
+        let mut timed_out = Vec::new();
+        for read in self.reads_unconfirmed.iter_mut() {
+            read.ticks += 1;
+        }
+        while let Some(front) = self.reads_unconfirmed.front() {
+            if front.ticks <= self.config.read_timeout_ticks {
+                break;
+            }
+            if let Some(read) = self.reads_unconfirmed.pop_front() {
+                timed_out.extend(read.tokens);
+            }
+        }
+        for token in timed_out {
+            out.reads.push((token, Err(ReadError::TimedOut)));
+        }
+        if !self.is_leader() {
+            return;
+        }
+        let Some(due_ms) = self.inventory.next_expiry_ms() else {
+            return;
+        };
+        if due_ms > now_ms {
+            return;
+        }
+        // A batch stamped at or after the deadline expires the hold when
+        // applied; propose one unless one is already on its way.
+        let in_flight = self.last_stamp_ms >= due_ms;
+        let retry = now_ms >= self.last_expiry_proposal_ms + self.config.expiry_retry_ms;
+        if in_flight && !retry {
+            return;
+        }
+        self.last_expiry_proposal_ms = now_ms;
+        self.propose(now_ms, Vec::new(), out);
+    }
+
+    /// Proposes `commands` as one log entry. Each token is answered later in
+    /// [`Output::answers`], or at once if this node cannot propose.
+    pub fn propose(&mut self, now_ms: u64, commands: Vec<(Token, Command)>, out: &mut Output) {
+        if !self.is_leader() {
+            let error = match self.raw.raft.leader_id {
+                0 => ProposeError::NoLeader,
+                leader => ProposeError::NotLeader { leader },
+            };
+            for (token, _) in commands {
+                out.answers.push((token, Err(error.clone())));
+            }
+            return;
+        }
+        let stamp_ms = now_ms.max(self.last_stamp_ms).max(self.inventory.now_ms());
+        let mut tokens = Vec::with_capacity(commands.len());
+        let mut batch = Batch {
+            stamp_ms,
+            id_retention_ms: self.config.id_retention_ms,
+            id_retained_max: self.config.id_retained_max,
+            commands: Vec::with_capacity(commands.len()),
+        };
+        for (token, command) in commands {
+            tokens.push(token);
+            batch.commands.push(command);
+        }
+        let data = codec::encode_batch(&batch);
+        if let Err(e) = self.raw.propose(Vec::new(), data) {
+            let error = ProposeError::Dropped(e.to_string());
+            for token in tokens {
+                out.answers.push((token, Err(error.clone())));
+            }
+            return;
+        }
+        self.last_stamp_ms = stamp_ms;
+        let index = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        metrics::histogram!("stockraft_batch_commands").record(tokens.len() as f64);
+        if !tokens.is_empty() {
+            self.waiting.insert(index, Waiting { term, tokens });
+        }
+    }
+
+    /// Asks the leader to confirm it still leads (ReadIndex) for all these
+    /// reads at once. Each token is answered in [`Output::reads`] once the
+    /// state it may read is applied.
+    pub fn read(&mut self, tokens: Vec<Token>, out: &mut Output) {
+        if tokens.is_empty() {
+            return;
+        }
+        if !self.is_leader() {
+            let error = match self.raw.raft.leader_id {
+                0 => ReadError::NoLeader,
+                leader => ReadError::NotLeader { leader },
+            };
+            for token in tokens {
+                out.reads.push((token, Err(error.clone())));
+            }
+            return;
+        }
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.reads_unconfirmed.push_back(PendingRead {
+            ctx,
+            tokens,
+            ticks: 0,
+        });
+    }
+
+    /// Handles everything raft-rs has ready. Any error is fatal.
+    pub fn advance(&mut self, out: &mut Output) -> Result<(), Fatal> {
+        while self.raw.has_ready() {
+            self.handle_ready(out)?;
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, out: &mut Output) -> Result<(), Fatal> {
+        let leading = self.is_leader();
+        if self.was_leader && !leading {
+            self.fail_all_waiting(out);
+        }
+        self.was_leader = leading;
+        let mut ready = self.raw.ready();
+        // 1. Messages that need no local persistence (a leader's appends).
+        out.messages.extend(ready.take_messages());
+        // 2. A snapshot from the leader replaces the state machine.
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(snapshot, out)?;
+        }
+        // 3. Entries committed by a quorum.
+        let committed = ready.take_committed_entries();
+        self.apply_entries(committed, out)?;
+        // 4. New entries and hard state: one atomic write, synced.
+        self.raw
+            .mut_store()
+            .append(ready.entries(), ready.hs(), ready.must_sync())?;
+        // 5. Reads whose leadership check completed.
+        for state in ready.take_read_states() {
+            self.confirm_read(state);
+        }
+        // 6. Votes and append responses, now that what they promise is durable.
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        out.messages.extend(light.take_messages());
+        self.apply_entries(light.take_committed_entries(), out)?;
+        self.raw.advance_apply();
+        self.finish_reads(out);
+        self.maybe_snapshot()?;
+        metrics::gauge!("stockraft_raft_term").set(self.raw.raft.term as f64);
+        metrics::gauge!("stockraft_raft_commit_index").set(self.raw.raft.raft_log.committed as f64);
+        metrics::gauge!("stockraft_raft_applied_index").set(self.inventory.applied_index() as f64);
+        metrics::gauge!("stockraft_open_reservations").set(self.inventory.open_count() as f64);
+        Ok(())
+    }
+
+    fn apply_entries(
+        &mut self,
+        entries: Vec<raft::eraftpb::Entry>,
+        out: &mut Output,
+    ) -> Result<(), Fatal> {
+        for entry in entries {
+            let index = entry.index;
+            if index <= self.inventory.applied_index() {
+                // Already in the snapshot the state was loaded from.
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.inventory.apply_empty(index);
+                    self.answer(index, entry.term, Vec::new(), out);
+                }
+                EntryType::EntryNormal => {
+                    let batch = codec::decode_batch(&entry.data)
+                        .map_err(|error| Fatal::Decode { index, error })?;
+                    let answers = self.inventory.apply_batch(index, &batch);
+                    self.answer(index, entry.term, answers, out);
+                }
+                EntryType::EntryConfChange => {
+                    let change = ConfChange::parse_from_bytes(&entry.data)?;
+                    let conf_state = self.raw.apply_conf_change(&change)?;
+                    self.raw.mut_store().set_conf_state(&conf_state)?;
+                    self.inventory.apply_empty(index);
+                    self.answer(index, entry.term, Vec::new(), out);
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change = ConfChangeV2::parse_from_bytes(&entry.data)?;
+                    let conf_state = self.raw.apply_conf_change(&change)?;
+                    self.raw.mut_store().set_conf_state(&conf_state)?;
+                    self.inventory.apply_empty(index);
+                    self.answer(index, entry.term, Vec::new(), out);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers the results of entry `index` to the callers who proposed it,
+    /// if it is still their entry (same term); otherwise their proposal was
+    /// overwritten and their outcome is unknown to this node.
+    fn answer(&mut self, index: u64, term: u64, answers: Vec<Applied>, out: &mut Output) {
+        // Proposals at lower indexes that never got an answer were lost.
+        let stale: Vec<u64> = self.waiting.range(..index).map(|(i, _)| *i).collect();
+        for i in stale {
+            if let Some(waiting) = self.waiting.remove(&i) {
+                for token in waiting.tokens {
+                    out.answers.push((token, Err(ProposeError::Unknown)));
+                }
+            }
+        }
+        let Some(waiting) = self.waiting.remove(&index) else {
+            return;
+        };
+        if waiting.term != term || waiting.tokens.len() != answers.len() {
+            for token in waiting.tokens {
+                out.answers.push((token, Err(ProposeError::Unknown)));
+            }
+            return;
+        }
+        for (token, applied) in waiting.tokens.into_iter().zip(answers) {
+            out.answers.push((token, Ok(applied)));
+        }
+    }
+
+    fn fail_all_waiting(&mut self, out: &mut Output) {
+        for (_, waiting) in std::mem::take(&mut self.waiting) {
+            for token in waiting.tokens {
+                out.answers.push((token, Err(ProposeError::Unknown)));
+            }
+        }
+        let leader = self.raw.raft.leader_id;
+        let error = if leader == 0 {
+            ReadError::NoLeader
+        } else {
+            ReadError::NotLeader { leader }
+        };
+        for read in std::mem::take(&mut self.reads_unconfirmed) {
+            for token in read.tokens {
+                out.reads.push((token, Err(error.clone())));
+            }
+        }
+    }
+
+    fn confirm_read(&mut self, state: ReadState) {
+        let Ok(bytes) = <[u8; 8]>::try_from(state.request_ctx.as_slice()) else {
+            return;
+        };
+        let ctx = u64::from_be_bytes(bytes);
+        let Some(position) = self.reads_unconfirmed.iter().position(|r| r.ctx == ctx) else {
+            return;
+        };
+        if let Some(read) = self.reads_unconfirmed.remove(position) {
+            self.reads_confirmed
+                .entry(state.index)
+                .or_default()
+                .extend(read.tokens);
+        }
+    }
+
+    fn finish_reads(&mut self, out: &mut Output) {
+        let applied = self.inventory.applied_index();
+        while let Some(entry) = self.reads_confirmed.first_entry() {
+            if *entry.key() > applied {
+                return;
+            }
+            let (index, tokens) = entry.remove_entry();
+            for token in tokens {
+                out.reads.push((token, Ok(index)));
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot, out: &mut Output) -> Result<(), Fatal> {
+        let meta = snapshot.get_metadata().clone();
+        let image = snapshot::from_bytes(&snapshot.data)?;
+        // Check the image fully before it replaces anything.
+        let inventory = snapshot::read(&image, meta.index)?;
+        self.raw.mut_store().install_snapshot(&meta, &image)?;
+        self.inventory = inventory;
+        self.shared.store(self.inventory.shared());
+        self.snapshot_index = meta.index;
+        let stale: Vec<u64> = self.waiting.range(..=meta.index).map(|(i, _)| *i).collect();
+        for i in stale {
+            if let Some(waiting) = self.waiting.remove(&i) {
+                for token in waiting.tokens {
+                    out.answers.push((token, Err(ProposeError::Unknown)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        let applied = self.inventory.applied_index();
+        if applied <= self.snapshot_index {
+            return Ok(());
+        }
+        let by_entries = applied - self.snapshot_index >= self.config.snapshot_entries;
+        let by_bytes = self.raw.store().log_bytes() >= self.config.snapshot_log_bytes;
+        if !by_entries && !by_bytes {
+            return Ok(());
+        }
+        self.take_snapshot()
+    }
+
+    /// Writes a snapshot at the applied index and compacts the log behind it.
+    pub fn take_snapshot(&mut self) -> Result<(), Fatal> {
+        let applied = self.inventory.applied_index();
+        if applied <= self.snapshot_index {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let image = snapshot::write(&self.inventory);
+        let mut meta = SnapshotMetadata::default();
+        meta.index = applied;
+        meta.term = self.raw.store().term(applied)?;
+        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let compact_to = applied.saturating_sub(self.config.log_keep_entries);
+        self.raw
+            .mut_store()
+            .save_snapshot(&meta, &image, compact_to)?;
+        self.snapshot_index = applied;
+        metrics::histogram!("stockraft_snapshot_seconds").record(started.elapsed().as_secs_f64());
+        tracing::info!(
+            index = applied,
+            chunks = image.chunks.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot taken; log compacted to {compact_to}"
+        );
+        Ok(())
+    }
+}

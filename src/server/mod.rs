@@ -1,1 +1,227 @@
-//! TODO
+//! The server process: storage, the replication thread, and the gRPC
+//! services around them.
+//!
+//! Start-up, in order:
+//! 1. Open the RocksDB store in the data dir; a brand-new one gets the
+//!    initial membership (this node as the single voter).
+//! 2. Load the latest snapshot, then let raft-rs replay the committed log
+//!    tail (in the replication thread's first turn).
+//! 3. Start the replication thread; a single voter elects itself at once.
+//! 4. Serve gRPC: `stockraft.v1.Inventory`, `grpc.health.v1.Health`
+//!    (SERVING once a leader is known and the log present at start-up is
+//!    applied) and server reflection. Serve Prometheus metrics.
+//!
+//! Shutdown (Ctrl-C or SIGTERM), in order: health turns NOT_SERVING, the
+//! gRPC server stops accepting and waits for calls in flight, then the
+//! replication thread finishes its batch (durable and answered) and stops.
+
+pub mod inventory_service;
+pub mod node;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raft::eraftpb::ConfState;
+use thiserror::Error;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::limits::REQUEST_BYTES_MAX;
+use crate::proto::v1::inventory_server::InventoryServer;
+use crate::replica::{tracing_logger, Fatal, Replica, ReplicaConfig, StoreError};
+use crate::storage::RocksStore;
+use inventory_service::{ApiConfig, InventoryService};
+use node::{NoPeers, Node, NodeConfig};
+
+/// Everything `stockraft serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Where Prometheus scrapes metrics; None to not serve them.
+    pub metrics_listen: Option<SocketAddr>,
+    pub tick_ms: u64,
+    pub api: ApiConfig,
+    pub replica: ReplicaConfig,
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot open the data dir: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot start the replica: {0}")]
+    Replica(#[from] Fatal),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("cannot start the replication thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot serve metrics: {0}")]
+    Metrics(String),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+const INVENTORY_SERVICE: &str = "stockraft.v1.Inventory";
+
+/// Runs a node until `shutdown` completes, then stops it cleanly.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    if let Some(addr) = config.metrics_listen {
+        install_metrics(addr)?;
+    }
+
+    let mut store = RocksStore::open(&config.data_dir)?;
+    if store.is_fresh() {
+        let mut conf_state = ConfState::default();
+        conf_state.voters = vec![config.node_id];
+        store.bootstrap(&conf_state)?;
+        tracing::info!(node_id = config.node_id, dir = %config.data_dir.display(), "created a new one-node cluster");
+    }
+    let startup_commit_index = raft::Storage::initial_state(&store)
+        .map(|s| s.hard_state.commit)
+        .unwrap_or(0);
+    let voters = raft::Storage::initial_state(&store)
+        .map(|s| s.conf_state.voters)
+        .unwrap_or_default();
+    let logger = tracing_logger();
+    let mut replica = Replica::new(config.replica.clone(), store, &logger)?;
+    if voters == [config.node_id] {
+        // A single voter need not wait out an election timeout.
+        replica.campaign()?;
+    }
+    let node = Node::start(
+        replica,
+        NoPeers,
+        NodeConfig {
+            tick_ms: config.tick_ms,
+            startup_commit_index,
+        },
+    )
+    .map_err(ServeError::Thread)?;
+    let handle = node.handle();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| ServeError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+    let local = listener.local_addr().map_err(|error| ServeError::Listen {
+        addr: config.listen,
+        error,
+    })?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(INVENTORY_SERVICE, ServingStatus::NotServing)
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let inventory = InventoryServer::new(InventoryService::new(handle.clone(), config.api))
+        .max_decoding_message_size(REQUEST_BYTES_MAX);
+
+    // Health follows the replica: SERVING when it can answer.
+    let (stop_health_tx, mut stop_health_rx) = tokio::sync::watch::channel(false);
+    let health_task = {
+        let health = health.clone();
+        let handle = handle.clone();
+        let mut status = handle.status_watch();
+        tokio::spawn(async move {
+            let mut serving = None;
+            loop {
+                let now = handle.is_ready();
+                if serving != Some(now) {
+                    let value = if now {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    health.set_service_status("", value).await;
+                    health.set_service_status(INVENTORY_SERVICE, value).await;
+                    if now {
+                        tracing::info!("ready: serving requests");
+                    }
+                    serving = Some(now);
+                }
+                tokio::select! {
+                    changed = status.changed() => if changed.is_err() { return },
+                    _ = stop_health_rx.changed() => return,
+                }
+            }
+        })
+    };
+
+    tracing::info!(node_id = config.node_id, listen = %local, "stockraft listening");
+    println!("stockraft node {} listening on {local}", config.node_id);
+
+    let shutdown_signal = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: refusing new calls, finishing calls in flight");
+            let _ = stop_health_tx.send(true);
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health
+                .set_service_status(INVENTORY_SERVICE, ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(30))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(inventory)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal)
+        .await;
+    let _ = health_task.await;
+    node.stop();
+    tracing::info!("stopped");
+    result.map_err(ServeError::from)
+}
+
+fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
+    let latency_buckets = [
+        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        2.5,
+    ];
+    let size_buckets = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+    ];
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&latency_buckets)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("stockraft_batch_commands".into()),
+                &size_buckets,
+            )
+        })
+        .and_then(|b| b.install())
+        .map_err(|e| ServeError::Metrics(e.to_string()))
+}

@@ -1,0 +1,71 @@
+//! The storage trait the replication core writes through.
+//!
+//! raft-rs reads the log through [`raft::Storage`]; this trait adds the
+//! writes the Ready loop performs. The server implements it over RocksDB
+//! ([`crate::storage::RocksStore`]); tests and the simulator use an
+//! in-memory disk ([`crate::storage::MemStore`]). Every method either
+//! completes or returns an error, and the core treats any error as fatal: a
+//! node whose disk refused a write stops instead of answering from state it
+//! cannot trust.
+
+use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
+use thiserror::Error;
+
+use crate::inventory::snapshot::Image;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error("storage holds damaged data: {0}")]
+    Corrupt(String),
+}
+
+/// The durable half of a replica: log entries, hard state, conf state and
+/// state-machine snapshots.
+pub trait LogStore: raft::Storage {
+    /// Appends `entries` (dropping any stored entries at or after the first
+    /// one's index, which a new leader overwrote) and, when given, the hard
+    /// state, in ONE atomic write. When `sync` is true the write is on stable
+    /// storage when this returns; the core relies on that before it
+    /// acknowledges anything or sends a vote or append response.
+    fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Records a newer commit index. Not synced: after a crash the commit
+    /// index is learned again from the leader, and what was applied is
+    /// rebuilt from the snapshot and the log.
+    fn set_commit(&mut self, commit: u64) -> Result<(), StoreError>;
+
+    /// Records the membership after a conf change entry was applied.
+    fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<(), StoreError>;
+
+    /// Stores a snapshot of the state machine taken at `meta.index`, then
+    /// drops log entries up to `compact_to` (at most `meta.index`), in one
+    /// synced write: the log is never shortened before the snapshot that
+    /// replaces it is durable.
+    fn save_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+        image: &Image,
+        compact_to: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces the whole log with a snapshot received from the leader.
+    fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+        image: &Image,
+    ) -> Result<(), StoreError>;
+
+    /// The latest stored snapshot, to rebuild the state machine on restart.
+    fn load_snapshot(&self) -> Result<Option<(SnapshotMetadata, Image)>, StoreError>;
+
+    /// Bytes of log entries held since the last snapshot, to decide when to
+    /// take the next one.
+    fn log_bytes(&self) -> u64;
+}

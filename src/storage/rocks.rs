@@ -1,0 +1,447 @@
+//! The RocksDB store: one database per node, in `--data-dir`.
+//!
+//! Keys (default column family):
+//!
+//! | key                      | value                                       |
+//! |--------------------------|---------------------------------------------|
+//! | `h`                      | Raft hard state (term, vote, commit)        |
+//! | `c`                      | Raft conf state (membership)                |
+//! | `t`                      | index and term of the last dropped entry    |
+//! | `l` + index (8 bytes BE) | one Raft log entry                          |
+//! | `s`                      | the latest snapshot's metadata and header   |
+//! | `S` + index + chunk no.  | that snapshot's chunks                      |
+//!
+//! Write order and syncs (the fault model: the process or machine may stop
+//! at any instant; a synced write is all there or all gone after restart):
+//!
+//! 1. [`LogStore::append`]: new entries, the deletion of any suffix they
+//!    replace, and the hard state, in one `WriteBatch`, synced when raft-rs
+//!    says so (always, when it holds entries or a vote). Only after it
+//!    returns does the node acknowledge a client or send a vote or append
+//!    response.
+//! 2. [`LogStore::set_commit`]: the hard state with a newer commit index,
+//!    not synced. Losing it is harmless: the leader re-sends the commit
+//!    index, and what was applied is rebuilt from snapshot and log.
+//! 3. [`LogStore::save_snapshot`]: the snapshot's chunks, its record, the new
+//!    truncation point, the deletion of older chunks and of compacted
+//!    entries, one synced `WriteBatch`: the log never shrinks before the
+//!    snapshot that replaces it is durable.
+//! 4. [`LogStore::install_snapshot`]: like 3, but it replaces the whole log.
+//!
+//! RocksDB settings chosen on purpose: every acknowledged write is synced
+//! through the WAL (`WriteOptions::set_sync`), so the WAL recovery mode is
+//! `PointInTime`: a torn record at the tail can only be a write that was
+//! never acknowledged, and recovery stops before it. `paranoid_checks` makes
+//! RocksDB verify checksums when it opens files. On open, the log read back
+//! must be contiguous and agree with the hard state, or the store refuses to
+//! open ([`StoreError::Corrupt`]) rather than serve a damaged log.
+
+use std::path::Path;
+use std::time::Instant;
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+use super::log_cache::LogCache;
+use crate::inventory::snapshot::{self, Image};
+use crate::proto::internal as pb;
+use crate::replica::{LogStore, StoreError};
+
+const KEY_HARD_STATE: &[u8] = b"h";
+const KEY_CONF_STATE: &[u8] = b"c";
+const KEY_TRUNCATED: &[u8] = b"t";
+const KEY_SNAPSHOT: &[u8] = b"s";
+const PREFIX_LOG: u8 = b'l';
+const PREFIX_CHUNK: u8 = b'S';
+
+fn log_key(index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = PREFIX_LOG;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn chunk_key(index: u64, chunk: u32) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = PREFIX_CHUNK;
+    key[1..9].copy_from_slice(&index.to_be_bytes());
+    key[9..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+fn io(context: &str, e: rocksdb::Error) -> StoreError {
+    StoreError::Io(format!("{context}: {e}"))
+}
+
+fn corrupt(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{context}: {e}"))
+}
+
+fn encode_pb(message: &impl protobuf::Message) -> Result<Vec<u8>, StoreError> {
+    message
+        .write_to_bytes()
+        .map_err(|e| StoreError::Io(format!("encoding raft state: {e}")))
+}
+
+/// A replica's durable state in RocksDB, with its log tail cached in memory.
+pub struct RocksStore {
+    db: DB,
+    cache: LogCache,
+    /// True when the database held no Raft state when opened.
+    fresh: bool,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("first_index", &self.cache.first_index())
+            .field("last_index", &self.cache.last_index())
+            .finish()
+    }
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store in `dir` and reads the log back.
+    pub fn open(dir: &Path) -> Result<RocksStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        options.set_paranoid_checks(true);
+        options.set_max_total_wal_size(256 * 1024 * 1024);
+        options.set_keep_log_file_num(4);
+        let db =
+            DB::open(&options, dir).map_err(|e| io(&format!("opening {}", dir.display()), e))?;
+
+        let mut cache = LogCache::default();
+        let mut fresh = true;
+        if let Some(bytes) = db
+            .get(KEY_HARD_STATE)
+            .map_err(|e| io("reading hard state", e))?
+        {
+            cache.hard_state =
+                HardState::parse_from_bytes(&bytes).map_err(|e| corrupt("hard state", e))?;
+            fresh = false;
+        }
+        if let Some(bytes) = db
+            .get(KEY_CONF_STATE)
+            .map_err(|e| io("reading conf state", e))?
+        {
+            cache.conf_state =
+                ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf state", e))?;
+            fresh = false;
+        }
+        if let Some(bytes) = db
+            .get(KEY_TRUNCATED)
+            .map_err(|e| io("reading truncation", e))?
+        {
+            if bytes.len() != 16 {
+                return Err(corrupt(
+                    "truncation record",
+                    format!("{} bytes", bytes.len()),
+                ));
+            }
+            let mut index = [0u8; 8];
+            let mut term = [0u8; 8];
+            index.copy_from_slice(&bytes[..8]);
+            term.copy_from_slice(&bytes[8..]);
+            cache.truncated_index = u64::from_be_bytes(index);
+            cache.truncated_term = u64::from_be_bytes(term);
+        }
+        if let Some(bytes) = db
+            .get(KEY_SNAPSHOT)
+            .map_err(|e| io("reading snapshot record", e))?
+        {
+            let stored = pb::StoredSnapshot::decode(bytes.as_slice())
+                .map_err(|e| corrupt("snapshot record", e))?;
+            let meta = SnapshotMetadata::parse_from_bytes(&stored.raft_metadata)
+                .map_err(|e| corrupt("snapshot metadata", e))?;
+            cache.snapshot_meta = Some(meta);
+        }
+
+        let mut entries = Vec::new();
+        let start = log_key(cache.truncated_index + 1);
+        for item in db.iterator(IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item.map_err(|e| io("reading log", e))?;
+            if key.first() != Some(&PREFIX_LOG) {
+                break;
+            }
+            let entry = Entry::parse_from_bytes(&value).map_err(|e| corrupt("log entry", e))?;
+            let expected = cache.truncated_index + 1 + entries.len() as u64;
+            if entry.index != expected || key.as_ref() != log_key(entry.index) {
+                return Err(corrupt(
+                    "log",
+                    format!("found entry {} where {expected} belongs", entry.index),
+                ));
+            }
+            entries.push(entry);
+        }
+        cache.load_entries(entries);
+        if cache.hard_state.commit > cache.last_index() {
+            return Err(corrupt(
+                "log",
+                format!(
+                    "hard state says {} is committed but the log ends at {}",
+                    cache.hard_state.commit,
+                    cache.last_index()
+                ),
+            ));
+        }
+        Ok(RocksStore { db, cache, fresh })
+    }
+
+    /// True when the store held no Raft state: a node that has never run.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Writes the initial membership of a brand-new cluster.
+    pub fn bootstrap(&mut self, conf_state: &ConfState) -> Result<(), StoreError> {
+        self.set_conf_state(conf_state)?;
+        self.fresh = false;
+        Ok(())
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        let started = Instant::now();
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| io("writing", e))?;
+        if sync {
+            metrics::histogram!("stockraft_fsync_seconds").record(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    fn read_image(&self, stored: &pb::StoredSnapshot, index: u64) -> Result<Image, StoreError> {
+        let Some(header) = stored.header.clone() else {
+            return Err(corrupt("snapshot record", "no header"));
+        };
+        let mut chunks = Vec::with_capacity(stored.chunk_count as usize);
+        for chunk in 0..stored.chunk_count {
+            let Some(bytes) = self
+                .db
+                .get(chunk_key(index, chunk))
+                .map_err(|e| io("reading snapshot chunk", e))?
+            else {
+                return Err(corrupt(
+                    "snapshot",
+                    format!("chunk {chunk} of {index} is missing"),
+                ));
+            };
+            chunks.push(bytes);
+        }
+        let digest = header.digest;
+        Ok(Image {
+            header,
+            chunks,
+            digest,
+        })
+    }
+
+    fn put_snapshot(
+        &self,
+        batch: &mut WriteBatch,
+        meta: &SnapshotMetadata,
+        image: &Image,
+    ) -> Result<(), StoreError> {
+        for (i, chunk) in image.chunks.iter().enumerate() {
+            batch.put(chunk_key(meta.index, i as u32), chunk);
+        }
+        let stored = pb::StoredSnapshot {
+            raft_metadata: encode_pb(meta)?,
+            header: Some(image.header.clone()),
+            chunk_count: image.chunks.len() as u32,
+        };
+        batch.put(KEY_SNAPSHOT, stored.encode_to_vec());
+        // Older snapshots' chunks go in the same write.
+        batch.delete_range(
+            chunk_key(0, 0).as_slice(),
+            chunk_key(meta.index, 0).as_slice(),
+        );
+        Ok(())
+    }
+}
+
+impl raft::Storage for RocksStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(self.cache.raft_state())
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.cache.entries(low, high, max_size.into())
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.cache.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.cache.first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.cache.last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let Some(meta) = self.cache.snapshot_meta.clone() else {
+            return Err(unavailable);
+        };
+        if meta.index < request_index {
+            return Err(unavailable);
+        }
+        let loaded = match self.load_snapshot() {
+            Ok(Some((_, image))) => image,
+            _ => return Err(unavailable),
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(meta);
+        snapshot.data = snapshot::to_bytes(&loaded).into();
+        Ok(snapshot)
+    }
+}
+
+impl LogStore for RocksStore {
+    fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        self.cache
+            .check_append(entries)
+            .map_err(|e| corrupt("append", e))?;
+        let mut batch = WriteBatch::default();
+        if let Some((first, last)) = self.cache.plan_append(entries) {
+            batch.delete_range(log_key(first).as_slice(), log_key(last + 1).as_slice());
+        }
+        for entry in entries {
+            batch.put(log_key(entry.index), encode_pb(entry)?);
+        }
+        if let Some(hs) = hard_state {
+            batch.put(KEY_HARD_STATE, encode_pb(hs)?);
+        }
+        self.write(batch, sync)?;
+        self.cache.append(entries);
+        if let Some(hs) = hard_state {
+            self.cache.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        if commit <= self.cache.hard_state.commit {
+            return Ok(());
+        }
+        let mut hs = self.cache.hard_state.clone();
+        hs.commit = commit;
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_HARD_STATE, encode_pb(&hs)?);
+        self.write(batch, false)?;
+        self.cache.hard_state = hs;
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_CONF_STATE, encode_pb(conf_state)?);
+        self.write(batch, true)?;
+        self.cache.conf_state = conf_state.clone();
+        Ok(())
+    }
+
+    fn save_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+        image: &Image,
+        compact_to: u64,
+    ) -> Result<(), StoreError> {
+        let compact_to = compact_to.min(meta.index);
+        let mut batch = WriteBatch::default();
+        self.put_snapshot(&mut batch, meta, image)?;
+        let mut hs = self.cache.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        batch.put(KEY_HARD_STATE, encode_pb(&hs)?);
+        let (truncated_index, truncated_term) = if compact_to > self.cache.truncated_index {
+            let term = self
+                .cache
+                .term(compact_to)
+                .map_err(|e| corrupt("compaction", e))?;
+            (compact_to, term)
+        } else {
+            (self.cache.truncated_index, self.cache.truncated_term)
+        };
+        let mut truncated = Vec::with_capacity(16);
+        truncated.extend_from_slice(&truncated_index.to_be_bytes());
+        truncated.extend_from_slice(&truncated_term.to_be_bytes());
+        batch.put(KEY_TRUNCATED, truncated);
+        batch.delete_range(log_key(0).as_slice(), log_key(compact_to + 1).as_slice());
+        self.write(batch, true)?;
+        self.cache.hard_state = hs;
+        self.cache
+            .compact(compact_to)
+            .map_err(|e| corrupt("compaction", e))?;
+        self.cache.snapshot_meta = Some(meta.clone());
+        Ok(())
+    }
+
+    fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+        image: &Image,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        self.put_snapshot(&mut batch, meta, image)?;
+        batch.delete_range(log_key(0).as_slice(), log_key(u64::MAX).as_slice());
+        batch.delete(log_key(u64::MAX));
+        let mut hs = self.cache.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        batch.put(KEY_HARD_STATE, encode_pb(&hs)?);
+        batch.put(KEY_CONF_STATE, encode_pb(meta.get_conf_state())?);
+        let mut truncated = Vec::with_capacity(16);
+        truncated.extend_from_slice(&meta.index.to_be_bytes());
+        truncated.extend_from_slice(&meta.term.to_be_bytes());
+        batch.put(KEY_TRUNCATED, truncated);
+        self.write(batch, true)?;
+        self.cache.install(meta);
+        Ok(())
+    }
+
+    fn load_snapshot(&self) -> Result<Option<(SnapshotMetadata, Image)>, StoreError> {
+        let Some(bytes) = self
+            .db
+            .get(KEY_SNAPSHOT)
+            .map_err(|e| io("reading snapshot record", e))?
+        else {
+            return Ok(None);
+        };
+        let stored = pb::StoredSnapshot::decode(bytes.as_slice())
+            .map_err(|e| corrupt("snapshot record", e))?;
+        let meta = SnapshotMetadata::parse_from_bytes(&stored.raft_metadata)
+            .map_err(|e| corrupt("snapshot metadata", e))?;
+        let image = self.read_image(&stored, meta.index)?;
+        Ok(Some((meta, image)))
+    }
+
+    fn log_bytes(&self) -> u64 {
+        self.cache.entry_bytes()
+    }
+}
