@@ -192,6 +192,9 @@ pub struct ServeArgs {
     /// Most finished ids remembered; the oldest are forgotten first beyond it.
     #[arg(long, default_value_t = limits::ID_RETAINED_MAX_DEFAULT)]
     pub id_retained_max: u64,
+    /// How long calls in flight may take to finish on shutdown.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Applied log entries between snapshots.
     #[arg(long, default_value_t = 20_000)]
     pub snapshot_entries: u64,
@@ -241,6 +244,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             metrics_listen,
             tick_ms: millis(self.tick).max(1),
+            shutdown_grace_ms: millis(self.shutdown_grace),
             api: ApiConfig {
                 ttl_ms_default,
                 ttl_ms_max,

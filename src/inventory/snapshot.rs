@@ -121,7 +121,6 @@ pub fn write(inventory: &Inventory) -> Image {
         flush(&mut chunk, &mut records, false);
     }
     flush(&mut chunk, &mut records, true);
-    drop(flush);
 
     let digest = digest.digest();
     Image {
@@ -246,7 +245,7 @@ pub fn to_bytes(image: &Image) -> Vec<u8> {
     // Writing to a Vec cannot fail.
     let _ = image.header.encode_length_delimited(&mut out);
     for chunk in &image.chunks {
-        let _ = prost::encoding::encode_varint(chunk.len() as u64, &mut out);
+        prost::encoding::encode_varint(chunk.len() as u64, &mut out);
         out.extend_from_slice(chunk);
     }
     out

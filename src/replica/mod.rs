@@ -605,9 +605,11 @@ impl<S: LogStore> Replica<S> {
         }
         let started = std::time::Instant::now();
         let image = snapshot::write(&self.inventory);
-        let mut meta = SnapshotMetadata::default();
-        meta.index = applied;
-        meta.term = self.raw.store().term(applied)?;
+        let mut meta = SnapshotMetadata {
+            index: applied,
+            term: self.raw.store().term(applied)?,
+            ..Default::default()
+        };
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         let compact_to = applied.saturating_sub(self.config.log_keep_entries);
         self.raw

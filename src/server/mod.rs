@@ -45,6 +45,8 @@ pub struct ServeConfig {
     /// Where Prometheus scrapes metrics; None to not serve them.
     pub metrics_listen: Option<SocketAddr>,
     pub tick_ms: u64,
+    /// How long calls in flight may take to finish once shutdown begins.
+    pub shutdown_grace_ms: u64,
     pub api: ApiConfig,
     pub replica: ReplicaConfig,
 }
@@ -83,8 +85,10 @@ pub async fn serve(
 
     let mut store = RocksStore::open(&config.data_dir)?;
     if store.is_fresh() {
-        let mut conf_state = ConfState::default();
-        conf_state.voters = vec![config.node_id];
+        let conf_state = ConfState {
+            voters: vec![config.node_id],
+            ..Default::default()
+        };
         store.bootstrap(&conf_state)?;
         tracing::info!(node_id = config.node_id, dir = %config.data_dir.display(), "created a new one-node cluster");
     }
@@ -106,6 +110,7 @@ pub async fn serve(
         NodeConfig {
             tick_ms: config.tick_ms,
             startup_commit_index,
+            queue_max: crate::limits::QUEUE_REQUESTS_MAX,
         },
     )
     .map_err(ServeError::Thread)?;
@@ -131,10 +136,12 @@ pub async fn serve(
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
@@ -175,10 +182,12 @@ pub async fn serve(
     tracing::info!(node_id = config.node_id, listen = %local, "stockraft listening");
     println!("stockraft node {} listening on {local}", config.node_id);
 
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown_signal = {
         let health = health.clone();
         async move {
             shutdown.await;
+            let _ = signalled_tx.send(());
             tracing::info!("shutting down: refusing new calls, finishing calls in flight");
             let _ = stop_health_tx.send(true);
             health
@@ -189,7 +198,7 @@ pub async fn serve(
                 .await;
         }
     };
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -197,8 +206,24 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(inventory)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal)
-        .await;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
+    // Calls in flight get a grace period to finish; then connections that
+    // are still open (a client that ignores GOAWAY) are dropped.
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let grace_over = async move {
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = grace_over => {
+            tracing::warn!("calls still open {} ms after shutdown began; closing them", grace.as_millis());
+            Ok(())
+        }
+    };
     let _ = health_task.await;
     node.stop();
     tracing::info!("stopped");

@@ -34,7 +34,7 @@ use crate::replica::{LogStore, Output, ProposeError, ReadError, Replica, Replica
 /// machine.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SubmitError {
-    #[error("the server is overloaded ({QUEUE_REQUESTS_MAX} requests queued); back off and retry")]
+    #[error("the server is overloaded (its request queue is full); back off and retry")]
     Overloaded,
     #[error("the node is shutting down; retry on another node or after restart")]
     Stopped,
@@ -88,6 +88,9 @@ pub struct NodeConfig {
     pub tick_ms: u64,
     /// Wait for replay of the log up to here before reporting ready.
     pub startup_commit_index: u64,
+    /// Most requests queued for the thread; beyond it callers are told
+    /// RESOURCE_EXHAUSTED. At most [`QUEUE_REQUESTS_MAX`].
+    pub queue_max: usize,
 }
 
 /// A cheap, cloneable handle to the replication thread.
@@ -175,7 +178,7 @@ impl Node {
         S: LogStore + Send + 'static,
         T: Transport,
     {
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE_REQUESTS_MAX);
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_max.clamp(1, QUEUE_REQUESTS_MAX));
         let (status_tx, status_rx) = watch::channel(replica.status());
         let handle = NodeHandle {
             tx,

@@ -220,7 +220,7 @@ impl RocksStore {
     }
 
     fn read_image(&self, stored: &pb::StoredSnapshot, index: u64) -> Result<Image, StoreError> {
-        let Some(header) = stored.header.clone() else {
+        let Some(header) = stored.header else {
             return Err(corrupt("snapshot record", "no header"));
         };
         let mut chunks = Vec::with_capacity(stored.chunk_count as usize);
@@ -256,7 +256,7 @@ impl RocksStore {
         }
         let stored = pb::StoredSnapshot {
             raft_metadata: encode_pb(meta)?,
-            header: Some(image.header.clone()),
+            header: Some(image.header),
             chunk_count: image.chunks.len() as u32,
         };
         batch.put(KEY_SNAPSHOT, stored.encode_to_vec());

@@ -1,0 +1,571 @@
+//! The public API over gRPC against the real binary: every call, every
+//! business outcome, and every error case with its status code.
+
+mod common;
+
+use common::{get, level, line, reserve, set_on_hand, Server};
+use stockraft::proto::v1 as pb;
+use tonic::Code;
+
+#[tokio::test]
+async fn every_call_round_trips() {
+    let mut server = Server::start(&[]);
+    server.wait_ready().await.unwrap();
+    let mut c = server.client().await;
+
+    // Stock a SKU at two nodes.
+    let set = c
+        .set_on_hand(pb::SetOnHandRequest {
+            txn_id: "count-1".into(),
+            sku: "SKU-1".into(),
+            node: "store-7".into(),
+            on_hand: 10,
+            expected_on_hand: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.outcome, pb::Outcome::Applied as i32);
+    assert_eq!(set.level.unwrap().on_hand, 10);
+    let adj = c
+        .adjust(pb::AdjustRequest {
+            txn_id: "asn-1".into(),
+            sku: "SKU-1".into(),
+            node: "dc-1".into(),
+            delta: 5,
+            reason: pb::AdjustReason::Receive as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(adj.level.unwrap().on_hand, 5);
+
+    // Safety stock reduces availability.
+    let safety = c
+        .set_safety_stock(pb::SetSafetyStockRequest {
+            sku: "SKU-1".into(),
+            node: "dc-1".into(),
+            safety_stock: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(safety.level.unwrap().available, 4);
+
+    // A bundle: two lines of the same counter are summed.
+    let r = reserve(
+        &mut c,
+        "ORDER-1",
+        vec![
+            line("SKU-1", "store-7", 2),
+            line("SKU-1", "store-7", 1),
+            line("SKU-1", "dc-1", 4),
+        ],
+        60_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.outcome, pb::Outcome::Reserved as i32);
+    assert!(r.expires_at_ms > 0);
+    assert_eq!(level(&mut c, "SKU-1", "store-7").await.reserved, 3);
+    assert_eq!(level(&mut c, "SKU-1", "dc-1").await.available, 0);
+
+    // Availability over all nodes and over the nodes asked.
+    let all = c
+        .get_availability(pb::GetAvailabilityRequest {
+            skus: vec!["SKU-1".into(), "SKU-NONE".into()],
+            nodes: vec![],
+            consistency: pb::Consistency::Local as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.skus.len(), 2);
+    assert_eq!(all.skus[0].total_available, 7);
+    assert_eq!(all.skus[0].nodes.len(), 2);
+    assert_eq!(all.skus[1].total_available, 0);
+    assert!(all.skus[1].nodes.is_empty());
+    assert!(all.applied_index > 0);
+
+    let got = get(&mut c, "ORDER-1").await;
+    assert_eq!(got.state, pb::ReservationState::Open as i32);
+    assert_eq!(got.lines.len(), 2);
+    assert_eq!(got.lines[1].qty, 3);
+
+    // All or nothing: one short line refuses the whole reserve.
+    let short = reserve(
+        &mut c,
+        "ORDER-2",
+        vec![line("SKU-1", "store-7", 1), line("SKU-1", "dc-1", 1)],
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(short.outcome, pb::Outcome::InsufficientStock as i32);
+    assert_eq!(short.shortages.len(), 1);
+    assert_eq!(short.shortages[0].node, "dc-1");
+    assert_eq!(short.shortages[0].available, 0);
+    assert_eq!(level(&mut c, "SKU-1", "store-7").await.reserved, 3);
+
+    // Extend, commit, repeat.
+    let ext = c
+        .extend(pb::ExtendRequest {
+            reservation_id: "ORDER-1".into(),
+            ttl_ms: 120_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ext.outcome, pb::Outcome::Reserved as i32);
+    assert!(ext.expires_at_ms > r.expires_at_ms);
+    for _ in 0..2 {
+        let commit = c
+            .commit(pb::CommitRequest {
+                reservation_id: "ORDER-1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(commit.outcome, pb::Outcome::Committed as i32);
+    }
+    let store = level(&mut c, "SKU-1", "store-7").await;
+    assert_eq!((store.on_hand, store.reserved), (7, 0));
+
+    // A repeated reserve reports the reservation's current state.
+    let again = reserve(
+        &mut c,
+        "ORDER-1",
+        vec![line("SKU-1", "dc-1", 4), line("SKU-1", "store-7", 3)],
+        60_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.outcome, pb::Outcome::Committed as i32);
+
+    // Release returns stock; a repeated release answers the same.
+    reserve(&mut c, "ORDER-3", vec![line("SKU-1", "store-7", 2)], 0)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let released = c
+            .release(pb::ReleaseRequest {
+                reservation_id: "ORDER-3".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(released.outcome, pb::Outcome::Released as i32);
+    }
+    assert_eq!(level(&mut c, "SKU-1", "store-7").await.reserved, 0);
+
+    // Unknown ids are outcomes, not errors.
+    let missing = c
+        .commit(pb::CommitRequest {
+            reservation_id: "NOPE".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(missing.outcome, pb::Outcome::NotFound as i32);
+    assert_eq!(
+        get(&mut c, "NOPE").await.outcome,
+        pb::Outcome::NotFound as i32
+    );
+
+    // A POS sale is never refused and reports the shortfall.
+    reserve(&mut c, "ORDER-4", vec![line("SKU-1", "store-7", 5)], 0)
+        .await
+        .unwrap();
+    let sold = c
+        .sell(pb::SellRequest {
+            txn_id: "pos-1".into(),
+            sku: "SKU-1".into(),
+            node: "store-7".into(),
+            qty: 6,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(sold.short);
+    assert_eq!(sold.level.unwrap().available, 1 - 5);
+    // The same txn id answers as the first time, without selling again.
+    let resold = c
+        .sell(pb::SellRequest {
+            txn_id: "pos-1".into(),
+            sku: "SKU-1".into(),
+            node: "store-7".into(),
+            qty: 6,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resold, sold);
+    assert_eq!(level(&mut c, "SKU-1", "store-7").await.on_hand, 1);
+
+    // Compare-and-set sync from a WMS.
+    let cas = c
+        .set_on_hand(pb::SetOnHandRequest {
+            txn_id: "wms-1".into(),
+            sku: "SKU-1".into(),
+            node: "store-7".into(),
+            on_hand: 9,
+            expected_on_hand: Some(1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cas.level.unwrap().on_hand, 9);
+    assert!(!cas.short);
+}
+
+fn code_of<T>(result: Result<T, tonic::Status>) -> (Code, String) {
+    match result {
+        Ok(_) => (Code::Ok, String::new()),
+        Err(status) => (status.code(), status.message().to_string()),
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_status_codes() {
+    let mut server = Server::start(&["--max-ttl", "1h"]);
+    server.wait_ready().await.unwrap();
+    let mut c = server.client().await;
+    set_on_hand(&mut c, "seed", "S", "N", 10).await;
+
+    let invalid = [
+        (
+            "zero qty",
+            reserve(&mut c, "o", vec![line("S", "N", 0)], 0).await,
+        ),
+        (
+            "negative qty",
+            reserve(&mut c, "o", vec![line("S", "N", -1)], 0).await,
+        ),
+        (
+            "empty id",
+            reserve(&mut c, "", vec![line("S", "N", 1)], 0).await,
+        ),
+        (
+            "long id",
+            reserve(&mut c, &"x".repeat(129), vec![line("S", "N", 1)], 0).await,
+        ),
+        (
+            "empty sku",
+            reserve(&mut c, "o", vec![line("", "N", 1)], 0).await,
+        ),
+        (
+            "long node",
+            reserve(&mut c, "o", vec![line("S", &"n".repeat(129), 1)], 0).await,
+        ),
+        ("no lines", reserve(&mut c, "o", vec![], 0).await),
+        (
+            "1001 lines",
+            reserve(&mut c, "o", vec![line("S", "N", 1); 1_001], 0).await,
+        ),
+        (
+            "ttl over max",
+            reserve(&mut c, "o", vec![line("S", "N", 1)], 3_600_001).await,
+        ),
+        (
+            "qty over limit",
+            reserve(&mut c, "o", vec![line("S", "N", 2_000_000_000)], 0).await,
+        ),
+    ];
+    for (what, result) in invalid {
+        let (code, message) = code_of(result);
+        assert_eq!(code, Code::InvalidArgument, "{what}: {message}");
+        assert!(!message.is_empty(), "{what} has no message");
+    }
+    // Nothing above changed anything.
+    assert_eq!(level(&mut c, "S", "N").await.reserved, 0);
+
+    let (code, message) = code_of(
+        c.get_availability(pb::GetAvailabilityRequest {
+            skus: vec!["S".into()],
+            nodes: vec![],
+            consistency: 7,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("consistency"), "{message}");
+    let (code, _) = code_of(
+        c.get_availability(pb::GetAvailabilityRequest {
+            skus: vec![],
+            nodes: vec![],
+            consistency: 0,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    let (code, message) = code_of(
+        c.adjust(pb::AdjustRequest {
+            txn_id: "a".into(),
+            sku: "S".into(),
+            node: "N".into(),
+            delta: 1,
+            reason: 99,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(message.contains("reason"), "{message}");
+    let (code, message) = code_of(
+        c.adjust(pb::AdjustRequest {
+            txn_id: "a".into(),
+            sku: "S".into(),
+            node: "N".into(),
+            delta: -1,
+            reason: pb::AdjustReason::Receive as i32,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::InvalidArgument, "{message}");
+    let (code, _) = code_of(
+        c.sell(pb::SellRequest {
+            txn_id: "s".into(),
+            sku: "S".into(),
+            node: "N".into(),
+            qty: 0,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::InvalidArgument);
+
+    // ALREADY_EXISTS: an id reused with a different payload.
+    reserve(&mut c, "dup", vec![line("S", "N", 1)], 0)
+        .await
+        .unwrap();
+    let (code, message) = code_of(reserve(&mut c, "dup", vec![line("S", "N", 2)], 0).await);
+    assert_eq!(code, Code::AlreadyExists, "{message}");
+    assert!(message.contains("dup"), "{message}");
+    c.sell(pb::SellRequest {
+        txn_id: "t1".into(),
+        sku: "S".into(),
+        node: "N".into(),
+        qty: 1,
+    })
+    .await
+    .unwrap();
+    let (code, _) = code_of(
+        c.sell(pb::SellRequest {
+            txn_id: "t1".into(),
+            sku: "S".into(),
+            node: "N".into(),
+            qty: 2,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::AlreadyExists);
+
+    // FAILED_PRECONDITION: stale compare-and-set, commit after release,
+    // release after commit.
+    let (code, message) = code_of(
+        c.set_on_hand(pb::SetOnHandRequest {
+            txn_id: "cas".into(),
+            sku: "S".into(),
+            node: "N".into(),
+            on_hand: 3,
+            expected_on_hand: Some(42),
+        })
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    assert!(message.contains("is 9"), "{message}");
+    reserve(&mut c, "rel", vec![line("S", "N", 1)], 0)
+        .await
+        .unwrap();
+    c.release(pb::ReleaseRequest {
+        reservation_id: "rel".into(),
+    })
+    .await
+    .unwrap();
+    let (code, _) = code_of(
+        c.commit(pb::CommitRequest {
+            reservation_id: "rel".into(),
+        })
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    reserve(&mut c, "com", vec![line("S", "N", 1)], 0)
+        .await
+        .unwrap();
+    c.commit(pb::CommitRequest {
+        reservation_id: "com".into(),
+    })
+    .await
+    .unwrap();
+    let (code, _) = code_of(
+        c.release(pb::ReleaseRequest {
+            reservation_id: "com".into(),
+        })
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+    let (code, _) = code_of(
+        c.extend(pb::ExtendRequest {
+            reservation_id: "com".into(),
+            ttl_ms: 1_000,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::FailedPrecondition);
+
+    // Overflow is refused, never wrapped.
+    set_on_hand(&mut c, "big", "S", "BIG", 1_000_000_000_000).await;
+    let (code, message) = code_of(
+        c.adjust(pb::AdjustRequest {
+            txn_id: "over".into(),
+            sku: "S".into(),
+            node: "BIG".into(),
+            delta: 1,
+            reason: pb::AdjustReason::Receive as i32,
+        })
+        .await,
+    );
+    assert_eq!(code, Code::OutOfRange, "{message}");
+    assert_eq!(level(&mut c, "S", "BIG").await.on_hand, 1_000_000_000_000);
+
+    // The server is still healthy after all of it.
+    assert_eq!(level(&mut c, "S", "N").await.on_hand, 8);
+}
+
+#[tokio::test]
+async fn malformed_protobuf_gets_an_error_and_the_server_lives_on() {
+    use tonic::codegen::http::uri::PathAndQuery;
+
+    let mut server = Server::start(&[]);
+    server.wait_ready().await.unwrap();
+    let channel = stockraft::client::channel(&server.addr, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // Field 2 (lines) as a length-delimited value running past the end.
+    let garbage: Vec<u8> = vec![0x12, 0xff, 0xff, 0x03, 0x01];
+    let result: Result<tonic::Response<Vec<u8>>, tonic::Status> = grpc
+        .unary(
+            tonic::Request::new(garbage),
+            PathAndQuery::from_static("/stockraft.v1.Inventory/Reserve"),
+            raw::RawCodec,
+        )
+        .await;
+    let status = result.expect_err("garbage must be refused");
+    assert_ne!(status.code(), Code::Ok);
+    let mut c = server.client().await;
+    set_on_hand(&mut c, "after", "S", "N", 1).await;
+    assert_eq!(level(&mut c, "S", "N").await.on_hand, 1);
+}
+
+#[tokio::test]
+async fn health_and_reflection_work_without_the_proto_files() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let mut server = Server::start(&[]);
+    server.wait_ready().await.unwrap();
+    let status = common::health(&server.addr, "stockraft.v1.Inventory")
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    let channel = stockraft::client::channel(&server.addr, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"stockraft.v1.Inventory".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let mut server = Server::start(&[]);
+    server.wait_ready().await.unwrap();
+    let mut c = server.client().await;
+    set_on_hand(&mut c, "t", "S", "N", 3).await;
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}\n{}", server.logs());
+    assert!(
+        server.logs().contains("replication thread stopped"),
+        "{}",
+        server.logs()
+    );
+    server.restart();
+    server.wait_ready().await.unwrap();
+    let mut c = server.client().await;
+    assert_eq!(level(&mut c, "S", "N").await.on_hand, 3);
+}
+
+mod raw {
+    //! A codec that sends bytes as they are, to send malformed messages.
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    #[derive(Debug, Clone, Default)]
+    pub struct RawCodec;
+
+    #[derive(Debug, Clone, Default)]
+    pub struct RawEncoder;
+
+    #[derive(Debug, Clone, Default)]
+    pub struct RawDecoder;
+
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            use bytes::BufMut;
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawDecoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+            use bytes::Buf;
+            let mut out = vec![0u8; src.remaining()];
+            src.copy_to_slice(&mut out);
+            Ok(Some(out))
+        }
+    }
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+}
