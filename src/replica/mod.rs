@@ -34,6 +34,9 @@
 pub mod log_store;
 mod logger;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 

@@ -1,0 +1,269 @@
+//! The replication core over in-memory stores: one node, restarts,
+//! snapshots, and a three-replica group with messages routed by hand.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use raft::eraftpb::Message;
+
+use super::*;
+use crate::inventory::command::{Line, Reserve, SetOnHand};
+use crate::inventory::{Outcome, ReserveAnswer};
+use crate::storage::MemStore;
+
+fn logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn set(txn: &str, on_hand: i64) -> Command {
+    Command::SetOnHand(SetOnHand::new(txn.into(), "S".into(), "N".into(), on_hand, None).unwrap())
+}
+
+fn reserve(id: &str, qty: i64) -> Command {
+    Command::Reserve(
+        Reserve::new(
+            id.into(),
+            vec![Line {
+                sku: "S".into(),
+                node: "N".into(),
+                qty,
+            }],
+            60_000,
+        )
+        .unwrap(),
+    )
+}
+
+fn single(store: MemStore) -> Replica<MemStore> {
+    let mut replica = Replica::new(ReplicaConfig::new(1), store, &logger()).unwrap();
+    replica.campaign().unwrap();
+    let mut out = Output::default();
+    replica.advance(&mut out).unwrap();
+    assert!(replica.is_leader());
+    replica
+}
+
+#[test]
+fn a_single_voter_answers_after_the_entry_is_durable_and_applied() {
+    let mut replica = single(MemStore::new(&[1]));
+    let mut out = Output::default();
+    replica.propose(
+        1_000,
+        vec![(1, set("t", 5)), (2, reserve("o", 3)), (3, reserve("p", 3))],
+        &mut out,
+    );
+    assert!(
+        out.answers.is_empty(),
+        "answered before the entry was persisted"
+    );
+    replica.advance(&mut out).unwrap();
+    assert_eq!(out.answers.len(), 3);
+    let by_token: BTreeMap<Token, _> = out.answers.into_iter().collect();
+    assert!(matches!(by_token[&1], Ok(Applied::StockChange(Ok(_)))));
+    assert!(matches!(
+        &by_token[&2],
+        Ok(Applied::Reserve(Ok(ReserveAnswer {
+            outcome: Outcome::Reserved,
+            ..
+        })))
+    ));
+    assert!(matches!(
+        &by_token[&3],
+        Ok(Applied::Reserve(Ok(ReserveAnswer {
+            outcome: Outcome::InsufficientStock,
+            ..
+        })))
+    ));
+    // Every command of the batch went into one log entry.
+    let status = replica.status();
+    assert_eq!(status.applied_index, status.commit_index);
+    assert_eq!(status.last_index, 2, "election entry plus one batch");
+}
+
+#[test]
+fn a_restart_replays_the_log_to_the_same_state() {
+    let mut replica = single(MemStore::new(&[1]));
+    let mut out = Output::default();
+    for i in 0..20u64 {
+        replica.propose(
+            1_000 + i,
+            vec![(i, set(&format!("t{i}"), i as i64))],
+            &mut out,
+        );
+        replica.advance(&mut out).unwrap();
+    }
+    let digest = replica.inventory().digest();
+    let restarted =
+        Replica::new(ReplicaConfig::new(1), replica.store().clone(), &logger()).unwrap();
+    let mut restarted = restarted;
+    restarted.advance(&mut out).unwrap();
+    assert_eq!(
+        restarted.inventory().applied_index(),
+        replica.inventory().applied_index()
+    );
+    assert_eq!(restarted.inventory().digest(), digest);
+}
+
+#[test]
+fn snapshots_compact_the_log_and_restarts_load_them() {
+    let mut config = ReplicaConfig::new(1);
+    config.snapshot_entries = 10;
+    config.log_keep_entries = 2;
+    let mut replica = Replica::new(config.clone(), MemStore::new(&[1]), &logger()).unwrap();
+    replica.campaign().unwrap();
+    let mut out = Output::default();
+    for i in 0..35u64 {
+        replica.propose(
+            1_000 + i,
+            vec![(i, set(&format!("t{i}"), i as i64))],
+            &mut out,
+        );
+        replica.advance(&mut out).unwrap();
+    }
+    let status = replica.status();
+    assert!(status.snapshot_index >= 30, "{status:?}");
+    let first = raft::Storage::first_index(replica.store()).unwrap();
+    assert_eq!(
+        first,
+        status.snapshot_index - 2 + 1,
+        "log not compacted behind the snapshot"
+    );
+    let digest = replica.inventory().digest();
+    let mut restarted = Replica::new(config, replica.store().clone(), &logger()).unwrap();
+    restarted.advance(&mut out).unwrap();
+    assert_eq!(restarted.inventory().digest(), digest);
+    assert_eq!(restarted.inventory().applied_index(), status.applied_index);
+}
+
+#[test]
+fn the_leader_expires_due_holds_without_traffic() {
+    let mut replica = single(MemStore::new(&[1]));
+    let mut out = Output::default();
+    let short = Command::Reserve(
+        Reserve::new(
+            "cart".into(),
+            vec![Line {
+                sku: "S".into(),
+                node: "N".into(),
+                qty: 1,
+            }],
+            500,
+        )
+        .unwrap(),
+    );
+    replica.propose(1_000, vec![(1, set("t", 1)), (2, short)], &mut out);
+    replica.advance(&mut out).unwrap();
+    assert_eq!(replica.inventory().open_count(), 1);
+    // Before the deadline a tick proposes nothing.
+    replica.tick(1_499, &mut out);
+    replica.advance(&mut out).unwrap();
+    assert_eq!(replica.inventory().open_count(), 1);
+    // At the deadline the tick's entry expires it.
+    replica.tick(1_500, &mut out);
+    replica.advance(&mut out).unwrap();
+    assert_eq!(replica.inventory().open_count(), 0);
+    let held = replica.inventory().reservation("cart").unwrap();
+    assert_eq!(held.state, crate::inventory::ReservationState::Expired);
+    assert!(held.finished_at_ms >= held.expires_at_ms);
+}
+
+#[test]
+fn a_follower_refuses_proposals_and_reads_with_a_reason() {
+    let mut replica =
+        Replica::new(ReplicaConfig::new(1), MemStore::new(&[1, 2, 3]), &logger()).unwrap();
+    let mut out = Output::default();
+    replica.propose(1, vec![(7, set("t", 1))], &mut out);
+    replica.read(vec![8], &mut out);
+    assert_eq!(out.answers, vec![(7, Err(ProposeError::NoLeader))]);
+    assert_eq!(out.reads, vec![(8, Err(ReadError::NoLeader))]);
+}
+
+/// Three replicas in memory; messages delivered by hand, in order.
+struct Group {
+    replicas: Vec<Replica<MemStore>>,
+    queue: VecDeque<Message>,
+    answers: Vec<(Token, Result<Applied, ProposeError>)>,
+    reads: Vec<(Token, Result<u64, ReadError>)>,
+}
+
+impl Group {
+    fn new() -> Group {
+        let replicas = (1..=3)
+            .map(|id| {
+                Replica::new(ReplicaConfig::new(id), MemStore::new(&[1, 2, 3]), &logger()).unwrap()
+            })
+            .collect();
+        Group {
+            replicas,
+            queue: VecDeque::new(),
+            answers: Vec::new(),
+            reads: Vec::new(),
+        }
+    }
+
+    fn settle(&mut self) {
+        for _ in 0..1_000 {
+            for replica in self.replicas.iter_mut() {
+                let mut out = Output::default();
+                replica.advance(&mut out).unwrap();
+                self.queue.extend(out.messages);
+                self.answers.extend(out.answers);
+                self.reads.extend(out.reads);
+            }
+            let Some(message) = self.queue.pop_front() else {
+                return;
+            };
+            let to = message.to as usize - 1;
+            let _ = self.replicas[to].step(message);
+        }
+        panic!("group did not settle");
+    }
+
+    fn leader(&self) -> usize {
+        self.replicas
+            .iter()
+            .position(|r| r.is_leader())
+            .expect("a leader")
+    }
+}
+
+#[test]
+fn three_replicas_agree_and_answer_only_committed_entries() {
+    let mut group = Group::new();
+    group.replicas[0].campaign().unwrap();
+    group.settle();
+    let leader = group.leader();
+    assert_eq!(leader, 0);
+    let mut out = Output::default();
+    group.replicas[leader].propose(
+        5_000,
+        vec![(1, set("t", 4)), (2, reserve("o", 3))],
+        &mut out,
+    );
+    group.queue.extend(out.messages);
+    group.settle();
+    assert_eq!(group.answers.len(), 2, "{:?}", group.answers);
+    group.replicas[leader].read(vec![9], &mut Output::default());
+    group.settle();
+    assert_eq!(group.reads.len(), 1);
+    assert!(group.reads[0].1.is_ok());
+    // Followers learn the commit index with the next heartbeat or append.
+    let mut out = Output::default();
+    group.replicas[leader].propose(5_001, vec![(3, set("t2", 4))], &mut out);
+    group.queue.extend(out.messages);
+    group.settle();
+    let digests: Vec<u64> = group
+        .replicas
+        .iter()
+        .map(|r| r.inventory().digest())
+        .collect();
+    let applied: Vec<u64> = group
+        .replicas
+        .iter()
+        .map(|r| r.inventory().applied_index())
+        .collect();
+    assert!(applied.iter().all(|a| *a == applied[0]), "{applied:?}");
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "replicas diverged"
+    );
+}
