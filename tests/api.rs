@@ -569,3 +569,45 @@ mod raw {
         }
     }
 }
+
+#[tokio::test]
+async fn prometheus_metrics_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let mut server = Server::start(&[]);
+    // Restart with a metrics port (the harness turns metrics off by default).
+    server.kill9();
+    server.extra = vec!["--metrics-listen".into(), metrics_addr.clone()];
+    server.restart();
+    server.wait_ready().await.unwrap();
+    let mut c = server.client().await;
+    set_on_hand(&mut c, "m", "S", "N", 2).await;
+    reserve(&mut c, "o", vec![line("S", "N", 1)], 0)
+        .await
+        .unwrap();
+    reserve(&mut c, "p", vec![line("S", "N", 5)], 0)
+        .await
+        .unwrap();
+
+    let mut stream = tokio::net::TcpStream::connect(&metrics_addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    for name in [
+        "stockraft_requests_total{method=\"Reserve\",code=\"OK\"} 2",
+        "stockraft_outcomes_total{method=\"Reserve\",outcome=\"INSUFFICIENT_STOCK\"} 1",
+        "stockraft_request_seconds_bucket{method=\"Reserve\"",
+        "stockraft_fsync_seconds_bucket",
+        "stockraft_batch_commands_bucket",
+        "stockraft_open_reservations 1",
+        "stockraft_raft_term",
+        "stockraft_raft_commit_index",
+        "stockraft_raft_applied_index",
+    ] {
+        assert!(body.contains(name), "metrics lack {name}:\n{body}");
+    }
+}

@@ -62,14 +62,21 @@ impl Server {
             .arg(&self.addr)
             .arg("--data-dir")
             .arg(&self.dir)
-            .arg("--metrics-listen")
-            .arg("off")
+            .args(self.metrics_flag())
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn stockraft serve");
         self.child = Some(child);
+    }
+
+    /// Metrics are off unless the test's own flags turn them on.
+    fn metrics_flag(&self) -> Vec<String> {
+        if self.extra.iter().any(|a| a == "--metrics-listen") {
+            return Vec::new();
+        }
+        vec!["--metrics-listen".into(), "off".into()]
     }
 
     /// SIGKILL: no chance to flush or clean up.
