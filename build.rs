@@ -15,7 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(
             &[
                 "proto/stockraft/v1/inventory.proto",
+                "proto/stockraft/v1/cluster.proto",
                 "proto/stockraft/internal/v1/log.proto",
+                "proto/stockraft/internal/v1/peer.proto",
             ],
             &["proto"],
         )?;

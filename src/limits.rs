@@ -64,3 +64,27 @@ pub const QUEUE_REQUESTS_MAX: usize = 65_536;
 
 /// Most bytes in one gRPC request the public service accepts.
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most raft messages (or transport reports) waiting for the replication
+/// thread. Beyond this, messages are dropped; Raft retransmits.
+pub const PEER_QUEUE_MAX: usize = 16_384;
+
+/// Most raft messages queued for sending to one peer. A peer that is down or
+/// slow fills its queue and further messages to it are dropped (Raft
+/// retransmits), so it never slows the others.
+pub const PEER_SEND_QUEUE_MAX: usize = 4_096;
+
+/// Most raft messages sent to a peer in one batch.
+pub const PEER_BATCH_MESSAGES_MAX: usize = 512;
+
+/// Most bytes of raft messages sent to a peer in one batch.
+pub const PEER_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Largest message the peer service accepts (a batch of appends).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Bytes of snapshot data per chunk on the wire.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Largest snapshot a node accepts from a peer.
+pub const SNAPSHOT_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;

@@ -2,14 +2,17 @@
 //! (UNAVAILABLE) and a full queue (RESOURCE_EXHAUSTED). Runs the real
 //! service and replication thread in-process over in-memory stores.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
-use stockraft::inventory::snapshot::Image;
 use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::inventory_server::Inventory;
-use stockraft::replica::{tracing_logger, LogStore, Replica, ReplicaConfig, StoreError};
+use stockraft::replica::{
+    tracing_logger, LogStore, Members, Output, Replica, ReplicaConfig, SavedSnapshot, StoreError,
+};
+use stockraft::server::forward::Forwarder;
 use stockraft::server::inventory_service::{ApiConfig, InventoryService};
 use stockraft::server::node::{NoPeers, Node, NodeConfig};
 use stockraft::storage::MemStore;
@@ -43,7 +46,7 @@ async fn without_a_leader_writes_and_linearizable_reads_are_unavailable() {
     .unwrap();
     let node = Node::start(
         replica,
-        NoPeers,
+        |_| NoPeers,
         NodeConfig {
             tick_ms: 10,
             startup_commit_index: 0,
@@ -52,7 +55,8 @@ async fn without_a_leader_writes_and_linearizable_reads_are_unavailable() {
     )
     .unwrap();
     assert!(!node.handle().is_ready());
-    let service = InventoryService::new(node.handle(), API);
+    let forwarder = Arc::new(Forwarder::new(node.handle(), Duration::from_millis(300)));
+    let service = InventoryService::new(node.handle(), API, forwarder);
     let status = service.reserve(reserve_request("o")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("leader"), "{}", status.message());
@@ -125,25 +129,27 @@ impl LogStore for SlowStore {
     fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
         self.0.set_commit(commit)
     }
-    fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<(), StoreError> {
-        self.0.set_conf_state(conf_state)
+    fn set_conf_state(
+        &mut self,
+        conf_state: &ConfState,
+        members: &Members,
+    ) -> Result<(), StoreError> {
+        self.0.set_conf_state(conf_state, members)
+    }
+    fn members(&self) -> Members {
+        self.0.members()
     }
     fn save_snapshot(
         &mut self,
-        meta: &SnapshotMetadata,
-        image: &Image,
+        snapshot: &SavedSnapshot,
         compact_to: u64,
     ) -> Result<(), StoreError> {
-        self.0.save_snapshot(meta, image, compact_to)
+        self.0.save_snapshot(snapshot, compact_to)
     }
-    fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMetadata,
-        image: &Image,
-    ) -> Result<(), StoreError> {
-        self.0.install_snapshot(meta, image)
+    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
+        self.0.install_snapshot(snapshot)
     }
-    fn load_snapshot(&self) -> Result<Option<(SnapshotMetadata, Image)>, StoreError> {
+    fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError> {
         self.0.load_snapshot()
     }
     fn log_bytes(&self) -> u64 {
@@ -159,10 +165,10 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_it_accepted()
         &tracing_logger(),
     )
     .unwrap();
-    replica.campaign().unwrap();
+    replica.campaign(&mut Output::default()).unwrap();
     let node = Node::start(
         replica,
-        NoPeers,
+        |_| NoPeers,
         NodeConfig {
             tick_ms: 10,
             startup_commit_index: 0,
@@ -170,7 +176,8 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_it_accepted()
         },
     )
     .unwrap();
-    let service = std::sync::Arc::new(InventoryService::new(node.handle(), API));
+    let forwarder = Arc::new(Forwarder::new(node.handle(), Duration::from_millis(300)));
+    let service = Arc::new(InventoryService::new(node.handle(), API, forwarder));
     service
         .set_on_hand(Request::new(pb::SetOnHandRequest {
             txn_id: "seed".into(),

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use stockraft::client::{self, parse_counter_arg};
 use stockraft::limits;
 use stockraft::proto::v1 as pb;
-use stockraft::replica::ReplicaConfig;
+use stockraft::proto::v1::cluster_client::ClusterClient;
+use stockraft::replica::{Members, ReplicaConfig};
 use stockraft::server::inventory_service::ApiConfig;
 use stockraft::server::ServeConfig;
 
@@ -117,6 +118,13 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Cluster administration: status, add, remove, transfer-leader.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show availability of SKUs, over all their nodes or the ones named.
     Avail {
         #[arg(required = true)]
@@ -131,6 +139,22 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, leader, term, commit and applied index of every node.
+    Status {
+        /// Also compare the state digests of the nodes.
+        #[arg(long)]
+        digest: bool,
+    },
+    /// Add a node as a voter; then start it with `--join` (any member).
+    Add { node_id: u64, address: String },
+    /// Remove a node.
+    Remove { node_id: u64 },
+    /// Hand leadership to another voter.
+    TransferLeader { node_id: u64 },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Reason {
     Receive,
@@ -143,13 +167,18 @@ pub enum Reason {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The server to call.
-    #[arg(long, env = "STOCKRAFT_SERVER", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "STOCKRAFT_SERVER",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
     pub server: String,
     /// Print one JSON object instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     /// Give up on a call after this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
 }
 
@@ -164,6 +193,20 @@ pub struct ServeArgs {
     /// Where the node keeps its Raft log and snapshots.
     #[arg(long, env = "STOCKRAFT_DATA_DIR", default_value = "./stockraft-data")]
     pub data_dir: PathBuf,
+    /// The address other nodes use to reach this one (default: --listen).
+    #[arg(long, env = "STOCKRAFT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The members of a NEW cluster, the same on every node:
+    /// 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT. Ignored once the data dir exists.
+    #[arg(long, env = "STOCKRAFT_PEERS", conflicts_with = "join")]
+    pub peers: Option<String>,
+    /// Join a running cluster through any member (HOST:PORT), after
+    /// `stockraft cluster add ID ADDR`. Ignored once the data dir exists.
+    #[arg(long, env = "STOCKRAFT_JOIN")]
+    pub join: Option<String>,
+    /// How long a call waits for a leader (and retries) during an election.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub leader_wait: Duration,
     /// Address of the Prometheus metrics endpoint, or "off".
     #[arg(
         long,
@@ -238,7 +281,15 @@ impl ServeArgs {
         replica.id_retention_ms = millis(self.id_retention);
         replica.id_retained_max = self.id_retained_max;
         replica.snapshot_entries = self.snapshot_entries.max(1);
+        let peers = match &self.peers {
+            Some(text) => Some(parse_peers(text)?),
+            None => None,
+        };
         Ok(ServeConfig {
+            advertise: self.advertise,
+            peers,
+            join: self.join,
+            leader_wait_ms: millis(self.leader_wait),
             node_id: self.node_id,
             listen: self.listen,
             data_dir: self.data_dir,
@@ -252,6 +303,32 @@ impl ServeArgs {
             replica,
         })
     }
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT,...`.
+pub fn parse_peers(text: &str) -> Result<Members> {
+    let mut members = Members::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--peers item {item:?} is not ID=HOST:PORT"))?;
+        let id: u64 =
+            id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+                anyhow!("--peers item {item:?}: the id must be a positive integer")
+            })?;
+        if !address.contains(':') {
+            return Err(anyhow!(
+                "--peers item {item:?}: the address must be HOST:PORT"
+            ));
+        }
+        if members.insert(id, address.trim().to_string()).is_some() {
+            return Err(anyhow!("--peers lists node {id} twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err(anyhow!("--peers lists no nodes"));
+    }
+    Ok(members)
 }
 
 /// A random transaction id for commands run by hand.
@@ -545,6 +622,7 @@ pub async fn run_client(command: Command) -> Result<()> {
             print_level(&client, "-", &c.sku, &c.node, r.outcome, &r.level, r.short);
             Ok(())
         }
+        Command::Cluster { command, client } => run_cluster(command, client).await,
         Command::Avail {
             skus,
             nodes,
@@ -637,5 +715,139 @@ fn print_level(
             outcome_name(outcome),
             level_text(level, short)
         );
+    }
+}
+
+async fn run_cluster(command: ClusterCommand, client: ClientArgs) -> Result<()> {
+    let channel = client::channel(&client.server, client.timeout).await?;
+    let mut api = ClusterClient::new(channel);
+    match command {
+        ClusterCommand::Status { digest } => {
+            let first = api
+                .status(pb::ClusterStatusRequest {
+                    with_digest: digest,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            // Ask every member for its own view.
+            let mut rows = Vec::new();
+            for member in &first.members {
+                let row = match client::channel(&member.address, client.timeout).await {
+                    Ok(channel) => ClusterClient::new(channel)
+                        .status(pb::ClusterStatusRequest {
+                            with_digest: digest,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| s.message().to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                rows.push((member.clone(), row));
+            }
+            if client.json {
+                let nodes: Vec<Value> = rows
+                    .iter()
+                    .map(|(m, row)| match row {
+                        Ok(s) => json!({"node_id": m.node_id, "address": m.address, "member_role": m.role,
+                            "reachable": true, "role": s.role, "leader_id": s.leader_id, "term": s.term,
+                            "commit_index": s.commit_index, "applied_index": s.applied_index,
+                            "last_index": s.last_index, "snapshot_index": s.snapshot_index, "ready": s.ready,
+                            "state_digest": s.state_digest, "open_reservations": s.open_reservations}),
+                        Err(e) => json!({"node_id": m.node_id, "address": m.address, "member_role": m.role,
+                            "reachable": false, "error": e}),
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"leader_id": first.leader_id, "term": first.term, "nodes": nodes})
+                );
+                return Ok(());
+            }
+            println!("leader: node {}  term: {}", first.leader_id, first.term);
+            println!(
+                "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {}",
+                "node",
+                "address",
+                "member",
+                "role",
+                "term",
+                "commit",
+                "applied",
+                "snapshot",
+                if digest { "digest" } else { "" }
+            );
+            for (m, row) in rows {
+                match row {
+                    Ok(s) => println!(
+                        "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {}",
+                        m.node_id,
+                        m.address,
+                        m.role,
+                        s.role,
+                        s.term,
+                        s.commit_index,
+                        s.applied_index,
+                        s.snapshot_index,
+                        if digest {
+                            format!("{:016x}", s.state_digest)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    Err(e) => println!(
+                        "{:<6} {:<22} {:<8} unreachable: {e}",
+                        m.node_id, m.address, m.role
+                    ),
+                }
+            }
+            Ok(())
+        }
+        ClusterCommand::Add { node_id, address } => {
+            let r = api
+                .add_member(pb::AddMemberRequest { node_id, address })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_members(&client, &r);
+            Ok(())
+        }
+        ClusterCommand::Remove { node_id } => {
+            let r = api
+                .remove_member(pb::RemoveMemberRequest { node_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_members(&client, &r);
+            Ok(())
+        }
+        ClusterCommand::TransferLeader { node_id } => {
+            let r = api
+                .transfer_leader(pb::TransferLeaderRequest { node_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if client.json {
+                println!("{}", json!({"leader_id": r.leader_id, "term": r.term}));
+            } else {
+                println!("leader: node {} (term {})", r.leader_id, r.term);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_members(client: &ClientArgs, r: &pb::MembershipResponse) {
+    if client.json {
+        let members: Vec<Value> = r
+            .members
+            .iter()
+            .map(|m| json!({"node_id": m.node_id, "address": m.address, "role": m.role}))
+            .collect();
+        println!("{}", json!({"members": members, "index": r.index}));
+        return;
+    }
+    for m in &r.members {
+        println!("node {:<4} {:<24} {}", m.node_id, m.address, m.role);
     }
 }

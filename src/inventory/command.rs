@@ -484,12 +484,17 @@ mod tests {
     }
 
     #[test]
-    fn bundle_sum_over_the_counter_limit_is_refused_not_wrapped() {
-        let lines = vec![line("a", "n", QTY_MAX); 1_000];
-        assert!(matches!(
-            Reserve::new("o".into(), lines, 1).unwrap_err(),
-            InvalidInput::LineSumTooLarge { .. }
-        ));
+    fn the_largest_bundle_sums_exactly_within_the_counter_range() {
+        // 1,000 lines of the largest quantity: the sum is exact, not wrapped,
+        // and still within a counter's range.
+        let lines = vec![line("a", "n", QTY_MAX); LINES_PER_RESERVATION_MAX];
+        let reserve = Reserve::new("o".into(), lines, 1).unwrap();
+        assert_eq!(reserve.lines.len(), 1);
+        assert_eq!(
+            reserve.lines[0].qty,
+            QTY_MAX * LINES_PER_RESERVATION_MAX as i64
+        );
+        assert!(reserve.lines[0].qty <= COUNTER_MAX);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use thiserror::Error;
 
+use super::membership::Members;
 use crate::inventory::snapshot::Image;
 
 #[derive(Debug, Error)]
@@ -19,6 +20,15 @@ pub enum StoreError {
     Io(String),
     #[error("storage holds damaged data: {0}")]
     Corrupt(String),
+}
+
+/// A state-machine snapshot as stored: where it sits in the log (index,
+/// term, membership), the members' addresses, and the image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedSnapshot {
+    pub meta: SnapshotMetadata,
+    pub members: Members,
+    pub image: Image,
 }
 
 /// The durable half of a replica: log entries, hard state, conf state and
@@ -41,8 +51,16 @@ pub trait LogStore: raft::Storage {
     /// rebuilt from the snapshot and the log.
     fn set_commit(&mut self, commit: u64) -> Result<(), StoreError>;
 
-    /// Records the membership after a conf change entry was applied.
-    fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<(), StoreError>;
+    /// Records the membership (ids and addresses) after a membership change
+    /// entry was applied, or at the bootstrap of a new cluster.
+    fn set_conf_state(
+        &mut self,
+        conf_state: &ConfState,
+        members: &Members,
+    ) -> Result<(), StoreError>;
+
+    /// The members' addresses as last stored.
+    fn members(&self) -> Members;
 
     /// Stores a snapshot of the state machine taken at `meta.index`, then
     /// drops log entries up to `compact_to` (at most `meta.index`), in one
@@ -50,20 +68,15 @@ pub trait LogStore: raft::Storage {
     /// replaces it is durable.
     fn save_snapshot(
         &mut self,
-        meta: &SnapshotMetadata,
-        image: &Image,
+        snapshot: &SavedSnapshot,
         compact_to: u64,
     ) -> Result<(), StoreError>;
 
     /// Replaces the whole log with a snapshot received from the leader.
-    fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMetadata,
-        image: &Image,
-    ) -> Result<(), StoreError>;
+    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError>;
 
     /// The latest stored snapshot, to rebuild the state machine on restart.
-    fn load_snapshot(&self) -> Result<Option<(SnapshotMetadata, Image)>, StoreError>;
+    fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError>;
 
     /// Bytes of log entries held since the last snapshot, to decide when to
     /// take the next one.

@@ -33,6 +33,7 @@
 
 pub mod log_store;
 mod logger;
+pub mod membership;
 
 #[cfg(test)]
 mod tests;
@@ -41,12 +42,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, Snapshot, SnapshotMetadata};
-use raft::{RawNode, ReadState, StateRole};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType, Message, Snapshot,
+    SnapshotMetadata,
+};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use thiserror::Error;
 
-pub use log_store::{LogStore, StoreError};
+pub use log_store::{LogStore, SavedSnapshot, StoreError};
 pub use logger::tracing_logger;
+pub use membership::{Members, MembershipChange};
 
 use crate::inventory::codec::{self, DecodeError};
 use crate::inventory::snapshot::{self, SnapshotError};
@@ -148,12 +153,31 @@ pub struct Output {
     /// Linearizable reads now safe to serve from the shared state (the
     /// applied index they may read at), by token.
     pub reads: Vec<(Token, Result<u64, ReadError>)>,
+    /// Answers to membership changes, by token.
+    pub membership: Vec<(Token, Result<MembershipAnswer, ProposeError>)>,
+    /// True when the members (ids or addresses) changed: the transport must
+    /// learn the new addresses.
+    pub members_changed: bool,
 }
 
 impl Output {
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.answers.is_empty() && self.reads.is_empty()
+        self.messages.is_empty()
+            && self.answers.is_empty()
+            && self.reads.is_empty()
+            && self.membership.is_empty()
+            && !self.members_changed
     }
+}
+
+/// The membership once a change was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipAnswer {
+    pub members: Members,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// The log index of the change.
+    pub index: u64,
 }
 
 /// A replica's view of itself, for health checks, metrics and status.
@@ -169,12 +193,49 @@ pub struct ReplicaStatus {
     pub last_index: u64,
     pub snapshot_index: u64,
     pub open_reservations: u64,
+    pub role: Role,
+}
+
+/// A replica's Raft role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "FOLLOWER",
+            Role::Candidate => "CANDIDATE",
+            Role::PreCandidate => "PRE_CANDIDATE",
+            Role::Leader => "LEADER",
+        }
+    }
+}
+
+/// What the callers waiting on an entry asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitKind {
+    Commands,
+    Membership,
 }
 
 #[derive(Debug)]
 struct Waiting {
     term: u64,
+    kind: WaitKind,
     tokens: Vec<Token>,
+}
+
+/// What applying one entry produced for its callers.
+enum EntryResult {
+    Commands(Vec<Applied>),
+    Membership(MembershipAnswer),
+    Nothing,
 }
 
 #[derive(Debug)]
@@ -203,6 +264,8 @@ pub struct Replica<S: LogStore> {
     /// Whether this replica led when the last Ready was handled, to notice
     /// it stepped down and fail the callers waiting on it.
     was_leader: bool,
+    /// Members' addresses as of the applied index.
+    members: Members,
 }
 
 impl<S: LogStore> Replica<S> {
@@ -214,9 +277,13 @@ impl<S: LogStore> Replica<S> {
         logger: &slog::Logger,
     ) -> Result<Replica<S>, Fatal> {
         let (inventory, applied) = match store.load_snapshot()? {
-            Some((meta, image)) => (snapshot::read(&image, meta.index)?, meta.index),
+            Some(saved) => (
+                snapshot::read(&saved.image, saved.meta.index)?,
+                saved.meta.index,
+            ),
             None => (Inventory::new(), 0),
         };
+        let members = store.members();
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_tick,
@@ -245,6 +312,7 @@ impl<S: LogStore> Replica<S> {
             last_expiry_proposal_ms: 0,
             snapshot_index: applied,
             was_leader: false,
+            members,
         })
     }
 
@@ -276,13 +344,117 @@ impl<S: LogStore> Replica<S> {
             last_index: self.raw.raft.raft_log.last_index(),
             snapshot_index: self.snapshot_index,
             open_reservations: self.inventory.open_count() as u64,
+            role: match self.raw.raft.state {
+                StateRole::Leader => Role::Leader,
+                StateRole::Candidate => Role::Candidate,
+                StateRole::PreCandidate => Role::PreCandidate,
+                StateRole::Follower => Role::Follower,
+            },
         }
     }
 
+    /// Members' addresses as of the applied index.
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// Voters and learners as raft-rs sees them now.
+    pub fn conf_state(&self) -> raft::eraftpb::ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// The (match index) progress of each peer, on the leader.
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched))
+            .collect()
+    }
+
+    /// Asks raft-rs to hand leadership to `target` (a caught-up voter).
+    pub fn transfer_leader(&mut self, target: u64) {
+        self.raw.transfer_leader(target);
+    }
+
+    /// The transport could not reach `peer`: raft-rs probes it again later.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    /// The transport finished (or failed) sending a snapshot to `peer`.
+    pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
+        let status = if delivered {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(peer, status);
+    }
+
+    /// Proposes a membership change. Answered in [`Output::membership`] once
+    /// it is applied. raft-rs allows one change in flight at a time.
+    pub fn propose_membership(&mut self, token: Token, change: MembershipChange, out: &mut Output) {
+        if !self.is_leader() {
+            let error = match self.raw.raft.leader_id {
+                0 => ProposeError::NoLeader,
+                leader => ProposeError::NotLeader { leader },
+            };
+            out.membership.push((token, Err(error)));
+            return;
+        }
+        let (single, context) = match &change {
+            MembershipChange::Add { node_id, address } => (
+                ConfChangeSingle {
+                    change_type: ConfChangeType::AddNode,
+                    node_id: *node_id,
+                    ..Default::default()
+                },
+                membership::encode_change_context(*node_id, address),
+            ),
+            MembershipChange::Remove { node_id } => (
+                ConfChangeSingle {
+                    change_type: ConfChangeType::RemoveNode,
+                    node_id: *node_id,
+                    ..Default::default()
+                },
+                membership::encode_change_context(*node_id, ""),
+            ),
+        };
+        let mut v2 = ConfChangeV2::default();
+        v2.set_changes(vec![single].into());
+        if let Err(e) = self.raw.propose_conf_change(context, v2) {
+            let reason = match e {
+                raft::Error::ProposalDropped => {
+                    "another membership change or a leadership transfer is in progress".to_string()
+                }
+                other => other.to_string(),
+            };
+            out.membership
+                .push((token, Err(ProposeError::Dropped(reason))));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        self.waiting.insert(
+            index,
+            Waiting {
+                term,
+                kind: WaitKind::Membership,
+                tokens: vec![token],
+            },
+        );
+    }
+
     /// Starts an election now instead of waiting for the election timeout
-    /// (a single-voter group elects itself at once).
-    pub fn campaign(&mut self) -> Result<(), Fatal> {
+    /// (a single-voter group elects itself at once). Membership entries
+    /// that are committed must be applied first ([`Replica::advance`]):
+    /// raft-rs refuses to campaign over pending membership changes.
+    pub fn campaign(&mut self, out: &mut Output) -> Result<(), Fatal> {
+        self.advance(out)?;
         self.raw.campaign()?;
+        self.advance(out)?;
         Ok(())
     }
 
@@ -369,7 +541,14 @@ impl<S: LogStore> Replica<S> {
         let term = self.raw.raft.term;
         metrics::histogram!("stockraft_batch_commands").record(tokens.len() as f64);
         if !tokens.is_empty() {
-            self.waiting.insert(index, Waiting { term, tokens });
+            self.waiting.insert(
+                index,
+                Waiting {
+                    term,
+                    kind: WaitKind::Commands,
+                    tokens,
+                },
+            );
         }
     }
 
@@ -380,13 +559,11 @@ impl<S: LogStore> Replica<S> {
         if tokens.is_empty() {
             return;
         }
-        if !self.is_leader() {
-            let error = match self.raw.raft.leader_id {
-                0 => ReadError::NoLeader,
-                leader => ReadError::NotLeader { leader },
-            };
+        // A follower asks the leader for the read index (raft-rs forwards
+        // it), then serves the read from its own applied state.
+        if self.raw.raft.leader_id == 0 {
             for token in tokens {
-                out.reads.push((token, Err(error.clone())));
+                out.reads.push((token, Err(ReadError::NoLeader)));
             }
             return;
         }
@@ -465,65 +642,111 @@ impl<S: LogStore> Replica<S> {
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
                     self.inventory.apply_empty(index);
-                    self.answer(index, entry.term, Vec::new(), out);
+                    self.answer(index, entry.term, EntryResult::Nothing, out);
                 }
                 EntryType::EntryNormal => {
                     let batch = codec::decode_batch(&entry.data)
                         .map_err(|error| Fatal::Decode { index, error })?;
                     let answers = self.inventory.apply_batch(index, &batch);
-                    self.answer(index, entry.term, answers, out);
+                    self.answer(index, entry.term, EntryResult::Commands(answers), out);
                 }
                 EntryType::EntryConfChange => {
                     let change = ConfChange::parse_from_bytes(&entry.data)?;
-                    let conf_state = self.raw.apply_conf_change(&change)?;
-                    self.raw.mut_store().set_conf_state(&conf_state)?;
-                    self.inventory.apply_empty(index);
-                    self.answer(index, entry.term, Vec::new(), out);
+                    let single = ConfChangeSingle {
+                        change_type: change.get_change_type(),
+                        node_id: change.node_id,
+                        ..Default::default()
+                    };
+                    let mut v2 = ConfChangeV2::default();
+                    v2.set_changes(vec![single].into());
+                    let answer = self.apply_membership(index, &v2, &entry.context, out)?;
+                    self.answer(index, entry.term, EntryResult::Membership(answer), out);
                 }
                 EntryType::EntryConfChangeV2 => {
                     let change = ConfChangeV2::parse_from_bytes(&entry.data)?;
-                    let conf_state = self.raw.apply_conf_change(&change)?;
-                    self.raw.mut_store().set_conf_state(&conf_state)?;
-                    self.inventory.apply_empty(index);
-                    self.answer(index, entry.term, Vec::new(), out);
+                    let answer = self.apply_membership(index, &change, &entry.context, out)?;
+                    self.answer(index, entry.term, EntryResult::Membership(answer), out);
                 }
             }
         }
         Ok(())
     }
 
+    /// Applies a committed membership change: raft-rs's conf state, the
+    /// members' addresses, both stored together.
+    fn apply_membership(
+        &mut self,
+        index: u64,
+        change: &ConfChangeV2,
+        context: &[u8],
+        out: &mut Output,
+    ) -> Result<MembershipAnswer, Fatal> {
+        let conf_state = self.raw.apply_conf_change(change)?;
+        let named = membership::decode_change_context(context);
+        for single in change.get_changes() {
+            match single.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if let Some(named) = named.as_ref().filter(|n| n.node_id == single.node_id) {
+                        self.members.insert(single.node_id, named.address.clone());
+                    }
+                }
+                ConfChangeType::RemoveNode => {
+                    self.members.remove(&single.node_id);
+                }
+            }
+        }
+        self.raw
+            .mut_store()
+            .set_conf_state(&conf_state, &self.members)?;
+        self.inventory.apply_empty(index);
+        out.members_changed = true;
+        tracing::info!(index, voters = ?conf_state.voters, learners = ?conf_state.learners, "membership changed");
+        Ok(MembershipAnswer {
+            members: self.members.clone(),
+            voters: conf_state.voters.clone(),
+            learners: conf_state.learners.clone(),
+            index,
+        })
+    }
+
     /// Delivers the results of entry `index` to the callers who proposed it,
     /// if it is still their entry (same term); otherwise their proposal was
     /// overwritten and their outcome is unknown to this node.
-    fn answer(&mut self, index: u64, term: u64, answers: Vec<Applied>, out: &mut Output) {
+    fn answer(&mut self, index: u64, term: u64, result: EntryResult, out: &mut Output) {
         // Proposals at lower indexes that never got an answer were lost.
         let stale: Vec<u64> = self.waiting.range(..index).map(|(i, _)| *i).collect();
         for i in stale {
             if let Some(waiting) = self.waiting.remove(&i) {
-                for token in waiting.tokens {
-                    out.answers.push((token, Err(ProposeError::Unknown)));
-                }
+                fail_waiting(waiting, out);
             }
         }
         let Some(waiting) = self.waiting.remove(&index) else {
             return;
         };
-        if waiting.term != term || waiting.tokens.len() != answers.len() {
-            for token in waiting.tokens {
-                out.answers.push((token, Err(ProposeError::Unknown)));
-            }
+        if waiting.term != term {
+            fail_waiting(waiting, out);
             return;
         }
-        for (token, applied) in waiting.tokens.into_iter().zip(answers) {
-            out.answers.push((token, Ok(applied)));
+        match (waiting.kind, result) {
+            (WaitKind::Commands, EntryResult::Commands(answers))
+                if answers.len() == waiting.tokens.len() =>
+            {
+                for (token, applied) in waiting.tokens.into_iter().zip(answers) {
+                    out.answers.push((token, Ok(applied)));
+                }
+            }
+            (WaitKind::Membership, EntryResult::Membership(answer)) => {
+                for token in waiting.tokens {
+                    out.membership.push((token, Ok(answer.clone())));
+                }
+            }
+            _ => fail_waiting(waiting, out),
         }
     }
 
     fn fail_all_waiting(&mut self, out: &mut Output) {
         for (_, waiting) in std::mem::take(&mut self.waiting) {
-            for token in waiting.tokens {
-                out.answers.push((token, Err(ProposeError::Unknown)));
-            }
+            fail_waiting(waiting, out);
         }
         let leader = self.raw.raft.leader_id;
         let error = if leader == 0 {
@@ -569,19 +792,26 @@ impl<S: LogStore> Replica<S> {
 
     fn install_snapshot(&mut self, snapshot: Snapshot, out: &mut Output) -> Result<(), Fatal> {
         let meta = snapshot.get_metadata().clone();
-        let image = snapshot::from_bytes(&snapshot.data)?;
+        let (members, image) = membership::decode_snapshot_data(&snapshot.data)?;
         // Check the image fully before it replaces anything.
         let inventory = snapshot::read(&image, meta.index)?;
-        self.raw.mut_store().install_snapshot(&meta, &image)?;
+        let saved = SavedSnapshot {
+            meta,
+            members,
+            image,
+        };
+        self.raw.mut_store().install_snapshot(&saved)?;
+        let meta = saved.meta;
+        self.members = saved.members;
+        out.members_changed = true;
+        tracing::info!(index = meta.index, "installed a snapshot from the leader");
         self.inventory = inventory;
         self.shared.store(self.inventory.shared());
         self.snapshot_index = meta.index;
         let stale: Vec<u64> = self.waiting.range(..=meta.index).map(|(i, _)| *i).collect();
         for i in stale {
             if let Some(waiting) = self.waiting.remove(&i) {
-                for token in waiting.tokens {
-                    out.answers.push((token, Err(ProposeError::Unknown)));
-                }
+                fail_waiting(waiting, out);
             }
         }
         Ok(())
@@ -615,17 +845,31 @@ impl<S: LogStore> Replica<S> {
         };
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         let compact_to = applied.saturating_sub(self.config.log_keep_entries);
-        self.raw
-            .mut_store()
-            .save_snapshot(&meta, &image, compact_to)?;
+        let chunks = image.chunks.len();
+        let saved = SavedSnapshot {
+            meta,
+            members: self.members.clone(),
+            image,
+        };
+        self.raw.mut_store().save_snapshot(&saved, compact_to)?;
         self.snapshot_index = applied;
         metrics::histogram!("stockraft_snapshot_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(
             index = applied,
-            chunks = image.chunks.len(),
+            chunks,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot taken; log compacted to {compact_to}"
         );
         Ok(())
+    }
+}
+
+/// Tells every caller waiting on an entry that its outcome is unknown here.
+fn fail_waiting(waiting: Waiting, out: &mut Output) {
+    for token in waiting.tokens {
+        match waiting.kind {
+            WaitKind::Commands => out.answers.push((token, Err(ProposeError::Unknown))),
+            WaitKind::Membership => out.membership.push((token, Err(ProposeError::Unknown))),
+        }
     }
 }

@@ -35,7 +35,7 @@ fn reserve(id: &str, qty: i64) -> Command {
 
 fn single(store: MemStore) -> Replica<MemStore> {
     let mut replica = Replica::new(ReplicaConfig::new(1), store, &logger()).unwrap();
-    replica.campaign().unwrap();
+    replica.campaign(&mut Output::default()).unwrap();
     let mut out = Output::default();
     replica.advance(&mut out).unwrap();
     assert!(replica.is_leader());
@@ -76,7 +76,10 @@ fn a_single_voter_answers_after_the_entry_is_durable_and_applied() {
     // Every command of the batch went into one log entry.
     let status = replica.status();
     assert_eq!(status.applied_index, status.commit_index);
-    assert_eq!(status.last_index, 2, "election entry plus one batch");
+    assert_eq!(
+        status.last_index, 3,
+        "bootstrap entry, election entry, one batch"
+    );
 }
 
 #[test]
@@ -109,7 +112,7 @@ fn snapshots_compact_the_log_and_restarts_load_them() {
     config.snapshot_entries = 10;
     config.log_keep_entries = 2;
     let mut replica = Replica::new(config.clone(), MemStore::new(&[1]), &logger()).unwrap();
-    replica.campaign().unwrap();
+    replica.campaign(&mut Output::default()).unwrap();
     let mut out = Output::default();
     for i in 0..35u64 {
         replica.propose(
@@ -213,7 +216,10 @@ impl Group {
                 return;
             };
             let to = message.to as usize - 1;
-            let _ = self.replicas[to].step(message);
+            // A node not started yet misses its messages, as over a network.
+            if let Some(replica) = self.replicas.get_mut(to) {
+                let _ = replica.step(message);
+            }
         }
         panic!("group did not settle");
     }
@@ -229,7 +235,9 @@ impl Group {
 #[test]
 fn three_replicas_agree_and_answer_only_committed_entries() {
     let mut group = Group::new();
-    group.replicas[0].campaign().unwrap();
+    let mut out = Output::default();
+    group.replicas[0].campaign(&mut out).unwrap();
+    group.queue.extend(out.messages);
     group.settle();
     let leader = group.leader();
     assert_eq!(leader, 0);
@@ -265,5 +273,52 @@ fn three_replicas_agree_and_answer_only_committed_entries() {
     assert!(
         digests.iter().all(|d| *d == digests[0]),
         "replicas diverged"
+    );
+}
+
+/// Regression: a node that joins with an empty log must rebuild the whole
+/// membership by replaying the log, not just the change that added it
+/// (which once left it believing it was the only voter, and able to lead
+/// alone: two leaders in one term).
+#[test]
+fn a_joining_replica_learns_the_full_membership() {
+    let mut group = Group::new();
+    let mut out = Output::default();
+    group.replicas[0].campaign(&mut out).unwrap();
+    group.queue.extend(out.messages);
+    group.settle();
+    let mut out = Output::default();
+    group.replicas[0].propose_membership(
+        77,
+        MembershipChange::Add {
+            node_id: 4,
+            address: "node-4".into(),
+        },
+        &mut out,
+    );
+    group.queue.extend(out.messages);
+    group.settle();
+    let members = group.replicas[0].members().clone();
+    let joining = Replica::new(
+        ReplicaConfig::new(4),
+        MemStore::joining(&members),
+        &logger(),
+    )
+    .unwrap();
+    group.replicas.push(joining);
+    // The leader's next heartbeat reaches the new node.
+    for _ in 0..5 {
+        let mut out = Output::default();
+        group.replicas[0].tick(0, &mut out);
+        group.queue.extend(out.messages);
+        group.settle();
+    }
+    let mut voters = group.replicas[3].conf_state().voters;
+    voters.sort();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
+    assert_eq!(group.replicas[3].members().len(), 4);
+    assert_eq!(
+        group.replicas[3].inventory().applied_index(),
+        group.replicas[0].inventory().applied_index()
     );
 }

@@ -7,11 +7,15 @@
 //! the shared state, after a ReadIndex barrier when linearizable.
 
 use std::future::Future;
-use std::time::Instant;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use super::node::NodeHandle;
+use super::forward::{Forwarder, Route};
+use super::node::{NodeHandle, SubmitError};
 use super::status;
 use crate::inventory::command::{
     check_id, check_name, reservation_ref, resolve_ttl, Adjust, AdjustReason, Extend, Line,
@@ -20,6 +24,7 @@ use crate::inventory::command::{
 use crate::inventory::{Applied, Command, InvalidInput, Outcome, ReservationState, StockAnswer};
 use crate::limits::{NODES_PER_READ_MAX, SKUS_PER_READ_MAX};
 use crate::proto::v1 as pb;
+use crate::proto::v1::inventory_client::InventoryClient;
 use crate::proto::v1::inventory_server::Inventory;
 
 /// Reservation settings applied where requests enter.
@@ -32,28 +37,94 @@ pub struct ApiConfig {
 pub struct InventoryService {
     node: NodeHandle,
     api: ApiConfig,
+    forwarder: Arc<Forwarder>,
 }
 
+/// A call of the same method on the leader.
+type Forwarded<Resp> = Pin<Box<dyn Future<Output = Result<Response<Resp>, Status>> + Send>>;
+
 impl InventoryService {
-    pub fn new(node: NodeHandle, api: ApiConfig) -> InventoryService {
-        InventoryService { node, api }
+    pub fn new(node: NodeHandle, api: ApiConfig, forwarder: Arc<Forwarder>) -> InventoryService {
+        InventoryService {
+            node,
+            api,
+            forwarder,
+        }
     }
 
-    async fn submit(&self, command: Command) -> Result<Applied, Status> {
-        self.node.submit(command).await.map_err(status::submit)
+    /// Runs a write: on the leader, propose and wait for the answer; on a
+    /// follower, forward the request to the leader. While no leader is known,
+    /// or when leadership changes under a proposal, it waits and retries until
+    /// the budget runs out: retrying is safe because every command carries
+    /// an id applied at most once (SetSafetyStock is an absolute set).
+    async fn write<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        build: impl FnOnce(Req) -> Result<Command, Status>,
+        answer: impl Fn(Applied) -> Result<Resp, Status>,
+        forward: impl Fn(InventoryClient<Channel>, Request<Req>) -> Forwarded<Resp>,
+    ) -> Result<Resp, Status>
+    where
+        Req: Clone + Send + 'static,
+    {
+        let deadline = Instant::now() + self.forwarder.budget;
+        let forwarded = Forwarder::is_forwarded(request.metadata());
+        let body = request.into_inner();
+        let command = build(body.clone())?;
+        loop {
+            if let Route::Leader { id, channel } = self.forwarder.route(forwarded, deadline).await?
+            {
+                let mut call = Request::new(body.clone());
+                Forwarder::mark(&mut call, deadline);
+                metrics::counter!("stockraft_forwarded_total").increment(1);
+                match forward(InventoryClient::new(channel), call).await {
+                    Ok(response) => return Ok(response.into_inner()),
+                    Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                        tracing::debug!(leader = id, "forwarding failed, retrying: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match self.node.submit(command.clone()).await {
+                Ok(applied) => return answer(applied),
+                Err(SubmitError::Propose(e)) if Instant::now() < deadline => {
+                    tracing::debug!("retrying a proposal: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(status::submit(e)),
+            }
+        }
     }
 
+    /// Waits until a linearizable read may be served here (ReadIndex, on a
+    /// follower through the leader), retrying through elections.
     async fn barrier(&self, consistency: i32) -> Result<(), Status> {
         match pb::Consistency::try_from(consistency) {
-            Ok(pb::Consistency::Linearizable) => {
-                self.node.read_barrier().await.map_err(status::submit)?;
-                Ok(())
+            Ok(pb::Consistency::Linearizable) => {}
+            Ok(pb::Consistency::Local) => return Ok(()),
+            Err(_) => {
+                return Err(status::invalid(InvalidInput::UnknownEnum {
+                    field: "consistency",
+                    value: consistency,
+                }))
             }
-            Ok(pb::Consistency::Local) => Ok(()),
-            Err(_) => Err(status::invalid(InvalidInput::UnknownEnum {
-                field: "consistency",
-                value: consistency,
-            })),
+        }
+        let deadline = Instant::now() + self.forwarder.budget;
+        loop {
+            match self.node.read_barrier().await {
+                Ok(_) => return Ok(()),
+                Err(SubmitError::Read(e)) if Instant::now() < deadline => {
+                    tracing::debug!("retrying a read barrier: {e}");
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    if self.node.wait_for_leader(wait).await.is_none() {
+                        return Err(status::submit(SubmitError::Read(e)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(status::submit(e)),
+            }
         }
     }
 }
@@ -125,20 +196,18 @@ fn mismatch(applied: Applied) -> Status {
     Status::internal("internal error: answer does not match its command")
 }
 
-impl InventoryService {
-    async fn stock_change(
-        &self,
-        method: &'static str,
-        command: Command,
-    ) -> Result<(i32, Option<pb::StockLevel>, bool), Status> {
-        match self.submit(command).await? {
-            Applied::StockChange(Ok(answer)) => {
-                let (level, short) = level(&answer);
-                Ok((applied_outcome(method), level, short))
-            }
-            Applied::StockChange(Err(e)) => Err(status::stock_change(e)),
-            other => Err(mismatch(other)),
+/// The answer of a Sell, Adjust or SetOnHand: outcome, level, short.
+fn stock_change(
+    method: &'static str,
+    applied: Applied,
+) -> Result<(i32, Option<pb::StockLevel>, bool), Status> {
+    match applied {
+        Applied::StockChange(Ok(answer)) => {
+            let (level, short) = level(&answer);
+            Ok((applied_outcome(method), level, short))
         }
+        Applied::StockChange(Err(e)) => Err(status::stock_change(e)),
+        other => Err(mismatch(other)),
     }
 }
 
@@ -148,39 +217,48 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
-        observed("Reserve", async {
-            let r = request.into_inner();
-            let ttl_ms = resolve_ttl(r.ttl_ms, self.api.ttl_ms_default, self.api.ttl_ms_max)
-                .map_err(status::invalid)?;
-            let lines = r
-                .lines
-                .into_iter()
-                .map(|l| Line {
-                    sku: l.sku,
-                    node: l.node,
-                    qty: l.qty,
-                })
-                .collect();
-            let command = Reserve::new(r.reservation_id, lines, ttl_ms).map_err(status::invalid)?;
-            match self.submit(Command::Reserve(command)).await? {
-                Applied::Reserve(Ok(a)) => Ok(pb::ReserveResponse {
-                    outcome: outcome("Reserve", a.outcome),
-                    shortages: a
-                        .shortages
+        let api = self.api;
+        observed(
+            "Reserve",
+            self.write(
+                request,
+                |r| {
+                    let ttl_ms = resolve_ttl(r.ttl_ms, api.ttl_ms_default, api.ttl_ms_max)
+                        .map_err(status::invalid)?;
+                    let lines = r
+                        .lines
                         .into_iter()
-                        .map(|s| pb::Shortage {
-                            sku: s.sku,
-                            node: s.node,
-                            requested: s.requested,
-                            available: s.available,
+                        .map(|l| Line {
+                            sku: l.sku,
+                            node: l.node,
+                            qty: l.qty,
                         })
-                        .collect(),
-                    expires_at_ms: a.expires_at_ms,
-                }),
-                Applied::Reserve(Err(e)) => Err(status::reserve(e)),
-                other => Err(mismatch(other)),
-            }
-        })
+                        .collect();
+                    let command =
+                        Reserve::new(r.reservation_id, lines, ttl_ms).map_err(status::invalid)?;
+                    Ok(Command::Reserve(command))
+                },
+                |applied| match applied {
+                    Applied::Reserve(Ok(a)) => Ok(pb::ReserveResponse {
+                        outcome: outcome("Reserve", a.outcome),
+                        shortages: a
+                            .shortages
+                            .into_iter()
+                            .map(|s| pb::Shortage {
+                                sku: s.sku,
+                                node: s.node,
+                                requested: s.requested,
+                                available: s.available,
+                            })
+                            .collect(),
+                        expires_at_ms: a.expires_at_ms,
+                    }),
+                    Applied::Reserve(Err(e)) => Err(status::reserve(e)),
+                    other => Err(mismatch(other)),
+                },
+                |mut leader, call| Box::pin(async move { leader.reserve(call).await }),
+            ),
+        )
         .await
     }
 
@@ -188,17 +266,24 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        observed("Commit", async {
-            let id =
-                reservation_ref(request.into_inner().reservation_id).map_err(status::invalid)?;
-            match self.submit(Command::Consume { reservation_id: id }).await? {
-                Applied::Consume(Ok(o)) => Ok(pb::CommitResponse {
-                    outcome: outcome("Commit", o),
-                }),
-                Applied::Consume(Err(e)) => Err(status::consume(e)),
-                other => Err(mismatch(other)),
-            }
-        })
+        observed(
+            "Commit",
+            self.write(
+                request,
+                |r| {
+                    let id = reservation_ref(r.reservation_id).map_err(status::invalid)?;
+                    Ok(Command::Consume { reservation_id: id })
+                },
+                |applied| match applied {
+                    Applied::Consume(Ok(o)) => Ok(pb::CommitResponse {
+                        outcome: outcome("Commit", o),
+                    }),
+                    Applied::Consume(Err(e)) => Err(status::consume(e)),
+                    other => Err(mismatch(other)),
+                },
+                |mut leader, call| Box::pin(async move { leader.commit(call).await }),
+            ),
+        )
         .await
     }
 
@@ -206,17 +291,24 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        observed("Release", async {
-            let id =
-                reservation_ref(request.into_inner().reservation_id).map_err(status::invalid)?;
-            match self.submit(Command::Release { reservation_id: id }).await? {
-                Applied::Release(Ok(o)) => Ok(pb::ReleaseResponse {
-                    outcome: outcome("Release", o),
-                }),
-                Applied::Release(Err(e)) => Err(status::release(e)),
-                other => Err(mismatch(other)),
-            }
-        })
+        observed(
+            "Release",
+            self.write(
+                request,
+                |r| {
+                    let id = reservation_ref(r.reservation_id).map_err(status::invalid)?;
+                    Ok(Command::Release { reservation_id: id })
+                },
+                |applied| match applied {
+                    Applied::Release(Ok(o)) => Ok(pb::ReleaseResponse {
+                        outcome: outcome("Release", o),
+                    }),
+                    Applied::Release(Err(e)) => Err(status::release(e)),
+                    other => Err(mismatch(other)),
+                },
+                |mut leader, call| Box::pin(async move { leader.release(call).await }),
+            ),
+        )
         .await
     }
 
@@ -224,20 +316,28 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::ExtendRequest>,
     ) -> Result<Response<pb::ExtendResponse>, Status> {
-        observed("Extend", async {
-            let r = request.into_inner();
-            let ttl_ms = resolve_ttl(r.ttl_ms, self.api.ttl_ms_default, self.api.ttl_ms_max)
-                .map_err(status::invalid)?;
-            let command = Extend::new(r.reservation_id, ttl_ms).map_err(status::invalid)?;
-            match self.submit(Command::Extend(command)).await? {
-                Applied::Extend(Ok(a)) => Ok(pb::ExtendResponse {
-                    outcome: outcome("Extend", a.outcome),
-                    expires_at_ms: a.expires_at_ms,
-                }),
-                Applied::Extend(Err(e)) => Err(status::extend(e)),
-                other => Err(mismatch(other)),
-            }
-        })
+        let api = self.api;
+        observed(
+            "Extend",
+            self.write(
+                request,
+                |r| {
+                    let ttl_ms = resolve_ttl(r.ttl_ms, api.ttl_ms_default, api.ttl_ms_max)
+                        .map_err(status::invalid)?;
+                    let command = Extend::new(r.reservation_id, ttl_ms).map_err(status::invalid)?;
+                    Ok(Command::Extend(command))
+                },
+                |applied| match applied {
+                    Applied::Extend(Ok(a)) => Ok(pb::ExtendResponse {
+                        outcome: outcome("Extend", a.outcome),
+                        expires_at_ms: a.expires_at_ms,
+                    }),
+                    Applied::Extend(Err(e)) => Err(status::extend(e)),
+                    other => Err(mismatch(other)),
+                },
+                |mut leader, call| Box::pin(async move { leader.extend(call).await }),
+            ),
+        )
         .await
     }
 
@@ -292,16 +392,26 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::SellRequest>,
     ) -> Result<Response<pb::SellResponse>, Status> {
-        observed("Sell", async {
-            let r = request.into_inner();
-            let command = Sell::new(r.txn_id, r.sku, r.node, r.qty).map_err(status::invalid)?;
-            let (outcome, level, short) = self.stock_change("Sell", Command::Sell(command)).await?;
-            Ok(pb::SellResponse {
-                outcome,
-                level,
-                short,
-            })
-        })
+        observed(
+            "Sell",
+            self.write(
+                request,
+                |r| {
+                    let command =
+                        Sell::new(r.txn_id, r.sku, r.node, r.qty).map_err(status::invalid)?;
+                    Ok(Command::Sell(command))
+                },
+                |applied| {
+                    let (outcome, level, short) = stock_change("Sell", applied)?;
+                    Ok(pb::SellResponse {
+                        outcome,
+                        level,
+                        short,
+                    })
+                },
+                |mut leader, call| Box::pin(async move { leader.sell(call).await }),
+            ),
+        )
         .await
     }
 
@@ -309,20 +419,27 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::AdjustRequest>,
     ) -> Result<Response<pb::AdjustResponse>, Status> {
-        observed("Adjust", async {
-            let r = request.into_inner();
-            let reason = AdjustReason::from_code(r.reason).map_err(status::invalid)?;
-            let command =
-                Adjust::new(r.txn_id, r.sku, r.node, r.delta, reason).map_err(status::invalid)?;
-            let (outcome, level, short) = self
-                .stock_change("Adjust", Command::Adjust(command))
-                .await?;
-            Ok(pb::AdjustResponse {
-                outcome,
-                level,
-                short,
-            })
-        })
+        observed(
+            "Adjust",
+            self.write(
+                request,
+                |r| {
+                    let reason = AdjustReason::from_code(r.reason).map_err(status::invalid)?;
+                    let command = Adjust::new(r.txn_id, r.sku, r.node, r.delta, reason)
+                        .map_err(status::invalid)?;
+                    Ok(Command::Adjust(command))
+                },
+                |applied| {
+                    let (outcome, level, short) = stock_change("Adjust", applied)?;
+                    Ok(pb::AdjustResponse {
+                        outcome,
+                        level,
+                        short,
+                    })
+                },
+                |mut leader, call| Box::pin(async move { leader.adjust(call).await }),
+            ),
+        )
         .await
     }
 
@@ -330,19 +447,27 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::SetOnHandRequest>,
     ) -> Result<Response<pb::SetOnHandResponse>, Status> {
-        observed("SetOnHand", async {
-            let r = request.into_inner();
-            let command = SetOnHand::new(r.txn_id, r.sku, r.node, r.on_hand, r.expected_on_hand)
-                .map_err(status::invalid)?;
-            let (outcome, level, short) = self
-                .stock_change("SetOnHand", Command::SetOnHand(command))
-                .await?;
-            Ok(pb::SetOnHandResponse {
-                outcome,
-                level,
-                short,
-            })
-        })
+        observed(
+            "SetOnHand",
+            self.write(
+                request,
+                |r| {
+                    let command =
+                        SetOnHand::new(r.txn_id, r.sku, r.node, r.on_hand, r.expected_on_hand)
+                            .map_err(status::invalid)?;
+                    Ok(Command::SetOnHand(command))
+                },
+                |applied| {
+                    let (outcome, level, short) = stock_change("SetOnHand", applied)?;
+                    Ok(pb::SetOnHandResponse {
+                        outcome,
+                        level,
+                        short,
+                    })
+                },
+                |mut leader, call| Box::pin(async move { leader.set_on_hand(call).await }),
+            ),
+        )
         .await
     }
 
@@ -350,23 +475,30 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::SetSafetyStockRequest>,
     ) -> Result<Response<pb::SetSafetyStockResponse>, Status> {
-        observed("SetSafetyStock", async {
-            let r = request.into_inner();
-            let command =
-                SetSafetyStock::new(r.sku, r.node, r.safety_stock).map_err(status::invalid)?;
-            match self.submit(Command::SetSafetyStock(command)).await? {
-                Applied::SetSafetyStock(Ok(answer)) => {
-                    let (level, short) = level(&answer);
-                    Ok(pb::SetSafetyStockResponse {
-                        outcome: applied_outcome("SetSafetyStock"),
-                        level,
-                        short,
-                    })
-                }
-                Applied::SetSafetyStock(Err(e)) => Err(status::capacity(e)),
-                other => Err(mismatch(other)),
-            }
-        })
+        observed(
+            "SetSafetyStock",
+            self.write(
+                request,
+                |r| {
+                    let command = SetSafetyStock::new(r.sku, r.node, r.safety_stock)
+                        .map_err(status::invalid)?;
+                    Ok(Command::SetSafetyStock(command))
+                },
+                |applied| match applied {
+                    Applied::SetSafetyStock(Ok(answer)) => {
+                        let (level, short) = level(&answer);
+                        Ok(pb::SetSafetyStockResponse {
+                            outcome: applied_outcome("SetSafetyStock"),
+                            level,
+                            short,
+                        })
+                    }
+                    Applied::SetSafetyStock(Err(e)) => Err(status::capacity(e)),
+                    other => Err(mismatch(other)),
+                },
+                |mut leader, call| Box::pin(async move { leader.set_safety_stock(call).await }),
+            ),
+        )
         .await
     }
 

@@ -15,26 +15,39 @@
 //! gRPC server stops accepting and waits for calls in flight, then the
 //! replication thread finishes its batch (durable and answered) and stops.
 
+pub mod cluster_service;
+pub mod forward;
 pub mod inventory_service;
 pub mod node;
+pub mod peer_service;
 pub mod status;
+pub mod transport;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use raft::eraftpb::ConfState;
 use thiserror::Error;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-use crate::limits::REQUEST_BYTES_MAX;
+use crate::limits::{PEER_MESSAGE_BYTES_MAX, REQUEST_BYTES_MAX};
+use crate::proto::internal::peer_server::PeerServer;
+use crate::proto::v1::cluster_client::ClusterClient;
+use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::inventory_server::InventoryServer;
-use crate::replica::{tracing_logger, Fatal, Replica, ReplicaConfig, StoreError};
+use crate::replica::{
+    membership, tracing_logger, Fatal, Members, Replica, ReplicaConfig, StoreError,
+};
 use crate::storage::RocksStore;
+use cluster_service::ClusterService;
+use forward::Forwarder;
 use inventory_service::{ApiConfig, InventoryService};
-use node::{NoPeers, Node, NodeConfig};
+use node::{Node, NodeConfig};
+use peer_service::PeerService;
+use transport::{Faults, GrpcTransport};
 
 /// Everything `stockraft serve` can be told.
 #[derive(Debug, Clone)]
@@ -44,6 +57,16 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Where Prometheus scrapes metrics; None to not serve them.
     pub metrics_listen: Option<SocketAddr>,
+    /// The address peers and forwarding nodes use to reach this node
+    /// (defaults to `listen`; set it when listening on 0.0.0.0).
+    pub advertise: Option<String>,
+    /// The members of a new cluster (`--peers`), the same list on every node.
+    pub peers: Option<Members>,
+    /// Any member of an existing cluster, to learn its members from
+    /// (`--join`), for a node added with `stockraft cluster add`.
+    pub join: Option<String>,
+    /// How long a call may wait for a leader and retry through an election.
+    pub leader_wait_ms: u64,
     pub tick_ms: u64,
     /// How long calls in flight may take to finish once shutdown begins.
     pub shutdown_grace_ms: u64,
@@ -70,6 +93,10 @@ pub enum ServeError {
     Reflection(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot join through {addr}: {reason}")]
+    Join { addr: String, reason: String },
 }
 
 const INVENTORY_SERVICE: &str = "stockraft.v1.Inventory";
@@ -83,30 +110,34 @@ pub async fn serve(
         install_metrics(addr)?;
     }
 
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.listen.to_string());
     let mut store = RocksStore::open(&config.data_dir)?;
     if store.is_fresh() {
-        let conf_state = ConfState {
-            voters: vec![config.node_id],
-            ..Default::default()
-        };
-        store.bootstrap(&conf_state)?;
-        tracing::info!(node_id = config.node_id, dir = %config.data_dir.display(), "created a new one-node cluster");
+        bootstrap(&config, &advertise, &mut store).await?;
+    } else if config.peers.is_some() || config.join.is_some() {
+        tracing::info!("data dir already holds a cluster's state; --peers and --join are ignored");
     }
-    let startup_commit_index = raft::Storage::initial_state(&store)
-        .map(|s| s.hard_state.commit)
-        .unwrap_or(0);
-    let voters = raft::Storage::initial_state(&store)
-        .map(|s| s.conf_state.voters)
-        .unwrap_or_default();
+    let initial =
+        raft::Storage::initial_state(&store).map_err(|e| ServeError::Config(e.to_string()))?;
+    let startup_commit_index = initial.hard_state.commit;
+    let voters = initial.conf_state.voters;
     let logger = tracing_logger();
     let mut replica = Replica::new(config.replica.clone(), store, &logger)?;
     if voters == [config.node_id] {
-        // A single voter need not wait out an election timeout.
-        replica.campaign()?;
+        // A single voter need not wait out an election timeout. (Alone, it
+        // has no one to send messages to.)
+        replica.campaign(&mut crate::replica::Output::default())?;
     }
+    let faults = Faults::default();
+    let runtime = tokio::runtime::Handle::current();
+    let node_id = config.node_id;
+    let transport_faults = faults.clone();
     let node = Node::start(
         replica,
-        NoPeers,
+        move |handle| GrpcTransport::new(node_id, runtime, handle, transport_faults),
         NodeConfig {
             tick_ms: config.tick_ms,
             startup_commit_index,
@@ -115,6 +146,10 @@ pub async fn serve(
     )
     .map_err(ServeError::Thread)?;
     let handle = node.handle();
+    let forwarder = Arc::new(Forwarder::new(
+        handle.clone(),
+        Duration::from_millis(config.leader_wait_ms),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -145,8 +180,15 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let inventory = InventoryServer::new(InventoryService::new(handle.clone(), config.api))
-        .max_decoding_message_size(REQUEST_BYTES_MAX);
+    let inventory = InventoryServer::new(InventoryService::new(
+        handle.clone(),
+        config.api,
+        forwarder.clone(),
+    ))
+    .max_decoding_message_size(REQUEST_BYTES_MAX);
+    let cluster = ClusterServer::new(ClusterService::new(handle.clone(), forwarder.clone()));
+    let peer = PeerServer::new(PeerService::new(handle.clone(), faults.clone()))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
 
     // Health follows the replica: SERVING when it can answer.
     let (stop_health_tx, mut stop_health_rx) = tokio::sync::watch::channel(false);
@@ -206,6 +248,8 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(inventory)
+        .add_service(cluster)
+        .add_service(peer)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
     // Calls in flight get a grace period to finish; then connections that
     // are still open (a client that ignores GOAWAY) are dropped.
@@ -249,4 +293,60 @@ fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
         })
         .and_then(|b| b.install())
         .map_err(|e| ServeError::Metrics(e.to_string()))
+}
+
+/// Writes the first Raft state of a brand-new data dir.
+///
+/// - `--peers`: a new cluster; every node starts with the same voters.
+/// - `--join ADDR`: a node added to a running cluster; it learns the
+///   members from ADDR and starts with no vote, waiting for the leader to
+///   send it a snapshot.
+/// - neither: a new one-node cluster.
+async fn bootstrap(
+    config: &ServeConfig,
+    advertise: &str,
+    store: &mut RocksStore,
+) -> Result<(), ServeError> {
+    let id = config.node_id;
+    if let Some(peers) = &config.peers {
+        if !peers.contains_key(&id) {
+            return Err(ServeError::Config(format!(
+                "--peers does not list this node's id {id}"
+            )));
+        }
+        let first = membership::bootstrap(peers).map_err(|e| ServeError::Config(e.to_string()))?;
+        store.bootstrap(&first)?;
+        tracing::info!(node_id = id, voters = ?first.conf_state.voters, "created a new cluster");
+        return Ok(());
+    }
+    if let Some(addr) = &config.join {
+        let join_error = |reason: String| ServeError::Join {
+            addr: addr.clone(),
+            reason,
+        };
+        let channel = crate::client::channel(addr, Duration::from_secs(5))
+            .await
+            .map_err(|e| join_error(e.to_string()))?;
+        let status = ClusterClient::new(channel)
+            .status(crate::proto::v1::ClusterStatusRequest { with_digest: false })
+            .await
+            .map_err(|e| join_error(e.message().to_string()))?
+            .into_inner();
+        let mut members: Members = status
+            .members
+            .iter()
+            .map(|m| (m.node_id, m.address.clone()))
+            .collect();
+        members.insert(id, advertise.to_string());
+        // No log and no vote: this node waits for the leader to send it the
+        // log (or a snapshot), which carries the membership.
+        store.bootstrap_joining(&members)?;
+        tracing::info!(node_id = id, through = %addr, "joining an existing cluster; waiting for the leader");
+        return Ok(());
+    }
+    let first = membership::bootstrap(&[(id, advertise.to_string())].into())
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    store.bootstrap(&first)?;
+    tracing::info!(node_id = id, dir = %config.data_dir.display(), "created a new one-node cluster");
+    Ok(())
 }

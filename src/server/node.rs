@@ -1,16 +1,20 @@
 //! The replication thread: the I/O shell around the sans-IO [`Replica`].
 //!
 //! One OS thread owns the replica. gRPC handlers reach it through a bounded
-//! channel; each request carries a oneshot sender for its answer. The loop:
+//! channel; each request carries a oneshot sender for its answer. Messages
+//! from peers come through a second channel, so a flood of client requests
+//! never delays heartbeats and votes. The loop:
 //!
-//! 1. Wait for input or the next tick (every `tick_ms`).
-//! 2. Drain what is queued, up to one batch's worth of commands
-//!    ([`BATCH_COMMANDS_MAX`], [`BATCH_BYTES_MAX`]); leftovers wait for the
-//!    next turn. This is the group commit: everything that arrived while the
-//!    previous batch was being synced goes into the next log entry.
+//! 1. Wait for input from either channel, or the next tick (`tick_ms`).
+//! 2. Step every peer message queued. Drain client requests up to one
+//!    batch's worth of commands ([`BATCH_COMMANDS_MAX`], [`BATCH_BYTES_MAX`]);
+//!    leftovers wait for the next turn. This is the group commit:
+//!    everything that arrived while the previous batch was being synced goes
+//!    into the next log entry.
 //! 3. Tick if due, propose the batch, ask one ReadIndex for all reads.
 //! 4. Let the replica handle raft-rs's Ready (apply, one synced write).
-//! 5. Deliver answers, send peer messages, publish the status.
+//! 5. Deliver answers, hand peer messages to the transport, publish the
+//!    status and the members.
 //!
 //! A fatal error (a failed write or fsync, a damaged entry) is logged and
 //! the process aborts: it never continues with state it cannot trust.
@@ -21,14 +25,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use raft::eraftpb::Message;
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+use raft::eraftpb::{ConfState, Message};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
 use crate::inventory::{codec, Applied, Command, Shared};
-use crate::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, QUEUE_REQUESTS_MAX};
-use crate::replica::{LogStore, Output, ProposeError, ReadError, Replica, ReplicaStatus, Token};
+use crate::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, PEER_QUEUE_MAX, QUEUE_REQUESTS_MAX};
+use crate::replica::{
+    LogStore, Members, MembershipAnswer, MembershipChange, Output, ProposeError, ReadError,
+    Replica, ReplicaStatus, Token,
+};
 
 /// Why a request to the replication thread got no answer from the state
 /// machine.
@@ -44,10 +51,12 @@ pub enum SubmitError {
     Read(#[from] ReadError),
 }
 
-/// Sends raft messages to peers. The one-node server has none; the
-/// replicated cluster plugs its gRPC transport in here.
+/// Sends raft messages to peers. Called on the replication thread; must not
+/// block.
 pub trait Transport: Send + 'static {
     fn send(&mut self, messages: Vec<Message>);
+    /// The members (and their addresses) changed.
+    fn set_members(&mut self, members: &Members);
 }
 
 /// A transport for a single-voter group: there is never anyone to send to.
@@ -63,9 +72,18 @@ impl Transport for NoPeers {
             );
         }
     }
+
+    fn set_members(&mut self, _members: &Members) {}
 }
 
-enum Input {
+/// A membership snapshot for status pages.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MembersView {
+    pub members: Members,
+    pub conf_state: ConfState,
+}
+
+enum ClientInput {
     Propose {
         command: Command,
         reply: oneshot::Sender<Result<Applied, ProposeError>>,
@@ -73,13 +91,29 @@ enum Input {
     Read {
         reply: oneshot::Sender<Result<u64, ReadError>>,
     },
-    Step(Box<Message>),
+    Membership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<MembershipAnswer, ProposeError>>,
+    },
+    TransferLeader {
+        target: u64,
+    },
+    Digest {
+        reply: oneshot::Sender<(u64, u64)>,
+    },
     Shutdown,
+}
+
+enum PeerInput {
+    Step(Box<Message>),
+    Unreachable(u64),
+    SnapshotSent { peer: u64, delivered: bool },
 }
 
 enum Waiter {
     Command(oneshot::Sender<Result<Applied, ProposeError>>),
     Read(oneshot::Sender<Result<u64, ReadError>>),
+    Membership(oneshot::Sender<Result<MembershipAnswer, ProposeError>>),
 }
 
 /// Settings of the replication thread.
@@ -96,8 +130,10 @@ pub struct NodeConfig {
 /// A cheap, cloneable handle to the replication thread.
 #[derive(Clone)]
 pub struct NodeHandle {
-    tx: Sender<Input>,
+    tx: Sender<ClientInput>,
+    peer_tx: Sender<PeerInput>,
     shared: Arc<ArcSwap<Shared>>,
+    members: Arc<ArcSwap<MembersView>>,
     status: watch::Receiver<ReplicaStatus>,
     startup_commit_index: u64,
 }
@@ -106,7 +142,7 @@ impl NodeHandle {
     /// Proposes one command and waits until it is committed and applied.
     pub async fn submit(&self, command: Command) -> Result<Applied, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Input::Propose { command, reply })?;
+        self.send(ClientInput::Propose { command, reply })?;
         match answer.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(SubmitError::Stopped),
@@ -117,19 +153,64 @@ impl NodeHandle {
     /// confirmed its leadership and the read index is applied here.
     pub async fn read_barrier(&self) -> Result<u64, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Input::Read { reply })?;
+        self.send(ClientInput::Read { reply })?;
         match answer.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(SubmitError::Stopped),
         }
     }
 
-    /// Hands a message from a peer to the replica.
-    pub fn step(&self, message: Message) -> Result<(), SubmitError> {
-        self.send(Input::Step(Box::new(message)))
+    /// Proposes a membership change and waits until it is applied.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipAnswer, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(ClientInput::Membership { change, reply })?;
+        match answer.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(SubmitError::Stopped),
+        }
     }
 
-    fn send(&self, input: Input) -> Result<(), SubmitError> {
+    /// Asks the leader (this node) to hand leadership to `target`.
+    pub fn transfer_leader(&self, target: u64) -> Result<(), SubmitError> {
+        self.send(ClientInput::TransferLeader { target })
+    }
+
+    /// The state digest and the applied index it was taken at.
+    pub async fn digest(&self) -> Result<(u64, u64), SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(ClientInput::Digest { reply })?;
+        answer.await.map_err(|_| SubmitError::Stopped)
+    }
+
+    /// Hands a message from a peer to the replica. Dropped when the peer
+    /// queue is full: Raft retransmits.
+    pub fn step(&self, message: Message) {
+        if self
+            .peer_tx
+            .try_send(PeerInput::Step(Box::new(message)))
+            .is_err()
+        {
+            metrics::counter!("stockraft_peer_messages_dropped_total", "reason" => "queue_full")
+                .increment(1);
+        }
+    }
+
+    /// The transport could not reach `peer`.
+    pub fn report_unreachable(&self, peer: u64) {
+        let _ = self.peer_tx.try_send(PeerInput::Unreachable(peer));
+    }
+
+    /// The transport finished sending a snapshot to `peer`.
+    pub fn report_snapshot(&self, peer: u64, delivered: bool) {
+        let _ = self
+            .peer_tx
+            .send(PeerInput::SnapshotSent { peer, delivered });
+    }
+
+    fn send(&self, input: ClientInput) -> Result<(), SubmitError> {
         match self.tx.try_send(input) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
@@ -143,6 +224,10 @@ impl NodeHandle {
     /// The state to read from (load per read: a snapshot install swaps it).
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.load_full()
+    }
+
+    pub fn members(&self) -> Arc<MembersView> {
+        self.members.load_full()
     }
 
     pub fn status(&self) -> ReplicaStatus {
@@ -159,6 +244,26 @@ impl NodeHandle {
         let status = self.status();
         status.leader_id != 0 && status.applied_index >= self.startup_commit_index
     }
+
+    /// Waits until a leader is known, up to `timeout`. Returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        let mut status = self.status.clone();
+        let wait = async {
+            loop {
+                let leader = status.borrow_and_update().leader_id;
+                if leader != 0 {
+                    return leader;
+                }
+                if status.changed().await.is_err() {
+                    return 0;
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(0) | Err(_) => None,
+            Ok(leader) => Some(leader),
+        }
+    }
 }
 
 /// The running replication thread.
@@ -168,10 +273,11 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the replication thread over `replica`.
+    /// Starts the replication thread over `replica`. `transport` is built
+    /// with the node's handle, so it can report unreachable peers.
     pub fn start<S, T>(
         replica: Replica<S>,
-        transport: T,
+        transport: impl FnOnce(NodeHandle) -> T,
         config: NodeConfig,
     ) -> std::io::Result<Node>
     where
@@ -179,16 +285,31 @@ impl Node {
         T: Transport,
     {
         let (tx, rx) = crossbeam_channel::bounded(config.queue_max.clamp(1, QUEUE_REQUESTS_MAX));
+        let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE_MAX);
         let (status_tx, status_rx) = watch::channel(replica.status());
+        let members = Arc::new(ArcSwap::from_pointee(MembersView {
+            members: replica.members().clone(),
+            conf_state: replica.conf_state(),
+        }));
         let handle = NodeHandle {
             tx,
+            peer_tx,
             shared: replica.shared(),
+            members: members.clone(),
             status: status_rx,
             startup_commit_index: config.startup_commit_index,
         };
+        let mut transport = transport(handle.clone());
+        transport.set_members(replica.members());
+        let channels = Channels {
+            rx,
+            peer_rx,
+            status_tx,
+            members,
+        };
         let thread = std::thread::Builder::new()
             .name("replica".into())
-            .spawn(move || run(replica, transport, rx, status_tx, config))?;
+            .spawn(move || run(replica, transport, channels, config))?;
         Ok(Node {
             handle,
             thread: Some(thread),
@@ -206,7 +327,7 @@ impl Node {
 
     fn stop_inner(&mut self) {
         // A blocking send: shutdown must get through even when the queue is full.
-        let _ = self.handle.tx.send(Input::Shutdown);
+        let _ = self.handle.tx.send(ClientInput::Shutdown);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -219,6 +340,13 @@ impl Drop for Node {
     }
 }
 
+struct Channels {
+    rx: Receiver<ClientInput>,
+    peer_rx: Receiver<PeerInput>,
+    status_tx: watch::Sender<ReplicaStatus>,
+    members: Arc<ArcSwap<MembersView>>,
+}
+
 fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -226,141 +354,194 @@ fn wall_clock_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The loop's bookkeeping: callers waiting, by token.
+struct Loop<S: LogStore, T: Transport> {
+    replica: Replica<S>,
+    transport: T,
+    waiters: HashMap<Token, Waiter>,
+    next_token: Token,
+    out: Output,
+}
+
+impl<S: LogStore, T: Transport> Loop<S, T> {
+    fn token(&mut self, waiter: Waiter) -> Token {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.waiters.insert(token, waiter);
+        token
+    }
+
+    fn peer_input(&mut self, input: PeerInput) {
+        match input {
+            PeerInput::Step(message) => {
+                if let Err(e) = self.replica.step(*message) {
+                    tracing::debug!("dropped a raft message: {e}");
+                }
+            }
+            PeerInput::Unreachable(peer) => self.replica.report_unreachable(peer),
+            PeerInput::SnapshotSent { peer, delivered } => {
+                self.replica.report_snapshot(peer, delivered)
+            }
+        }
+    }
+
+    fn advance(&mut self, channels: &Channels) {
+        if let Err(fatal) = self.replica.advance(&mut self.out) {
+            stop_fatal(&fatal.to_string());
+        }
+        self.deliver(channels);
+    }
+
+    fn deliver(&mut self, channels: &Channels) {
+        for (token, answer) in self.out.answers.drain(..) {
+            if let Some(Waiter::Command(reply)) = self.waiters.remove(&token) {
+                // The caller may have given up (deadline); that is fine.
+                let _ = reply.send(answer);
+            }
+        }
+        for (token, answer) in self.out.reads.drain(..) {
+            if let Some(Waiter::Read(reply)) = self.waiters.remove(&token) {
+                let _ = reply.send(answer);
+            }
+        }
+        for (token, answer) in self.out.membership.drain(..) {
+            if let Some(Waiter::Membership(reply)) = self.waiters.remove(&token) {
+                let _ = reply.send(answer);
+            }
+        }
+        if self.out.members_changed {
+            self.out.members_changed = false;
+            self.transport.set_members(self.replica.members());
+            channels.members.store(Arc::new(MembersView {
+                members: self.replica.members().clone(),
+                conf_state: self.replica.conf_state(),
+            }));
+        }
+        if !self.out.messages.is_empty() {
+            self.transport.send(std::mem::take(&mut self.out.messages));
+        }
+        let status = self.replica.status();
+        channels.status_tx.send_if_modified(|current| {
+            if *current == status {
+                return false;
+            }
+            *current = status;
+            true
+        });
+    }
+
+    /// Callers still waiting at shutdown get an error, never a hang.
+    fn fail_all(&mut self) {
+        for (_, waiter) in self.waiters.drain() {
+            match waiter {
+                Waiter::Command(reply) => {
+                    let _ = reply.send(Err(ProposeError::Unknown));
+                }
+                Waiter::Read(reply) => {
+                    let _ = reply.send(Err(ReadError::NoLeader));
+                }
+                Waiter::Membership(reply) => {
+                    let _ = reply.send(Err(ProposeError::Unknown));
+                }
+            }
+        }
+    }
+}
+
 fn run<S: LogStore, T: Transport>(
-    mut replica: Replica<S>,
-    mut transport: T,
-    rx: Receiver<Input>,
-    status_tx: watch::Sender<ReplicaStatus>,
+    replica: Replica<S>,
+    transport: T,
+    channels: Channels,
     config: NodeConfig,
 ) {
     let tick = Duration::from_millis(config.tick_ms.max(1));
     let mut next_tick = Instant::now() + tick;
-    let mut waiters: HashMap<Token, Waiter> = HashMap::new();
-    let mut next_token: Token = 1;
+    let mut state = Loop {
+        replica,
+        transport,
+        waiters: HashMap::new(),
+        next_token: 1,
+        out: Output::default(),
+    };
     // An input drained past a full batch waits here for the next turn.
-    let mut carried: Option<Input> = None;
-    let mut out = Output::default();
-    if let Err(fatal) = replica.advance(&mut out) {
-        stop_fatal(&fatal.to_string());
-    }
-    deliver(&mut out, &mut waiters, &mut transport);
-    publish(&replica, &status_tx);
+    let mut carried: Option<ClientInput> = None;
+    // Replay the committed log tail before anything else.
+    state.advance(&channels);
     loop {
-        let first = match carried.take() {
-            Some(input) => Some(input),
-            None => {
-                let timeout = next_tick.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(timeout) {
-                    Ok(input) => Some(input),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            }
-        };
+        if carried.is_none() && channels.rx.is_empty() && channels.peer_rx.is_empty() {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let mut select = Select::new();
+            select.recv(&channels.rx);
+            select.recv(&channels.peer_rx);
+            // Either an input is ready or the tick is due.
+            let _ = select.ready_timeout(timeout);
+        }
+        // Peer messages first: heartbeats and votes must not wait.
+        while let Ok(input) = channels.peer_rx.try_recv() {
+            state.peer_input(input);
+        }
         let mut commands: Vec<(Token, Command)> = Vec::new();
         let mut batch_bytes = 0usize;
         let mut reads: Vec<Token> = Vec::new();
         let mut shutdown = false;
-        let mut next = first;
+        let mut next = carried.take().or_else(|| channels.rx.try_recv().ok());
         while let Some(input) = next.take() {
             match input {
-                Input::Propose { command, reply } => {
+                ClientInput::Propose { command, reply } => {
                     let size = codec::encoded_len(&command);
                     let full = commands.len() >= BATCH_COMMANDS_MAX
                         || (!commands.is_empty() && batch_bytes + size > BATCH_BYTES_MAX);
                     if full {
-                        carried = Some(Input::Propose { command, reply });
+                        carried = Some(ClientInput::Propose { command, reply });
                         break;
                     }
                     batch_bytes += size;
-                    let token = next_token;
-                    next_token += 1;
-                    waiters.insert(token, Waiter::Command(reply));
+                    let token = state.token(Waiter::Command(reply));
                     commands.push((token, command));
                 }
-                Input::Read { reply } => {
-                    let token = next_token;
-                    next_token += 1;
-                    waiters.insert(token, Waiter::Read(reply));
+                ClientInput::Read { reply } => {
+                    let token = state.token(Waiter::Read(reply));
                     reads.push(token);
                 }
-                Input::Step(message) => {
-                    if let Err(e) = replica.step(*message) {
-                        tracing::debug!("dropped a raft message: {e}");
-                    }
+                ClientInput::Membership { change, reply } => {
+                    let token = state.token(Waiter::Membership(reply));
+                    state
+                        .replica
+                        .propose_membership(token, change, &mut state.out);
                 }
-                Input::Shutdown => {
+                ClientInput::TransferLeader { target } => {
+                    state.replica.transfer_leader(target);
+                }
+                ClientInput::Digest { reply } => {
+                    let inventory = state.replica.inventory();
+                    let _ = reply.send((inventory.digest(), inventory.applied_index()));
+                }
+                ClientInput::Shutdown => {
                     shutdown = true;
                     break;
                 }
             }
-            next = rx.try_recv().ok();
+            next = channels.rx.try_recv().ok();
         }
         let now_ms = wall_clock_ms();
         if Instant::now() >= next_tick {
-            replica.tick(now_ms, &mut out);
+            state.replica.tick(now_ms, &mut state.out);
             next_tick += tick;
             if next_tick < Instant::now() {
                 next_tick = Instant::now() + tick;
             }
         }
         if !commands.is_empty() {
-            replica.propose(now_ms, commands, &mut out);
+            state.replica.propose(now_ms, commands, &mut state.out);
         }
-        replica.read(reads, &mut out);
-        if let Err(fatal) = replica.advance(&mut out) {
-            stop_fatal(&fatal.to_string());
-        }
-        deliver(&mut out, &mut waiters, &mut transport);
-        publish(&replica, &status_tx);
+        state.replica.read(reads, &mut state.out);
+        state.advance(&channels);
         if shutdown {
-            // Callers still waiting get an error, never a hang.
-            for (_, waiter) in waiters.drain() {
-                match waiter {
-                    Waiter::Command(reply) => {
-                        let _ = reply.send(Err(ProposeError::Unknown));
-                    }
-                    Waiter::Read(reply) => {
-                        let _ = reply.send(Err(ReadError::NoLeader));
-                    }
-                }
-            }
+            state.fail_all();
             tracing::info!("replication thread stopped");
             return;
         }
     }
-}
-
-fn deliver<T: Transport>(
-    out: &mut Output,
-    waiters: &mut HashMap<Token, Waiter>,
-    transport: &mut T,
-) {
-    for (token, answer) in out.answers.drain(..) {
-        if let Some(Waiter::Command(reply)) = waiters.remove(&token) {
-            // The caller may have given up (deadline); that is fine.
-            let _ = reply.send(answer);
-        }
-    }
-    for (token, answer) in out.reads.drain(..) {
-        if let Some(Waiter::Read(reply)) = waiters.remove(&token) {
-            let _ = reply.send(answer);
-        }
-    }
-    if !out.messages.is_empty() {
-        transport.send(std::mem::take(&mut out.messages));
-    }
-}
-
-fn publish<S: LogStore>(replica: &Replica<S>, status_tx: &watch::Sender<ReplicaStatus>) {
-    let status = replica.status();
-    status_tx.send_if_modified(|current| {
-        if *current == status {
-            return false;
-        }
-        *current = status;
-        true
-    });
 }
 
 /// Stops the process: the replica's durable state may be inconsistent with

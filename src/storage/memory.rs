@@ -1,25 +1,45 @@
 //! An in-memory store for tests: the same log view as the RocksDB store,
 //! with nothing on disk. Each write is "durable" when it returns.
 
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::log_cache::LogCache;
-use crate::inventory::snapshot::{self, Image};
-use crate::replica::{LogStore, StoreError};
+use crate::replica::membership::{encode_snapshot_data, Members};
+use crate::replica::{LogStore, SavedSnapshot, StoreError};
 
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
     cache: LogCache,
-    snapshot: Option<(SnapshotMetadata, Image)>,
+    members: Members,
+    snapshot: Option<SavedSnapshot>,
 }
 
 impl MemStore {
-    /// A store for a brand-new cluster with the given voters.
+    /// A founding node's store for a brand-new cluster with the given
+    /// voters (addressed `node-ID`), bootstrapped as the server does it.
     pub fn new(voters: &[u64]) -> MemStore {
+        let members: Members = voters
+            .iter()
+            .map(|id| (*id, format!("node-{id}")))
+            .collect();
         let mut store = MemStore::default();
-        store.cache.conf_state.voters = voters.to_vec();
+        // Encoding a conf change into memory cannot fail.
+        if let Ok(bootstrap) = crate::replica::membership::bootstrap(&members) {
+            store.cache.append(&bootstrap.entries);
+            store.cache.hard_state = bootstrap.hard_state;
+            store.cache.conf_state = bootstrap.conf_state;
+        }
+        store.members = members;
         store
+    }
+
+    /// A store for a node joining a running cluster: no log, no vote.
+    pub fn joining(members: &Members) -> MemStore {
+        MemStore {
+            members: members.clone(),
+            ..MemStore::default()
+        }
     }
 }
 
@@ -52,10 +72,10 @@ impl raft::Storage for MemStore {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         match &self.snapshot {
-            Some((meta, image)) if meta.index >= request_index => {
+            Some(saved) if saved.meta.index >= request_index => {
                 let mut snapshot = Snapshot::default();
-                snapshot.set_metadata(meta.clone());
-                snapshot.data = snapshot::to_bytes(image).into();
+                snapshot.set_metadata(saved.meta.clone());
+                snapshot.data = encode_snapshot_data(&saved.members, &saved.image).into();
                 Ok(snapshot)
             }
             _ => Err(raft::Error::Store(
@@ -87,37 +107,43 @@ impl LogStore for MemStore {
         Ok(())
     }
 
-    fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<(), StoreError> {
+    fn set_conf_state(
+        &mut self,
+        conf_state: &ConfState,
+        members: &Members,
+    ) -> Result<(), StoreError> {
         self.cache.conf_state = conf_state.clone();
+        self.members = members.clone();
         Ok(())
+    }
+
+    fn members(&self) -> Members {
+        self.members.clone()
     }
 
     fn save_snapshot(
         &mut self,
-        meta: &SnapshotMetadata,
-        image: &Image,
+        snapshot: &SavedSnapshot,
         compact_to: u64,
     ) -> Result<(), StoreError> {
-        self.cache.hard_state.commit = self.cache.hard_state.commit.max(meta.index);
+        let index = snapshot.meta.index;
+        self.cache.hard_state.commit = self.cache.hard_state.commit.max(index);
         self.cache
-            .compact(compact_to.min(meta.index))
+            .compact(compact_to.min(index))
             .map_err(StoreError::Corrupt)?;
-        self.cache.snapshot_meta = Some(meta.clone());
-        self.snapshot = Some((meta.clone(), image.clone()));
+        self.cache.snapshot_meta = Some(snapshot.meta.clone());
+        self.snapshot = Some(snapshot.clone());
         Ok(())
     }
 
-    fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMetadata,
-        image: &Image,
-    ) -> Result<(), StoreError> {
-        self.cache.install(meta);
-        self.snapshot = Some((meta.clone(), image.clone()));
+    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
+        self.cache.install(&snapshot.meta);
+        self.members = snapshot.members.clone();
+        self.snapshot = Some(snapshot.clone());
         Ok(())
     }
 
-    fn load_snapshot(&self) -> Result<Option<(SnapshotMetadata, Image)>, StoreError> {
+    fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError> {
         Ok(self.snapshot.clone())
     }
 

@@ -6,6 +6,7 @@
 //! |--------------------------|---------------------------------------------|
 //! | `h`                      | Raft hard state (term, vote, commit)        |
 //! | `c`                      | Raft conf state (membership)                |
+//! | `a`                      | members' addresses                          |
 //! | `t`                      | index and term of the last dropped entry    |
 //! | `l` + index (8 bytes BE) | one Raft log entry                          |
 //! | `s`                      | the latest snapshot's metadata and header   |
@@ -46,12 +47,16 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use super::log_cache::LogCache;
-use crate::inventory::snapshot::{self, Image};
+use crate::inventory::snapshot::Image;
 use crate::proto::internal as pb;
-use crate::replica::{LogStore, StoreError};
+use crate::replica::membership::{
+    encode_snapshot_data, from_records, to_records, Bootstrap, Members,
+};
+use crate::replica::{LogStore, SavedSnapshot, StoreError};
 
 const KEY_HARD_STATE: &[u8] = b"h";
 const KEY_CONF_STATE: &[u8] = b"c";
+const KEY_MEMBERS: &[u8] = b"a";
 const KEY_TRUNCATED: &[u8] = b"t";
 const KEY_SNAPSHOT: &[u8] = b"s";
 const PREFIX_LOG: u8 = b'l';
@@ -90,6 +95,7 @@ fn encode_pb(message: &impl protobuf::Message) -> Result<Vec<u8>, StoreError> {
 pub struct RocksStore {
     db: DB,
     cache: LogCache,
+    members: Members,
     /// True when the database held no Raft state when opened.
     fresh: bool,
 }
@@ -134,6 +140,12 @@ impl RocksStore {
             cache.conf_state =
                 ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf state", e))?;
             fresh = false;
+        }
+        let mut members = Members::new();
+        if let Some(bytes) = db.get(KEY_MEMBERS).map_err(|e| io("reading members", e))? {
+            let envelope = pb::SnapshotEnvelope::decode(bytes.as_slice())
+                .map_err(|e| corrupt("members", e))?;
+            members = from_records(&envelope.members);
         }
         if let Some(bytes) = db
             .get(KEY_TRUNCATED)
@@ -191,7 +203,12 @@ impl RocksStore {
                 ),
             ));
         }
-        Ok(RocksStore { db, cache, fresh })
+        Ok(RocksStore {
+            db,
+            cache,
+            members,
+            fresh,
+        })
     }
 
     /// True when the store held no Raft state: a node that has never run.
@@ -199,9 +216,33 @@ impl RocksStore {
         self.fresh
     }
 
-    /// Writes the initial membership of a brand-new cluster.
-    pub fn bootstrap(&mut self, conf_state: &ConfState) -> Result<(), StoreError> {
-        self.set_conf_state(conf_state)?;
+    /// Writes the first state of a founding node of a new cluster, in one
+    /// synced write: the membership entries, hard state, conf state and
+    /// addresses.
+    pub fn bootstrap(&mut self, bootstrap: &Bootstrap) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        for entry in &bootstrap.entries {
+            batch.put(log_key(entry.index), encode_pb(entry)?);
+        }
+        batch.put(KEY_HARD_STATE, encode_pb(&bootstrap.hard_state)?);
+        batch.put(KEY_CONF_STATE, encode_pb(&bootstrap.conf_state)?);
+        let envelope = pb::SnapshotEnvelope {
+            members: to_records(&bootstrap.members),
+        };
+        batch.put(KEY_MEMBERS, envelope.encode_to_vec());
+        self.write(batch, true)?;
+        self.cache.append(&bootstrap.entries);
+        self.cache.hard_state = bootstrap.hard_state.clone();
+        self.cache.conf_state = bootstrap.conf_state.clone();
+        self.members = bootstrap.members.clone();
+        self.fresh = false;
+        Ok(())
+    }
+
+    /// Writes what a node joining a running cluster knows: where its
+    /// members are. Its log, membership and state arrive from the leader.
+    pub fn bootstrap_joining(&mut self, members: &Members) -> Result<(), StoreError> {
+        self.set_conf_state(&ConfState::default(), members)?;
         self.fresh = false;
         Ok(())
     }
@@ -248,23 +289,21 @@ impl RocksStore {
     fn put_snapshot(
         &self,
         batch: &mut WriteBatch,
-        meta: &SnapshotMetadata,
-        image: &Image,
+        snapshot: &SavedSnapshot,
     ) -> Result<(), StoreError> {
-        for (i, chunk) in image.chunks.iter().enumerate() {
-            batch.put(chunk_key(meta.index, i as u32), chunk);
+        let index = snapshot.meta.index;
+        for (i, chunk) in snapshot.image.chunks.iter().enumerate() {
+            batch.put(chunk_key(index, i as u32), chunk);
         }
         let stored = pb::StoredSnapshot {
-            raft_metadata: encode_pb(meta)?,
-            header: Some(image.header),
-            chunk_count: image.chunks.len() as u32,
+            raft_metadata: encode_pb(&snapshot.meta)?,
+            header: Some(snapshot.image.header),
+            chunk_count: snapshot.image.chunks.len() as u32,
+            members: to_records(&snapshot.members),
         };
         batch.put(KEY_SNAPSHOT, stored.encode_to_vec());
         // Older snapshots' chunks go in the same write.
-        batch.delete_range(
-            chunk_key(0, 0).as_slice(),
-            chunk_key(meta.index, 0).as_slice(),
-        );
+        batch.delete_range(chunk_key(0, 0).as_slice(), chunk_key(index, 0).as_slice());
         Ok(())
     }
 }
@@ -304,13 +343,13 @@ impl raft::Storage for RocksStore {
         if meta.index < request_index {
             return Err(unavailable);
         }
-        let loaded = match self.load_snapshot() {
-            Ok(Some((_, image))) => image,
+        let saved = match self.load_snapshot() {
+            Ok(Some(saved)) => saved,
             _ => return Err(unavailable),
         };
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(meta);
-        snapshot.data = snapshot::to_bytes(&loaded).into();
+        snapshot.data = encode_snapshot_data(&saved.members, &saved.image).into();
         Ok(snapshot)
     }
 }
@@ -359,23 +398,36 @@ impl LogStore for RocksStore {
         Ok(())
     }
 
-    fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<(), StoreError> {
+    fn set_conf_state(
+        &mut self,
+        conf_state: &ConfState,
+        members: &Members,
+    ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.put(KEY_CONF_STATE, encode_pb(conf_state)?);
+        let envelope = pb::SnapshotEnvelope {
+            members: to_records(members),
+        };
+        batch.put(KEY_MEMBERS, envelope.encode_to_vec());
         self.write(batch, true)?;
         self.cache.conf_state = conf_state.clone();
+        self.members = members.clone();
         Ok(())
+    }
+
+    fn members(&self) -> Members {
+        self.members.clone()
     }
 
     fn save_snapshot(
         &mut self,
-        meta: &SnapshotMetadata,
-        image: &Image,
+        snapshot: &SavedSnapshot,
         compact_to: u64,
     ) -> Result<(), StoreError> {
+        let meta = &snapshot.meta;
         let compact_to = compact_to.min(meta.index);
         let mut batch = WriteBatch::default();
-        self.put_snapshot(&mut batch, meta, image)?;
+        self.put_snapshot(&mut batch, snapshot)?;
         let mut hs = self.cache.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         batch.put(KEY_HARD_STATE, encode_pb(&hs)?);
@@ -402,13 +454,10 @@ impl LogStore for RocksStore {
         Ok(())
     }
 
-    fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMetadata,
-        image: &Image,
-    ) -> Result<(), StoreError> {
+    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
+        let meta = &snapshot.meta;
         let mut batch = WriteBatch::default();
-        self.put_snapshot(&mut batch, meta, image)?;
+        self.put_snapshot(&mut batch, snapshot)?;
         batch.delete_range(log_key(0).as_slice(), log_key(u64::MAX).as_slice());
         batch.delete(log_key(u64::MAX));
         let mut hs = self.cache.hard_state.clone();
@@ -416,16 +465,21 @@ impl LogStore for RocksStore {
         hs.term = hs.term.max(meta.term);
         batch.put(KEY_HARD_STATE, encode_pb(&hs)?);
         batch.put(KEY_CONF_STATE, encode_pb(meta.get_conf_state())?);
+        let envelope = pb::SnapshotEnvelope {
+            members: to_records(&snapshot.members),
+        };
+        batch.put(KEY_MEMBERS, envelope.encode_to_vec());
         let mut truncated = Vec::with_capacity(16);
         truncated.extend_from_slice(&meta.index.to_be_bytes());
         truncated.extend_from_slice(&meta.term.to_be_bytes());
         batch.put(KEY_TRUNCATED, truncated);
         self.write(batch, true)?;
         self.cache.install(meta);
+        self.members = snapshot.members.clone();
         Ok(())
     }
 
-    fn load_snapshot(&self) -> Result<Option<(SnapshotMetadata, Image)>, StoreError> {
+    fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError> {
         let Some(bytes) = self
             .db
             .get(KEY_SNAPSHOT)
@@ -438,7 +492,11 @@ impl LogStore for RocksStore {
         let meta = SnapshotMetadata::parse_from_bytes(&stored.raft_metadata)
             .map_err(|e| corrupt("snapshot metadata", e))?;
         let image = self.read_image(&stored, meta.index)?;
-        Ok(Some((meta, image)))
+        Ok(Some(SavedSnapshot {
+            meta,
+            members: from_records(&stored.members),
+            image,
+        }))
     }
 
     fn log_bytes(&self) -> u64 {

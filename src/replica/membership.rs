@@ -1,0 +1,145 @@
+//! Who is in the group and where to reach them.
+//!
+//! raft-rs tracks membership as node ids (the conf state); stockraft also
+//! needs each member's address. Addresses travel with the ids: in the context
+//! of each membership-change entry, in every snapshot, and in the store next
+//! to the conf state, so a restarted node needs nothing but its data dir.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState,
+};
+
+use crate::inventory::snapshot::{self, Image, SnapshotError};
+use crate::proto::internal as pb;
+
+/// Node id to address (HOST:PORT).
+pub type Members = BTreeMap<u64, String>;
+
+/// A change of membership asked by an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    Add { node_id: u64, address: String },
+    Remove { node_id: u64 },
+}
+
+/// The first Raft state of a brand-new cluster.
+///
+/// The initial members are written as ordinary, already committed
+/// membership-change entries (index 1..=n, term 1), identical on every
+/// founding node, as etcd does. So a node that joins later and replays the
+/// log from index 1 rebuilds the same membership as everyone else, instead
+/// of starting from an empty one.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub entries: Vec<Entry>,
+    pub hard_state: HardState,
+    pub conf_state: ConfState,
+    pub members: Members,
+}
+
+pub fn bootstrap(members: &Members) -> Result<Bootstrap, protobuf::ProtobufError> {
+    let mut entries = Vec::with_capacity(members.len());
+    for (i, (id, address)) in members.iter().enumerate() {
+        let mut change = ConfChangeV2::default();
+        change.set_changes(
+            vec![ConfChangeSingle {
+                change_type: ConfChangeType::AddNode,
+                node_id: *id,
+                ..Default::default()
+            }]
+            .into(),
+        );
+        let mut entry = Entry {
+            term: 1,
+            index: i as u64 + 1,
+            ..Default::default()
+        };
+        entry.set_entry_type(EntryType::EntryConfChangeV2);
+        entry.data = change.write_to_bytes()?.into();
+        entry.context = encode_change_context(*id, address).into();
+        entries.push(entry);
+    }
+    let hard_state = HardState {
+        term: 1,
+        vote: 0,
+        commit: entries.len() as u64,
+        ..Default::default()
+    };
+    let conf_state = ConfState {
+        voters: members.keys().copied().collect(),
+        ..Default::default()
+    };
+    Ok(Bootstrap {
+        entries,
+        hard_state,
+        conf_state,
+        members: members.clone(),
+    })
+}
+
+pub fn to_records(members: &Members) -> Vec<pb::MemberRecord> {
+    members
+        .iter()
+        .map(|(id, address)| pb::MemberRecord {
+            node_id: *id,
+            address: address.clone(),
+        })
+        .collect()
+}
+
+pub fn from_records(records: &[pb::MemberRecord]) -> Members {
+    records
+        .iter()
+        .map(|r| (r.node_id, r.address.clone()))
+        .collect()
+}
+
+/// The data of a Raft snapshot message: members, then the image.
+pub fn encode_snapshot_data(members: &Members, image: &Image) -> Vec<u8> {
+    let envelope = pb::SnapshotEnvelope {
+        members: to_records(members),
+    };
+    let mut out = envelope.encode_length_delimited_to_vec();
+    out.extend_from_slice(&snapshot::to_bytes(image));
+    out
+}
+
+/// Splits the data of a Raft snapshot message.
+pub fn decode_snapshot_data(data: &[u8]) -> Result<(Members, Image), SnapshotError> {
+    let mut rest = data;
+    let envelope = pb::SnapshotEnvelope::decode_length_delimited(&mut rest)?;
+    let image = snapshot::from_bytes(rest)?;
+    Ok((from_records(&envelope.members), image))
+}
+
+/// The context of a membership-change entry.
+pub fn encode_change_context(node_id: u64, address: &str) -> Vec<u8> {
+    pb::MemberChange {
+        node_id,
+        address: address.to_string(),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_change_context(context: &[u8]) -> Option<pb::MemberChange> {
+    pb::MemberChange::decode(context).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Inventory;
+
+    #[test]
+    fn snapshot_data_round_trips() {
+        let members: Members = [(1, "a:1".to_string()), (2, "b:2".to_string())].into();
+        let image = snapshot::write(&Inventory::new());
+        let (m, i) = decode_snapshot_data(&encode_snapshot_data(&members, &image)).unwrap();
+        assert_eq!(m, members);
+        assert_eq!(i, image);
+    }
+}

@@ -1,0 +1,261 @@
+//! The `stockraft.v1.Cluster` admin service: status, membership, leadership.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+
+use super::forward::{Forwarder, Route};
+use super::node::{NodeHandle, SubmitError};
+use super::status;
+use crate::proto::v1 as pb;
+use crate::proto::v1::cluster_client::ClusterClient;
+use crate::proto::v1::cluster_server::Cluster;
+use crate::replica::{MembershipAnswer, MembershipChange, ProposeError};
+
+pub struct ClusterService {
+    node: NodeHandle,
+    forwarder: Arc<Forwarder>,
+}
+
+impl ClusterService {
+    pub fn new(node: NodeHandle, forwarder: Arc<Forwarder>) -> ClusterService {
+        ClusterService { node, forwarder }
+    }
+
+    fn members(&self) -> Vec<pb::Member> {
+        let view = self.node.members();
+        let mut out = Vec::new();
+        for (id, address) in &view.members {
+            let role = if view.conf_state.voters.contains(id) {
+                "VOTER"
+            } else if view.conf_state.learners.contains(id) {
+                "LEARNER"
+            } else {
+                "JOINING"
+            };
+            out.push(pb::Member {
+                node_id: *id,
+                address: address.clone(),
+                role: role.into(),
+            });
+        }
+        out
+    }
+
+    async fn change(&self, change: MembershipChange) -> Result<pb::MembershipResponse, Status> {
+        let deadline = Instant::now() + self.forwarder.budget;
+        loop {
+            match self.node.change_membership(change.clone()).await {
+                Ok(answer) => return Ok(membership_response(answer)),
+                Err(SubmitError::Propose(ProposeError::Unknown)) if Instant::now() < deadline => {
+                    // Applied or not: read the membership back and decide.
+                    let view = self.node.members();
+                    let done = match &change {
+                        MembershipChange::Add { node_id, .. } => {
+                            view.conf_state.voters.contains(node_id)
+                        }
+                        MembershipChange::Remove { node_id } => {
+                            !view.conf_state.voters.contains(node_id)
+                        }
+                    };
+                    if done {
+                        return Ok(pb::MembershipResponse {
+                            members: self.members(),
+                            index: 0,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(SubmitError::Propose(ProposeError::Dropped(reason))) => {
+                    return Err(Status::failed_precondition(format!(
+                        "the leader refused the change: {reason}; retry when it is done"
+                    )))
+                }
+                Err(e) => return Err(status::submit(e)),
+            }
+        }
+    }
+}
+
+fn membership_response(answer: MembershipAnswer) -> pb::MembershipResponse {
+    let members = answer
+        .members
+        .iter()
+        .map(|(id, address)| pb::Member {
+            node_id: *id,
+            address: address.clone(),
+            role: if answer.voters.contains(id) {
+                "VOTER".into()
+            } else {
+                "LEARNER".into()
+            },
+        })
+        .collect();
+    pb::MembershipResponse {
+        members,
+        index: answer.index,
+    }
+}
+
+fn check_address(address: &str) -> Result<(), Status> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(Status::invalid_argument(format!(
+            "address {address:?} is not HOST:PORT"
+        )));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(Status::invalid_argument(format!(
+            "address {address:?} is not HOST:PORT"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let with_digest = request.into_inner().with_digest;
+        let (state_digest, digest_index) = if with_digest {
+            self.node.digest().await.map_err(status::submit)?
+        } else {
+            (0, 0)
+        };
+        let s = self.node.status();
+        let applied_index = if with_digest {
+            digest_index
+        } else {
+            s.applied_index
+        };
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: s.id,
+            leader_id: s.leader_id,
+            term: s.term,
+            role: s.role.name().into(),
+            commit_index: s.commit_index,
+            applied_index,
+            last_index: s.last_index,
+            snapshot_index: s.snapshot_index,
+            members: self.members(),
+            ready: self.node.is_ready(),
+            state_digest,
+            open_reservations: s.open_reservations,
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let forwarded = Forwarder::is_forwarded(request.metadata());
+        let r = request.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must be positive"));
+        }
+        check_address(&r.address)?;
+        let deadline = Instant::now() + self.forwarder.budget;
+        if let Route::Leader { channel, .. } = self.forwarder.route(forwarded, deadline).await? {
+            let mut call = Request::new(r);
+            Forwarder::mark(&mut call, deadline);
+            return ClusterClient::new(channel).add_member(call).await;
+        }
+        let view = self.node.members();
+        if view.conf_state.voters.contains(&r.node_id) {
+            if view.members.get(&r.node_id) == Some(&r.address) {
+                return Ok(Response::new(pb::MembershipResponse {
+                    members: self.members(),
+                    index: 0,
+                }));
+            }
+            return Err(Status::already_exists(format!(
+                "node {} is already a member at another address; remove it first",
+                r.node_id
+            )));
+        }
+        let answer = self
+            .change(MembershipChange::Add {
+                node_id: r.node_id,
+                address: r.address,
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let forwarded = Forwarder::is_forwarded(request.metadata());
+        let r = request.into_inner();
+        let deadline = Instant::now() + self.forwarder.budget;
+        if let Route::Leader { channel, .. } = self.forwarder.route(forwarded, deadline).await? {
+            let mut call = Request::new(r);
+            Forwarder::mark(&mut call, deadline);
+            return ClusterClient::new(channel).remove_member(call).await;
+        }
+        let view = self.node.members();
+        let is_voter = view.conf_state.voters.contains(&r.node_id);
+        if !is_voter && !view.conf_state.learners.contains(&r.node_id) {
+            return Err(Status::not_found(format!(
+                "node {} is not a member",
+                r.node_id
+            )));
+        }
+        if is_voter && view.conf_state.voters.len() == 1 {
+            return Err(Status::failed_precondition(
+                "it is the last voter; a cluster cannot remove its only voter",
+            ));
+        }
+        let answer = self
+            .change(MembershipChange::Remove { node_id: r.node_id })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let forwarded = Forwarder::is_forwarded(request.metadata());
+        let r = request.into_inner();
+        let deadline = Instant::now() + self.forwarder.budget;
+        if let Route::Leader { channel, .. } = self.forwarder.route(forwarded, deadline).await? {
+            let mut call = Request::new(r);
+            Forwarder::mark(&mut call, deadline);
+            return ClusterClient::new(channel).transfer_leader(call).await;
+        }
+        if !self.node.members().conf_state.voters.contains(&r.node_id) {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not a voter; only a voter can lead",
+                r.node_id
+            )));
+        }
+        let mut watch = self.node.status_watch();
+        loop {
+            let s = *watch.borrow_and_update();
+            if s.leader_id == r.node_id {
+                return Ok(Response::new(pb::TransferLeaderResponse {
+                    leader_id: s.leader_id,
+                    term: s.term,
+                }));
+            }
+            if s.is_leader {
+                self.node
+                    .transfer_leader(r.node_id)
+                    .map_err(status::submit)?;
+            }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                return Err(Status::deadline_exceeded(format!(
+                    "leadership did not move to node {} in time (is it up and caught up?)",
+                    r.node_id
+                )));
+            }
+            let _ =
+                tokio::time::timeout(wait.min(Duration::from_millis(500)), watch.changed()).await;
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Finding the leader and reaching it, for calls that only the leader can
+//! carry out.
+//!
+//! Any node accepts any call. A write that reaches a follower is forwarded
+//! once, over the public API, to the node the follower believes leads; the
+//! forwarded call is marked so that it is never forwarded again (two nodes
+//! with stale views cannot bounce a call between them). While no leader is
+//! known a call waits for one, up to its time budget, then gets UNAVAILABLE.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+use super::node::NodeHandle;
+
+/// Metadata key marking a call forwarded by another node.
+pub const FORWARDED: &str = "x-stockraft-forwarded";
+
+/// Where a leader-only call must run.
+pub enum Route {
+    /// This node leads.
+    Here,
+    /// Another node leads; call it over this channel.
+    Leader { id: u64, channel: Channel },
+}
+
+/// Caches one lazily connected channel per leader address.
+pub struct Forwarder {
+    node: NodeHandle,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// How long a call may wait for a leader and retry.
+    pub budget: Duration,
+}
+
+impl Forwarder {
+    pub fn new(node: NodeHandle, budget: Duration) -> Forwarder {
+        Forwarder {
+            node,
+            channels: Mutex::new(HashMap::new()),
+            budget,
+        }
+    }
+
+    pub fn is_forwarded(metadata: &MetadataMap) -> bool {
+        metadata.contains_key(FORWARDED)
+    }
+
+    /// Marks a request as forwarded and gives it what is left of the budget.
+    pub fn mark<T>(request: &mut tonic::Request<T>, deadline: Instant) {
+        request
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        request.set_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
+    }
+
+    /// Decides where a leader-only call runs, waiting for a leader until
+    /// `deadline`. A call already forwarded once is never sent on again.
+    pub async fn route(&self, forwarded: bool, deadline: Instant) -> Result<Route, Status> {
+        let status = self.node.status();
+        if status.is_leader {
+            return Ok(Route::Here);
+        }
+        let leader = if status.leader_id != 0 {
+            status.leader_id
+        } else {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.node.wait_for_leader(wait).await {
+                Some(id) => id,
+                None => {
+                    return Err(Status::unavailable(
+                        "no leader is known (an election is under way or a majority of nodes is down); retry with the same id",
+                    ))
+                }
+            }
+        };
+        if leader == status.id {
+            return Ok(Route::Here);
+        }
+        if forwarded {
+            return Err(Status::unavailable(format!(
+                "this node is not the leader (node {leader} is) and the call was already forwarded once; retry with the same id"
+            )));
+        }
+        let Some(address) = self.node.members().members.get(&leader).cloned() else {
+            return Err(Status::unavailable(format!(
+                "the leader is node {leader} but its address is not known here yet; retry shortly"
+            )));
+        };
+        Ok(Route::Leader {
+            id: leader,
+            channel: self.channel(&address)?,
+        })
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| Status::internal("forwarding table poisoned"))?;
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(crate::client::endpoint_uri(address))
+            .map_err(|_| Status::internal(format!("leader address {address:?} is not a URI")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
