@@ -241,6 +241,10 @@ pub struct ServeArgs {
     /// Applied log entries between snapshots.
     #[arg(long, default_value_t = 20_000)]
     pub snapshot_entries: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up from the log rather than by snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    pub log_keep_entries: u64,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -281,6 +285,7 @@ impl ServeArgs {
         replica.id_retention_ms = millis(self.id_retention);
         replica.id_retained_max = self.id_retained_max;
         replica.snapshot_entries = self.snapshot_entries.max(1);
+        replica.log_keep_entries = self.log_keep_entries;
         let peers = match &self.peers {
             Some(text) => Some(parse_peers(text)?),
             None => None,

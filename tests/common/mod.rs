@@ -229,3 +229,6 @@ pub async fn get(client: &mut InventoryClient<Channel>, id: &str) -> pb::GetRese
         .expect("get reservation")
         .into_inner()
 }
+
+pub mod cluster;
+pub mod workload;

@@ -1,0 +1,203 @@
+//! Three real nodes on loopback: losing the leader, a follower catching up
+//! by snapshot, and membership changes, all under load.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::workload::{check_node, seed, start_clients, Ledger};
+use stockraft::proto::v1 as pb;
+
+/// Clients on every node; the leader is killed with SIGKILL mid-stream; the
+/// clients keep going through the election; the old leader comes back.
+/// Every acknowledged reserve, commit and release is on every node exactly
+/// once, nothing is oversold, and the replicas converge to one state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_leader_loses_nothing_and_oversells_nothing() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    seed(&cluster, leader).await;
+
+    let started = Instant::now();
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
+    let tasks = start_clients(addrs, 6, ledger.clone(), stop.clone(), started);
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let before_kill = ledger.acks.load(Ordering::Relaxed);
+    let killed_at = started.elapsed().as_millis() as u64;
+    cluster.kill9(leader);
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let after_kill = ledger.acks.load(Ordering::Relaxed);
+    cluster.spawn(leader);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        before_kill > 20,
+        "too little traffic before the kill: {before_kill}"
+    );
+    assert!(
+        after_kill > before_kill,
+        "no reserve was acknowledged after the leader died"
+    );
+
+    let new_leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let (applied, _) = cluster
+        .wait_converged(&[1, 2, 3], Duration::from_secs(20))
+        .await
+        .unwrap();
+    eprintln!(
+        "leader {leader} killed at {killed_at} ms; new leader {new_leader}; {} reserves acknowledged; converged at index {applied}",
+        ledger.acks.load(Ordering::Relaxed)
+    );
+    for id in 1..=3 {
+        check_node(&cluster, id, &ledger).await;
+    }
+}
+
+/// A follower is down while the log is compacted past it; on restart it
+/// catches up by snapshot and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-entries", "20", "--log-keep-entries", "5"]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    seed(&cluster, leader).await;
+    cluster.kill9(follower);
+
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs: Vec<String> = (1..=3)
+        .filter(|id| *id != follower)
+        .map(|id| cluster.addr(id))
+        .collect();
+    let tasks = start_clients(addrs, 4, ledger.clone(), stop.clone(), Instant::now());
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let status = cluster.status(leader, false).await.unwrap();
+    assert!(
+        status.snapshot_index > 0,
+        "the leader took no snapshot: {status:?}"
+    );
+
+    cluster.spawn(follower);
+    cluster
+        .wait_converged(&[1, 2, 3], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        cluster
+            .logs(follower)
+            .contains("installed a snapshot from the leader"),
+        "the follower did not catch up by snapshot:\n{}",
+        cluster.logs(follower)
+    );
+    for id in 1..=3 {
+        check_node(&cluster, id, &ledger).await;
+    }
+}
+
+/// Grow 3 -> 5 under load, then shrink back to 3, without losing an
+/// acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn growing_to_five_and_back_to_three_under_load() {
+    let mut cluster = Cluster::start(3, &["--snapshot-entries", "50"]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    seed(&cluster, leader).await;
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
+    let tasks = start_clients(addrs, 4, ledger.clone(), stop.clone(), Instant::now());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for id in [4u64, 5] {
+        let addr = cluster.add_joining(id, 1);
+        let mut admin = cluster.cluster_client(2).await;
+        let added = admin
+            .add_member(pb::AddMemberRequest {
+                node_id: id,
+                address: addr,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(added
+            .members
+            .iter()
+            .any(|m| m.node_id == id && m.role == "VOTER"));
+        cluster.spawn(id);
+        cluster
+            .wait_caught_up(id, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let status = cluster.status(5, false).await.unwrap();
+    assert_eq!(status.members.len(), 5, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for id in [4u64, 5] {
+        let mut admin = cluster.cluster_client(1).await;
+        let removed = admin
+            .remove_member(pb::RemoveMemberRequest { node_id: id })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!removed.members.iter().any(|m| m.node_id == id));
+        cluster.kill9(id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    cluster
+        .wait_converged(&[1, 2, 3], Duration::from_secs(30))
+        .await
+        .unwrap();
+    let status = cluster.status(1, false).await.unwrap();
+    assert_eq!(status.members.len(), 3, "{status:?}");
+    assert!(
+        cluster
+            .logs(4)
+            .contains("installed a snapshot from the leader")
+            || cluster.logs(4).contains("membership changed"),
+        "node 4 never caught up"
+    );
+    for id in 1..=3 {
+        check_node(&cluster, id, &ledger).await;
+    }
+}
+
+/// Leadership moves on request, and writes keep working through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_can_be_handed_over() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let mut admin = cluster.cluster_client(leader).await;
+    let moved = admin
+        .transfer_leader(pb::TransferLeaderRequest { node_id: target })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.leader_id, target);
+    assert_eq!(
+        cluster.wait_leader(Duration::from_secs(10)).await.unwrap(),
+        target
+    );
+    seed(&cluster, leader).await;
+    cluster
+        .wait_converged(&[1, 2, 3], Duration::from_secs(10))
+        .await
+        .unwrap();
+}

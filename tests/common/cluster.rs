@@ -1,0 +1,260 @@
+//! A cluster of real `stockraft serve` processes on loopback.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use stockraft::proto::v1 as pb;
+use stockraft::proto::v1::cluster_client::ClusterClient;
+use stockraft::proto::v1::inventory_client::InventoryClient;
+use tonic::transport::Channel;
+
+use super::{free_port, BIN};
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+    /// Flags for the first start only (`--peers` or `--join`).
+    pub first_flags: Vec<String>,
+    pub started: bool,
+}
+
+pub struct Cluster {
+    pub nodes: BTreeMap<u64, NodeProc>,
+    pub extra: Vec<String>,
+    pub temp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` founding nodes with ids 1..=n.
+    pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            temp,
+        };
+        let addrs: Vec<(u64, String)> = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let peers = addrs
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (id, addr) in addrs {
+            cluster.add_proc(id, addr, vec!["--peers".into(), peers.clone()]);
+        }
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn add_proc(&mut self, id: u64, addr: String, first_flags: Vec<String>) {
+        let dir = self.temp.path().join(format!("node-{id}"));
+        let log = self.temp.path().join(format!("node-{id}.log"));
+        self.nodes.insert(
+            id,
+            NodeProc {
+                id,
+                addr,
+                dir,
+                log,
+                child: None,
+                first_flags,
+                started: false,
+            },
+        );
+    }
+
+    /// Prepares a node that will join through `via` (not started yet).
+    pub fn add_joining(&mut self, id: u64, via: u64) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let via_addr = self.nodes[&via].addr.clone();
+        self.add_proc(id, addr.clone(), vec!["--join".into(), via_addr]);
+        addr
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let extra = self.extra.clone();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open node log");
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(&node.addr)
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .arg("--metrics-listen")
+            .arg("off")
+            .args(&extra)
+            .stdout(Stdio::null())
+            .stderr(log);
+        if !node.started {
+            command.args(&node.first_flags);
+        }
+        node.child = Some(command.spawn().expect("spawn stockraft serve"));
+        node.started = true;
+    }
+
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.child.is_some())
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.nodes[&id].addr.clone()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn logs(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default()
+    }
+
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        for id in self.nodes.keys() {
+            let log = self.logs(*id);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out.push_str(&format!("==== node {id} (last 40 lines)\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub async fn client(&self, id: u64) -> InventoryClient<Channel> {
+        stockraft::client::connect(&self.addr(id), Duration::from_secs(10))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn status(&self, id: u64, with_digest: bool) -> Result<pb::ClusterStatusResponse> {
+        let channel = stockraft::client::channel(&self.addr(id), Duration::from_secs(10)).await?;
+        Ok(ClusterClient::new(channel)
+            .status(pb::ClusterStatusRequest { with_digest })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn cluster_client(&self, id: u64) -> ClusterClient<Channel> {
+        let channel = stockraft::client::channel(&self.addr(id), Duration::from_secs(10))
+            .await
+            .expect("connect");
+        ClusterClient::new(channel)
+    }
+
+    /// Waits until every running node is ready and they agree on a leader.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            let mut all_ready = true;
+            for id in self.running() {
+                match self.status(id, false).await {
+                    Ok(s) if s.ready => leaders.push(s.leader_id),
+                    _ => all_ready = false,
+                }
+            }
+            if all_ready
+                && !leaders.is_empty()
+                && leaders.iter().all(|l| *l == leaders[0] && *l != 0)
+            {
+                return Ok(leaders[0]);
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!(
+                    "no agreed leader after {timeout:?}: {leaders:?}\n{}",
+                    self.all_logs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied what `reference` had committed when
+    /// the wait began: it caught up (traffic may go on meanwhile).
+    pub async fn wait_caught_up(&self, id: u64, reference: u64, timeout: Duration) -> Result<()> {
+        let target = self.status(reference, false).await?.commit_index;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status(id, false).await {
+                if s.applied_index >= target {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!(
+                    "node {id} did not catch up to {target}\n{}",
+                    self.all_logs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the given nodes applied the same index with the same
+    /// state digest; returns it.
+    pub async fn wait_converged(&self, ids: &[u64], timeout: Duration) -> Result<(u64, u64)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for id in ids {
+                if let Ok(s) = self.status(*id, true).await {
+                    seen.push((s.applied_index, s.state_digest, s.commit_index));
+                }
+            }
+            if seen.len() == ids.len() && seen.iter().all(|s| s.0 == seen[0].0 && s.1 == seen[0].1)
+            {
+                return Ok((seen[0].0, seen[0].1));
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!(
+                    "nodes {ids:?} did not converge after {timeout:?}: {seen:?}\n{}",
+                    self.all_logs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill9(id);
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Checkout clients that keep going through failures, and the checks of
+//! what they were told against what every node holds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use stockraft::proto::v1 as pb;
+use stockraft::proto::v1::inventory_client::InventoryClient;
+use tonic::transport::{Channel, Endpoint};
+
+use super::cluster::Cluster;
+
+pub const SKUS: usize = 5;
+pub const STOCK: i64 = 150;
+pub const NODE: &str = "dc";
+
+pub fn sku(i: usize) -> String {
+    format!("SKU-{i}")
+}
+
+/// What a client did with one reservation id and what it was told.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub sku: String,
+    pub qty: i64,
+    pub reserve_acked: bool,
+    pub commit_attempted: bool,
+    pub commit_acked: bool,
+    pub release_attempted: bool,
+    pub release_acked: bool,
+}
+
+#[derive(Default)]
+pub struct Ledger {
+    pub records: Mutex<BTreeMap<String, Record>>,
+    pub acks: AtomicU64,
+    pub errors: AtomicU64,
+    /// Milliseconds since the run started of the last acknowledgement.
+    pub last_ack_ms: AtomicU64,
+}
+
+impl Ledger {
+    fn update(&self, id: &str, change: impl FnOnce(&mut Record)) {
+        if let Ok(mut records) = self.records.lock() {
+            change(records.entry(id.to_string()).or_default());
+        }
+    }
+}
+
+/// Seeds every SKU with STOCK units at NODE.
+pub async fn seed(cluster: &Cluster, via: u64) {
+    let mut c = cluster.client(via).await;
+    for i in 0..SKUS {
+        c.set_on_hand(pb::SetOnHandRequest {
+            txn_id: format!("seed-{i}"),
+            sku: sku(i),
+            node: NODE.into(),
+            on_hand: STOCK,
+            expected_on_hand: None,
+        })
+        .await
+        .expect("seed stock");
+    }
+}
+
+fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(8))
+        .connect_lazy()
+}
+
+/// Sends one call, retrying with the same id (on another node after a
+/// failure) until it succeeds or `stop` is set. None when it gave up.
+async fn retry<T, F, Fut>(
+    addrs: &[String],
+    at: &mut usize,
+    stop: &AtomicBool,
+    ledger: &Ledger,
+    mut call: F,
+) -> Option<T>
+where
+    F: FnMut(InventoryClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    loop {
+        let client = InventoryClient::new(channel(&addrs[*at % addrs.len()]));
+        match call(client).await {
+            Ok(value) => return Some(value),
+            Err(status) => {
+                ledger.errors.fetch_add(1, Ordering::Relaxed);
+                assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::Cancelled
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Unknown
+                    ),
+                    "unexpected error: {status:?}"
+                );
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                *at += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Starts `clients` checkout clients spread over `addrs`. They reserve 1-3
+/// units of a random SKU, then commit half, release a quarter and leave a
+/// quarter open, each call retried with the same id until it succeeds.
+pub fn start_clients(
+    addrs: Vec<String>,
+    clients: usize,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for client_no in 0..clients {
+        let addrs = addrs.clone();
+        let ledger = ledger.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(client_no as u64);
+            let mut at = client_no;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("c{client_no}-{n}");
+                n += 1;
+                let sku = sku(rng.random_range(0..SKUS));
+                let qty = rng.random_range(1..=3);
+                ledger.update(&id, |r| {
+                    r.sku = sku.clone();
+                    r.qty = qty;
+                });
+                let request = pb::ReserveRequest {
+                    reservation_id: id.clone(),
+                    lines: vec![pb::Line {
+                        sku: sku.clone(),
+                        node: NODE.into(),
+                        qty,
+                    }],
+                    ttl_ms: 600_000,
+                };
+                let Some(reply) = retry(&addrs, &mut at, &stop, &ledger, |mut c| {
+                    let request = request.clone();
+                    async move { c.reserve(request).await.map(|r| r.into_inner()) }
+                })
+                .await
+                else {
+                    return;
+                };
+                if reply.outcome != pb::Outcome::Reserved as i32 {
+                    assert_eq!(
+                        reply.outcome,
+                        pb::Outcome::InsufficientStock as i32,
+                        "{reply:?}"
+                    );
+                    continue;
+                }
+                ledger.update(&id, |r| r.reserve_acked = true);
+                ledger.acks.fetch_add(1, Ordering::Relaxed);
+                ledger
+                    .last_ack_ms
+                    .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                let choice = rng.random_range(0..4);
+                if choice < 2 {
+                    ledger.update(&id, |r| r.commit_attempted = true);
+                    let request = pb::CommitRequest {
+                        reservation_id: id.clone(),
+                    };
+                    let Some(reply) = retry(&addrs, &mut at, &stop, &ledger, |mut c| {
+                        let request = request.clone();
+                        async move { c.commit(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await
+                    else {
+                        return;
+                    };
+                    assert_eq!(reply.outcome, pb::Outcome::Committed as i32);
+                    ledger.update(&id, |r| r.commit_acked = true);
+                } else if choice == 2 {
+                    ledger.update(&id, |r| r.release_attempted = true);
+                    let request = pb::ReleaseRequest {
+                        reservation_id: id.clone(),
+                    };
+                    let Some(reply) = retry(&addrs, &mut at, &stop, &ledger, |mut c| {
+                        let request = request.clone();
+                        async move { c.release(request).await.map(|r| r.into_inner()) }
+                    })
+                    .await
+                    else {
+                        return;
+                    };
+                    assert_eq!(reply.outcome, pb::Outcome::Released as i32);
+                    ledger.update(&id, |r| r.release_acked = true);
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Checks one node's state against the ledger: every acknowledged answer is
+/// reflected, every counter equals the reservations it holds (each applied
+/// exactly once), and nothing is oversold.
+pub async fn check_node(cluster: &Cluster, id: u64, ledger: &Ledger) {
+    let mut c = cluster.client(id).await;
+    let records = ledger.records.lock().expect("ledger").clone();
+    let mut open: HashMap<String, i64> = HashMap::new();
+    let mut consumed: HashMap<String, i64> = HashMap::new();
+    for (rid, record) in &records {
+        let got = c
+            .get_reservation(pb::GetReservationRequest {
+                reservation_id: rid.clone(),
+                consistency: pb::Consistency::Local as i32,
+            })
+            .await
+            .expect("get reservation")
+            .into_inner();
+        let state = got.state;
+        use pb::ReservationState as S;
+        if record.reserve_acked {
+            assert_ne!(
+                got.outcome,
+                pb::Outcome::NotFound as i32,
+                "node {id}: acknowledged reserve {rid} lost"
+            );
+        }
+        if record.commit_acked {
+            assert_eq!(
+                state,
+                S::Committed as i32,
+                "node {id}: acknowledged commit of {rid} not reflected"
+            );
+        }
+        if record.release_acked {
+            assert_eq!(
+                state,
+                S::Released as i32,
+                "node {id}: acknowledged release of {rid} not reflected"
+            );
+        }
+        if record.reserve_acked && !record.commit_attempted && !record.release_attempted {
+            assert_eq!(state, S::Open as i32, "node {id}: {rid} should be open");
+        }
+        if state == S::Open as i32 {
+            *open.entry(record.sku.clone()).or_default() += record.qty;
+        }
+        if state == S::Committed as i32 {
+            *consumed.entry(record.sku.clone()).or_default() += record.qty;
+        }
+    }
+    for i in 0..SKUS {
+        let name = sku(i);
+        let level = c
+            .get_availability(pb::GetAvailabilityRequest {
+                skus: vec![name.clone()],
+                nodes: vec![NODE.into()],
+                consistency: pb::Consistency::Local as i32,
+            })
+            .await
+            .expect("availability")
+            .into_inner()
+            .skus[0]
+            .nodes[0]
+            .clone();
+        let held = open.get(&name).copied().unwrap_or(0);
+        let gone = consumed.get(&name).copied().unwrap_or(0);
+        assert_eq!(
+            level.reserved, held,
+            "node {id} {name}: reserved != open reservations"
+        );
+        assert_eq!(
+            level.on_hand,
+            STOCK - gone,
+            "node {id} {name}: on_hand != stock - committed"
+        );
+        assert!(
+            held + gone <= STOCK,
+            "node {id} {name}: oversold: {held} held + {gone} committed > {STOCK}"
+        );
+        assert!(
+            level.available >= 0,
+            "node {id} {name}: available {}",
+            level.available
+        );
+    }
+}
