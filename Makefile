@@ -36,10 +36,10 @@ fmt:
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
 
 test: lint
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets --all-features
 
 bench: deps
 	$(CARGO) bench
