@@ -15,6 +15,9 @@ fn main() {
         default_hook(info);
         std::process::abort();
     }));
+    // Crash tests configure crash points through FAILPOINTS (test builds only).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let args = Cli::parse();
     if let Err(error) = run(args) {
         eprintln!("error: {error:#}");

@@ -648,6 +648,9 @@ impl<S: LogStore> Replica<S> {
                     let batch = codec::decode_batch(&entry.data)
                         .map_err(|error| Fatal::Decode { index, error })?;
                     let answers = self.inventory.apply_batch(index, &batch);
+                    // Crash point: applied in memory, answers not yet sent,
+                    // applied index recorded nowhere durable.
+                    fail::fail_point!("apply::after_batch");
                     self.answer(index, entry.term, EntryResult::Commands(answers), out);
                 }
                 EntryType::EntryConfChange => {
@@ -837,6 +840,7 @@ impl<S: LogStore> Replica<S> {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        fail::fail_point!("snapshot::before_save");
         let image = snapshot::write(&self.inventory);
         let mut meta = SnapshotMetadata {
             index: applied,

@@ -377,7 +377,11 @@ impl LogStore for RocksStore {
         if let Some(hs) = hard_state {
             batch.put(KEY_HARD_STATE, encode_pb(hs)?);
         }
+        // Crash points for the crash tests (compiled only with the
+        // `failpoints` feature): before and after the one synced write.
+        fail::fail_point!("append::before_write");
         self.write(batch, sync)?;
+        fail::fail_point!("append::after_write");
         self.cache.append(entries);
         if let Some(hs) = hard_state {
             self.cache.hard_state = hs.clone();
@@ -473,7 +477,9 @@ impl LogStore for RocksStore {
         truncated.extend_from_slice(&meta.index.to_be_bytes());
         truncated.extend_from_slice(&meta.term.to_be_bytes());
         batch.put(KEY_TRUNCATED, truncated);
+        fail::fail_point!("install_snapshot::before_write");
         self.write(batch, true)?;
+        fail::fail_point!("install_snapshot::after_write");
         self.cache.install(meta);
         self.members = snapshot.members.clone();
         Ok(())

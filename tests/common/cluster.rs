@@ -22,6 +22,8 @@ pub struct NodeProc {
     /// Flags for the first start only (`--peers` or `--join`).
     pub first_flags: Vec<String>,
     pub started: bool,
+    /// Environment for the next start only (crash points).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Cluster {
@@ -70,6 +72,7 @@ impl Cluster {
                 child: None,
                 first_flags,
                 started: false,
+                env: Vec::new(),
             },
         );
     }
@@ -107,6 +110,9 @@ impl Cluster {
         if !node.started {
             command.args(&node.first_flags);
         }
+        for (key, value) in node.env.drain(..) {
+            command.env(key, value);
+        }
         node.child = Some(command.spawn().expect("spawn stockraft serve"));
         node.started = true;
     }
@@ -117,6 +123,23 @@ impl Cluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+
+    /// Waits for a node's process to exit on its own (a crash point).
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let node = self.nodes.get_mut(&id)?;
+        loop {
+            let child = node.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                node.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
