@@ -20,6 +20,7 @@ pub mod forward;
 pub mod inventory_service;
 pub mod node;
 pub mod peer_service;
+pub mod rebuild;
 pub mod status;
 pub mod transport;
 
@@ -76,9 +77,9 @@ pub struct ServeConfig {
 
 #[derive(Debug, Error)]
 pub enum ServeError {
-    #[error("cannot open the data dir: {0}")]
+    #[error("cannot open the data dir")]
     Store(#[from] StoreError),
-    #[error("cannot start the replica: {0}")]
+    #[error("cannot start the replica")]
     Replica(#[from] Fatal),
     #[error("cannot listen on {addr}: {error}")]
     Listen {
@@ -91,7 +92,7 @@ pub enum ServeError {
     Metrics(String),
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
-    #[error("gRPC server failed: {0}")]
+    #[error("gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Config(String),
@@ -114,7 +115,11 @@ pub async fn serve(
         .advertise
         .clone()
         .unwrap_or_else(|| config.listen.to_string());
-    let mut store = RocksStore::open(&config.data_dir)?;
+    let mut store = match RocksStore::open(&config.data_dir) {
+        Ok(store) => store,
+        Err(StoreError::Corrupt(damage)) => rebuild::rebuild(&config, &advertise, &damage).await?,
+        Err(e) => return Err(e.into()),
+    };
     if store.is_fresh() {
         bootstrap(&config, &advertise, &mut store).await?;
     } else if config.peers.is_some() || config.join.is_some() {
@@ -340,7 +345,7 @@ async fn bootstrap(
         members.insert(id, advertise.to_string());
         // No log and no vote: this node waits for the leader to send it the
         // log (or a snapshot), which carries the membership.
-        store.bootstrap_joining(&members)?;
+        store.bootstrap_joining(&members, None)?;
         tracing::info!(node_id = id, through = %addr, "joining an existing cluster; waiting for the leader");
         return Ok(());
     }

@@ -29,13 +29,15 @@
 //!    snapshot that replaces it is durable.
 //! 4. [`LogStore::install_snapshot`]: like 3, but it replaces the whole log.
 //!
-//! RocksDB settings chosen on purpose: every acknowledged write is synced
-//! through the WAL (`WriteOptions::set_sync`), so the WAL recovery mode is
-//! `PointInTime`: a torn record at the tail can only be a write that was
-//! never acknowledged, and recovery stops before it. `paranoid_checks` makes
-//! RocksDB verify checksums when it opens files. On open, the log read back
-//! must be contiguous and agree with the hard state, or the store refuses to
-//! open ([`StoreError::Corrupt`]) rather than serve a damaged log.
+//! RocksDB settings chosen on purpose (see ARCHITECTURE.md): every
+//! acknowledged write is synced through the WAL (`WriteOptions::set_sync`),
+//! and the WAL recovery mode is `AbsoluteConsistency`: any damaged WAL
+//! record, at the tail or not, makes the open fail instead of being skipped,
+//! because a skipped synced record is a forgotten vote or acknowledged
+//! entry. `paranoid_checks` makes RocksDB verify checksums when it opens
+//! files. On open, the log read back must be contiguous and agree with the
+//! hard state, or the store refuses to open ([`StoreError::Corrupt`]); a
+//! cluster node is then rebuilt from a peer (see `server::rebuild`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -116,12 +118,18 @@ impl RocksStore {
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
         let mut options = Options::default();
         options.create_if_missing(true);
-        options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        options.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
         options.set_paranoid_checks(true);
         options.set_max_total_wal_size(256 * 1024 * 1024);
         options.set_keep_log_file_num(4);
-        let db =
-            DB::open(&options, dir).map_err(|e| io(&format!("opening {}", dir.display()), e))?;
+        let db = DB::open(&options, dir).map_err(|e| {
+            let context = format!("opening {}", dir.display());
+            if e.kind() == rocksdb::ErrorKind::Corruption {
+                corrupt(&context, e)
+            } else {
+                io(&context, e)
+            }
+        })?;
 
         let mut cache = LogCache::default();
         let mut fresh = true;
@@ -240,9 +248,29 @@ impl RocksStore {
     }
 
     /// Writes what a node joining a running cluster knows: where its
-    /// members are. Its log, membership and state arrive from the leader.
-    pub fn bootstrap_joining(&mut self, members: &Members) -> Result<(), StoreError> {
-        self.set_conf_state(&ConfState::default(), members)?;
+    /// members are, and (for a node rebuilt after its data was damaged) a
+    /// hard state that keeps it from voting again in any term it might
+    /// have voted in before. Its log, membership and state arrive from the
+    /// leader.
+    pub fn bootstrap_joining(
+        &mut self,
+        members: &Members,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(KEY_CONF_STATE, encode_pb(&ConfState::default())?);
+        let envelope = pb::SnapshotEnvelope {
+            members: to_records(members),
+        };
+        batch.put(KEY_MEMBERS, envelope.encode_to_vec());
+        if let Some(hs) = hard_state {
+            batch.put(KEY_HARD_STATE, encode_pb(hs)?);
+        }
+        self.write(batch, true)?;
+        self.members = members.clone();
+        if let Some(hs) = hard_state {
+            self.cache.hard_state = hs.clone();
+        }
         self.fresh = false;
         Ok(())
     }

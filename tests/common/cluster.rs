@@ -19,7 +19,7 @@ pub struct NodeProc {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
-    /// Flags for the first start only (`--peers` or `--join`).
+    /// `--peers` or `--join`.
     pub first_flags: Vec<String>,
     pub started: bool,
     /// Environment for the next start only (crash points).
@@ -107,9 +107,9 @@ impl Cluster {
             .args(&extra)
             .stdout(Stdio::null())
             .stderr(log);
-        if !node.started {
-            command.args(&node.first_flags);
-        }
+        // As a deployment would: the same flags on every start (--peers and
+        // --join are ignored once the data dir holds state).
+        command.args(&node.first_flags);
         for (key, value) in node.env.drain(..) {
             command.env(key, value);
         }
