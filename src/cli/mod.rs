@@ -118,6 +118,12 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Exit 0 if the server reports SERVING on the gRPC health service
+    /// (a leader is known and its log is applied), 1 otherwise.
+    Health {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Cluster administration: status, add, remove, transfer-leader.
     Cluster {
         #[command(subcommand)]
@@ -628,6 +634,30 @@ pub async fn run_client(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Cluster { command, client } => run_cluster(command, client).await,
+        Command::Health { client } => {
+            use tonic_health::pb::health_check_response::ServingStatus;
+            let channel = client::channel(&client.server, client.timeout).await?;
+            let response = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let serving = response.status == ServingStatus::Serving as i32;
+            let name = ServingStatus::try_from(response.status)
+                .map(|s| s.as_str_name())
+                .unwrap_or("UNKNOWN");
+            if client.json {
+                println!("{}", json!({"status": name}));
+            } else {
+                println!("{name}");
+            }
+            if !serving {
+                return Err(anyhow!("the server is not serving ({name})"));
+            }
+            Ok(())
+        }
         Command::Avail {
             skus,
             nodes,
