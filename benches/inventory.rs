@@ -15,12 +15,17 @@ fn stocked(skus: usize) -> Inventory {
     let mut commands = Vec::new();
     for i in 0..skus {
         commands.push(Command::SetOnHand(
-            SetOnHand::new(format!("seed-{i}"), format!("SKU-{i}"), "dc-1".into(), 1_000_000_000, None)
-                .expect("valid"),
+            SetOnHand::new(
+                format!("seed-{i}"),
+                format!("SKU-{i}"),
+                "dc-1".into(),
+                1_000_000_000,
+                None,
+            )
+            .expect("valid"),
         ));
     }
-    let mut index = 1;
-    for chunk in commands.chunks(10_000) {
+    for (index, chunk) in (1..).zip(commands.chunks(10_000)) {
         let batch = Batch {
             stamp_ms: 1,
             id_retention_ms: 3_600_000,
@@ -28,7 +33,6 @@ fn stocked(skus: usize) -> Inventory {
             commands: chunk.to_vec(),
         };
         inventory.apply_batch(index, &batch);
-        index += 1;
     }
     inventory
 }
@@ -61,7 +65,9 @@ fn bench_reserve_commit(c: &mut Criterion, name: &str, skus: usize) {
             || {
                 let first = next_id;
                 next_id += BATCH as u64;
-                let reserves: Vec<Command> = (first..next_id).map(|id| reserve(id, (id as usize * 7919) % skus)).collect();
+                let reserves: Vec<Command> = (first..next_id)
+                    .map(|id| reserve(id, (id as usize * 7919) % skus))
+                    .collect();
                 let commits: Vec<Command> = (first..next_id)
                     .map(|id| Command::Consume {
                         reservation_id: format!("order-{id}"),
@@ -97,12 +103,16 @@ fn codec(c: &mut Criterion) {
         stamp_ms: 1_700_000_000_000,
         id_retention_ms: 86_400_000,
         id_retained_max: 20_000_000,
-        commands: (0..BATCH as u64).map(|id| reserve(id, id as usize)).collect(),
+        commands: (0..BATCH as u64)
+            .map(|id| reserve(id, id as usize))
+            .collect(),
     };
     let bytes = encode_batch(&batch);
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("encode_batch_1000_reserves", |b| b.iter(|| std::hint::black_box(encode_batch(&batch))));
+    group.bench_function("encode_batch_1000_reserves", |b| {
+        b.iter(|| std::hint::black_box(encode_batch(&batch)))
+    });
     group.bench_function("decode_batch_1000_reserves", |b| {
         b.iter(|| std::hint::black_box(decode_batch(&bytes).expect("decodes")))
     });

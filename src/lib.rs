@@ -31,6 +31,7 @@
 //!   errors to status codes), health, reflection, metrics and shutdown.
 //! - [`client`]: a typed client over the public API, used by the CLI and tests.
 //! - `cli` (in the binary, src/cli/): the `stockraft` command line.
+//! - [`load`]: `stockraft load`, the peak-planning load harness.
 //! - [`limits`]: every bound, in one place.
 //! - [`proto`]: generated protobuf code.
 
@@ -39,6 +40,7 @@
 pub mod client;
 pub mod inventory;
 pub mod limits;
+pub mod load;
 pub mod proto;
 pub mod replica;
 pub mod server;

@@ -88,3 +88,6 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Largest snapshot a node accepts from a peer.
 pub const SNAPSHOT_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
+
+/// Most operations of one `Stream` call running at once.
+pub const STREAM_IN_FLIGHT_MAX: usize = 1_024;

@@ -118,6 +118,9 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Drive a workload against a server or cluster and report throughput,
+    /// latency, outcomes, and a verification of the final counters.
+    Load(LoadArgs),
     /// Exit 0 if the server reports SERVING on the gRPC health service
     /// (a leader is known and its log is applied), 1 otherwise.
     Health {
@@ -143,6 +146,79 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Servers to spread clients over: ADDR[,ADDR...].
+    #[arg(
+        long,
+        env = "STOCKRAFT_SERVER",
+        default_value = "127.0.0.1:50051",
+        value_delimiter = ','
+    )]
+    pub server: Vec<String>,
+    /// Connections (clients).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Operations each client keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// How long to run, e.g. 30s, 5m.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// How many workload operations to run (instead of --duration).
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Workloads and weights: checkout, flash-sale, pos, browse, restock,
+    /// e.g. checkout=70,browse=25,pos=5.
+    #[arg(long, default_value = "checkout")]
+    pub workload: String,
+    /// Open loop: workload operations per second over all clients.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Use the bidirectional Stream call instead of unary calls.
+    #[arg(long)]
+    pub stream: bool,
+    /// SKUs to seed and use.
+    #[arg(long, default_value_t = 10_000)]
+    pub skus: usize,
+    /// Fulfilment nodes per SKU.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Units seeded per (SKU, node).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub stock: i64,
+    /// Hot SKUs of the flash-sale workload.
+    #[arg(long, default_value_t = 3)]
+    pub hot_skus: usize,
+    /// Units of each hot SKU (limited, so the sale sells out).
+    #[arg(long, default_value_t = 1_000)]
+    pub hot_stock: i64,
+    /// Zipf exponent of SKU popularity (0 = uniform).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// Use the stock already there instead of seeding.
+    #[arg(long)]
+    pub no_seed: bool,
+    /// Skip the final verification.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// TTL of the harness's reservations.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Deadline of one call.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an HTML report with charts here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -634,6 +710,7 @@ pub async fn run_client(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Cluster { command, client } => run_cluster(command, client).await,
+        Command::Load(args) => run_load(args).await,
         Command::Health { client } => {
             use tonic_health::pb::health_check_response::ServingStatus;
             let channel = client::channel(&client.server, client.timeout).await?;
@@ -885,4 +962,69 @@ fn print_members(client: &ClientArgs, r: &pb::MembershipResponse) {
     for m in &r.members {
         println!("node {:<4} {:<24} {}", m.node_id, m.address, m.role);
     }
+}
+
+async fn run_load(args: LoadArgs) -> Result<()> {
+    use stockraft::load;
+    let mix = load::workload::parse_mix(&args.workload).map_err(|e| anyhow!("--workload: {e}"))?;
+    if args.duration.is_none() && args.ops.is_none() {
+        return Err(anyhow!("give --duration (e.g. 30s) or --ops"));
+    }
+    if args.rate.is_some_and(|r| r <= 0.0 || !r.is_finite()) {
+        return Err(anyhow!(
+            "--rate must be a positive number of operations per second"
+        ));
+    }
+    if !(0.0..=10.0).contains(&args.zipf) {
+        return Err(anyhow!("--zipf must be between 0 and 10"));
+    }
+    if args.stock < 0 || args.hot_stock < 0 {
+        return Err(anyhow!("--stock and --hot-stock must not be negative"));
+    }
+    let config = load::LoadConfig {
+        servers: args.server,
+        clients: args.clients,
+        in_flight: args.in_flight,
+        duration: args.duration,
+        ops: args.ops,
+        mix,
+        rate: args.rate,
+        skus: args.skus,
+        nodes: args.nodes,
+        stock: args.stock,
+        hot_skus: args.hot_skus,
+        hot_stock: args.hot_stock,
+        zipf: args.zipf,
+        seed: !args.no_seed,
+        ttl_ms: millis(args.ttl),
+        stream: args.stream,
+        call_timeout: args.timeout,
+        json: args.json.clone(),
+        report: args.report.clone(),
+        verify: !args.no_verify,
+        run_id: format!("load-{:08x}", rand::random::<u32>()),
+        progress: !args.quiet,
+    };
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let outcome = load::run(config, interrupt).await?;
+    print!("{}", load::report::text(&outcome));
+    if let Some(path) = &args.json {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&load::report::json(&outcome))?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, load::report::html(&outcome))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if outcome.verification.as_ref().is_some_and(|v| !v.passed()) {
+        return Err(anyhow!(
+            "verification FAILED: the server's counters disagree with what the clients were told"
+        ));
+    }
+    Ok(())
 }

@@ -22,7 +22,7 @@ use crate::inventory::command::{
     Reserve, Sell, SetOnHand, SetSafetyStock,
 };
 use crate::inventory::{Applied, Command, InvalidInput, Outcome, ReservationState, StockAnswer};
-use crate::limits::{NODES_PER_READ_MAX, SKUS_PER_READ_MAX};
+use crate::limits::{NODES_PER_READ_MAX, SKUS_PER_READ_MAX, STREAM_IN_FLIGHT_MAX};
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use crate::proto::v1::inventory_server::Inventory;
@@ -34,6 +34,7 @@ pub struct ApiConfig {
     pub ttl_ms_max: u64,
 }
 
+#[derive(Clone)]
 pub struct InventoryService {
     node: NodeHandle,
     api: ApiConfig,
@@ -211,8 +212,94 @@ fn stock_change(
     }
 }
 
+/// Runs one operation of a stream as the matching unary call would.
+async fn run_stream_op(
+    service: InventoryService,
+    request: pb::StreamRequest,
+) -> pb::StreamResponse {
+    use pb::stream_request::Op;
+    use pb::stream_response::Result as R;
+    fn done<T>(result: Result<Response<T>, Status>, wrap: impl FnOnce(T) -> R) -> R {
+        match result {
+            Ok(response) => wrap(response.into_inner()),
+            Err(status) => R::Error(pb::StreamError {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+            }),
+        }
+    }
+    let result = match request.op {
+        None => R::Error(pb::StreamError {
+            code: Code::InvalidArgument as i32,
+            message: "a stream request needs an operation".into(),
+        }),
+        Some(Op::Reserve(r)) => done(service.reserve(Request::new(r)).await, R::Reserve),
+        Some(Op::Commit(r)) => done(service.commit(Request::new(r)).await, R::Commit),
+        Some(Op::Release(r)) => done(service.release(Request::new(r)).await, R::Release),
+        Some(Op::Extend(r)) => done(service.extend(Request::new(r)).await, R::Extend),
+        Some(Op::Sell(r)) => done(service.sell(Request::new(r)).await, R::Sell),
+        Some(Op::Adjust(r)) => done(service.adjust(Request::new(r)).await, R::Adjust),
+        Some(Op::SetOnHand(r)) => done(service.set_on_hand(Request::new(r)).await, R::SetOnHand),
+        Some(Op::SetSafetyStock(r)) => done(
+            service.set_safety_stock(Request::new(r)).await,
+            R::SetSafetyStock,
+        ),
+        Some(Op::GetAvailability(r)) => done(
+            service.get_availability(Request::new(r)).await,
+            R::GetAvailability,
+        ),
+        Some(Op::GetReservation(r)) => done(
+            service.get_reservation(Request::new(r)).await,
+            R::GetReservation,
+        ),
+    };
+    pb::StreamResponse {
+        id: request.id,
+        result: Some(result),
+    }
+}
+
 #[tonic::async_trait]
 impl Inventory for InventoryService {
+    type StreamStream = tokio_stream::wrappers::ReceiverStream<Result<pb::StreamResponse, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT_MAX);
+        let service = self.clone();
+        tokio::spawn(async move {
+            // At most STREAM_IN_FLIGHT_MAX operations run at once; beyond
+            // that the stream is not read, which pushes back on the client.
+            let permits = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT_MAX));
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let next = match inbound.message().await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let service = service.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let response = run_stream_op(service, next).await;
+                    let _ = tx.send(Ok(response)).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn reserve(
         &self,
         request: Request<pb::ReserveRequest>,

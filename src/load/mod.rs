@@ -1,0 +1,950 @@
+//! `stockraft load`: the peak-planning load harness.
+//!
+//! A run, in order:
+//! 1. Connect to every `--server` (an unreachable one is an error, named).
+//! 2. Seed stock (`--skus` x `--nodes` counters with `--stock` units, plus
+//!    the flash-sale SKUs), or read what is there with `--no-seed`.
+//! 3. Drive the workload mix with `--clients` connections, each with
+//!    `--in-flight` operations at once, closed loop (as fast as answers
+//!    come) or open loop at `--rate` (latency counted from the intended send
+//!    time, so a stall is not hidden by the clients slowing down), for
+//!    `--duration` or `--ops`. A progress line shows elapsed time, ops/s,
+//!    errors and p99. Ctrl-C stops early and still reports.
+//! 4. Resolve every call whose outcome is unknown (a timeout, an election)
+//!    by retrying it with the same id: ids make that safe, and afterwards
+//!    every operation's fate is known.
+//! 5. Verify: read every touched counter and check that the server agrees
+//!    with what the clients were told, and that nothing was oversold.
+//! 6. Report: text, `--json FILE`, `--report FILE.html` (charts).
+
+pub mod conn;
+pub mod report;
+pub mod stats;
+pub mod workload;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use thiserror::Error;
+use tonic::Status;
+
+use crate::proto::v1 as pb;
+use conn::{Conn, StreamConn};
+use stats::Stats;
+use workload::{hot_sku_name, node_name, sku_name, Chooser, Workload, HOT_NODE};
+
+/// Everything `stockraft load` can be told.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub servers: Vec<String>,
+    pub clients: usize,
+    pub in_flight: usize,
+    pub duration: Option<Duration>,
+    pub ops: Option<u64>,
+    pub mix: Vec<(Workload, u32)>,
+    /// Business operations per second over all clients (open loop).
+    pub rate: Option<f64>,
+    pub skus: usize,
+    pub nodes: usize,
+    pub stock: i64,
+    pub hot_skus: usize,
+    pub hot_stock: i64,
+    pub zipf: f64,
+    pub seed: bool,
+    pub ttl_ms: u64,
+    pub stream: bool,
+    pub call_timeout: Duration,
+    pub json: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+    pub verify: bool,
+    /// Prefix of every id this run makes, so runs never collide.
+    pub run_id: String,
+    pub progress: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot connect to {addr}: {reason}; is a stockraft server running there?")]
+    Unreachable { addr: String, reason: String },
+    #[error("the cluster has no leader ({0}); start a majority of its nodes and retry")]
+    NoLeader(String),
+    #[error("seeding stock failed: {0}")]
+    Seed(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot write {path}: {error}")]
+    Write { path: String, error: std::io::Error },
+}
+
+/// What the clients were told about one counter.
+#[derive(Debug, Clone, Default)]
+struct Account {
+    committed: i64,
+    sold: i64,
+    received: i64,
+    /// A set-on-hand made on_hand absolute: only `reserved` is checkable.
+    absolute: bool,
+    /// A call on it never got a definite answer.
+    uncertain: bool,
+}
+
+type Key = (String, String);
+
+/// A call whose outcome is not known yet.
+#[derive(Debug, Clone)]
+enum Unknown {
+    Reserve(pb::ReserveRequest),
+    Commit(String, Vec<pb::Line>),
+    Release(String, Vec<pb::Line>),
+    Sell(pb::SellRequest),
+    Adjust(pb::AdjustRequest),
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    accounts: HashMap<Key, Account>,
+    /// Open holds the clients know of: id -> lines.
+    open: HashMap<String, Vec<pb::Line>>,
+    unknown: Vec<Unknown>,
+}
+
+impl Ledger {
+    fn account(&mut self, sku: &str, node: &str) -> &mut Account {
+        self.accounts
+            .entry((sku.to_string(), node.to_string()))
+            .or_default()
+    }
+
+    fn consumed(&mut self, lines: &[pb::Line]) {
+        for l in lines {
+            self.account(&l.sku, &l.node).committed += l.qty;
+        }
+    }
+}
+
+/// The outcome of a run.
+pub struct Outcome {
+    pub stats: Stats,
+    pub elapsed: Duration,
+    pub verification: Option<Verification>,
+    pub interrupted: bool,
+    pub config: LoadConfig,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Verification {
+    pub counters_checked: usize,
+    pub reserved_checked: usize,
+    pub on_hand_checked: usize,
+    pub oversell_checked: usize,
+    pub uncertain: usize,
+    pub resolved_by_retry: usize,
+    pub mismatches: Vec<String>,
+    pub oversold: Vec<String>,
+}
+
+impl Verification {
+    pub fn passed(&self) -> bool {
+        self.mismatches.is_empty() && self.oversold.is_empty()
+    }
+}
+
+fn outcome_name(code: i32) -> &'static str {
+    pb::Outcome::try_from(code)
+        .map(|o| o.as_str_name())
+        .unwrap_or("UNKNOWN_OUTCOME")
+}
+
+fn code_name(status: &Status) -> &'static str {
+    crate::server::status::code_label(status.code())
+}
+
+/// A worker: one connection's share of the work.
+struct Worker {
+    conn: Arc<Conn>,
+    chooser: Chooser,
+    config: LoadConfig,
+    rng: rand::rngs::StdRng,
+    stats: Arc<Mutex<Stats>>,
+    ledger: Ledger,
+    started: Instant,
+    name: String,
+    next: u64,
+    calls: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn id(&mut self, kind: &str) -> String {
+        self.next += 1;
+        format!("{}-{}-{kind}{}", self.config.run_id, self.name, self.next)
+    }
+
+    fn record<T>(
+        &self,
+        call: &'static str,
+        intended: Instant,
+        result: &Result<T, Status>,
+        outcome: impl Fn(&T) -> &'static str,
+    ) {
+        let latency = intended.elapsed();
+        let second = self.started.elapsed().as_secs() as usize;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut stats) = self.stats.lock() {
+            match result {
+                Ok(value) => stats.record(call, latency, Ok(outcome(value)), second),
+                Err(status) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    stats.record(call, latency, Err(code_name(status)), second);
+                }
+            }
+        }
+    }
+
+    async fn step(&mut self, intended: Instant) {
+        match self.chooser.workload(&mut self.rng) {
+            Workload::Checkout => {
+                let count = self.rng.random_range(1..=5);
+                let mut lines = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let sku = sku_name(self.chooser.sku(&mut self.rng));
+                    let node = node_name(self.chooser.node(&mut self.rng));
+                    lines.push(pb::Line {
+                        sku,
+                        node,
+                        qty: self.rng.random_range(1..=2),
+                    });
+                }
+                let roll = self.rng.random_range(0..100);
+                let then = if roll < 70 {
+                    'c'
+                } else if roll < 85 {
+                    'r'
+                } else {
+                    'a'
+                };
+                self.reservation(intended, lines, then).await;
+            }
+            Workload::FlashSale => {
+                let sku = hot_sku_name(self.rng.random_range(0..self.chooser.hot_skus));
+                let lines = vec![pb::Line {
+                    sku,
+                    node: HOT_NODE.into(),
+                    qty: 1,
+                }];
+                let roll = self.rng.random_range(0..100);
+                let then = if roll < 80 {
+                    'c'
+                } else if roll < 90 {
+                    'r'
+                } else {
+                    'a'
+                };
+                self.reservation(intended, lines, then).await;
+            }
+            Workload::Pos => {
+                let request = pb::SellRequest {
+                    txn_id: self.id("s"),
+                    sku: sku_name(self.chooser.sku(&mut self.rng)),
+                    node: node_name(self.chooser.node(&mut self.rng)),
+                    qty: self.rng.random_range(1..=2),
+                };
+                let result = self.conn.sell(request.clone()).await;
+                self.record("sell", intended, &result, |r| outcome_name(r.outcome));
+                match result {
+                    Ok(_) => self.ledger.account(&request.sku, &request.node).sold += request.qty,
+                    Err(_) => self.ledger.unknown.push(Unknown::Sell(request)),
+                }
+            }
+            Workload::Browse => {
+                let count = self.rng.random_range(1..=3);
+                let skus = (0..count)
+                    .map(|_| sku_name(self.chooser.sku(&mut self.rng)))
+                    .collect();
+                let local = self.rng.random_range(0..100) < 80;
+                let request = pb::GetAvailabilityRequest {
+                    skus,
+                    nodes: vec![],
+                    consistency: if local {
+                        pb::Consistency::Local as i32
+                    } else {
+                        pb::Consistency::Linearizable as i32
+                    },
+                };
+                let result = self.conn.get_availability(request).await;
+                let call = if local {
+                    "availability_local"
+                } else {
+                    "availability_linearizable"
+                };
+                self.record(call, intended, &result, |_| "OK");
+            }
+            Workload::Restock => {
+                let sku = sku_name(self.chooser.sku(&mut self.rng));
+                let node = node_name(self.chooser.node(&mut self.rng));
+                if self.rng.random_range(0..100) < 90 {
+                    let request = pb::AdjustRequest {
+                        txn_id: self.id("a"),
+                        sku: sku.clone(),
+                        node: node.clone(),
+                        delta: self.rng.random_range(1..=20),
+                        reason: pb::AdjustReason::Receive as i32,
+                    };
+                    let result = self.conn.adjust(request.clone()).await;
+                    self.record("adjust", intended, &result, |r| outcome_name(r.outcome));
+                    match result {
+                        Ok(_) => self.ledger.account(&sku, &node).received += request.delta,
+                        Err(_) => self.ledger.unknown.push(Unknown::Adjust(request)),
+                    }
+                } else {
+                    let read = self
+                        .conn
+                        .get_availability(pb::GetAvailabilityRequest {
+                            skus: vec![sku.clone()],
+                            nodes: vec![node.clone()],
+                            consistency: pb::Consistency::Linearizable as i32,
+                        })
+                        .await;
+                    self.record("availability_linearizable", intended, &read, |_| "OK");
+                    let Some(current) = read.ok().and_then(|r| {
+                        r.skus
+                            .first()
+                            .and_then(|s| s.nodes.first())
+                            .map(|n| n.on_hand)
+                    }) else {
+                        return;
+                    };
+                    let request = pb::SetOnHandRequest {
+                        txn_id: self.id("c"),
+                        sku: sku.clone(),
+                        node: node.clone(),
+                        on_hand: current.max(0) + self.rng.random_range(0..=5),
+                        expected_on_hand: Some(current),
+                    };
+                    self.ledger.account(&sku, &node).absolute = true;
+                    let result = self.conn.set_on_hand(request).await;
+                    self.record("set_on_hand", intended, &result, |r| {
+                        outcome_name(r.outcome)
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reserve, then commit ('c'), release ('r') or abandon ('a').
+    async fn reservation(&mut self, intended: Instant, lines: Vec<pb::Line>, then: char) {
+        let id = self.id("r");
+        let request = pb::ReserveRequest {
+            reservation_id: id.clone(),
+            lines: lines.clone(),
+            ttl_ms: self.config.ttl_ms,
+        };
+        let result = self.conn.reserve(request.clone()).await;
+        self.record("reserve", intended, &result, |r| outcome_name(r.outcome));
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(_) => {
+                self.ledger.unknown.push(Unknown::Reserve(request));
+                return;
+            }
+        };
+        if reply.outcome != pb::Outcome::Reserved as i32 {
+            return;
+        }
+        let sent = Instant::now();
+        match then {
+            'c' => {
+                let result = self
+                    .conn
+                    .commit(pb::CommitRequest {
+                        reservation_id: id.clone(),
+                    })
+                    .await;
+                self.record("commit", sent, &result, |r| outcome_name(r.outcome));
+                match result {
+                    Ok(r) if r.outcome == pb::Outcome::Committed as i32 => {
+                        self.ledger.consumed(&lines)
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.ledger.unknown.push(Unknown::Commit(id, lines)),
+                }
+            }
+            'r' => {
+                let result = self
+                    .conn
+                    .release(pb::ReleaseRequest {
+                        reservation_id: id.clone(),
+                    })
+                    .await;
+                self.record("release", sent, &result, |r| outcome_name(r.outcome));
+                if result.is_err() {
+                    self.ledger.unknown.push(Unknown::Release(id, lines));
+                }
+            }
+            _ => {
+                self.ledger.open.insert(id, lines);
+            }
+        }
+    }
+
+    /// Retries every call with an unknown outcome (same id) until it
+    /// answers, so the ledger knows every operation's fate.
+    async fn resolve(&mut self) -> usize {
+        let unknown = std::mem::take(&mut self.ledger.unknown);
+        let resolved = unknown.len();
+        for item in unknown {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let done = match &item {
+                    Unknown::Reserve(request) => match self.conn.reserve(request.clone()).await {
+                        Ok(r) => {
+                            if r.outcome == pb::Outcome::Reserved as i32 {
+                                self.ledger
+                                    .open
+                                    .insert(request.reservation_id.clone(), request.lines.clone());
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    Unknown::Commit(id, lines) => match self
+                        .conn
+                        .commit(pb::CommitRequest {
+                            reservation_id: id.clone(),
+                        })
+                        .await
+                    {
+                        Ok(r) => {
+                            if r.outcome == pb::Outcome::Committed as i32 {
+                                self.ledger.consumed(lines);
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    Unknown::Release(id, _) => self
+                        .conn
+                        .release(pb::ReleaseRequest {
+                            reservation_id: id.clone(),
+                        })
+                        .await
+                        .is_ok(),
+                    Unknown::Sell(request) => match self.conn.sell(request.clone()).await {
+                        Ok(_) => {
+                            self.ledger.account(&request.sku, &request.node).sold += request.qty;
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                    Unknown::Adjust(request) => match self.conn.adjust(request.clone()).await {
+                        Ok(_) => {
+                            self.ledger.account(&request.sku, &request.node).received +=
+                                request.delta;
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                };
+                if done {
+                    break;
+                }
+                if attempts >= 20 {
+                    let lines: Vec<Key> = match &item {
+                        Unknown::Reserve(r) => r
+                            .lines
+                            .iter()
+                            .map(|l| (l.sku.clone(), l.node.clone()))
+                            .collect(),
+                        Unknown::Commit(_, lines) | Unknown::Release(_, lines) => lines
+                            .iter()
+                            .map(|l| (l.sku.clone(), l.node.clone()))
+                            .collect(),
+                        Unknown::Sell(r) => vec![(r.sku.clone(), r.node.clone())],
+                        Unknown::Adjust(r) => vec![(r.sku.clone(), r.node.clone())],
+                    };
+                    for (sku, node) in lines {
+                        self.ledger.account(&sku, &node).uncertain = true;
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        resolved
+    }
+}
+
+async fn connect(config: &LoadConfig) -> Result<Vec<Arc<Conn>>, LoadError> {
+    let mut channels = Vec::new();
+    for addr in &config.servers {
+        let channel = crate::client::channel(addr, config.call_timeout)
+            .await
+            .map_err(|e| LoadError::Unreachable {
+                addr: addr.clone(),
+                reason: match e {
+                    crate::client::ClientError::Connect { error, .. } => error.to_string(),
+                    other => other.to_string(),
+                },
+            })?;
+        channels.push(channel);
+    }
+    let mut conns = Vec::with_capacity(config.clients);
+    for i in 0..config.clients {
+        let addr = &config.servers[i % config.servers.len()];
+        // One connection per client, as each client of a real fleet has.
+        let channel = crate::client::channel(addr, config.call_timeout)
+            .await
+            .map_err(|e| LoadError::Unreachable {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let conn = if config.stream {
+            Conn::Stream(
+                StreamConn::open(channel, config.call_timeout)
+                    .await
+                    .map_err(|s| LoadError::Unreachable {
+                        addr: addr.clone(),
+                        reason: s.message().to_string(),
+                    })?,
+            )
+        } else {
+            Conn::Unary(crate::proto::v1::inventory_client::InventoryClient::new(
+                channel,
+            ))
+        };
+        conns.push(Arc::new(conn));
+    }
+    drop(channels);
+    Ok(conns)
+}
+
+fn counters(config: &LoadConfig) -> Vec<Key> {
+    let mut keys = Vec::new();
+    let uses = |w: Workload| config.mix.iter().any(|(m, _)| *m == w);
+    if uses(Workload::Checkout)
+        || uses(Workload::Pos)
+        || uses(Workload::Restock)
+        || uses(Workload::Browse)
+    {
+        for s in 0..config.skus {
+            for n in 0..config.nodes {
+                keys.push((sku_name(s), node_name(n)));
+            }
+        }
+    }
+    if uses(Workload::FlashSale) {
+        for h in 0..config.hot_skus {
+            keys.push((hot_sku_name(h), HOT_NODE.to_string()));
+        }
+    }
+    keys
+}
+
+/// Sets every counter's stock, many calls in flight.
+async fn seed(
+    config: &LoadConfig,
+    conns: &[Arc<Conn>],
+    keys: &[Key],
+) -> Result<HashMap<Key, i64>, LoadError> {
+    let mut base = HashMap::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let keys = Arc::new(keys.to_vec());
+    let mut tasks = Vec::new();
+    for (i, conn) in conns.iter().enumerate().take(64) {
+        let conn = conn.clone();
+        let keys = keys.clone();
+        let next = next.clone();
+        let config = config.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some((sku, node)) = keys.get(k) else {
+                    return Ok::<(), Status>(());
+                };
+                let on_hand = if node == HOT_NODE {
+                    config.hot_stock
+                } else {
+                    config.stock
+                };
+                let request = pb::SetOnHandRequest {
+                    txn_id: format!("{}-seed-{k}", config.run_id),
+                    sku: sku.clone(),
+                    node: node.clone(),
+                    on_hand,
+                    expected_on_hand: None,
+                };
+                let mut attempts = 0;
+                loop {
+                    match conn.set_on_hand(request.clone()).await {
+                        Ok(_) => break,
+                        Err(status)
+                            if status.code() == tonic::Code::Unavailable && attempts < 3 =>
+                        {
+                            attempts += 1;
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        Err(status) => return Err(status),
+                    }
+                }
+                let _ = i;
+            }
+        }));
+    }
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(LoadError::NoLeader(status.message().to_string()))
+            }
+            Ok(Err(status)) => {
+                return Err(LoadError::Seed(format!(
+                    "{}: {}",
+                    code_name(&status),
+                    status.message()
+                )))
+            }
+            Err(e) => return Err(LoadError::Seed(e.to_string())),
+        }
+    }
+    for (sku, node) in keys.iter() {
+        let on_hand = if node == HOT_NODE {
+            config.hot_stock
+        } else {
+            config.stock
+        };
+        base.insert((sku.clone(), node.clone()), on_hand);
+    }
+    Ok(base)
+}
+
+/// Reads the current levels of counters (linearizable), by SKU.
+async fn read_levels(
+    conn: &Conn,
+    keys: &[Key],
+) -> Result<HashMap<Key, pb::NodeAvailability>, Status> {
+    let mut by_sku: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (sku, node) in keys {
+        by_sku.entry(sku.clone()).or_default().push(node.clone());
+    }
+    let mut out = HashMap::new();
+    let skus: Vec<String> = by_sku.keys().cloned().collect();
+    for chunk in skus.chunks(crate::limits::SKUS_PER_READ_MAX) {
+        let mut attempts = 0;
+        let response = loop {
+            match conn
+                .get_availability(pb::GetAvailabilityRequest {
+                    skus: chunk.to_vec(),
+                    nodes: vec![],
+                    consistency: pb::Consistency::Linearizable as i32,
+                })
+                .await
+            {
+                Ok(r) => break r,
+                Err(_) if attempts < 10 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        for s in response.skus {
+            for n in s.nodes {
+                out.insert((s.sku.clone(), n.node.clone()), n);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the harness. `interrupt` completes on Ctrl-C.
+pub async fn run(
+    config: LoadConfig,
+    interrupt: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Outcome, LoadError> {
+    if config.clients == 0 || config.in_flight == 0 {
+        return Err(LoadError::Config(
+            "--clients and --in-flight must be at least 1".into(),
+        ));
+    }
+    if config.duration.is_none() && config.ops.is_none() {
+        return Err(LoadError::Config("give --duration or --ops".into()));
+    }
+    let chooser = Chooser::new(
+        config.mix.clone(),
+        config.skus.max(1),
+        config.nodes.max(1),
+        config.hot_skus.max(1),
+        config.zipf,
+    )
+    .map_err(LoadError::Config)?;
+    let conns = connect(&config).await?;
+    let keys = counters(&config);
+    let base = if config.seed {
+        if config.progress {
+            eprintln!("seeding {} counters...", keys.len());
+        }
+        seed(&config, &conns, &keys).await?
+    } else {
+        let levels = read_levels(&conns[0], &keys)
+            .await
+            .map_err(|s| LoadError::NoLeader(s.message().to_string()))?;
+        keys.iter()
+            .map(|k| (k.clone(), levels.get(k).map(|l| l.on_hand).unwrap_or(0)))
+            .collect()
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let interrupted = interrupted.clone();
+        tokio::spawn(async move {
+            interrupt.await;
+            interrupted.store(true, Ordering::Relaxed);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let started = Instant::now();
+    let calls = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let business_ops = Arc::new(AtomicU64::new(0));
+    let workers_total = config.clients * config.in_flight;
+    let interval = config
+        .rate
+        .map(|rate| Duration::from_secs_f64(workers_total as f64 / rate.max(1e-6)));
+    let mut all_stats = Vec::new();
+    let mut tasks = Vec::new();
+    for w in 0..workers_total {
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        all_stats.push(stats.clone());
+        let mut worker = Worker {
+            conn: conns[w % conns.len()].clone(),
+            chooser: chooser.clone(),
+            config: config.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(w as u64 ^ 0x5eed),
+            stats,
+            ledger: Ledger::default(),
+            started,
+            name: format!("w{w}"),
+            next: 0,
+            calls: calls.clone(),
+            errors: errors.clone(),
+        };
+        let stop = stop.clone();
+        let business_ops = business_ops.clone();
+        let ops_limit = config.ops;
+        let deadline = config.duration.map(|d| started + d);
+        tasks.push(tokio::spawn(async move {
+            // Open loop: this worker's sends are due at a fixed pace,
+            // staggered across workers.
+            let offset = interval.map(|i| i.mul_f64(w as f64 / workers_total as f64));
+            let mut k = 0u32;
+            loop {
+                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                if let Some(limit) = ops_limit {
+                    if business_ops.fetch_add(1, Ordering::Relaxed) >= limit {
+                        break;
+                    }
+                }
+                let intended = match (interval, offset) {
+                    (Some(i), Some(o)) => {
+                        let due = started + o + i * k;
+                        k += 1;
+                        if due > Instant::now() {
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        due
+                    }
+                    _ => Instant::now(),
+                };
+                worker.step(intended).await;
+            }
+            let resolved = worker.resolve().await;
+            (worker.ledger, resolved)
+        }));
+    }
+
+    // Progress, once a second.
+    let progress = if config.progress {
+        let calls = calls.clone();
+        let errors = errors.clone();
+        let stop = stop.clone();
+        let all_stats = all_stats.clone();
+        Some(tokio::spawn(async move {
+            let mut last = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let now = calls.load(Ordering::Relaxed);
+                let mut merged = Stats::default();
+                for s in &all_stats {
+                    if let Ok(s) = s.lock() {
+                        merged.merge(&s);
+                    }
+                }
+                let p99 = merged.all.value_at_quantile(0.99) as f64 / 1_000.0;
+                eprint!(
+                    "\r[{:>5.0}s] {:>9} calls/s  total {:>10}  errors {:>6}  p99 {:>7.2} ms   ",
+                    started.elapsed().as_secs_f64(),
+                    now - last,
+                    now,
+                    errors.load(Ordering::Relaxed),
+                    p99
+                );
+                last = now;
+            }
+            eprintln!();
+        }))
+    } else {
+        None
+    };
+
+    let mut ledgers = Vec::new();
+    let mut resolved_by_retry = 0;
+    for task in tasks {
+        if let Ok((ledger, resolved)) = task.await {
+            ledgers.push(ledger);
+            resolved_by_retry += resolved;
+        }
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(progress) = progress {
+        let _ = progress.await;
+    }
+    let mut stats = Stats::default();
+    for s in &all_stats {
+        if let Ok(s) = s.lock() {
+            stats.merge(&s);
+        }
+    }
+
+    let verification = if config.verify {
+        Some(
+            verify(
+                &config,
+                &conns[0],
+                &keys,
+                &base,
+                ledgers,
+                resolved_by_retry,
+                elapsed,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    Ok(Outcome {
+        stats,
+        elapsed,
+        verification,
+        interrupted: interrupted.load(Ordering::Relaxed),
+        config,
+    })
+}
+
+async fn verify(
+    config: &LoadConfig,
+    conn: &Conn,
+    keys: &[Key],
+    base: &HashMap<Key, i64>,
+    ledgers: Vec<Ledger>,
+    resolved_by_retry: usize,
+    elapsed: Duration,
+) -> Verification {
+    let mut result = Verification {
+        resolved_by_retry,
+        ..Default::default()
+    };
+    let mut accounts: HashMap<Key, Account> = HashMap::new();
+    let mut open: HashMap<Key, i64> = HashMap::new();
+    for ledger in ledgers {
+        for (key, a) in ledger.accounts {
+            let total = accounts.entry(key).or_default();
+            total.committed += a.committed;
+            total.sold += a.sold;
+            total.received += a.received;
+            total.absolute |= a.absolute;
+            total.uncertain |= a.uncertain;
+        }
+        for (_, lines) in ledger.open {
+            for l in lines {
+                *open.entry((l.sku, l.node)).or_default() += l.qty;
+            }
+        }
+    }
+    let levels = match read_levels(conn, keys).await {
+        Ok(levels) => levels,
+        Err(status) => {
+            result.mismatches.push(format!(
+                "could not read the counters back: {}",
+                status.message()
+            ));
+            return result;
+        }
+    };
+    // Holds could have expired if the run outlived their TTL.
+    let holds_checkable = elapsed.as_millis() < u128::from(config.ttl_ms);
+    for key in keys {
+        let a = accounts.get(key).cloned().unwrap_or_default();
+        let Some(level) = levels.get(key) else {
+            continue;
+        };
+        result.counters_checked += 1;
+        if a.uncertain {
+            result.uncertain += 1;
+            continue;
+        }
+        let held = open.get(key).copied().unwrap_or(0);
+        if holds_checkable {
+            result.reserved_checked += 1;
+            if level.reserved != held {
+                result.mismatches.push(format!(
+                    "{}@{}: server reserved {}, clients hold {}",
+                    key.0, key.1, level.reserved, held
+                ));
+            }
+        }
+        if !a.absolute {
+            result.on_hand_checked += 1;
+            let expected = base.get(key).copied().unwrap_or(0) + a.received - a.sold - a.committed;
+            if level.on_hand != expected {
+                result.mismatches.push(format!(
+                    "{}@{}: server on_hand {}, clients expect {} (base {} + received {} - sold {} - committed {})",
+                    key.0,
+                    key.1,
+                    level.on_hand,
+                    expected,
+                    base.get(key).copied().unwrap_or(0),
+                    a.received,
+                    a.sold,
+                    a.committed
+                ));
+            }
+            if a.sold == 0 {
+                // Without sales (which may go short on purpose), holds plus
+                // committed stock never exceed what was there.
+                result.oversell_checked += 1;
+                let stock = base.get(key).copied().unwrap_or(0) + a.received;
+                if level.reserved + a.committed > stock || level.available < 0 {
+                    result.oversold.push(format!(
+                        "{}@{}: {} held + {} committed > {} stock (available {})",
+                        key.0, key.1, level.reserved, a.committed, stock, level.available
+                    ));
+                }
+            }
+        }
+    }
+    result.mismatches.truncate(50);
+    result.oversold.truncate(50);
+    result
+}
