@@ -268,3 +268,48 @@ async fn a_damaged_log_tail_is_detected_and_the_node_rebuilt_from_a_peer() {
         check_node(&cluster, id, &ledger).await;
     }
 }
+
+/// A measurement, not a check (run on demand: `cargo test --test cluster
+/// -- --ignored --nocapture failover`): kills the leader five times and
+/// prints how long until a write is acknowledged again, through a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn failover_time() {
+    let mut cluster = Cluster::start(3, &[]);
+    let mut times = Vec::new();
+    for round in 0..5 {
+        let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
+        let survivor = (1..=3).find(|id| *id != leader).unwrap();
+        let mut c = cluster.client(survivor).await;
+        let killed = Instant::now();
+        cluster.kill9(leader);
+        let mut n = 0;
+        loop {
+            n += 1;
+            let request = pb::SetOnHandRequest {
+                txn_id: format!("failover-{round}-{n}"),
+                sku: "SKU".into(),
+                node: "dc".into(),
+                on_hand: n,
+                expected_on_hand: None,
+            };
+            let mut call = tonic::Request::new(request);
+            call.set_timeout(Duration::from_secs(10));
+            if c.set_on_hand(call).await.is_ok() {
+                break;
+            }
+        }
+        let took = killed.elapsed();
+        eprintln!(
+            "round {round}: leader {leader} killed; a write was acknowledged again after {took:?}"
+        );
+        times.push(took);
+        cluster.spawn(leader);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    times.sort();
+    eprintln!(
+        "failover: min {:?}, median {:?}, max {:?}",
+        times[0], times[2], times[4]
+    );
+}
