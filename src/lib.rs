@@ -32,6 +32,8 @@
 //! - [`client`]: a typed client over the public API, used by the CLI and tests.
 //! - `cli` (in the binary, src/cli/): the `stockraft` command line.
 //! - [`load`]: `stockraft load`, the peak-planning load harness.
+//! - [`sim`]: the deterministic simulator and its checkers (replicas, disks,
+//!   network, clocks and clients in one process, driven by one seed).
 //! - [`limits`]: every bound, in one place.
 //! - [`proto`]: generated protobuf code.
 
@@ -44,4 +46,5 @@ pub mod load;
 pub mod proto;
 pub mod replica;
 pub mod server;
+pub mod sim;
 pub mod storage;

@@ -150,6 +150,9 @@ pub struct Output {
     pub messages: Vec<Message>,
     /// Answers to commands, by token.
     pub answers: Vec<(Token, Result<Applied, ProposeError>)>,
+    /// The log index each successful answer came from, by token (for
+    /// checkers that compare answers with the log; the server ignores it).
+    pub answered_at: Vec<(Token, u64)>,
     /// Linearizable reads now safe to serve from the shared state (the
     /// applied index they may read at), by token.
     pub reads: Vec<(Token, Result<u64, ReadError>)>,
@@ -735,6 +738,7 @@ impl<S: LogStore> Replica<S> {
                 if answers.len() == waiting.tokens.len() =>
             {
                 for (token, applied) in waiting.tokens.into_iter().zip(answers) {
+                    out.answered_at.push((token, index));
                     out.answers.push((token, Ok(applied)));
                 }
             }

@@ -393,6 +393,7 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
     }
 
     fn deliver(&mut self, channels: &Channels) {
+        self.out.answered_at.clear();
         for (token, answer) in self.out.answers.drain(..) {
             if let Some(Waiter::Command(reply)) = self.waiters.remove(&token) {
                 // The caller may have given up (deadline); that is fine.

@@ -12,7 +12,8 @@ use crate::replica::{LogStore, SavedSnapshot, StoreError};
 pub struct MemStore {
     cache: LogCache,
     members: Members,
-    snapshot: Option<SavedSnapshot>,
+    /// Shared, so cloning a store (the simulator does, at every sync) is cheap.
+    snapshot: Option<std::sync::Arc<SavedSnapshot>>,
 }
 
 impl MemStore {
@@ -32,6 +33,12 @@ impl MemStore {
         }
         store.members = members;
         store
+    }
+
+    /// Drops the recorded vote, as a disk that lost it would. Only the
+    /// simulator calls this, to inject a bug its checkers must catch.
+    pub fn forget_vote(&mut self) {
+        self.cache.hard_state.vote = 0;
     }
 
     /// A store for a node joining a running cluster: no log, no vote.
@@ -132,19 +139,19 @@ impl LogStore for MemStore {
             .compact(compact_to.min(index))
             .map_err(StoreError::Corrupt)?;
         self.cache.snapshot_meta = Some(snapshot.meta.clone());
-        self.snapshot = Some(snapshot.clone());
+        self.snapshot = Some(std::sync::Arc::new(snapshot.clone()));
         Ok(())
     }
 
     fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
         self.cache.install(&snapshot.meta);
         self.members = snapshot.members.clone();
-        self.snapshot = Some(snapshot.clone());
+        self.snapshot = Some(std::sync::Arc::new(snapshot.clone()));
         Ok(())
     }
 
     fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError> {
-        Ok(self.snapshot.clone())
+        Ok(self.snapshot.as_deref().cloned())
     }
 
     fn log_bytes(&self) -> u64 {

@@ -1,0 +1,363 @@
+//! The simulator's checkers. See the module docs of [`crate::sim`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use raft::eraftpb::{Entry, EntryType};
+
+use super::client::Client;
+use super::disk::SimDisk;
+use super::model::{Model, State};
+use crate::inventory::codec::decode_batch;
+use crate::inventory::{Applied, Command, ReservationState, StockLevel};
+use crate::replica::Replica;
+
+#[derive(Debug, Clone)]
+struct WriteRecord {
+    client: usize,
+    command: Command,
+    invoked_ms: u64,
+    acked_ms: u64,
+    answer: Applied,
+    at: (u64, usize),
+}
+
+#[derive(Debug, Clone)]
+struct ReadRecord {
+    invoked_ms: u64,
+    acked_ms: u64,
+    applied_index: u64,
+    values: Vec<(String, String, StockLevel)>,
+    linearizable: bool,
+}
+
+type Nodes<'a> = [(u64, Option<&'a Replica<SimDisk>>)];
+
+#[derive(Default)]
+pub struct Checker {
+    leaders: BTreeMap<u64, u64>,
+    committed: BTreeMap<u64, Entry>,
+    captured: HashMap<u64, u64>,
+    digests: BTreeMap<u64, (u64, u64)>,
+    writes: Vec<WriteRecord>,
+    reads: Vec<ReadRecord>,
+    failures: Vec<String>,
+    pub reads_checked: usize,
+}
+
+impl Checker {
+    pub fn acked_writes(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn max_committed(&self) -> u64 {
+        self.committed.keys().next_back().copied().unwrap_or(0)
+    }
+
+    pub fn note_failure(&mut self, message: String) {
+        self.failures.push(message);
+    }
+
+    pub fn record_write(
+        &mut self,
+        client: usize,
+        command: Command,
+        invoked_ms: u64,
+        acked_ms: u64,
+        answer: Applied,
+        at: (u64, usize),
+    ) {
+        self.writes.push(WriteRecord {
+            client,
+            command,
+            invoked_ms,
+            acked_ms,
+            answer,
+            at,
+        });
+    }
+
+    pub fn record_read(
+        &mut self,
+        invoked_ms: u64,
+        acked_ms: u64,
+        applied_index: u64,
+        values: Vec<(String, String, StockLevel)>,
+        linearizable: bool,
+    ) {
+        self.reads.push(ReadRecord {
+            invoked_ms,
+            acked_ms,
+            applied_index,
+            values,
+            linearizable,
+        });
+    }
+
+    /// Checks run after every simulated millisecond.
+    pub fn step(&mut self, now_ms: u64, nodes: &Nodes) -> Result<(), String> {
+        if let Some(failure) = self.failures.first() {
+            return Err(failure.clone());
+        }
+        for (id, replica) in nodes {
+            let Some(replica) = replica else {
+                continue;
+            };
+            let status = replica.status();
+            // At most one leader per term.
+            if status.is_leader {
+                if let Some(other) = self.leaders.insert(status.term, *id) {
+                    if other != *id {
+                        return Err(format!(
+                            "two leaders in term {}: nodes {other} and {id}",
+                            status.term
+                        ));
+                    }
+                }
+            }
+            // Committed entries never change. Capture what this node has
+            // applied since the last look.
+            let applied = replica.inventory().applied_index();
+            let from = self.captured.get(id).copied().unwrap_or(0) + 1;
+            if applied >= from {
+                let store = replica.store();
+                let snapshot_index = replica.status().snapshot_index;
+                for index in from..=applied {
+                    let Some(entry) = store.journal(index) else {
+                        if index <= snapshot_index {
+                            // Installed from a snapshot: not in this node's log.
+                            continue;
+                        }
+                        return Err(format!(
+                            "node {id} applied entry {index} that it never appended"
+                        ));
+                    };
+                    match self.committed.get(&index) {
+                        Some(seen) if seen.term != entry.term || seen.data != entry.data => {
+                            return Err(format!(
+                                "at {now_ms} ms node {id} applied entry {index} (term {}) but entry {index} was committed with term {}",
+                                entry.term, seen.term
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.committed.insert(index, entry.clone());
+                        }
+                    }
+                }
+                self.captured.insert(*id, applied);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replicas at the same applied index have the same state.
+    pub fn compare_digests(&mut self, nodes: &Nodes) -> Result<(), String> {
+        for (id, replica) in nodes {
+            let Some(replica) = replica else {
+                continue;
+            };
+            let inventory = replica.inventory();
+            let index = inventory.applied_index();
+            let digest = inventory.digest();
+            match self.digests.get(&index) {
+                Some((other, seen)) if *seen != digest => {
+                    return Err(format!(
+                        "nodes {other} and {id} applied index {index} but their states differ"
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.digests.insert(index, (*id, digest));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks at the end of a seed.
+    pub fn finish(&mut self, nodes: &Nodes, clients: &[Client]) -> Result<(), String> {
+        if let Some(failure) = self.failures.first() {
+            return Err(failure.clone());
+        }
+        if let Some(c) = clients.iter().find(|c| !c.done()) {
+            return Err(format!("liveness: client {} never finished", c.index));
+        }
+        // Every replica is up and caught up.
+        let mut applied = Vec::new();
+        for (id, replica) in nodes {
+            let Some(replica) = replica else {
+                return Err(format!("liveness: node {id} is still down at the end"));
+            };
+            applied.push((*id, replica.inventory().applied_index()));
+        }
+        let max = applied.iter().map(|(_, a)| *a).max().unwrap_or(0);
+        if let Some((id, a)) = applied.iter().find(|(_, a)| *a != max) {
+            return Err(format!(
+                "liveness: node {id} applied {a} of {max} after faults stopped"
+            ));
+        }
+        self.compare_digests(nodes)?;
+
+        // Replay the committed log through the model.
+        let mut model = Model::default();
+        let mut answers: HashMap<(u64, usize), (Command, Applied)> = HashMap::new();
+        for index in 1..=max {
+            let Some(entry) = self.committed.get(&index) else {
+                return Err(format!("the checker never saw committed entry {index}"));
+            };
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                model.applied_index = index;
+                continue;
+            }
+            let batch = decode_batch(&entry.data).map_err(|e| format!("entry {index}: {e}"))?;
+            let results = model.apply(
+                index,
+                batch.stamp_ms,
+                batch.id_retention_ms,
+                &batch.commands,
+            );
+            for (position, (command, result)) in batch.commands.into_iter().zip(results).enumerate()
+            {
+                answers.insert((index, position), (command, result));
+            }
+        }
+
+        // Every acknowledged answer is the log's answer for that entry.
+        for w in &self.writes {
+            let Some((command, answer)) = answers.get(&w.at) else {
+                return Err(format!(
+                    "client {} was answered from entry {:?}, which holds no such command: {:?}",
+                    w.client, w.at, w.command
+                ));
+            };
+            if *command != w.command {
+                return Err(format!(
+                    "client {} was answered for {:?} from entry {:?}, which holds {:?}",
+                    w.client, w.command, w.at, command
+                ));
+            }
+            if *answer != w.answer {
+                return Err(format!(
+                    "client {} was told {:?} for {:?}, but the log's sequential answer is {:?}",
+                    w.client, w.answer, w.command, answer
+                ));
+            }
+        }
+
+        // Real time: an operation acknowledged before another began sits
+        // earlier in the log.
+        let mut events: Vec<(u64, u8, usize)> = Vec::new();
+        for (i, w) in self.writes.iter().enumerate() {
+            events.push((w.acked_ms, 0, i));
+            events.push((w.invoked_ms, 1, i));
+        }
+        // At equal times, invocations first: "acknowledged before began"
+        // needs a strictly earlier acknowledgement.
+        events.sort_by_key(|(t, kind, i)| (*t, 1 - *kind, *i));
+        let mut latest: Option<(u64, usize)> = None;
+        let mut bound: HashMap<usize, (u64, usize)> = HashMap::new();
+        for (_, kind, i) in &events {
+            if *kind == 1 {
+                if let Some(l) = latest {
+                    bound.insert(*i, l);
+                }
+            } else {
+                let at = self.writes[*i].at;
+                latest = Some(latest.map_or(at, |l| l.max(at)));
+            }
+        }
+        for (i, w) in self.writes.iter().enumerate() {
+            if let Some(before) = bound.get(&i) {
+                if w.at <= *before {
+                    return Err(format!(
+                        "not linearizable: {:?} (invoked at {} ms) was applied at {:?}, not after {:?}, which was acknowledged before it began",
+                        w.command, w.invoked_ms, w.at, before
+                    ));
+                }
+            }
+        }
+
+        // Reads: the model's state at the index read; linearizable reads
+        // no older than any write acknowledged before they began.
+        for r in &self.reads {
+            for (sku, node, level) in &r.values {
+                let expected = model.level_at(sku, node, r.applied_index);
+                if expected != *level {
+                    return Err(format!(
+                        "a read at index {} saw {sku}@{node} = {level:?}, but the log says {expected:?}",
+                        r.applied_index
+                    ));
+                }
+            }
+            if r.linearizable {
+                let newest = self
+                    .writes
+                    .iter()
+                    .filter(|w| w.acked_ms < r.invoked_ms)
+                    .map(|w| w.at.0)
+                    .max()
+                    .unwrap_or(0);
+                if r.applied_index < newest {
+                    return Err(format!(
+                        "stale linearizable read: read at index {} (invoked {} ms, answered {} ms) after a write acknowledged at index {newest}",
+                        r.applied_index, r.invoked_ms, r.acked_ms
+                    ));
+                }
+            }
+            self.reads_checked += 1;
+        }
+
+        // Final state of every replica = the model's.
+        for (id, replica) in nodes {
+            let Some(replica) = replica else {
+                continue;
+            };
+            let inventory = replica.inventory();
+            let mut real = BTreeMap::new();
+            inventory.stock().for_each(|s, n, l| {
+                real.insert((s.to_string(), n.to_string()), *l);
+            });
+            for (key, level) in &model.counters {
+                let got = real.remove(key).unwrap_or_default();
+                if got != *level {
+                    return Err(format!(
+                        "node {id}: {}@{} is {got:?}, the model says {level:?}",
+                        key.0, key.1
+                    ));
+                }
+            }
+            if let Some((key, level)) = real.iter().find(|(_, l)| **l != StockLevel::default()) {
+                return Err(format!(
+                    "node {id}: {}@{} is {level:?}, unknown to the model",
+                    key.0, key.1
+                ));
+            }
+            for (rid, hold) in &model.holds {
+                let Some(r) = inventory.reservation(rid) else {
+                    return Err(format!("node {id}: reservation {rid} is missing"));
+                };
+                let state = match r.state {
+                    ReservationState::Open => State::Open,
+                    ReservationState::Consumed => State::Consumed,
+                    ReservationState::Released => State::Released,
+                    ReservationState::Expired => State::Expired,
+                };
+                if state != hold.state || r.expires_at_ms != hold.expires_at_ms {
+                    return Err(format!(
+                        "node {id}: reservation {rid} is {:?} until {}, the model says {:?} until {}",
+                        state, r.expires_at_ms, hold.state, hold.expires_at_ms
+                    ));
+                }
+                if state == State::Expired && r.finished_at_ms < r.expires_at_ms {
+                    return Err(format!(
+                        "node {id}: reservation {rid} expired before its deadline"
+                    ));
+                }
+            }
+            if let Err(broken) = inventory.check_invariants() {
+                return Err(format!("node {id}: {broken}"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! Simulated clients: they issue the whole API one operation at a time, and
+//! retry an operation with the same id (on another node) after a timeout or
+//! a refusal, as real OMS and POS clients do.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::checker::Checker;
+use crate::inventory::command::{
+    Adjust, AdjustReason, Extend, Line, Reserve, Sell, SetOnHand, SetSafetyStock,
+};
+use crate::inventory::{Applied, Command, Outcome, Shared, StockLevel};
+
+/// How long a client waits for one attempt before retrying elsewhere.
+const ATTEMPT_TIMEOUT_MS: u64 = 400;
+const RETRY_BACKOFF_MS: u64 = 20;
+
+#[derive(Debug, Clone)]
+pub enum OpKind {
+    Write(Command),
+    Read {
+        counters: Vec<(String, String)>,
+        linearizable: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    id: u64,
+    kind: OpKind,
+    invoked_ms: u64,
+    in_flight: bool,
+    deadline_ms: u64,
+    next_attempt_ms: u64,
+    hint: Option<u64>,
+    attempts: u32,
+}
+
+pub struct Client {
+    pub index: usize,
+    pub budget: usize,
+    pub finished: usize,
+    rng: StdRng,
+    skus: usize,
+    locations: usize,
+    current: Option<Op>,
+    next_id: u64,
+    /// Reservations this client made and believes open.
+    open: Vec<String>,
+    /// The last on_hand this client read per counter, for compare-and-set.
+    seen: BTreeMap<(String, String), i64>,
+    seeded: bool,
+}
+
+fn sku(i: usize) -> String {
+    format!("S{i}")
+}
+
+fn location(i: usize) -> String {
+    format!("N{i}")
+}
+
+impl Client {
+    pub fn new(index: usize, budget: usize, skus: usize, locations: usize, seed: u64) -> Client {
+        Client {
+            index,
+            budget,
+            finished: 0,
+            rng: StdRng::seed_from_u64(seed),
+            skus,
+            locations,
+            current: None,
+            next_id: 0,
+            open: Vec::new(),
+            seen: BTreeMap::new(),
+            // Client 0 stocks every counter first.
+            seeded: index != 0,
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.current.is_none() && self.finished >= self.budget
+    }
+
+    pub fn describe_pending(&self) -> Option<String> {
+        let op = self.current.as_ref()?;
+        Some(format!(
+            "client {} op {} ({:?}) invoked at {} ms, {} attempts",
+            self.index, op.id, op.kind, op.invoked_ms, op.attempts
+        ))
+    }
+
+    fn counter(&mut self) -> (String, String) {
+        (
+            sku(self.rng.random_range(0..self.skus)),
+            location(self.rng.random_range(0..self.locations)),
+        )
+    }
+
+    fn new_op(&mut self) -> OpKind {
+        self.next_id += 1;
+        let n = self.next_id;
+        let c = self.index;
+        if !self.seeded {
+            let k = (n - 1) as usize;
+            if k + 1 >= self.skus * self.locations {
+                self.seeded = true;
+            }
+            let (s, l) = (sku(k / self.locations), location(k % self.locations));
+            let on_hand = self.rng.random_range(3..=20);
+            return OpKind::Write(Command::SetOnHand(
+                SetOnHand::new(format!("c{c}-t{n}"), s, l, on_hand, None)
+                    .expect("a valid generated command"),
+            ));
+        }
+        let roll = self.rng.random_range(0..100);
+        if (35..60).contains(&roll) && !self.open.is_empty() {
+            let id = self.open[self.rng.random_range(0..self.open.len())].clone();
+            return OpKind::Write(match roll {
+                35..=49 => Command::Consume { reservation_id: id },
+                50..=56 => Command::Release { reservation_id: id },
+                _ => Command::Extend(
+                    Extend::new(id, self.rng.random_range(100..=3_000))
+                        .expect("a valid generated command"),
+                ),
+            });
+        }
+        match roll {
+            0..=59 => {
+                let count = self.rng.random_range(1..=3);
+                let mut lines = Vec::new();
+                for _ in 0..count {
+                    let (s, l) = self.counter();
+                    lines.push(Line {
+                        sku: s,
+                        node: l,
+                        qty: self.rng.random_range(1..=3),
+                    });
+                }
+                let ttl = self.rng.random_range(100..=5_000);
+                OpKind::Write(Command::Reserve(
+                    Reserve::new(format!("c{c}-r{n}"), lines, ttl)
+                        .expect("a valid generated command"),
+                ))
+            }
+            60..=69 => {
+                let (s, l) = self.counter();
+                let qty = self.rng.random_range(1..=2);
+                OpKind::Write(Command::Sell(
+                    Sell::new(format!("c{c}-t{n}"), s, l, qty).expect("a valid generated command"),
+                ))
+            }
+            70..=77 => {
+                let (s, l) = self.counter();
+                let delta = self.rng.random_range(1..=10);
+                OpKind::Write(Command::Adjust(
+                    Adjust::new(format!("c{c}-t{n}"), s, l, delta, AdjustReason::Receive)
+                        .expect("a valid generated command"),
+                ))
+            }
+            78..=82 => {
+                let (s, l) = self.counter();
+                let expected = if self.rng.random_bool(0.5) {
+                    self.seen.get(&(s.clone(), l.clone())).copied()
+                } else {
+                    None
+                };
+                let on_hand = self.rng.random_range(0..=20);
+                OpKind::Write(Command::SetOnHand(
+                    SetOnHand::new(format!("c{c}-t{n}"), s, l, on_hand, expected)
+                        .expect("a valid generated command"),
+                ))
+            }
+            83..=84 => {
+                let (s, l) = self.counter();
+                let safety = self.rng.random_range(0..=3);
+                OpKind::Write(Command::SetSafetyStock(
+                    SetSafetyStock::new(s, l, safety).expect("a valid generated command"),
+                ))
+            }
+            _ => {
+                let mut counters = Vec::new();
+                for _ in 0..self.rng.random_range(1..=3) {
+                    counters.push(self.counter());
+                }
+                OpKind::Read {
+                    counters,
+                    linearizable: self.rng.random_bool(0.6),
+                }
+            }
+        }
+    }
+
+    /// The next attempt to send, if one is due: (op id, what, where).
+    pub fn next_attempt(
+        &mut self,
+        now_ms: u64,
+        _rng: &mut StdRng,
+    ) -> Option<(u64, OpKind, Option<u64>)> {
+        if self.current.is_none() {
+            if self.finished >= self.budget {
+                return None;
+            }
+            let kind = self.new_op();
+            self.current = Some(Op {
+                id: self.next_id,
+                kind,
+                invoked_ms: now_ms,
+                in_flight: false,
+                deadline_ms: 0,
+                next_attempt_ms: now_ms,
+                hint: None,
+                attempts: 0,
+            });
+        }
+        let op = self.current.as_mut()?;
+        if op.in_flight && now_ms < op.deadline_ms {
+            return None;
+        }
+        if !op.in_flight && now_ms < op.next_attempt_ms {
+            return None;
+        }
+        op.in_flight = true;
+        op.deadline_ms = now_ms + ATTEMPT_TIMEOUT_MS;
+        op.attempts += 1;
+        let hint = op.hint.take();
+        Some((op.id, op.kind.clone(), hint))
+    }
+
+    pub fn attempt_failed(&mut self, op: u64, now_ms: u64, hint: Option<u64>) {
+        let Some(current) = self.current.as_mut() else {
+            return;
+        };
+        if current.id != op {
+            return;
+        }
+        current.in_flight = false;
+        current.hint = hint;
+        current.next_attempt_ms = now_ms + if hint.is_some() { 1 } else { RETRY_BACKOFF_MS };
+    }
+
+    pub fn write_answered(
+        &mut self,
+        op: u64,
+        now_ms: u64,
+        answer: Applied,
+        at: (u64, usize),
+        checker: &mut Checker,
+    ) {
+        let Some(current) = self.current.as_ref() else {
+            return;
+        };
+        if current.id != op {
+            return;
+        }
+        let OpKind::Write(command) = current.kind.clone() else {
+            return;
+        };
+        match (&command, &answer) {
+            (Command::Reserve(r), Applied::Reserve(Ok(a))) if a.outcome == Outcome::Reserved => {
+                if !self.open.contains(&r.reservation_id) {
+                    self.open.push(r.reservation_id.clone());
+                }
+            }
+            (Command::Consume { reservation_id }, _) | (Command::Release { reservation_id }, _) => {
+                self.open.retain(|id| id != reservation_id);
+            }
+            (Command::Extend(e), Applied::Extend(Ok(a))) if a.outcome != Outcome::Reserved => {
+                self.open.retain(|id| *id != e.reservation_id);
+            }
+            (_, Applied::StockChange(Ok(s))) => {
+                if let Command::Sell(c) = &command {
+                    self.seen
+                        .insert((c.sku.clone(), c.node.clone()), s.level.on_hand);
+                }
+            }
+            _ => {}
+        }
+        checker.record_write(self.index, command, current.invoked_ms, now_ms, answer, at);
+        self.current = None;
+        self.finished += 1;
+    }
+
+    pub fn read_answered(&mut self, op: u64, now_ms: u64, shared: &Shared, checker: &mut Checker) {
+        let Some(current) = self.current.as_ref() else {
+            return;
+        };
+        if current.id != op {
+            return;
+        }
+        let OpKind::Read {
+            counters,
+            linearizable,
+        } = current.kind.clone()
+        else {
+            return;
+        };
+        let applied_index = shared.applied_index();
+        let mut values: Vec<(String, String, StockLevel)> = Vec::new();
+        for (s, l) in counters {
+            let level = shared.stock.level(&s, &l).unwrap_or_default();
+            self.seen.insert((s.clone(), l.clone()), level.on_hand);
+            values.push((s, l, level));
+        }
+        checker.record_read(
+            current.invoked_ms,
+            now_ms,
+            applied_index,
+            values,
+            linearizable,
+        );
+        self.current = None;
+        self.finished += 1;
+    }
+}
