@@ -85,6 +85,12 @@ pub struct ReplicaConfig {
     /// Milliseconds between expiry proposals for the same due hold when the
     /// previous one did not land.
     pub expiry_retry_ms: u64,
+    /// A fixed randomized election timeout, in ticks. raft-rs draws the
+    /// timeout from a thread-local random generator the simulator cannot
+    /// seed; the simulator gives each replica its own fixed value instead so
+    /// that a seed replays exactly. None (the server) keeps raft-rs's
+    /// randomization between `election_tick` and twice that.
+    pub fixed_election_ticks: Option<usize>,
 }
 
 impl ReplicaConfig {
@@ -100,6 +106,7 @@ impl ReplicaConfig {
             id_retained_max: crate::limits::ID_RETAINED_MAX_DEFAULT,
             read_timeout_ticks: 30,
             expiry_retry_ms: 1_000,
+            fixed_election_ticks: None,
         }
     }
 }
@@ -287,8 +294,15 @@ impl<S: LogStore> Replica<S> {
             None => (Inventory::new(), 0),
         };
         let members = store.members();
+        let (min_election_tick, max_election_tick) = match config.fixed_election_ticks {
+            // raft-rs draws from [min, max): a range of one is one value.
+            Some(ticks) => (ticks, ticks + 1),
+            None => (0, 0),
+        };
         let raft_config = raft::Config {
             id: config.id,
+            min_election_tick,
+            max_election_tick,
             election_tick: config.election_tick,
             heartbeat_tick: config.heartbeat_tick,
             applied,

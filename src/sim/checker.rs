@@ -49,6 +49,11 @@ impl Checker {
         self.writes.len()
     }
 
+    /// Terms that had a leader.
+    pub fn elections(&self) -> u64 {
+        self.leaders.len() as u64
+    }
+
     pub fn max_committed(&self) -> u64 {
         self.committed.keys().next_back().copied().unwrap_or(0)
     }

@@ -162,6 +162,8 @@ impl LogStore for SimDisk {
 
     fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
         self.current.install_snapshot(snapshot)?;
+        // The snapshot replaces the whole log: older appends are void.
+        self.journal.clear();
         self.synced();
         Ok(())
     }

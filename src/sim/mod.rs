@@ -117,6 +117,8 @@ struct Faults {
 
 struct SimNode {
     id: u64,
+    /// This replica's (fixed) election timeout, in ticks.
+    election_ticks: usize,
     replica: Option<Replica<SimDisk>>,
     /// The disk while the node is down.
     down_disk: Option<SimDisk>,
@@ -140,8 +142,9 @@ const FAULTS_END_FRACTION: f64 = 0.8;
 const LIVENESS_MS: u64 = 30_000;
 const SIM_MS_MAX: u64 = 600_000;
 
-fn replica_config(id: u64) -> ReplicaConfig {
+fn replica_config(id: u64, election_ticks: usize) -> ReplicaConfig {
     let mut config = ReplicaConfig::new(id);
+    config.fixed_election_ticks = Some(election_ticks);
     config.snapshot_entries = 40;
     config.log_keep_entries = 20;
     // Long retention: within a run every retry must find its id.
@@ -204,9 +207,11 @@ impl Sim {
         let mut nodes = Vec::new();
         for id in 1..=replicas as u64 {
             let disk = SimDisk::new(MemStore::new(&voters), fsync_lies, forget_vote);
-            let replica = Replica::new(replica_config(id), disk, &logger()).ok();
+            let election_ticks = rng.random_range(10..20);
+            let replica = Replica::new(replica_config(id, election_ticks), disk, &logger()).ok();
             nodes.push(SimNode {
                 id,
+                election_ticks,
                 replica,
                 down_disk: None,
                 clock_offset_ms: rng
@@ -260,6 +265,7 @@ impl Sim {
         report.ops_acked = self.checker.acked_writes();
         report.reads_checked = self.checker.reads_checked;
         report.entries = self.checker.max_committed();
+        report.elections = self.checker.elections();
         report
     }
 
@@ -587,7 +593,11 @@ impl Sim {
         let Some(disk) = self.nodes[i].down_disk.take() else {
             return;
         };
-        match Replica::new(replica_config(self.nodes[i].id), disk, &logger()) {
+        match Replica::new(
+            replica_config(self.nodes[i].id, self.nodes[i].election_ticks),
+            disk,
+            &logger(),
+        ) {
             Ok(replica) => self.nodes[i].replica = Some(replica),
             Err(e) => {
                 // Recorded for the checker: a node that cannot restart from
