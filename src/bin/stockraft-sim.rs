@@ -3,7 +3,7 @@
 //! itself and replays exactly with `--seed N`.
 //!
 //!   stockraft-sim --seeds 100000 [--first 0] [--ops 2000] [--threads 2]
-//!   stockraft-sim --seed 1234 [--bug fsync-lies|forget-vote]
+//!   stockraft-sim --seed 1234 [--bug fsync-lies|skip-read-index]
 
 use std::time::Instant;
 
@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Inject a known bug (to see the checkers catch it).
-    #[arg(long, value_parser = ["fsync-lies", "forget-vote"])]
+    #[arg(long, value_parser = ["fsync-lies", "skip-read-index"])]
     bug: Option<String>,
 }
 
@@ -41,7 +41,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let bug = match args.bug.as_deref() {
         Some("fsync-lies") => Some(Bug::FsyncLies),
-        Some("forget-vote") => Some(Bug::ForgetVote),
+        Some("skip-read-index") => Some(Bug::SkipReadIndex),
         _ => None,
     };
     if let Some(seed) = args.seed {

@@ -259,10 +259,10 @@ impl Client {
             return;
         };
         match (&command, &answer) {
-            (Command::Reserve(r), Applied::Reserve(Ok(a))) if a.outcome == Outcome::Reserved => {
-                if !self.open.contains(&r.reservation_id) {
-                    self.open.push(r.reservation_id.clone());
-                }
+            (Command::Reserve(r), Applied::Reserve(Ok(a)))
+                if a.outcome == Outcome::Reserved && !self.open.contains(&r.reservation_id) =>
+            {
+                self.open.push(r.reservation_id.clone());
             }
             (Command::Consume { reservation_id }, _) | (Command::Release { reservation_id }, _) => {
                 self.open.retain(|id| id != reservation_id);

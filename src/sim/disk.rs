@@ -19,8 +19,6 @@ pub struct SimDisk {
     durable: MemStore,
     /// Injected bug: a sync returns without making anything durable.
     fsync_lies: bool,
-    /// Injected bug: a crash loses the recorded vote.
-    forget_vote: bool,
     pub syncs: u64,
     /// Every entry ever appended, by index (a later append at the same
     /// index replaces it). Never compacted: the checker reads committed
@@ -29,7 +27,7 @@ pub struct SimDisk {
 }
 
 impl SimDisk {
-    pub fn new(store: MemStore, fsync_lies: bool, forget_vote: bool) -> SimDisk {
+    pub fn new(store: MemStore, fsync_lies: bool) -> SimDisk {
         let mut journal = std::collections::BTreeMap::new();
         let first = raft::Storage::first_index(&store).unwrap_or(1);
         let last = raft::Storage::last_index(&store).unwrap_or(0);
@@ -50,7 +48,6 @@ impl SimDisk {
             current: store.clone(),
             durable: store,
             fsync_lies,
-            forget_vote,
             syncs: 0,
             journal,
         }
@@ -70,9 +67,6 @@ impl SimDisk {
 
     /// The machine lost power: only durable writes survive.
     pub fn crash(&mut self) {
-        if self.forget_vote {
-            self.durable.forget_vote();
-        }
         self.current = self.durable.clone();
     }
 }
@@ -191,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_crash_loses_only_unsynced_writes() {
-        let mut disk = SimDisk::new(MemStore::new(&[1]), false, false);
+        let mut disk = SimDisk::new(MemStore::new(&[1]), false);
         disk.append(&[entry(2)], None, true).unwrap();
         disk.set_commit(2).unwrap();
         disk.crash();
@@ -208,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_lying_fsync_loses_synced_writes() {
-        let mut disk = SimDisk::new(MemStore::new(&[1]), true, false);
+        let mut disk = SimDisk::new(MemStore::new(&[1]), true);
         disk.append(&[entry(2)], None, true).unwrap();
         disk.crash();
         assert_eq!(raft::Storage::last_index(&disk).unwrap(), 1);

@@ -55,9 +55,9 @@ pub enum Bug {
     /// The disk's fsync returns without making anything durable: the node
     /// acknowledges (and votes) on writes a crash then loses.
     FsyncLies,
-    /// A crash loses the node's recorded vote, so it can vote twice in one
-    /// term.
-    ForgetVote,
+    /// Linearizable reads skip the ReadIndex round and are served from
+    /// whatever node was asked, as a server that "optimised" them would.
+    SkipReadIndex,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +123,7 @@ struct SimNode {
     /// The disk while the node is down.
     down_disk: Option<SimDisk>,
     clock_offset_ms: i64,
+    clock_drift_ppm: i64,
     next_tick_ms: u64,
     commands: Vec<(Token, crate::inventory::Command)>,
     reads: Vec<Token>,
@@ -203,10 +204,10 @@ impl Sim {
     fn new(config: &SimConfig, replicas: usize, faults: Faults, rng: &mut StdRng) -> Sim {
         let voters: Vec<u64> = (1..=replicas as u64).collect();
         let fsync_lies = config.bug == Some(Bug::FsyncLies);
-        let forget_vote = config.bug == Some(Bug::ForgetVote);
+
         let mut nodes = Vec::new();
         for id in 1..=replicas as u64 {
-            let disk = SimDisk::new(MemStore::new(&voters), fsync_lies, forget_vote);
+            let disk = SimDisk::new(MemStore::new(&voters), fsync_lies);
             let election_ticks = rng.random_range(10..20);
             let replica = Replica::new(replica_config(id, election_ticks), disk, &logger()).ok();
             nodes.push(SimNode {
@@ -216,6 +217,7 @@ impl Sim {
                 down_disk: None,
                 clock_offset_ms: rng
                     .random_range(-faults.max_clock_skew_ms..=faults.max_clock_skew_ms),
+                clock_drift_ppm: rng.random_range(-5_000..=5_000),
                 next_tick_ms: rng.random_range(0..TICK_MS),
                 commands: Vec::new(),
                 reads: Vec::new(),
@@ -269,8 +271,12 @@ impl Sim {
         report
     }
 
+    /// A node's wall clock: off by a fixed offset and drifting at its own
+    /// rate (up to 0.5%, far worse than NTP allows).
     fn node_clock(&self, i: usize) -> u64 {
-        (self.now_ms as i64 + self.nodes[i].clock_offset_ms).max(0) as u64 + 1_700_000_000_000
+        let node = &self.nodes[i];
+        let drift = self.now_ms as i64 * node.clock_drift_ppm / 1_000_000;
+        (self.now_ms as i64 + node.clock_offset_ms + drift).max(0) as u64 + 1_700_000_000_000
     }
 
     fn up(&self) -> Vec<usize> {
@@ -426,11 +432,14 @@ impl Sim {
                 continue;
             };
             let up = self.up();
+            let is_read = matches!(kind, OpKind::Read { .. });
             let target = match target_hint.and_then(|id| self.nodes.iter().position(|n| n.id == id))
             {
                 Some(i) => i,
                 None => match leader {
-                    Some(l) if rng.random_bool(0.7) => l,
+                    // Reads go anywhere, as storefronts behind a load
+                    // balancer do; writes mostly find the leader.
+                    Some(l) if !is_read && rng.random_bool(0.7) => l,
                     _ => rng.random_range(0..self.nodes.len()),
                 },
             };
@@ -454,20 +463,18 @@ impl Sim {
                         },
                     );
                 }
-                OpKind::Read {
-                    linearizable: false,
-                    ..
-                } => {
-                    // Served at once from the node's applied state.
+                OpKind::Read { linearizable, .. }
+                    if !linearizable || self.config.bug == Some(Bug::SkipReadIndex) =>
+                {
+                    // Served at once from the node's applied state (for a
+                    // linearizable read, only under the injected bug).
                     if let Some(replica) = self.nodes[target].replica.as_ref() {
                         let shared = replica.shared().load_full();
                         let now = self.now_ms;
                         self.clients[c].read_answered(op, now, &shared, &mut self.checker);
                     }
                 }
-                OpKind::Read {
-                    linearizable: true, ..
-                } => {
+                OpKind::Read { .. } => {
                     self.nodes[target].reads.push(token);
                     self.tickets.insert(
                         (self.nodes[target].id, token),

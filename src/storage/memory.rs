@@ -35,12 +35,6 @@ impl MemStore {
         store
     }
 
-    /// Drops the recorded vote, as a disk that lost it would. Only the
-    /// simulator calls this, to inject a bug its checkers must catch.
-    pub fn forget_vote(&mut self) {
-        self.cache.hard_state.vote = 0;
-    }
-
     /// A store for a node joining a running cluster: no log, no vote.
     pub fn joining(members: &Members) -> MemStore {
         MemStore {
