@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
 
 use super::checker::Checker;
 use crate::inventory::command::{
@@ -52,6 +53,8 @@ pub struct Client {
     /// The last on_hand this client read per counter, for compare-and-set.
     seen: BTreeMap<(String, String), i64>,
     seeded: bool,
+    /// SKU popularity, when skewed.
+    zipf: Option<Zipf<f64>>,
 }
 
 fn sku(i: usize) -> String {
@@ -63,7 +66,14 @@ fn location(i: usize) -> String {
 }
 
 impl Client {
-    pub fn new(index: usize, budget: usize, skus: usize, locations: usize, seed: u64) -> Client {
+    pub fn new(
+        index: usize,
+        budget: usize,
+        skus: usize,
+        locations: usize,
+        zipf: Option<f64>,
+        seed: u64,
+    ) -> Client {
         Client {
             index,
             budget,
@@ -77,6 +87,7 @@ impl Client {
             seen: BTreeMap::new(),
             // Client 0 stocks every counter first.
             seeded: index != 0,
+            zipf: zipf.and_then(|s| Zipf::new(skus as f64, s).ok()),
         }
     }
 
@@ -93,8 +104,12 @@ impl Client {
     }
 
     fn counter(&mut self) -> (String, String) {
+        let index = match &self.zipf {
+            Some(zipf) => (zipf.sample(&mut self.rng) as usize).clamp(1, self.skus) - 1,
+            None => self.rng.random_range(0..self.skus),
+        };
         (
-            sku(self.rng.random_range(0..self.skus)),
+            sku(index),
             location(self.rng.random_range(0..self.locations)),
         )
     }

@@ -42,7 +42,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::inventory::Applied;
-use crate::replica::{Output, ProposeError, ReadError, Replica, ReplicaConfig, Token};
+use crate::replica::{
+    MembershipChange, Output, ProposeError, ReadError, Replica, ReplicaConfig, Token,
+};
 use crate::storage::MemStore;
 use checker::Checker;
 use client::{Client, OpKind};
@@ -80,6 +82,7 @@ pub struct SimReport {
     pub crashes: u64,
     pub partitions: u64,
     pub transfers: u64,
+    pub membership_changes: u64,
     pub elections: u64,
     pub messages: u64,
     pub dropped: u64,
@@ -111,6 +114,7 @@ struct Faults {
     crash_per_mille: u32,
     partition_per_mille: u32,
     transfer_per_mille: u32,
+    membership_per_mille: u32,
     network: NetworkFaults,
     max_clock_skew_ms: i64,
 }
@@ -165,6 +169,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Violation> {
         crash_per_mille: rng.random_range(0..=30),
         partition_per_mille: rng.random_range(0..=30),
         transfer_per_mille: rng.random_range(0..=15),
+        membership_per_mille: rng.random_range(0..=20),
         network: NetworkFaults {
             drop_per_mille: rng.random_range(0..=100),
             duplicate_per_mille: rng.random_range(0..=50),
@@ -198,6 +203,9 @@ struct Sim {
     report: SimReport,
     faults_over: bool,
     faults_over_at_ms: u64,
+    /// A membership change under way: (node, adding, since ms).
+    membership_pending: Option<(u64, bool, u64)>,
+    next_node_id: u64,
 }
 
 impl Sim {
@@ -223,12 +231,17 @@ impl Sim {
                 reads: Vec::new(),
             });
         }
-        let hot = rng.random_bool(0.3);
-        let (skus, locations) = if hot { (1, 2) } else { (4, 3) };
+        // One hot SKU, a Zipf-skewed few, or a uniform few.
+        let mode = rng.random_range(0..3);
+        let (skus, locations, zipf) = match mode {
+            0 => (1, 2, None),
+            1 => (8, 2, Some(1.2)),
+            _ => (4, 3, None),
+        };
         let clients_count = rng.random_range(3..=8);
         let per_client = config.ops.div_ceil(clients_count);
         let clients = (0..clients_count)
-            .map(|i| Client::new(i, per_client, skus, locations, rng.random()))
+            .map(|i| Client::new(i, per_client, skus, locations, zipf, rng.random()))
             .collect();
         let report = SimReport {
             seed: config.seed,
@@ -238,7 +251,11 @@ impl Sim {
                 clients_count,
                 skus,
                 locations,
-                if hot { " (one hot SKU)" } else { "" }
+                match mode {
+                    0 => " (one hot SKU)",
+                    1 => " (Zipf 1.2)",
+                    _ => " (uniform)",
+                }
             ),
             ..Default::default()
         };
@@ -255,6 +272,8 @@ impl Sim {
             report,
             faults_over: false,
             faults_over_at_ms: 0,
+            membership_pending: None,
+            next_node_id: replicas as u64 + 1,
         }
     }
 
@@ -351,6 +370,16 @@ impl Sim {
             {
                 break;
             }
+        }
+        // A node whose removal landed after its change was given up on is
+        // stopped now, as an operator would.
+        if let Some(l) = self.leader() {
+            let voters = self.nodes[l]
+                .replica
+                .as_ref()
+                .map(|r| r.conf_state().voters)
+                .unwrap_or_default();
+            self.nodes.retain(|n| voters.contains(&n.id));
         }
         self.checker.finish(&view(&self.nodes), &self.clients)
     }
@@ -615,10 +644,90 @@ impl Sim {
         }
     }
 
+    /// Grows or shrinks the group by one voter (between 3 and 5), when
+    /// everyone is up and no change is under way.
+    fn change_membership(&mut self, rng: &mut StdRng) {
+        let Some(l) = self.leader() else {
+            return;
+        };
+        let voters = self.nodes[l]
+            .replica
+            .as_ref()
+            .map(|r| r.conf_state().voters)
+            .unwrap_or_default();
+        if let Some((id, adding, since)) = self.membership_pending {
+            let done = voters.contains(&id) == adding;
+            if done && !adding {
+                // The operator stops a removed node.
+                self.nodes.retain(|n| n.id != id);
+                self.tickets.retain(|(node, _), _| *node != id);
+            }
+            if done || self.now_ms > since + 10_000 {
+                self.membership_pending = None;
+            }
+            return;
+        }
+        if self.up().len() != self.nodes.len()
+            || rng.random_range(0..1_000) >= self.faults.membership_per_mille
+        {
+            return;
+        }
+        let mut out = Output::default();
+        if voters.len() < 5 && rng.random_bool(0.5) {
+            let id = self.next_node_id;
+            self.next_node_id += 1;
+            let Some(leader) = self.nodes[l].replica.as_mut() else {
+                return;
+            };
+            let mut members = leader.members().clone();
+            members.insert(id, format!("node-{id}"));
+            leader.propose_membership(
+                0,
+                MembershipChange::Add {
+                    node_id: id,
+                    address: format!("node-{id}"),
+                },
+                &mut out,
+            );
+            let election_ticks = rng.random_range(10..20);
+            let disk = SimDisk::new(
+                MemStore::joining(&members),
+                self.config.bug == Some(Bug::FsyncLies),
+            );
+            let replica = Replica::new(replica_config(id, election_ticks), disk, &logger()).ok();
+            self.nodes.push(SimNode {
+                id,
+                election_ticks,
+                replica,
+                down_disk: None,
+                clock_offset_ms: rng
+                    .random_range(-self.faults.max_clock_skew_ms..=self.faults.max_clock_skew_ms),
+                clock_drift_ppm: rng.random_range(-5_000..=5_000),
+                next_tick_ms: self.now_ms + rng.random_range(0..TICK_MS),
+                commands: Vec::new(),
+                reads: Vec::new(),
+            });
+            self.membership_pending = Some((id, true, self.now_ms));
+        } else if voters.len() > 3 {
+            let leader_id = self.nodes[l].id;
+            let others: Vec<u64> = voters.iter().copied().filter(|v| *v != leader_id).collect();
+            let id = others[rng.random_range(0..others.len())];
+            if let Some(leader) = self.nodes[l].replica.as_mut() {
+                leader.propose_membership(0, MembershipChange::Remove { node_id: id }, &mut out);
+            }
+            self.membership_pending = Some((id, false, self.now_ms));
+        } else {
+            return;
+        }
+        self.report.membership_changes += 1;
+        self.handle_output(l, out);
+    }
+
     fn inject_faults(&mut self, rng: &mut StdRng) {
         if self.faults_over {
             return;
         }
+        self.change_membership(rng);
         let n = self.nodes.len();
         let down = n - self.up().len();
         if rng.random_range(0..1_000) < self.faults.crash_per_mille && down < n / 2 {

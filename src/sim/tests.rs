@@ -37,15 +37,20 @@ fn simulation() {
     let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
     let partitions: u64 = reports.iter().map(|r| r.partitions).sum();
     let acked: usize = reports.iter().map(|r| r.ops_acked).sum();
+    let changes: u64 = reports.iter().map(|r| r.membership_changes).sum();
+    let transfers: u64 = reports.iter().map(|r| r.transfers).sum();
+    let five = reports.iter().filter(|r| r.replicas == 5).count();
     eprintln!(
-        "{} seeds in {:.1} s: {acked} acknowledged writes, {crashes} crashes, {partitions} partitions",
+        "{} seeds ({five} starting with 5 replicas) in {:.1} s: {acked} acknowledged writes, \
+         {crashes} crashes, {partitions} partitions, {transfers} leadership transfers, \
+         {changes} membership changes",
         reports.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(reports.iter().all(|r| r.ops_acked > 0));
     assert!(
-        crashes > 0 && partitions > 0,
-        "the seeds exercised no faults"
+        crashes > 0 && partitions > 0 && transfers > 0 && changes > 0,
+        "the seeds did not exercise every kind of fault"
     );
 }
 
