@@ -1,0 +1,106 @@
+//! `stockraft load` against a real server: every workload, the JSON and
+//! HTML reports, the verification, and its clean errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Server, BIN};
+
+#[tokio::test]
+async fn a_mixed_run_reports_and_verifies() {
+    let mut server = Server::start(&[]);
+    server.wait_ready().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
+    let out = Command::new(BIN)
+        .args([
+            "load",
+            "--server",
+            &server.addr,
+            "--duration",
+            "2s",
+            "--clients",
+            "4",
+            "--skus",
+            "50",
+            "--nodes",
+            "2",
+            "--hot-stock",
+            "20",
+            "--workload",
+            "checkout=5,flash-sale=3,pos=1,browse=1,restock=1",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .arg("--report")
+        .arg(&html)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verification: PASSED"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["verification"]["passed"], true);
+    for call in [
+        "reserve",
+        "commit",
+        "sell",
+        "adjust",
+        "availability_local",
+        "all",
+    ] {
+        assert!(
+            report["calls"][call]["count"].as_u64().unwrap_or(0) > 0,
+            "no {call} calls: {report}"
+        );
+    }
+    // The flash sale has 20 units per hot SKU: it sells out, and the
+    // harness sees INSUFFICIENT_STOCK rather than an oversell.
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o["outcome"] == "INSUFFICIENT_STOCK"),
+        "the flash sale never sold out: {outcomes:?}"
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("Calls completed per second"));
+}
+
+#[test]
+fn load_errors_are_clear() {
+    let port = common::free_port();
+    let out = Command::new(BIN)
+        .args([
+            "load",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--duration",
+            "1s",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["load", "--workload", "black-friday", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload"));
+
+    let out = Command::new(BIN).args(["load"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+}
