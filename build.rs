@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/stockraft/v1/cluster.proto",
                 "proto/stockraft/internal/v1/log.proto",
                 "proto/stockraft/internal/v1/peer.proto",
+                "proto/stockraft/bench/v1/ceiling.proto",
             ],
             &["proto"],
         )?;

@@ -12,6 +12,13 @@ pub mod internal {
     tonic::include_proto!("stockraft.internal.v1");
 }
 
+/// The transport-ceiling bench service (benches/compare.sh), package
+/// `stockraft.bench.v1`.
+pub mod bench {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("stockraft.bench.v1");
+}
+
 /// Every proto's descriptors, served by gRPC reflection so grpcurl, grpcui
 /// and Postman work without the .proto files.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("stockraft_descriptor");

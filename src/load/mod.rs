@@ -229,6 +229,14 @@ impl Worker {
                 };
                 self.reservation(intended, lines, then).await;
             }
+            Workload::Reserve => {
+                let lines = vec![pb::Line {
+                    sku: sku_name(self.chooser.sku(&mut self.rng)),
+                    node: node_name(self.chooser.node(&mut self.rng)),
+                    qty: 1,
+                }];
+                self.reservation(intended, lines, 'a').await;
+            }
             Workload::FlashSale => {
                 let sku = hot_sku_name(self.rng.random_range(0..self.chooser.hot_skus));
                 let lines = vec![pb::Line {
@@ -527,6 +535,7 @@ fn counters(config: &LoadConfig) -> Vec<Key> {
     let mut keys = Vec::new();
     let uses = |w: Workload| config.mix.iter().any(|(m, _)| *m == w);
     if uses(Workload::Checkout)
+        || uses(Workload::Reserve)
         || uses(Workload::Pos)
         || uses(Workload::Restock)
         || uses(Workload::Browse)

@@ -9,6 +9,8 @@
 //! - `browse`: availability of 1-3 SKUs, 80% LOCAL, 20% LINEARIZABLE.
 //! - `restock`: a receipt (+1 to +20) 90% of the time, else a cycle count
 //!   set with compare-and-set against a value just read.
+//! - `reserve`: a bare reservation of 1 unit of one SKU at one node, left
+//!   open (the unit of the Redis and PostgreSQL comparisons).
 //!
 //! SKU popularity follows a Zipf distribution with exponent `--zipf`.
 
@@ -25,15 +27,17 @@ pub enum Workload {
     Pos,
     Browse,
     Restock,
+    Reserve,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Checkout,
         Workload::FlashSale,
         Workload::Pos,
         Workload::Browse,
         Workload::Restock,
+        Workload::Reserve,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Workload {
             Workload::Pos => "pos",
             Workload::Browse => "browse",
             Workload::Restock => "restock",
+            Workload::Reserve => "reserve",
         }
     }
 }
@@ -63,7 +68,7 @@ impl FromStr for Workload {
             }
         }
         Err(format!(
-            "unknown workload {s:?}; choose from checkout, flash-sale, pos, browse, restock"
+            "unknown workload {s:?}; choose from checkout, flash-sale, pos, browse, restock, reserve"
         ))
     }
 }

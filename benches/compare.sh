@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Side-by-side reservation throughput on this machine, in one run:
+#   - the transport's ceiling: a trivial tonic service (examples/ceiling.rs);
+#   - Redis with a Lua reserve script, appendonly (fsync every second, and
+#     fsync always), 64 clients, spread keys, one hot key, 16 pipelined;
+#   - PostgreSQL (UPDATE ... WHERE available >= 1 plus an INSERT,
+#     synchronous commit), 64 clients, spread rows and one hot row;
+#   - stockraft: one node and a 3-node loopback cluster, unary and Stream,
+#     spread and hot, and p99 at half of peak (open loop).
+# Every operation is a reservation of 1 unit. Prints one table with the
+# targets of issue "Peak-planning load harness and throughput".
+#
+#   benches/compare.sh [SECONDS]      (default 10 s per measurement)
+#
+# Installs redis-server and postgresql from Debian when missing. Servers
+# listen on loopback only and are stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs="${1:-10}"
+work="$(mktemp -d /tmp/stockraft-compare.XXXXXX)"
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "${pg_bin:-}" ] && [ -d "$work/pg" ]; then
+    runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null 2>&1 || true
+  fi
+  redis-cli -p 26379 shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+if ! command -v redis-server >/dev/null || ! command -v pgbench >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "installing redis-server and postgresql..." >&2
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server postgresql >/dev/null
+fi
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+
+echo "building (release)..." >&2
+make -s deps >&2
+cargo build -q --release --bin stockraft --example ceiling
+target="${CARGO_TARGET_DIR:-target}/release"
+sr="$target/stockraft"
+
+declare -A R
+say() { printf '  %-58s %s\n' "$1" "$2" >&2; }
+
+# --- transport ceiling -------------------------------------------------------
+"$target/examples/ceiling" serve 127.0.0.1:26090 & pids+=($!)
+sleep 1
+R[ceil_unary]=$("$target/examples/ceiling" unary 127.0.0.1:26090 64 "$secs" | awk '{print $2}')
+say "tonic ceiling, unary, 64 clients" "${R[ceil_unary]}"
+R[ceil_stream]=$("$target/examples/ceiling" stream 127.0.0.1:26090 16 16 "$secs" | awk '{print $2}')
+say "tonic ceiling, streams, 16 x 16 in flight" "${R[ceil_stream]}"
+kill "${pids[-1]}"; unset 'pids[-1]'
+
+# --- Redis ---------------------------------------------------------------------
+lua='local a = tonumber(redis.call("HGET", KEYS[1], "on_hand") or "0") - tonumber(redis.call("HGET", KEYS[1], "reserved") or "0")
+if a < tonumber(ARGV[1]) then return 0 end
+redis.call("HINCRBY", KEYS[1], "reserved", ARGV[1])
+redis.call("SET", KEYS[2], ARGV[1])
+return 1'
+redis_run() { # fsync-policy clients pipeline key-pattern
+  redis-cli -p 26379 config set appendfsync "$1" >/dev/null
+  local sha; sha=$(redis-cli -p 26379 script load "$lua")
+  redis-benchmark -p 26379 -c "$2" -P "$3" -r 100000 -n $((secs * 100000)) --csv \
+    evalsha "$sha" 2 "$4" "res:__rand_int__" 1 2>/dev/null | tail -1 | cut -d, -f2 | tr -d '"' | cut -d. -f1
+}
+redis-server --port 26379 --bind 127.0.0.1 --dir "$work" --appendonly yes --appendfsync everysec \
+  --save "" --daemonize no >/dev/null & pids+=($!)
+sleep 1
+# Seed 100,000 counters and the hot one with plenty of stock.
+for i in $(seq 0 99999); do echo "HSET c:$(printf %012d "$i") on_hand 1000000000 reserved 0"; done | redis-cli -p 26379 --pipe >/dev/null
+redis-cli -p 26379 hset c:hot on_hand 1000000000 reserved 0 >/dev/null
+R[redis_spread]=$(redis_run everysec 64 1 "c:__rand_int__"); say "Redis Lua, fsync every second, 64 clients, spread" "${R[redis_spread]}"
+R[redis_hot]=$(redis_run everysec 64 1 "c:hot"); say "Redis Lua, fsync every second, 64 clients, hot key" "${R[redis_hot]}"
+R[redis_pipe]=$(redis_run everysec 64 16 "c:__rand_int__"); say "Redis Lua, fsync every second, 16 pipelined" "${R[redis_pipe]}"
+R[redis_always]=$(redis_run always 64 1 "c:__rand_int__"); say "Redis Lua, fsync always, 64 clients, spread" "${R[redis_always]}"
+redis-cli -p 26379 shutdown nosave >/dev/null 2>&1 || true
+
+# --- PostgreSQL ----------------------------------------------------------------
+mkdir -p "$work/pg" && chown postgres "$work/pg"
+runuser -u postgres -- "$pg_bin/initdb" -D "$work/pg" -A trust >/dev/null
+runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg/server.log" \
+  -o "-p 25432 -k $work/pg -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=on -c max_connections=100" start >/dev/null
+psql_() { runuser -u postgres -- psql -h 127.0.0.1 -p 25432 -q -v ON_ERROR_STOP=1 "$@"; }
+psql_ -c "CREATE TABLE counters (id int PRIMARY KEY, on_hand bigint NOT NULL, reserved bigint NOT NULL);
+          CREATE TABLE reservations (id bigserial PRIMARY KEY, counter int NOT NULL, qty int NOT NULL);
+          INSERT INTO counters SELECT g, 1000000000, 0 FROM generate_series(0, 100000) g;" >/dev/null
+cat >"$work/spread.sql" <<'SQL'
+\set c random(1, 100000)
+BEGIN;
+UPDATE counters SET reserved = reserved + 1 WHERE id = :c AND on_hand - reserved >= 1;
+INSERT INTO reservations (counter, qty) VALUES (:c, 1);
+COMMIT;
+SQL
+sed 's/random(1, 100000)/0/' "$work/spread.sql" >"$work/hot.sql"
+chmod 644 "$work"/*.sql
+pg_run() { runuser -u postgres -- pgbench -h 127.0.0.1 -p 25432 -n -c 64 -j 2 -T "$secs" -f "$1" postgres 2>/dev/null | awk -F'= ' '/^tps/ {print int($2)}' | head -1; }
+R[pg_spread]=$(pg_run "$work/spread.sql"); say "PostgreSQL, synchronous commit, 64 clients, spread" "${R[pg_spread]}"
+R[pg_hot]=$(pg_run "$work/hot.sql"); say "PostgreSQL, synchronous commit, 64 clients, hot row" "${R[pg_hot]}"
+runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null
+
+# --- stockraft -----------------------------------------------------------------
+sr_load() { # servers, then load flags; prints reserves/s and p99 ms
+  "$sr" load --server "$1" --duration "${secs}s" --workload reserve --nodes 1 --quiet --no-verify \
+    --json "$work/load.json" "${@:2}" >/dev/null 2>&1
+  python3 -c "import json;d=json.load(open('$work/load.json'));c=d['calls']['reserve'];print(int(c['per_second']), c['p99_ms'])"
+}
+one_node() {
+  rm -rf "$work/one"
+  "$sr" serve --data-dir "$work/one" --listen 127.0.0.1:26051 --metrics-listen off >/dev/null 2>&1 & pids+=($!)
+  for _ in $(seq 1 50); do "$sr" health --server 127.0.0.1:26051 >/dev/null 2>&1 && break; sleep 0.2; done
+}
+stop_last() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
+
+one_node; read -r R[sr1_unary] p99 < <(sr_load 127.0.0.1:26051 --clients 64 --skus 100000 --stock 1000000000)
+stop_last; say "stockraft 1 node, unary, 64 clients, spread" "${R[sr1_unary]}"
+one_node; read -r R[sr1_stream] _ < <(sr_load 127.0.0.1:26051 --clients 16 --in-flight 16 --stream --skus 100000 --stock 1000000000)
+stop_last; say "stockraft 1 node, Stream, 16 x 16 in flight, spread" "${R[sr1_stream]}"
+one_node; read -r R[sr1_hot] _ < <(sr_load 127.0.0.1:26051 --clients 64 --skus 1 --zipf 0 --stock 1000000000)
+stop_last; say "stockraft 1 node, unary, 64 clients, one hot SKU" "${R[sr1_hot]}"
+half=$(( R[sr1_unary] / 2 ))
+one_node; read -r _ R[sr1_p99_half] < <(sr_load 127.0.0.1:26051 --clients 64 --skus 100000 --stock 1000000000 --rate "$half")
+stop_last; say "stockraft 1 node, unary, open loop at $half/s: p99 ms" "${R[sr1_p99_half]}"
+
+export STOCKRAFT_BIN="$sr" STOCKRAFT_CLUSTER_DIR="$work/three"
+three="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
+cluster/local.sh start >/dev/null
+read -r R[sr3_unary] _ < <(sr_load "$three" --clients 64 --skus 100000 --stock 1000000000)
+say "stockraft 3 nodes, unary, 64 clients, spread" "${R[sr3_unary]}"
+read -r R[sr3_stream] _ < <(sr_load "$three" --clients 16 --in-flight 16 --stream --skus 100000 --stock 1000000000)
+say "stockraft 3 nodes, Stream, 16 x 16, spread" "${R[sr3_stream]}"
+cluster/local.sh stop >/dev/null
+
+# --- the table -------------------------------------------------------------------
+python3 - "${R[ceil_unary]}" "${R[ceil_stream]}" "${R[redis_spread]}" "${R[redis_hot]}" "${R[redis_pipe]}" \
+  "${R[redis_always]}" "${R[pg_spread]}" "${R[pg_hot]}" "${R[sr1_unary]}" "${R[sr1_stream]}" "${R[sr1_hot]}" \
+  "${R[sr1_p99_half]}" "${R[sr3_unary]}" "${R[sr3_stream]}" <<'PY'
+import sys
+(ceil_u, ceil_s, r_spread, r_hot, r_pipe, r_always, pg_spread, pg_hot,
+ s1u, s1s, s1hot, p99half, s3u, s3s) = [float(x) for x in sys.argv[1:]]
+rows = [
+  ("1 node unary vs tonic ceiling", s1u / ceil_u, ">= 0.85"),
+  ("1 node unary vs Redis fsync always", s1u / r_always, "~1.4 implied"),
+  ("1 node unary vs PostgreSQL spread", s1u / pg_spread, "~3 implied"),
+  ("1 node Stream vs Redis pipelined (fsync every second)", s1s / r_pipe, ">= 2"),
+  ("3 nodes unary vs 1 node unary", s3u / s1u, ">= 0.7"),
+  ("3 nodes Stream vs 1 node Stream", s3s / s1s, ">= 0.7"),
+  ("hot SKU vs spread (1 node unary)", s1hot / s1u, ">= 0.9"),
+  ("hot SKU vs PostgreSQL hot row", s1hot / pg_hot, ">= 10"),
+]
+print(f"\n{'comparison':<58} {'ratio':>8}  target")
+for name, ratio, target in rows:
+    print(f"{name:<58} {ratio:>8.2f}  {target}")
+print(f"{'p99 at half of peak (ms)':<58} {p99half:>8.2f}  < 5")
+PY

@@ -1,0 +1,185 @@
+//! The transport's ceiling on this machine, for benches/compare.sh: a
+//! trivial tonic service (increment a map entry, answer) and a tonic client
+//! driving it, unary or over bidirectional streams.
+//!
+//!   ceiling serve ADDR
+//!   ceiling unary ADDR CLIENTS SECONDS
+//!   ceiling stream ADDR CLIENTS IN_FLIGHT SECONDS
+//!
+//! Prints one line: `calls_per_second N`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use stockraft::proto::bench::ceiling_client::CeilingClient;
+use stockraft::proto::bench::ceiling_server::{Ceiling, CeilingServer};
+use stockraft::proto::bench::{BumpReply, BumpRequest};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+#[derive(Default)]
+struct Counter {
+    map: Mutex<HashMap<String, u64>>,
+}
+
+impl Counter {
+    fn bump(&self, key: &str) -> u64 {
+        let Ok(mut map) = self.map.lock() else {
+            return 0;
+        };
+        let value = map.entry(key.to_string()).or_default();
+        *value += 1;
+        *value
+    }
+}
+
+#[derive(Clone, Default)]
+struct Service(Arc<Counter>);
+
+#[tonic::async_trait]
+impl Ceiling for Service {
+    async fn bump(&self, request: Request<BumpRequest>) -> Result<Response<BumpReply>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(BumpReply {
+            id: r.id,
+            value: self.0.bump(&r.key),
+        }))
+    }
+
+    type BumpStreamStream = ReceiverStream<Result<BumpReply, Status>>;
+
+    async fn bump_stream(
+        &self,
+        request: Request<Streaming<BumpRequest>>,
+    ) -> Result<Response<Self::BumpStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(1_024);
+        let counter = self.0.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                let reply = BumpReply {
+                    id: r.id,
+                    value: counter.bump(&r.key),
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T> {
+    args.get(i)
+        .ok_or_else(|| anyhow!("missing {what}"))?
+        .parse()
+        .map_err(|_| anyhow!("{what} is not a number"))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).map(String::as_str).unwrap_or("");
+    let addr = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:50099".into());
+    match mode {
+        "serve" => {
+            // tokio's listener sets SO_REUSEADDR: a rerun binds at once.
+            let listener = tokio::net::TcpListener::bind(&addr).await.context("binding")?;
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(CeilingServer::new(Service::default()))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await?;
+            Ok(())
+        }
+        "unary" => {
+            let clients: usize = arg(&args, 3, "clients")?;
+            let seconds: u64 = arg(&args, 4, "seconds")?;
+            let done = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut tasks = Vec::new();
+            for c in 0..clients {
+                let channel = stockraft::client::channel(&addr, Duration::from_secs(5)).await?;
+                let mut client = CeilingClient::new(channel);
+                let done = done.clone();
+                let stop = stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let key = format!("k{}", (c as u64 * 7_919 + n) % 100_000);
+                        if client.bump(BumpRequest { id: n, key }).await.is_ok() {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            let started = Instant::now();
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.store(true, Ordering::Relaxed);
+            let calls = done.load(Ordering::Relaxed);
+            for task in tasks {
+                let _ = task.await;
+            }
+            println!("calls_per_second {:.0}", calls as f64 / started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        "stream" => {
+            let clients: usize = arg(&args, 3, "clients")?;
+            let in_flight: usize = arg(&args, 4, "in_flight")?;
+            let seconds: u64 = arg(&args, 5, "seconds")?;
+            let done = Arc::new(AtomicU64::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut tasks = Vec::new();
+            for c in 0..clients {
+                let channel = stockraft::client::channel(&addr, Duration::from_secs(5)).await?;
+                let mut client = CeilingClient::new(channel);
+                let (tx, rx) = tokio::sync::mpsc::channel::<BumpRequest>(in_flight * 2);
+                let mut replies = client.bump_stream(ReceiverStream::new(rx)).await?.into_inner();
+                let done = done.clone();
+                let stop = stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Keep `in_flight` requests outstanding: one new per reply.
+                    let mut n = 0u64;
+                    for _ in 0..in_flight {
+                        n += 1;
+                        let key = format!("k{}", (c as u64 * 7_919 + n) % 100_000);
+                        if tx.send(BumpRequest { id: n, key }).await.is_err() {
+                            return;
+                        }
+                    }
+                    while let Ok(Some(_)) = replies.message().await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        n += 1;
+                        let key = format!("k{}", (c as u64 * 7_919 + n) % 100_000);
+                        if tx.send(BumpRequest { id: n, key }).await.is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+            let started = Instant::now();
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.store(true, Ordering::Relaxed);
+            let calls = done.load(Ordering::Relaxed);
+            println!("calls_per_second {:.0}", calls as f64 / started.elapsed().as_secs_f64());
+            for task in tasks {
+                task.abort();
+            }
+            Ok(())
+        }
+        _ => Err(anyhow!(
+            "usage: ceiling serve ADDR | unary ADDR CLIENTS SECONDS | stream ADDR CLIENTS IN_FLIGHT SECONDS"
+        )),
+    }
+}
