@@ -320,7 +320,8 @@ pub struct ServeArgs {
     /// How long calls in flight may take to finish on shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-    /// Applied log entries between snapshots.
+    /// Applied log entries between snapshots, at least: a large state also
+    /// waits until the log held in memory is half the last snapshot's size.
     #[arg(long, default_value_t = 20_000)]
     pub snapshot_entries: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging follower

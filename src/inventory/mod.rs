@@ -73,15 +73,32 @@ impl Shared {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Finished {
     Reservation(Arc<str>),
-    Txn(Arc<str>),
+    Txn(TxnKey),
+}
+
+/// A transaction id as remembered: its 128-bit XXH3 hash instead of its
+/// text. Up to twenty million ids are kept for a day (POS sales and ERP
+/// syncs each carry one), and the text with its allocation would cost more
+/// than the record itself. Two distinct ids of a retention window sharing a
+/// hash has a probability near 1e-24 at twenty million ids; the command's
+/// fingerprint is still compared, so even then only a retry of byte-identical
+/// content could be mistaken for the other id.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TxnKey(pub [u64; 2]);
+
+impl TxnKey {
+    pub fn of(txn_id: &str) -> TxnKey {
+        let hash = xxhash_rust::xxh3::xxh3_128(txn_id.as_bytes());
+        TxnKey([(hash >> 64) as u64, hash as u64])
+    }
 }
 
 /// The outcome of a stock-change transaction, kept so a retry with the same
-/// txn_id answers exactly as the first call did.
+/// txn_id answers exactly as the first call did. When it finished is kept
+/// once, in the `finished` index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnRecord {
     pub fingerprint: u64,
-    pub at_ms: u64,
     pub level: StockLevel,
 }
 
@@ -96,7 +113,7 @@ pub struct Inventory {
     expiry: BTreeSet<(u64, Arc<str>)>,
     /// Finished reservations and transaction ids by finish time.
     finished: BTreeSet<(u64, Finished)>,
-    txns: HashMap<Arc<str>, TxnRecord>,
+    txns: HashMap<TxnKey, TxnRecord>,
     open_count: usize,
     now_ms: u64,
     applied_index: u64,
@@ -502,7 +519,8 @@ impl Inventory {
         node: &str,
         change: impl FnOnce(&mut StockLevel) -> Result<(), StockChangeError>,
     ) -> Result<StockAnswer, StockChangeError> {
-        if let Some(record) = self.txns.get(txn_id) {
+        let key = TxnKey::of(txn_id);
+        if let Some(record) = self.txns.get(&key) {
             if record.fingerprint != fingerprint {
                 return Err(StockChangeError::IdReused {
                     id: txn_id.to_string(),
@@ -517,16 +535,14 @@ impl Inventory {
         self.shared
             .stock
             .update_or_create(sku, node, &mut self.node_names, |level| *level = next)?;
-        let id: Arc<str> = Arc::from(txn_id);
         self.txns.insert(
-            id.clone(),
+            key,
             TxnRecord {
                 fingerprint,
-                at_ms: self.now_ms,
                 level: next,
             },
         );
-        self.finished.insert((self.now_ms, Finished::Txn(id)));
+        self.finished.insert((self.now_ms, Finished::Txn(key)));
         Ok(StockAnswer { level: next })
     }
 
@@ -589,6 +605,21 @@ impl Inventory {
             return Err(format!(
                 "counter count {} but {counters} counters",
                 self.shared.stock.counter_count()
+            ));
+        }
+        let mut retained_txns = 0usize;
+        for (_, which) in &self.finished {
+            if let Finished::Txn(key) = which {
+                if !self.txns.contains_key(key) {
+                    return Err(format!("retained transaction {key:?} has no record"));
+                }
+                retained_txns += 1;
+            }
+        }
+        if retained_txns != self.txns.len() {
+            return Err(format!(
+                "{} transaction records but {retained_txns} in the retention index",
+                self.txns.len()
             ));
         }
         Ok(())

@@ -554,13 +554,19 @@ fn counters(config: &LoadConfig) -> Vec<Key> {
     keys
 }
 
-/// Sets every counter's stock, many calls in flight.
+/// Tasks seeding at once, at most: enough to fill group commits.
+const SEED_TASKS_MAX: usize = 256;
+
+/// Sets every counter's stock, many calls in flight (over streams when the
+/// run uses them, as many per stream as `--in-flight`).
 async fn seed(config: &LoadConfig, conns: &[Arc<Conn>], keys: &[Key]) -> Result<(), LoadError> {
     let next = Arc::new(AtomicU64::new(0));
     let keys = Arc::new(keys.to_vec());
+    let per_conn = if config.stream { config.in_flight } else { 1 };
+    let task_count = (conns.len() * per_conn).clamp(1, SEED_TASKS_MAX);
     let mut tasks = Vec::new();
-    for (i, conn) in conns.iter().enumerate().take(64) {
-        let conn = conn.clone();
+    for i in 0..task_count {
+        let conn = conns[i % conns.len()].clone();
         let keys = keys.clone();
         let next = next.clone();
         let config = config.clone();
@@ -595,7 +601,6 @@ async fn seed(config: &LoadConfig, conns: &[Arc<Conn>], keys: &[Key]) -> Result<
                         Err(status) => return Err(status),
                     }
                 }
-                let _ = i;
             }
         }));
     }

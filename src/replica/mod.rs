@@ -71,9 +71,14 @@ pub struct ReplicaConfig {
     pub election_tick: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_tick: usize,
-    /// Applied entries between snapshots.
+    /// Applied entries between snapshots, at least. A snapshot also waits
+    /// until the log held in memory is at least half the size of the last
+    /// image: writing a snapshot costs time in proportion to the whole
+    /// state, so with ten million counters it is taken less often (the
+    /// cost per logged byte stays bounded).
     pub snapshot_entries: u64,
-    /// Bytes of log held in memory that force a snapshot sooner.
+    /// Bytes of log held in memory that force a snapshot whatever the
+    /// above: the bound on the log's memory and on replay time at restart.
     pub snapshot_log_bytes: u64,
     /// Entries kept behind a snapshot, so a briefly lagging follower catches
     /// up from the log instead of a snapshot.
@@ -271,6 +276,8 @@ pub struct Replica<S: LogStore> {
     last_stamp_ms: u64,
     last_expiry_proposal_ms: u64,
     snapshot_index: u64,
+    /// Bytes of the last snapshot image (taken, installed or loaded).
+    snapshot_image_bytes: u64,
     /// Whether this replica led when the last Ready was handled, to notice
     /// it stepped down and fail the callers waiting on it.
     was_leader: bool,
@@ -286,12 +293,13 @@ impl<S: LogStore> Replica<S> {
         store: S,
         logger: &slog::Logger,
     ) -> Result<Replica<S>, Fatal> {
-        let (inventory, applied) = match store.load_snapshot()? {
+        let (inventory, applied, image_bytes) = match store.load_snapshot()? {
             Some(saved) => (
                 snapshot::read(&saved.image, saved.meta.index)?,
                 saved.meta.index,
+                saved.image.byte_count(),
             ),
-            None => (Inventory::new(), 0),
+            None => (Inventory::new(), 0, 0),
         };
         let members = store.members();
         let (min_election_tick, max_election_tick) = match config.fixed_election_ticks {
@@ -328,6 +336,7 @@ impl<S: LogStore> Replica<S> {
             last_stamp_ms: 0,
             last_expiry_proposal_ms: 0,
             snapshot_index: applied,
+            snapshot_image_bytes: image_bytes,
             was_leader: false,
             members,
         })
@@ -816,6 +825,7 @@ impl<S: LogStore> Replica<S> {
         let (members, image) = membership::decode_snapshot_data(&snapshot.data)?;
         // Check the image fully before it replaces anything.
         let inventory = snapshot::read(&image, meta.index)?;
+        let image_bytes = image.byte_count();
         let saved = SavedSnapshot {
             meta,
             members,
@@ -829,6 +839,7 @@ impl<S: LogStore> Replica<S> {
         self.inventory = inventory;
         self.shared.store(self.inventory.shared());
         self.snapshot_index = meta.index;
+        self.snapshot_image_bytes = image_bytes;
         let stale: Vec<u64> = self.waiting.range(..=meta.index).map(|(i, _)| *i).collect();
         for i in stale {
             if let Some(waiting) = self.waiting.remove(&i) {
@@ -843,8 +854,10 @@ impl<S: LogStore> Replica<S> {
         if applied <= self.snapshot_index {
             return Ok(());
         }
-        let by_entries = applied - self.snapshot_index >= self.config.snapshot_entries;
-        let by_bytes = self.raw.store().log_bytes() >= self.config.snapshot_log_bytes;
+        let log_bytes = self.raw.store().log_bytes();
+        let by_entries = applied - self.snapshot_index >= self.config.snapshot_entries
+            && log_bytes >= self.snapshot_image_bytes / 2;
+        let by_bytes = log_bytes >= self.config.snapshot_log_bytes;
         if !by_entries && !by_bytes {
             return Ok(());
         }
@@ -868,6 +881,7 @@ impl<S: LogStore> Replica<S> {
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
         let compact_to = applied.saturating_sub(self.config.log_keep_entries);
         let chunks = image.chunks.len();
+        let image_bytes = image.byte_count();
         let saved = SavedSnapshot {
             meta,
             members: self.members.clone(),
@@ -875,6 +889,7 @@ impl<S: LogStore> Replica<S> {
         };
         self.raw.mut_store().save_snapshot(&saved, compact_to)?;
         self.snapshot_index = applied;
+        self.snapshot_image_bytes = image_bytes;
         metrics::histogram!("stockraft_snapshot_seconds").record(started.elapsed().as_secs_f64());
         tracing::info!(
             index = applied,

@@ -23,18 +23,24 @@
 //! 2. [`LogStore::set_commit`]: the hard state with a newer commit index,
 //!    not synced. Losing it is harmless: the leader re-sends the commit
 //!    index, and what was applied is rebuilt from snapshot and log.
-//! 3. [`LogStore::save_snapshot`]: the snapshot's chunks, its record, the new
-//!    truncation point, the deletion of older chunks and of compacted
-//!    entries, one synced `WriteBatch`: the log never shrinks before the
-//!    snapshot that replaces it is durable.
+//! 3. [`LogStore::save_snapshot`]: first the snapshot's chunks, in unsynced
+//!    batches of at most 32 MiB, under keys of the snapshot's index that no
+//!    record names yet; then its record, the new truncation point, the
+//!    deletion of older chunks and of compacted entries, in one synced
+//!    `WriteBatch`. That sync makes the earlier WAL records durable too
+//!    (RocksDB syncs every WAL file not yet synced), so the log never
+//!    shrinks before the snapshot that replaces it is durable, and a crash
+//!    before it leaves only unnamed chunks, replaced by a later snapshot.
 //! 4. [`LogStore::install_snapshot`]: like 3, but it replaces the whole log.
 //!
 //! RocksDB settings chosen on purpose (see ARCHITECTURE.md): every
 //! acknowledged write is synced through the WAL (`WriteOptions::set_sync`),
-//! and the WAL recovery mode is `AbsoluteConsistency`: any damaged WAL
-//! record, at the tail or not, makes the open fail instead of being skipped,
-//! because a skipped synced record is a forgotten vote or acknowledged
-//! entry. `paranoid_checks` makes RocksDB verify checksums when it opens
+//! and the WAL recovery mode is `TolerateCorruptedTailRecords`: a record cut
+//! short at the very end of the WAL (what a crash in the middle of a write
+//! leaves; that write was never acknowledged, as acknowledgement waits for
+//! its sync to return) is dropped, and any other damage, a checksum mismatch
+//! anywhere, makes the open fail instead of being skipped, because a skipped
+//! synced record is a forgotten vote or acknowledged entry. `paranoid_checks` makes RocksDB verify checksums when it opens
 //! files. On open, the log read back must be contiguous and agree with the
 //! hard state, or the store refuses to open ([`StoreError::Corrupt`]); a
 //! cluster node is then rebuilt from a peer (see `server::rebuild`).
@@ -63,6 +69,9 @@ const KEY_TRUNCATED: &[u8] = b"t";
 const KEY_SNAPSHOT: &[u8] = b"s";
 const PREFIX_LOG: u8 = b'l';
 const PREFIX_CHUNK: u8 = b'S';
+
+/// Snapshot chunk bytes per unsynced write ahead of the snapshot's record.
+const CHUNK_BATCH_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 fn log_key(index: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -118,7 +127,7 @@ impl RocksStore {
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
         let mut options = Options::default();
         options.create_if_missing(true);
-        options.set_wal_recovery_mode(DBRecoveryMode::AbsoluteConsistency);
+        options.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
         options.set_paranoid_checks(true);
         options.set_max_total_wal_size(256 * 1024 * 1024);
         options.set_keep_log_file_num(4);
@@ -314,15 +323,38 @@ impl RocksStore {
         })
     }
 
+    /// Writes a snapshot's chunks ahead of its record, in unsynced batches
+    /// of at most [`CHUNK_BATCH_BYTES_MAX`]: one batch of a whole image of
+    /// ten million counters would sit in one memtable and double the
+    /// node's memory. Until the record that names them is written (synced,
+    /// after these, in the same WAL), the chunks are unreferenced: a crash
+    /// leaves them to be overwritten or deleted by a later snapshot.
+    fn put_chunks_ahead(&self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
+        let index = snapshot.meta.index;
+        let mut batch = WriteBatch::default();
+        let mut batch_bytes = 0usize;
+        for (i, chunk) in snapshot.image.chunks.iter().enumerate() {
+            batch.put(chunk_key(index, i as u32), chunk);
+            batch_bytes += chunk.len();
+            if batch_bytes >= CHUNK_BATCH_BYTES_MAX {
+                self.write(std::mem::take(&mut batch), false)?;
+                batch_bytes = 0;
+            }
+        }
+        if batch_bytes > 0 {
+            self.write(batch, false)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the snapshot's record into `batch`, after its chunks were
+    /// written by [`RocksStore::put_chunks_ahead`].
     fn put_snapshot(
         &self,
         batch: &mut WriteBatch,
         snapshot: &SavedSnapshot,
     ) -> Result<(), StoreError> {
         let index = snapshot.meta.index;
-        for (i, chunk) in snapshot.image.chunks.iter().enumerate() {
-            batch.put(chunk_key(index, i as u32), chunk);
-        }
         let stored = pb::StoredSnapshot {
             raft_metadata: encode_pb(&snapshot.meta)?,
             header: Some(snapshot.image.header),
@@ -458,6 +490,7 @@ impl LogStore for RocksStore {
     ) -> Result<(), StoreError> {
         let meta = &snapshot.meta;
         let compact_to = compact_to.min(meta.index);
+        self.put_chunks_ahead(snapshot)?;
         let mut batch = WriteBatch::default();
         self.put_snapshot(&mut batch, snapshot)?;
         let mut hs = self.cache.hard_state.clone();
@@ -488,6 +521,7 @@ impl LogStore for RocksStore {
 
     fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
         let meta = &snapshot.meta;
+        self.put_chunks_ahead(snapshot)?;
         let mut batch = WriteBatch::default();
         self.put_snapshot(&mut batch, snapshot)?;
         batch.delete_range(log_key(0).as_slice(), log_key(u64::MAX).as_slice());
