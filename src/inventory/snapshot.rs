@@ -24,6 +24,11 @@ pub const CHUNK_RECORDS_MAX: usize = 4_096;
 /// Bumped whenever the image's meaning changes.
 pub const FORMAT_VERSION: u32 = 2;
 
+/// The oldest format this build still reads. Format 1 kept transaction ids
+/// as text; reading it hashes them, so a data dir written before format 2
+/// opens without loss.
+pub const FORMAT_VERSION_OLDEST: u32 = 1;
+
 /// A snapshot of the inventory, ready to store or send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
@@ -47,7 +52,7 @@ impl Image {
 pub enum SnapshotError {
     #[error("snapshot is damaged: {0}")]
     Decode(#[from] prost::DecodeError),
-    #[error("snapshot format {0} is not one this build reads (it reads {FORMAT_VERSION})")]
+    #[error("snapshot format {0} is not one this build reads (it reads {FORMAT_VERSION_OLDEST} to {FORMAT_VERSION})")]
     Version(u32),
     #[error("snapshot is damaged: digest {actual:#x}, header says {expected:#x}")]
     Digest { expected: u64, actual: u64 },
@@ -217,7 +222,7 @@ fn write_txns(inventory: &Inventory) -> Section {
 /// Checks the digest first: a damaged snapshot is refused, never loaded.
 pub fn read(image: &Image, applied_index: u64) -> Result<Inventory, SnapshotError> {
     let header = &image.header;
-    if header.format_version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&header.format_version) {
         return Err(SnapshotError::Version(header.format_version));
     }
     let mut digest = Xxh3::new();
@@ -374,7 +379,12 @@ fn load_chunk(
     }
     for t in chunk.txns {
         let level = t.level.unwrap_or_default();
-        let key = TxnKey([t.key_high, t.key_low]);
+        let key = if t.txn_id.is_empty() {
+            TxnKey([t.key_high, t.key_low])
+        } else {
+            // Format 1: the id's text.
+            TxnKey::of(&t.txn_id)
+        };
         finished.push((t.at_ms, Finished::Txn(key)));
         let record = TxnRecord {
             fingerprint: t.fingerprint,
