@@ -63,32 +63,39 @@ pub enum SnapshotError {
 /// Writes the inventory as an image: counters, then reservations, then
 /// transactions, each section in its canonical order and cut into chunks.
 /// The counters are encoded on this thread and the other two sections on a
-/// second one (the caller holds the only writer, so both only read): with
-/// ten million counters and as many retained ids, this halves the time the
-/// replication thread is held on two cores. The result does not depend on
-/// the threads' timing.
+/// second one when the state is large (the caller holds the only writer, so
+/// both only read): with ten million counters and as many retained ids,
+/// this halves the time the replication thread is held on two cores. The
+/// result does not depend on the threads' timing.
 pub fn write(inventory: &Inventory) -> Image {
-    let (counters, (reservations, txns)) = std::thread::scope(|scope| {
-        let others = scope.spawn(|| (write_reservations(inventory), write_txns(inventory)));
-        let counters = write_counters(inventory);
-        match others.join() {
-            Ok(others) => (counters, others),
-            // A broken invariant found there stops the node as it would here.
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    });
+    let records = inventory.shared.stock.counter_count()
+        + inventory.shared.reservations.len()
+        + inventory.txns.len();
+    write_threads(inventory, records >= WRITE_THREAD_RECORDS_MIN)
+}
+
+/// [`write`], on one thread or two as told.
+pub(crate) fn write_threads(inventory: &Inventory, two: bool) -> Image {
+    let (counters, (reservations, txns)) = if !two {
+        (
+            write_counters(inventory),
+            (write_reservations(inventory), write_txns(inventory)),
+        )
+    } else {
+        std::thread::scope(|scope| {
+            let others = scope.spawn(|| (write_reservations(inventory), write_txns(inventory)));
+            let counters = write_counters(inventory);
+            match others.join() {
+                Ok(others) => (counters, others),
+                // A broken invariant found there stops the node as it would here.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    };
+    let counts = (counters.records, reservations.records, txns.records);
     let mut digest = Xxh3::new();
     digest.update(&inventory.now_ms.to_le_bytes());
-    let mut chunks =
-        Vec::with_capacity(counters.chunks.len() + reservations.chunks.len() + txns.chunks.len());
-    let header = pb::SnapshotHeader {
-        format_version: FORMAT_VERSION,
-        now_ms: inventory.now_ms,
-        counters: counters.records,
-        reservations: reservations.records,
-        txns: txns.records,
-        digest: 0,
-    };
+    let mut chunks = Vec::new();
     for section in [counters, reservations, txns] {
         for bytes in section.chunks {
             digest.update(&bytes);
@@ -97,11 +104,23 @@ pub fn write(inventory: &Inventory) -> Image {
     }
     let digest = digest.digest();
     Image {
-        header: pb::SnapshotHeader { digest, ..header },
+        header: pb::SnapshotHeader {
+            format_version: FORMAT_VERSION,
+            now_ms: inventory.now_ms,
+            counters: counts.0,
+            reservations: counts.1,
+            txns: counts.2,
+            digest,
+        },
         chunks,
         digest,
     }
 }
+
+/// States of fewer records are written on the calling thread: a thread
+/// costs more than it saves on a small state (every digest the simulator
+/// compares is a write).
+const WRITE_THREAD_RECORDS_MIN: usize = 100_000;
 
 /// Encoded chunks of one section of an image.
 #[derive(Default)]
@@ -238,73 +257,113 @@ pub fn read(image: &Image, applied_index: u64) -> Result<Inventory, SnapshotErro
         });
     }
 
-    let mut inventory = Inventory::new();
-    inventory.now_ms = header.now_ms;
-    inventory
-        .txns
-        .reserve(header.txns.min(TXNS_RESERVE_MAX) as usize);
-    let mut finished: Vec<(u64, Finished)> = Vec::new();
-    let mut loader = SkuLoader::default();
-    // Protobuf decoding runs on a second thread while this one rebuilds the
-    // maps: on a 2-core machine that is most of a 10-million-counter
-    // restart. Chunks arrive in order, so the result is the same.
-    std::thread::scope(|scope| -> Result<(), SnapshotError> {
-        let (sender, receiver) = crossbeam_channel::bounded(DECODE_AHEAD_CHUNKS);
-        scope.spawn(move || {
-            for bytes in &image.chunks {
-                let decoded = pb::SnapshotChunk::decode(bytes.as_slice());
-                let failed = decoded.is_err();
-                if sender.send(decoded).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        for decoded in receiver {
-            let chunk = decoded?;
-            load_chunk(&mut inventory, &mut loader, &mut finished, chunk)?;
-        }
-        loader.flush(&mut inventory)
-    })?;
-    // Sorted already (the image writes them in this order); a bulk build.
-    let retained = finished.len();
-    inventory.finished = finished.into_iter().collect();
-    if inventory.finished.len() != retained {
-        return Err(SnapshotError::Invalid("a finished id appears twice".into()));
-    }
-    inventory.set_applied(applied_index);
-    inventory
-        .check_invariants()
-        .map_err(SnapshotError::Invalid)?;
-    Ok(inventory)
+    read_threads(
+        image,
+        applied_index,
+        image.chunks.len() >= DECODE_THREAD_CHUNKS_MIN,
+    )
 }
+
+/// [`read`] after its checks, decoding on a second thread or not as told.
+pub(crate) fn read_threads(
+    image: &Image,
+    applied_index: u64,
+    two: bool,
+) -> Result<Inventory, SnapshotError> {
+    let mut rebuild = Rebuild::new(&image.header, image.byte_count());
+    if !two {
+        for bytes in &image.chunks {
+            rebuild.chunk(pb::SnapshotChunk::decode(bytes.as_slice())?)?;
+        }
+    } else {
+        // Protobuf decoding runs on a second thread while this one rebuilds
+        // the maps: on a 2-core machine that is most of a 10-million-counter
+        // restart. Chunks arrive in order, so the result is the same.
+        std::thread::scope(|scope| -> Result<(), SnapshotError> {
+            let (sender, receiver) = crossbeam_channel::bounded(DECODE_AHEAD_CHUNKS);
+            scope.spawn(move || {
+                for bytes in &image.chunks {
+                    let decoded = pb::SnapshotChunk::decode(bytes.as_slice());
+                    let failed = decoded.is_err();
+                    if sender.send(decoded).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for decoded in receiver {
+                rebuild.chunk(decoded?)?;
+            }
+            Ok(())
+        })?;
+    }
+    rebuild.finish(applied_index)
+}
+
+/// Images of fewer chunks are decoded on the calling thread: a thread costs
+/// more than it saves on a small state (the simulator reads thousands).
+const DECODE_THREAD_CHUNKS_MIN: usize = 16;
 
 /// Chunks decoded ahead of the rebuild, at most.
 const DECODE_AHEAD_CHUNKS: usize = 8;
 
-/// Transaction records reserved up front at most, whatever a header says.
-const TXNS_RESERVE_MAX: u64 = 64 * 1024 * 1024;
+/// The fewest bytes a format-2 transaction record takes in a chunk (two
+/// fixed64 halves of the key alone take 18): bounds the up-front reserve
+/// by the image's real size rather than by the header's word.
+const TXN_RECORD_BYTES_MIN: u64 = 24;
 
-/// Gathers one SKU's counters (they arrive sorted, SKU by SKU) so the SKU
-/// goes into the table in one insert.
-#[derive(Default)]
-struct SkuLoader {
+/// An inventory being rebuilt from an image's chunks, in order.
+struct Rebuild {
+    inventory: Inventory,
+    format_version: u32,
+    /// Finished reservations and transactions, gathered for one bulk build.
+    finished: Vec<(u64, Finished)>,
+    /// The SKU whose counters are being gathered (they arrive sorted, SKU
+    /// by SKU) so that it goes into the table in one insert.
     sku: Option<Arc<str>>,
     nodes: Vec<NodeStock>,
 }
 
-impl SkuLoader {
-    fn add(
-        &mut self,
-        inventory: &mut Inventory,
-        c: pb::CounterRecord,
-    ) -> Result<(), SnapshotError> {
+impl Rebuild {
+    fn new(header: &pb::SnapshotHeader, image_bytes: u64) -> Rebuild {
+        let mut inventory = Inventory::new();
+        inventory.now_ms = header.now_ms;
+        let txns = header.txns.min(image_bytes / TXN_RECORD_BYTES_MIN);
+        inventory.txns.reserve(txns as usize);
+        Rebuild {
+            inventory,
+            format_version: header.format_version,
+            finished: Vec::new(),
+            sku: None,
+            nodes: Vec::new(),
+        }
+    }
+
+    fn chunk(&mut self, chunk: pb::SnapshotChunk) -> Result<(), SnapshotError> {
+        for c in chunk.counters {
+            self.counter(c)?;
+        }
+        if chunk.reservations.is_empty() && chunk.txns.is_empty() {
+            return Ok(());
+        }
+        // Counters come first in an image: the last SKU is complete.
+        self.end_sku()?;
+        for r in chunk.reservations {
+            self.reservation(r)?;
+        }
+        for t in chunk.txns {
+            self.txn(t)?;
+        }
+        Ok(())
+    }
+
+    fn counter(&mut self, c: pb::CounterRecord) -> Result<(), SnapshotError> {
         let same = matches!(&self.sku, Some(sku) if **sku == *c.sku);
         if !same {
-            self.flush(inventory)?;
+            self.end_sku()?;
             self.sku = Some(Arc::from(c.sku.as_str()));
         }
         self.nodes.push(NodeStock {
-            node: intern(&mut inventory.node_names, &c.node),
+            node: intern(&mut self.inventory.node_names, &c.node),
             level: StockLevel {
                 on_hand: c.on_hand,
                 reserved: c.reserved,
@@ -314,34 +373,20 @@ impl SkuLoader {
         Ok(())
     }
 
-    fn flush(&mut self, inventory: &mut Inventory) -> Result<(), SnapshotError> {
+    fn end_sku(&mut self) -> Result<(), SnapshotError> {
         let Some(sku) = self.sku.take() else {
             return Ok(());
         };
         let nodes = std::mem::take(&mut self.nodes);
-        inventory
+        self.inventory
             .shared
             .stock
             .load_sku(sku, nodes)
             .map_err(SnapshotError::Invalid)
     }
-}
 
-fn load_chunk(
-    inventory: &mut Inventory,
-    loader: &mut SkuLoader,
-    finished: &mut Vec<(u64, Finished)>,
-    chunk: pb::SnapshotChunk,
-) -> Result<(), SnapshotError> {
-    for c in chunk.counters {
-        loader.add(inventory, c)?;
-    }
-    if chunk.reservations.is_empty() && chunk.txns.is_empty() {
-        return Ok(());
-    }
-    // Counters come first in an image: the last SKU is complete.
-    loader.flush(inventory)?;
-    for r in chunk.reservations {
+    fn reservation(&mut self, r: pb::ReservationRecord) -> Result<(), SnapshotError> {
+        let inventory = &mut self.inventory;
         let state = ReservationState::from_code(r.state)
             .ok_or_else(|| SnapshotError::Invalid(format!("reservation state {}", r.state)))?;
         let id: Arc<str> = Arc::from(r.reservation_id.as_str());
@@ -362,7 +407,8 @@ fn load_chunk(
             inventory.expiry.insert((r.expires_at_ms, id.clone()));
             inventory.open_count += 1;
         } else {
-            finished.push((r.finished_at_ms, Finished::Reservation(id.clone())));
+            self.finished
+                .push((r.finished_at_ms, Finished::Reservation(id.clone())));
         }
         inventory.shared.reservations.insert(
             id.clone(),
@@ -376,16 +422,17 @@ fn load_chunk(
                 finished_at_ms: r.finished_at_ms,
             },
         );
+        Ok(())
     }
-    for t in chunk.txns {
-        let level = t.level.unwrap_or_default();
-        let key = if t.txn_id.is_empty() {
-            TxnKey([t.key_high, t.key_low])
-        } else {
-            // Format 1: the id's text.
+
+    fn txn(&mut self, t: pb::TxnRecord) -> Result<(), SnapshotError> {
+        let key = if self.format_version == 1 {
+            // Format 1 kept the id's text.
             TxnKey::of(&t.txn_id)
+        } else {
+            TxnKey([t.key_high, t.key_low])
         };
-        finished.push((t.at_ms, Finished::Txn(key)));
+        let level = t.level.unwrap_or_default();
         let record = TxnRecord {
             fingerprint: t.fingerprint,
             level: StockLevel {
@@ -394,13 +441,31 @@ fn load_chunk(
                 safety_stock: level.safety_stock,
             },
         };
-        if inventory.txns.insert(key, record).is_some() {
+        if self.inventory.txns.insert(key, record).is_some() {
             return Err(SnapshotError::Invalid(format!(
                 "transaction {key:?} appears twice"
             )));
         }
+        self.finished.push((t.at_ms, Finished::Txn(key)));
+        Ok(())
     }
-    Ok(())
+
+    fn finish(mut self, applied_index: u64) -> Result<Inventory, SnapshotError> {
+        self.end_sku()?;
+        // Collecting sorts them (by finish time, then id), the order in
+        // which they are forgotten.
+        let retained = self.finished.len();
+        self.inventory.finished = self.finished.into_iter().collect();
+        if self.inventory.finished.len() != retained {
+            return Err(SnapshotError::Invalid("a finished id appears twice".into()));
+        }
+        let mut inventory = self.inventory;
+        inventory.set_applied(applied_index);
+        inventory
+            .check_invariants()
+            .map_err(SnapshotError::Invalid)?;
+        Ok(inventory)
+    }
 }
 
 /// Joins an image into one buffer (header, then chunks, each

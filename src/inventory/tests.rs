@@ -567,8 +567,15 @@ fn a_snapshot_of_many_chunks_restores_counters_and_retention_order() {
     original.apply_batch(1, &seed);
     let image = snapshot::write(&original);
     assert!(image.chunks.len() >= 3, "want several chunks");
+    // Written on one thread or two, read on one or two: the same.
+    assert_eq!(snapshot::write_threads(&original, true), image);
+    let threaded = snapshot::read_threads(&image, 1, true).unwrap();
+    assert_eq!(snapshot::write(&threaded), image);
     let mut copy = snapshot::read(&image, 1).unwrap();
     assert_eq!(copy.stock().counter_count(), 9_003);
+    // Loaded SKUs keep no spare room (the live table, grown one node at a
+    // time, may keep up to an eighth).
+    assert_eq!(copy.stock().spare_node_slots(), 0);
     assert_eq!(copy.stock().level("s2999", "n2").unwrap().on_hand, 2_999);
     assert_eq!(copy.digest(), original.digest());
     // Keep only 100 ids: which ones go depends on the retention order.

@@ -871,6 +871,7 @@ impl<S: LogStore> Replica<S> {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let log_bytes = self.raw.store().log_bytes();
         fail::fail_point!("snapshot::before_save");
         let image = snapshot::write(&self.inventory);
         let mut meta = SnapshotMetadata {
@@ -894,6 +895,8 @@ impl<S: LogStore> Replica<S> {
         tracing::info!(
             index = applied,
             chunks,
+            image_bytes,
+            log_bytes,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot taken; log compacted to {compact_to}"
         );
