@@ -73,6 +73,12 @@ impl Ceiling for Service {
     }
 }
 
+/// The map key client `c` bumps with its `n`th call: spread over 100,000
+/// keys, as stockraft's spread runs are over 100,000 SKUs.
+fn key(c: usize, n: u64) -> String {
+    format!("k{}", (c as u64 * 7_919 + n) % 100_000)
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T> {
     args.get(i)
         .ok_or_else(|| anyhow!("missing {what}"))?
@@ -114,8 +120,7 @@ async fn main() -> Result<()> {
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
-                        let key = format!("k{}", (c as u64 * 7_919 + n) % 100_000);
-                        if client.bump(BumpRequest { id: n, key }).await.is_ok() {
+                        if client.bump(BumpRequest { id: n, key: key(c, n) }).await.is_ok() {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -150,8 +155,7 @@ async fn main() -> Result<()> {
                     let mut n = 0u64;
                     for _ in 0..in_flight {
                         n += 1;
-                        let key = format!("k{}", (c as u64 * 7_919 + n) % 100_000);
-                        if tx.send(BumpRequest { id: n, key }).await.is_err() {
+                        if tx.send(BumpRequest { id: n, key: key(c, n) }).await.is_err() {
                             return;
                         }
                     }
@@ -161,8 +165,7 @@ async fn main() -> Result<()> {
                             return;
                         }
                         n += 1;
-                        let key = format!("k{}", (c as u64 * 7_919 + n) % 100_000);
-                        if tx.send(BumpRequest { id: n, key }).await.is_err() {
+                        if tx.send(BumpRequest { id: n, key: key(c, n) }).await.is_err() {
                             return;
                         }
                     }

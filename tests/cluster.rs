@@ -205,14 +205,7 @@ async fn leadership_can_be_handed_over() {
 /// Damages the newest RocksDB WAL file of a stopped node: flips bytes near
 /// its end, as a torn or rotten disk would.
 fn damage_wal_tail(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut wals: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    wals.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    let wal = wals.pop().expect("a WAL file");
+    let wal = common::newest_wal(dir);
     let mut bytes = std::fs::read(&wal).unwrap();
     assert!(
         bytes.len() > 200,

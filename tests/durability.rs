@@ -126,14 +126,7 @@ async fn a_record_cut_short_at_the_wal_tail_does_not_stop_a_restart() {
 fn append_cut_short_record(dir: &std::path::Path) {
     const BLOCK_BYTES: usize = 32 * 1024;
     const HEADER_BYTES: usize = 7;
-    let mut wals: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    wals.sort();
-    let wal = wals.pop().expect("a WAL file");
+    let wal = common::newest_wal(dir);
     let mut bytes = std::fs::read(&wal).unwrap();
     assert!(!bytes.is_empty(), "the newest WAL is empty");
     let left_in_block = BLOCK_BYTES - bytes.len() % BLOCK_BYTES;

@@ -75,6 +75,70 @@ async fn a_mixed_run_reports_and_verifies() {
     assert!(page.contains("<svg") && page.contains("Calls completed per second"));
 }
 
+/// The `reserve` workload (the unit of benches/compare.sh) over the Stream
+/// call with several operations in flight per stream, seeding over the
+/// streams too.
+#[tokio::test]
+async fn reserve_over_streams_seeds_reserves_and_verifies() {
+    let mut server = Server::start(&[]);
+    server.wait_ready().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(BIN)
+        .args([
+            "load",
+            "--server",
+            &server.addr,
+            "--ops",
+            "500",
+            "--clients",
+            "2",
+            "--in-flight",
+            "8",
+            "--stream",
+            "--skus",
+            "30",
+            "--nodes",
+            "2",
+            "--stock",
+            "5",
+            "--workload",
+            "reserve",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["verification"]["passed"], true, "{report}");
+    assert!(report["calls"]["reserve"]["count"].as_u64().unwrap_or(0) >= 500);
+    // 60 counters of 5 units: 300 can be held, so 500 reserves run out and
+    // the rest answer INSUFFICIENT_STOCK, never an oversell.
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o["outcome"] == "INSUFFICIENT_STOCK"),
+        "{outcomes:?}"
+    );
+    // Every seeded counter was set: the server holds 5 units on each.
+    let mut c = server.client().await;
+    for s in 0..30 {
+        let sku = format!("SKU-{s:06}");
+        for n in ["node-000", "node-001"] {
+            assert_eq!(common::level(&mut c, &sku, n).await.on_hand, 5, "{sku}@{n}");
+        }
+    }
+}
+
 #[test]
 fn load_errors_are_clear() {
     let port = common::free_port();

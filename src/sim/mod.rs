@@ -133,6 +133,26 @@ struct SimNode {
     reads: Vec<Token>,
 }
 
+impl SimNode {
+    /// A node starting at `now_ms` on `disk`, with its own election timeout
+    /// and clock error drawn from `rng`.
+    fn start(id: u64, disk: SimDisk, faults: &Faults, now_ms: u64, rng: &mut StdRng) -> SimNode {
+        let election_ticks = rng.random_range(10..20);
+        let replica = Replica::new(replica_config(id, election_ticks), disk, &logger()).ok();
+        SimNode {
+            id,
+            election_ticks,
+            replica,
+            down_disk: None,
+            clock_offset_ms: rng.random_range(-faults.max_clock_skew_ms..=faults.max_clock_skew_ms),
+            clock_drift_ppm: rng.random_range(-5_000..=5_000),
+            next_tick_ms: now_ms + rng.random_range(0..TICK_MS),
+            commands: Vec::new(),
+            reads: Vec::new(),
+        }
+    }
+}
+
 /// Where a token's answer goes.
 #[derive(Debug, Clone, Copy)]
 struct Ticket {
@@ -212,24 +232,10 @@ impl Sim {
     fn new(config: &SimConfig, replicas: usize, faults: Faults, rng: &mut StdRng) -> Sim {
         let voters: Vec<u64> = (1..=replicas as u64).collect();
         let fsync_lies = config.bug == Some(Bug::FsyncLies);
-
         let mut nodes = Vec::new();
         for id in 1..=replicas as u64 {
             let disk = SimDisk::new(MemStore::new(&voters), fsync_lies);
-            let election_ticks = rng.random_range(10..20);
-            let replica = Replica::new(replica_config(id, election_ticks), disk, &logger()).ok();
-            nodes.push(SimNode {
-                id,
-                election_ticks,
-                replica,
-                down_disk: None,
-                clock_offset_ms: rng
-                    .random_range(-faults.max_clock_skew_ms..=faults.max_clock_skew_ms),
-                clock_drift_ppm: rng.random_range(-5_000..=5_000),
-                next_tick_ms: rng.random_range(0..TICK_MS),
-                commands: Vec::new(),
-                reads: Vec::new(),
-            });
+            nodes.push(SimNode::start(id, disk, &faults, 0, rng));
         }
         // One hot SKU, a Zipf-skewed few, or a uniform few.
         let mode = rng.random_range(0..3);
@@ -689,24 +695,12 @@ impl Sim {
                 },
                 &mut out,
             );
-            let election_ticks = rng.random_range(10..20);
             let disk = SimDisk::new(
                 MemStore::joining(&members),
                 self.config.bug == Some(Bug::FsyncLies),
             );
-            let replica = Replica::new(replica_config(id, election_ticks), disk, &logger()).ok();
-            self.nodes.push(SimNode {
-                id,
-                election_ticks,
-                replica,
-                down_disk: None,
-                clock_offset_ms: rng
-                    .random_range(-self.faults.max_clock_skew_ms..=self.faults.max_clock_skew_ms),
-                clock_drift_ppm: rng.random_range(-5_000..=5_000),
-                next_tick_ms: self.now_ms + rng.random_range(0..TICK_MS),
-                commands: Vec::new(),
-                reads: Vec::new(),
-            });
+            let node = SimNode::start(id, disk, &self.faults, self.now_ms, rng);
+            self.nodes.push(node);
             self.membership_pending = Some((id, true, self.now_ms));
         } else if voters.len() > 3 {
             let leader_id = self.nodes[l].id;

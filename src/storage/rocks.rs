@@ -40,8 +40,9 @@
 //! leaves; that write was never acknowledged, as acknowledgement waits for
 //! its sync to return) is dropped, and any other damage, a checksum mismatch
 //! anywhere, makes the open fail instead of being skipped, because a skipped
-//! synced record is a forgotten vote or acknowledged entry. `paranoid_checks` makes RocksDB verify checksums when it opens
-//! files. On open, the log read back must be contiguous and agree with the
+//! synced record is a forgotten vote or acknowledged entry.
+//! `paranoid_checks` makes RocksDB verify checksums when it opens files. On
+//! open, the log read back must be contiguous and agree with the
 //! hard state, or the store refuses to open ([`StoreError::Corrupt`]); a
 //! cluster node is then rebuilt from a peer (see `server::rebuild`).
 

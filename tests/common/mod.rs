@@ -17,6 +17,20 @@ use tonic_health::pb::HealthCheckRequest;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stockraft");
 
+/// The newest RocksDB WAL file in a (stopped) node's data dir. RocksDB
+/// numbers its files with zero-padded increasing numbers, so the largest
+/// name is the newest.
+pub fn newest_wal(dir: &Path) -> PathBuf {
+    let mut wals: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("reading the data dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    wals.sort();
+    wals.pop().expect("a WAL file")
+}
+
 /// A free loopback port (bound and released; the server binds it next).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
