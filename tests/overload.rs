@@ -10,7 +10,8 @@ use raft::{GetEntriesContext, RaftState};
 use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::inventory_server::Inventory;
 use stockraft::replica::{
-    tracing_logger, LogStore, Members, Output, Replica, ReplicaConfig, SavedSnapshot, StoreError,
+    tracing_logger, ChunkWriter, LogStore, Members, Output, Replica, ReplicaConfig, SavedSnapshot,
+    StoreError,
 };
 use stockraft::server::forward::Forwarder;
 use stockraft::server::inventory_service::{ApiConfig, InventoryService};
@@ -138,6 +139,9 @@ impl LogStore for SlowStore {
     }
     fn members(&self) -> Members {
         self.0.members()
+    }
+    fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
+        self.0.chunk_writer()
     }
     fn save_snapshot(
         &mut self,

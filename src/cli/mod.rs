@@ -321,7 +321,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Applied log entries between snapshots, at least: a large state also
-    /// waits until the log held in memory is half the last snapshot's size.
+    /// waits until the log held in memory is a quarter of the last snapshot's size.
     #[arg(long, default_value_t = 20_000)]
     pub snapshot_entries: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging follower
@@ -369,6 +369,7 @@ impl ServeArgs {
         replica.id_retained_max = self.id_retained_max;
         replica.snapshot_entries = self.snapshot_entries.max(1);
         replica.log_keep_entries = self.log_keep_entries;
+        replica.snapshot_by_caller = true;
         let peers = match &self.peers {
             Some(text) => Some(parse_peers(text)?),
             None => None,

@@ -23,6 +23,7 @@ pub mod answer;
 pub mod codec;
 pub mod command;
 pub mod reservation;
+pub mod retained;
 pub mod snapshot;
 pub mod stock;
 
@@ -45,13 +46,24 @@ pub use stock::{SkuAvailability, StockLevel, StockTable};
 
 use crate::limits::{COUNTER_MAX, RESERVATIONS_OPEN_MAX};
 
+/// The hasher of the state machine's maps: foldhash, seeded at random per
+/// process. Several times faster than the standard SipHash on the short
+/// keys looked up for every command (SKU names, node names, hashed txn
+/// ids), and its random seed still keeps a client from choosing ids that
+/// all land in one bucket. Only lookups use it; nothing iterates a map in
+/// hash order where replicas must agree.
+pub(crate) type FastHash = foldhash::fast::RandomState;
+
 /// What readers share with the apply thread: the counters, the reservations,
 /// and how far the log has been applied. Readers never take a lock that the
 /// apply thread holds for longer than one counter update.
 #[derive(Debug, Default)]
 pub struct Shared {
     pub stock: StockTable,
-    pub reservations: DashMap<Arc<str>, Reservation>,
+    /// Shared copy-on-write for the same reason as a SKU's counters (see
+    /// [`stock::SkuStock`]): a snapshot takes references, and a reservation
+    /// changed while that snapshot is encoded elsewhere is copied first.
+    pub reservations: DashMap<Arc<str>, Arc<Reservation>, FastHash>,
     applied_index: AtomicU64,
     now_ms: AtomicU64,
 }
@@ -66,14 +78,6 @@ impl Shared {
     pub fn now_ms(&self) -> u64 {
         self.now_ms.load(Ordering::Acquire)
     }
-}
-
-/// A remembered id, ordered by the time it finished so the oldest is
-/// forgotten first.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Finished {
-    Reservation(Arc<str>),
-    Txn(TxnKey),
 }
 
 /// A transaction id as remembered: its 128-bit XXH3 hash instead of its
@@ -95,8 +99,8 @@ impl TxnKey {
 
 /// The outcome of a stock-change transaction, kept so a retry with the same
 /// txn_id answers exactly as the first call did. When it finished is kept
-/// once, in the `finished` index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// once, beside it in [`retained::RetainedTxns`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxnRecord {
     pub fingerprint: u64,
     pub level: StockLevel,
@@ -108,12 +112,13 @@ pub struct TxnRecord {
 pub struct Inventory {
     shared: Arc<Shared>,
     /// Interned node names (few nodes, many SKUs per node).
-    node_names: HashSet<Arc<str>>,
+    node_names: HashSet<Arc<str>, FastHash>,
     /// Open reservations by deadline.
     expiry: BTreeSet<(u64, Arc<str>)>,
-    /// Finished reservations and transaction ids by finish time.
-    finished: BTreeSet<(u64, Finished)>,
-    txns: HashMap<TxnKey, TxnRecord>,
+    /// Finished reservations by finish time, then id.
+    finished: BTreeSet<(u64, Arc<str>)>,
+    /// Transaction outcomes in finish order.
+    txns: retained::RetainedTxns,
     open_count: usize,
     now_ms: u64,
     applied_index: u64,
@@ -129,10 +134,10 @@ impl Inventory {
     pub fn new() -> Inventory {
         Inventory {
             shared: Arc::new(Shared::default()),
-            node_names: HashSet::new(),
+            node_names: HashSet::default(),
             expiry: BTreeSet::new(),
             finished: BTreeSet::new(),
-            txns: HashMap::new(),
+            txns: retained::RetainedTxns::default(),
             open_count: 0,
             now_ms: 0,
             applied_index: 0,
@@ -162,7 +167,7 @@ impl Inventory {
 
     /// How many finished reservations and transaction ids are remembered.
     pub fn retained_count(&self) -> usize {
-        self.finished.len()
+        self.finished.len() + self.txns.len()
     }
 
     /// The earliest deadline of an open reservation, so the leader knows when
@@ -172,7 +177,10 @@ impl Inventory {
     }
 
     pub fn reservation(&self, id: &str) -> Option<Reservation> {
-        self.shared.reservations.get(id).map(|r| r.clone())
+        self.shared
+            .reservations
+            .get(id)
+            .map(|r| Reservation::clone(&r))
     }
 
     /// Records that log entry `index` carried no batch (a leader's empty
@@ -353,7 +361,7 @@ impl Inventory {
         self.expiry.insert((expires_at_ms, id.clone()));
         self.shared.reservations.insert(
             id.clone(),
-            Reservation {
+            Arc::new(Reservation {
                 id,
                 lines: held,
                 ttl_ms: c.ttl_ms,
@@ -361,7 +369,7 @@ impl Inventory {
                 created_at_ms: self.now_ms,
                 expires_at_ms,
                 finished_at_ms: 0,
-            },
+            }),
         );
         self.open_count += 1;
         Ok(ReserveAnswer {
@@ -404,14 +412,15 @@ impl Inventory {
     }
 
     fn extend(&mut self, c: &command::Extend) -> Result<ExtendAnswer, ExtendError> {
-        let Some(mut r) = self.shared.reservations.get_mut(c.reservation_id.as_str()) else {
+        let Some(mut entry) = self.shared.reservations.get_mut(c.reservation_id.as_str()) else {
             return Ok(ExtendAnswer {
                 outcome: Outcome::NotFound,
                 expires_at_ms: 0,
             });
         };
-        match r.state {
+        match entry.state {
             ReservationState::Open => {
+                let r = Arc::make_mut(&mut entry);
                 let was_present = self.expiry.remove(&(r.expires_at_ms, r.id.clone()));
                 assert!(
                     was_present,
@@ -426,7 +435,7 @@ impl Inventory {
             }
             ReservationState::Expired => Ok(ExtendAnswer {
                 outcome: Outcome::Expired,
-                expires_at_ms: r.expires_at_ms,
+                expires_at_ms: entry.expires_at_ms,
             }),
             ReservationState::Consumed => Err(ExtendError::Consumed {
                 id: c.reservation_id.clone(),
@@ -440,9 +449,10 @@ impl Inventory {
     /// Ends an open reservation: its stock is consumed (on_hand and reserved
     /// drop) or returned (reserved drops).
     fn finish(&mut self, id: &str, end: ReservationState) {
-        let Some(mut r) = self.shared.reservations.get_mut(id) else {
+        let Some(mut entry) = self.shared.reservations.get_mut(id) else {
             panic!("finishing unknown reservation {id:?}");
         };
+        let r = Arc::make_mut(&mut entry);
         assert_eq!(
             r.state,
             ReservationState::Open,
@@ -468,8 +478,7 @@ impl Inventory {
         );
         r.state = end;
         r.finished_at_ms = self.now_ms;
-        self.finished
-            .insert((self.now_ms, Finished::Reservation(r.id.clone())));
+        self.finished.insert((self.now_ms, r.id.clone()));
         assert!(self.open_count > 0, "open count underflow");
         self.open_count -= 1;
     }
@@ -484,26 +493,31 @@ impl Inventory {
         }
     }
 
+    /// Forgets finished reservations and transaction outcomes, oldest
+    /// first (a reservation before an outcome of the same millisecond),
+    /// while the oldest is past the retention window or more are kept than
+    /// `retained_max`.
     fn forget_old(&mut self, retention_ms: u64, retained_max: u64) {
         loop {
-            let Some((at, _)) = self.finished.first() else {
-                return;
+            let reservation_ms = self.finished.first().map(|(at, _)| *at);
+            let txn_ms = self.txns.oldest_at_ms();
+            let (at, is_reservation) = match (reservation_ms, txn_ms) {
+                (None, None) => return,
+                (Some(r), None) => (r, true),
+                (None, Some(t)) => (t, false),
+                (Some(r), Some(t)) => (r.min(t), r <= t),
             };
             let too_old = at.saturating_add(retention_ms) <= self.now_ms;
-            let too_many = self.finished.len() as u64 > retained_max;
+            let too_many = self.retained_count() as u64 > retained_max;
             if !too_old && !too_many {
                 return;
             }
-            let Some((_, which)) = self.finished.pop_first() else {
-                return;
-            };
-            match which {
-                Finished::Reservation(id) => {
-                    self.shared.reservations.remove(&id);
-                }
-                Finished::Txn(id) => {
-                    self.txns.remove(&id);
-                }
+            if !is_reservation {
+                self.txns.pop_oldest();
+                continue;
+            }
+            if let Some((_, id)) = self.finished.pop_first() {
+                self.shared.reservations.remove(&id);
             }
         }
     }
@@ -520,7 +534,8 @@ impl Inventory {
         change: impl FnOnce(&mut StockLevel) -> Result<(), StockChangeError>,
     ) -> Result<StockAnswer, StockChangeError> {
         let key = TxnKey::of(txn_id);
-        if let Some(record) = self.txns.get(&key) {
+        if let Some(retained) = self.txns.get(&key) {
+            let record = retained.record;
             if record.fingerprint != fingerprint {
                 return Err(StockChangeError::IdReused {
                     id: txn_id.to_string(),
@@ -535,14 +550,12 @@ impl Inventory {
         self.shared
             .stock
             .update_or_create(sku, node, &mut self.node_names, |level| *level = next)?;
-        self.txns.insert(
-            key,
-            TxnRecord {
-                fingerprint,
-                level: next,
-            },
-        );
-        self.finished.insert((self.now_ms, Finished::Txn(key)));
+        let record = TxnRecord {
+            fingerprint,
+            level: next,
+        };
+        let added = self.txns.push(self.now_ms, key, record);
+        assert!(added, "a new transaction could not be retained");
         Ok(StockAnswer { level: next })
     }
 
@@ -607,21 +620,7 @@ impl Inventory {
                 self.shared.stock.counter_count()
             ));
         }
-        let mut retained_txns = 0usize;
-        for (_, which) in &self.finished {
-            if let Finished::Txn(key) = which {
-                if !self.txns.contains_key(key) {
-                    return Err(format!("retained transaction {key:?} has no record"));
-                }
-                retained_txns += 1;
-            }
-        }
-        if retained_txns != self.txns.len() {
-            return Err(format!(
-                "{} transaction records but {retained_txns} in the retention index",
-                self.txns.len()
-            ));
-        }
+        self.txns.check()?;
         Ok(())
     }
 

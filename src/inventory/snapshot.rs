@@ -14,8 +14,9 @@ use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::reservation::{HeldLine, Reservation, ReservationState};
+use super::retained::{FrozenTxns, RetainedTxn};
 use super::stock::{intern, NodeStock, StockLevel};
-use super::{Finished, Inventory, TxnKey, TxnRecord};
+use super::{Inventory, TxnKey, TxnRecord};
 use crate::proto::internal as pb;
 
 /// Records per chunk: small enough that a chunk is a few hundred KiB.
@@ -60,31 +61,76 @@ pub enum SnapshotError {
     Invalid(String),
 }
 
-/// Writes the inventory as an image: counters, then reservations, then
-/// transactions, each section in its canonical order and cut into chunks.
-/// The counters are encoded on this thread and the other two sections on a
-/// second one when the state is large (the caller holds the only writer, so
-/// both only read): with ten million counters and as many retained ids,
-/// this halves the time the replication thread is held on two cores. The
-/// result does not depend on the threads' timing.
-pub fn write(inventory: &Inventory) -> Image {
-    let records = inventory.shared.stock.counter_count()
-        + inventory.shared.reservations.len()
-        + inventory.txns.len();
-    write_threads(inventory, records >= WRITE_THREAD_RECORDS_MIN)
+/// What an image is encoded from: references to the inventory's counters
+/// and reservations and a copy of its transactions, as of one applied
+/// index. Taking it ([`freeze`]) is the only part of a snapshot that must
+/// run on the replication thread; encoding ([`write_frozen`]) and storing
+/// can run elsewhere while entries go on being applied, because the
+/// counter lists and reservations it references are copied on write by
+/// the inventory, never changed in place while shared.
+pub struct Frozen {
+    now_ms: u64,
+    /// Unsorted; sorted by SKU when encoded.
+    skus: Vec<(Arc<str>, Arc<[NodeStock]>)>,
+    /// Unsorted; sorted by id when encoded.
+    reservations: Vec<Arc<Reservation>>,
+    /// Retained transaction outcomes in the order they are forgotten.
+    txns: FrozenTxns,
 }
 
-/// [`write`], on one thread or two as told.
-pub(crate) fn write_threads(inventory: &Inventory, two: bool) -> Image {
+impl Frozen {
+    /// Counters, reservations and transactions: the size of the image.
+    pub fn record_count(&self) -> usize {
+        let mut counters = 0;
+        for (_, nodes) in &self.skus {
+            counters += nodes.len();
+        }
+        counters + self.reservations.len() + self.txns.len()
+    }
+}
+
+/// Takes what an image of `inventory` is encoded from: one pass over the
+/// SKUs and reservations and the blocks of retained outcomes, taking
+/// references, copying no record (figures in BENCHMARKS.md).
+pub fn freeze(inventory: &Inventory) -> Frozen {
+    let mut reservations = Vec::with_capacity(inventory.shared.reservations.len());
+    for entry in inventory.shared.reservations.iter() {
+        reservations.push(entry.value().clone());
+    }
+    Frozen {
+        now_ms: inventory.now_ms,
+        skus: inventory.shared.stock.freeze(),
+        reservations,
+        txns: inventory.txns.freeze(),
+    }
+}
+
+/// Writes the inventory as an image (see [`write_frozen`]).
+pub fn write(inventory: &Inventory) -> Image {
+    write_frozen(&freeze(inventory))
+}
+
+/// Writes a frozen inventory as an image: counters, then reservations, then
+/// transactions, each section in its canonical order and cut into chunks.
+/// The counters are encoded on this thread and the other two sections on a
+/// second one when the state is large: with ten million counters and as
+/// many retained ids, this halves the encoding time on two cores. The
+/// result does not depend on the threads' timing.
+pub fn write_frozen(frozen: &Frozen) -> Image {
+    write_threads(frozen, frozen.record_count() >= WRITE_THREAD_RECORDS_MIN)
+}
+
+/// [`write_frozen`], on one thread or two as told.
+pub(crate) fn write_threads(frozen: &Frozen, two: bool) -> Image {
     let (counters, (reservations, txns)) = if !two {
         (
-            write_counters(inventory),
-            (write_reservations(inventory), write_txns(inventory)),
+            write_counters(frozen),
+            (write_reservations(frozen), write_txns(frozen)),
         )
     } else {
         std::thread::scope(|scope| {
-            let others = scope.spawn(|| (write_reservations(inventory), write_txns(inventory)));
-            let counters = write_counters(inventory);
+            let others = scope.spawn(|| (write_reservations(frozen), write_txns(frozen)));
+            let counters = write_counters(frozen);
             match others.join() {
                 Ok(others) => (counters, others),
                 // A broken invariant found there stops the node as it would here.
@@ -94,7 +140,7 @@ pub(crate) fn write_threads(inventory: &Inventory, two: bool) -> Image {
     };
     let counts = (counters.records, reservations.records, txns.records);
     let mut digest = Xxh3::new();
-    digest.update(&inventory.now_ms.to_le_bytes());
+    digest.update(&frozen.now_ms.to_le_bytes());
     let mut chunks = Vec::new();
     for section in [counters, reservations, txns] {
         for bytes in section.chunks {
@@ -106,7 +152,7 @@ pub(crate) fn write_threads(inventory: &Inventory, two: bool) -> Image {
     Image {
         header: pb::SnapshotHeader {
             format_version: FORMAT_VERSION,
-            now_ms: inventory.now_ms,
+            now_ms: frozen.now_ms,
             counters: counts.0,
             reservations: counts.1,
             txns: counts.2,
@@ -156,37 +202,33 @@ impl Section {
     }
 }
 
-/// Counters SKU by SKU in sorted order, without first copying ten million
-/// of them into a list.
-fn write_counters(inventory: &Inventory) -> Section {
+/// Counters SKU by SKU in sorted order.
+fn write_counters(frozen: &Frozen) -> Section {
     let mut section = Section::default();
-    inventory
-        .shared
-        .stock
-        .visit_sorted(|sku: &str, node: &str, level: &StockLevel| {
+    let mut order: Vec<usize> = (0..frozen.skus.len()).collect();
+    order.sort_unstable_by(|a, b| frozen.skus[*a].0.cmp(&frozen.skus[*b].0));
+    for i in order {
+        let (sku, nodes) = &frozen.skus[i];
+        for n in nodes.iter() {
             section.chunk.counters.push(pb::CounterRecord {
                 sku: sku.to_string(),
-                node: node.to_string(),
-                on_hand: level.on_hand,
-                reserved: level.reserved,
-                safety_stock: level.safety_stock,
+                node: n.node.to_string(),
+                on_hand: n.level.on_hand,
+                reserved: n.level.reserved,
+                safety_stock: n.level.safety_stock,
             });
             section.added();
-        });
+        }
+    }
     section.finish()
 }
 
 /// Reservations, open and finished, sorted by id.
-fn write_reservations(inventory: &Inventory) -> Section {
+fn write_reservations(frozen: &Frozen) -> Section {
     let mut section = Section::default();
-    let mut reservations: Vec<Reservation> = inventory
-        .shared
-        .reservations
-        .iter()
-        .map(|r| r.value().clone())
-        .collect();
-    reservations.sort_by(|a, b| a.id.cmp(&b.id));
-    for r in &reservations {
+    let mut order: Vec<&Reservation> = frozen.reservations.iter().map(|r| &**r).collect();
+    order.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    for r in order {
         section.chunk.reservations.push(pb::ReservationRecord {
             reservation_id: r.id.to_string(),
             lines: r
@@ -209,28 +251,23 @@ fn write_reservations(inventory: &Inventory) -> Section {
     section.finish()
 }
 
-/// Transactions in the order they are forgotten (finish time, then key):
-/// already canonical, no sort needed.
-fn write_txns(inventory: &Inventory) -> Section {
+/// Transactions in the order they are forgotten (finish time, then the
+/// order they were applied in): already canonical, no sort needed.
+fn write_txns(frozen: &Frozen) -> Section {
     let mut section = Section::default();
-    for (at_ms, which) in &inventory.finished {
-        let Finished::Txn(key) = which else {
-            continue;
-        };
-        let Some(t) = inventory.txns.get(key) else {
-            panic!("retained transaction {key:?} has no record");
-        };
+    for t in frozen.txns.iter() {
+        let level = t.record.level;
         section.chunk.txns.push(pb::TxnRecord {
             txn_id: String::new(),
-            fingerprint: t.fingerprint,
-            at_ms: *at_ms,
+            fingerprint: t.record.fingerprint,
+            at_ms: t.at_ms,
             level: Some(pb::StockLevelRecord {
-                on_hand: t.level.on_hand,
-                reserved: t.level.reserved,
-                safety_stock: t.level.safety_stock,
+                on_hand: level.on_hand,
+                reserved: level.reserved,
+                safety_stock: level.safety_stock,
             }),
-            key_high: key.0[0],
-            key_low: key.0[1],
+            key_high: t.key.0[0],
+            key_low: t.key.0[1],
         });
         section.added();
     }
@@ -315,8 +352,10 @@ const TXN_RECORD_BYTES_MIN: u64 = 24;
 struct Rebuild {
     inventory: Inventory,
     format_version: u32,
-    /// Finished reservations and transactions, gathered for one bulk build.
-    finished: Vec<(u64, Finished)>,
+    /// Finished reservations, gathered for one bulk build.
+    finished: Vec<(u64, Arc<str>)>,
+    /// Format 1 only: its outcomes were sorted by id, not finish order.
+    format_one_txns: Vec<RetainedTxn>,
     /// The SKU whose counters are being gathered (they arrive sorted, SKU
     /// by SKU) so that it goes into the table in one insert.
     sku: Option<Arc<str>>,
@@ -333,6 +372,7 @@ impl Rebuild {
             inventory,
             format_version: header.format_version,
             finished: Vec::new(),
+            format_one_txns: Vec::new(),
             sku: None,
             nodes: Vec::new(),
         }
@@ -407,12 +447,11 @@ impl Rebuild {
             inventory.expiry.insert((r.expires_at_ms, id.clone()));
             inventory.open_count += 1;
         } else {
-            self.finished
-                .push((r.finished_at_ms, Finished::Reservation(id.clone())));
+            self.finished.push((r.finished_at_ms, id.clone()));
         }
         inventory.shared.reservations.insert(
             id.clone(),
-            Reservation {
+            Arc::new(Reservation {
                 id,
                 lines,
                 ttl_ms: r.ttl_ms,
@@ -420,7 +459,7 @@ impl Rebuild {
                 created_at_ms: r.created_at_ms,
                 expires_at_ms: r.expires_at_ms,
                 finished_at_ms: r.finished_at_ms,
-            },
+            }),
         );
         Ok(())
     }
@@ -441,12 +480,19 @@ impl Rebuild {
                 safety_stock: level.safety_stock,
             },
         };
-        if self.inventory.txns.insert(key, record).is_some() {
+        if self.format_version == 1 {
+            self.format_one_txns.push(RetainedTxn {
+                at_ms: t.at_ms,
+                key,
+                record,
+            });
+            return Ok(());
+        }
+        if !self.inventory.txns.push(t.at_ms, key, record) {
             return Err(SnapshotError::Invalid(format!(
-                "transaction {key:?} appears twice"
+                "transaction {key:?} appears twice or out of time order"
             )));
         }
-        self.finished.push((t.at_ms, Finished::Txn(key)));
         Ok(())
     }
 
@@ -458,6 +504,18 @@ impl Rebuild {
         self.inventory.finished = self.finished.into_iter().collect();
         if self.inventory.finished.len() != retained {
             return Err(SnapshotError::Invalid("a finished id appears twice".into()));
+        }
+        // Format 1 kept no finish order of its own: finish time, then key,
+        // as that build forgot them.
+        let mut format_one = self.format_one_txns;
+        format_one.sort_unstable_by_key(|t| (t.at_ms, t.key));
+        for t in format_one {
+            if !self.inventory.txns.push(t.at_ms, t.key, t.record) {
+                return Err(SnapshotError::Invalid(format!(
+                    "transaction {:?} appears twice",
+                    t.key
+                )));
+            }
         }
         let mut inventory = self.inventory;
         inventory.set_applied(applied_index);

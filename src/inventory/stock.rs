@@ -52,10 +52,16 @@ pub struct NodeStock {
     pub level: StockLevel,
 }
 
+/// One SKU's counters. The node list is shared copy-on-write: a snapshot
+/// takes a reference to every SKU's list in one pass on the replication
+/// thread (no counter is copied), and the first write to a SKU while that
+/// snapshot is being encoded elsewhere copies that SKU's list alone. A
+/// boxed slice, not a vector: no spare room is ever kept, and adding a node
+/// (rare: a new counter) rebuilds the list.
 #[derive(Debug, Default)]
 pub struct SkuStock {
     /// Sorted by node name.
-    pub nodes: Vec<NodeStock>,
+    pub nodes: Arc<[NodeStock]>,
 }
 
 impl SkuStock {
@@ -81,7 +87,7 @@ pub struct SkuAvailability {
 /// The counters, shared between the apply thread (writer) and readers.
 #[derive(Debug, Default)]
 pub struct StockTable {
-    skus: DashMap<Arc<str>, SkuStock>,
+    skus: DashMap<Arc<str>, SkuStock, super::FastHash>,
     counters: AtomicUsize,
 }
 
@@ -111,7 +117,7 @@ impl StockTable {
         let entry = self.skus.get(sku);
         if nodes.is_empty() {
             if let Some(stock) = &entry {
-                for n in &stock.nodes {
+                for n in stock.nodes.iter() {
                     answer.nodes.push((n.node.to_string(), n.level));
                 }
             }
@@ -142,7 +148,7 @@ impl StockTable {
     ) -> Option<R> {
         let mut stock = self.skus.get_mut(sku)?;
         let i = stock.position(node).ok()?;
-        Some(change(&mut stock.nodes[i].level))
+        Some(change(&mut Arc::make_mut(&mut stock.nodes)[i].level))
     }
 
     /// Applies `change` to a counter, creating it at zero first when missing.
@@ -152,26 +158,28 @@ impl StockTable {
         &self,
         sku: &str,
         node: &str,
-        nodes: &mut HashSet<Arc<str>>,
+        nodes: &mut HashSet<Arc<str>, super::FastHash>,
         change: impl FnOnce(&mut StockLevel) -> R,
     ) -> Result<R, CapacityError> {
         // Two steps (look, then create) are safe: this is the only writer.
         if let Some(mut stock) = self.skus.get_mut(sku) {
             let i = match stock.position(node) {
-                Ok(i) => return Ok(change(&mut stock.nodes[i].level)),
+                Ok(i) => return Ok(change(&mut Arc::make_mut(&mut stock.nodes)[i].level)),
                 Err(i) => i,
             };
             self.check_room(sku, stock.nodes.len())?;
             let mut level = StockLevel::default();
             let result = change(&mut level);
-            grow_by_an_eighth(&mut stock.nodes);
-            stock.nodes.insert(
-                i,
-                NodeStock {
-                    node: intern(nodes, node),
-                    level,
-                },
-            );
+            // O(nodes of this SKU), at most NODES_PER_SKU_MAX, once per new
+            // counter.
+            let mut grown = Vec::with_capacity(stock.nodes.len() + 1);
+            grown.extend_from_slice(&stock.nodes[..i]);
+            grown.push(NodeStock {
+                node: intern(nodes, node),
+                level,
+            });
+            grown.extend_from_slice(&stock.nodes[i..]);
+            stock.nodes = Arc::from(grown);
             self.counters.fetch_add(1, Ordering::Relaxed);
             return Ok(result);
         }
@@ -179,10 +187,10 @@ impl StockTable {
         let mut level = StockLevel::default();
         let result = change(&mut level);
         let stock = SkuStock {
-            nodes: vec![NodeStock {
+            nodes: Arc::from([NodeStock {
                 node: intern(nodes, node),
                 level,
-            }],
+            }]),
         };
         self.skus.insert(Arc::from(sku), stock);
         self.counters.fetch_add(1, Ordering::Relaxed);
@@ -205,10 +213,7 @@ impl StockTable {
     /// Adds a whole SKU read from a snapshot, its nodes sorted by name. One
     /// map insert per SKU instead of one lookup and insert per counter: this
     /// is most of a restart's work with ten million counters.
-    /// The vector is cut to its length: gathered by pushes, it has up to
-    /// twice the room it needs, which for ten million counters is hundreds
-    /// of megabytes a restart would otherwise add.
-    pub(crate) fn load_sku(&self, sku: Arc<str>, mut nodes: Vec<NodeStock>) -> Result<(), String> {
+    pub(crate) fn load_sku(&self, sku: Arc<str>, nodes: Vec<NodeStock>) -> Result<(), String> {
         if nodes.is_empty() {
             return Err(format!("SKU {sku:?} has no nodes"));
         }
@@ -223,26 +228,30 @@ impl StockTable {
             }
         }
         let count = nodes.len();
-        nodes.shrink_to_fit();
         if self.counter_count() + count > COUNTERS_MAX {
             return Err(format!("more than {COUNTERS_MAX} counters"));
         }
-        if self.skus.insert(sku.clone(), SkuStock { nodes }).is_some() {
+        // Copied into a block of exactly its length: gathered by pushes, the
+        // vector has up to twice the room it needs.
+        let stock = SkuStock {
+            nodes: Arc::from(nodes),
+        };
+        if self.skus.insert(sku.clone(), stock).is_some() {
             return Err(format!("SKU {sku:?} appears twice"));
         }
         self.counters.fetch_add(count, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Node slots allocated but unused, over all SKUs (tests check that
-    /// the table does not keep room it does not need).
-    #[cfg(test)]
-    pub(crate) fn spare_node_slots(&self) -> usize {
-        let mut spare = 0;
+    /// A reference to every SKU's node list, in no particular order: what
+    /// a snapshot encodes, taken in one pass without copying a counter.
+    /// Later writes copy the lists they change (see [`SkuStock`]).
+    pub(crate) fn freeze(&self) -> Vec<(Arc<str>, Arc<[NodeStock]>)> {
+        let mut skus = Vec::with_capacity(self.skus.len());
         for entry in self.skus.iter() {
-            spare += entry.nodes.capacity() - entry.nodes.len();
+            skus.push((entry.key().clone(), entry.nodes.clone()));
         }
-        spare
+        skus
     }
 
     /// The shared name of a SKU that exists, to store in reservations.
@@ -257,43 +266,18 @@ impl StockTable {
         Some(stock.nodes[i].node.clone())
     }
 
-    /// Every counter, sorted by (sku, node): the canonical order used by
-    /// snapshots and digests.
-    pub fn visit_sorted(&self, mut visit: impl FnMut(&str, &str, &StockLevel)) {
-        let mut skus: Vec<Arc<str>> = self.skus.iter().map(|e| e.key().clone()).collect();
-        skus.sort();
-        for sku in skus {
-            if let Some(stock) = self.skus.get(&sku) {
-                for n in &stock.nodes {
-                    visit(&sku, &n.node, &n.level);
-                }
-            }
-        }
-    }
-
     /// Calls `visit` for every counter, in no particular order.
     pub fn for_each(&self, mut visit: impl FnMut(&str, &str, &StockLevel)) {
         for entry in self.skus.iter() {
-            for n in &entry.nodes {
+            for n in entry.nodes.iter() {
                 visit(entry.key(), &n.node, &n.level);
             }
         }
     }
 }
 
-/// Makes room for one more node in a full vector by an eighth of its length
-/// instead of doubling it: a SKU stocked at 10 nodes would otherwise keep
-/// room for 16, and with a million SKUs that is 240 MB of nothing. Growth
-/// stays geometric, so inserts stay amortised O(1).
-fn grow_by_an_eighth(nodes: &mut Vec<NodeStock>) {
-    if nodes.len() < nodes.capacity() {
-        return;
-    }
-    nodes.reserve_exact((nodes.len() / 8).max(1));
-}
-
 /// Returns the shared copy of `name`, adding it when new.
-pub(crate) fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+pub(crate) fn intern(names: &mut HashSet<Arc<str>, super::FastHash>, name: &str) -> Arc<str> {
     if let Some(existing) = names.get(name) {
         return existing.clone();
     }

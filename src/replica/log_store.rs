@@ -31,6 +31,18 @@ pub struct SavedSnapshot {
     pub image: Image,
 }
 
+/// Writes a snapshot's chunks, from any thread: the part of storing a
+/// snapshot whose time grows with the whole state (hundreds of megabytes
+/// for ten million counters), so the server runs it off the replication
+/// thread. Chunks stay unreferenced until [`LogStore::save_snapshot`]
+/// writes the record that names them; chunks a crash left unreferenced are
+/// deleted by the next snapshot's record.
+pub trait ChunkWriter: Send {
+    /// Stores `image`'s chunks for a snapshot at log index `index`. Need not
+    /// be durable on return: the synced record written after them is.
+    fn put_chunks(&self, index: u64, image: &Image) -> Result<(), StoreError>;
+}
+
 /// The durable half of a replica: log entries, hard state, conf state and
 /// state-machine snapshots.
 pub trait LogStore: raft::Storage {
@@ -62,9 +74,13 @@ pub trait LogStore: raft::Storage {
     /// The members' addresses as last stored.
     fn members(&self) -> Members;
 
-    /// Stores a snapshot of the state machine taken at `meta.index`, then
-    /// drops log entries up to `compact_to` (at most `meta.index`), in one
-    /// synced write: the log is never shortened before the snapshot that
+    /// A writer of snapshot chunks, usable on another thread.
+    fn chunk_writer(&self) -> Box<dyn ChunkWriter>;
+
+    /// Stores the record of a snapshot of the state machine taken at
+    /// `meta.index`, whose chunks [`LogStore::chunk_writer`] wrote before,
+    /// then drops log entries up to `compact_to` (at most `meta.index`), in
+    /// one synced write: the log is never shortened before the snapshot that
     /// replaces it is durable.
     fn save_snapshot(
         &mut self,

@@ -1,7 +1,8 @@
 //! The replication core: one replica of the Raft group, driving raft-rs.
 //!
-//! Sans-IO in the manner of raft-rs itself: the core never reads a clock,
-//! never opens a socket and never spawns a thread. The caller hands it time
+//! Sans-IO in the manner of raft-rs itself: the core never reads a clock
+//! for a decision (it times its snapshots, for metrics only), never opens a
+//! socket and never spawns a thread. The caller hands it time
 //! (`now_ms`), client commands, reads and peer messages; the core hands back
 //! an [`Output`] of peer messages to send and answers to deliver. Durable
 //! state goes through the [`LogStore`] trait, so the server runs it over
@@ -23,7 +24,9 @@
 //!    then release messages that promise persistence (votes, append
 //!    responses); advance; apply what the advance committed; answer each
 //!    waiting command from its entry's results and each read whose index is
-//!    applied; take a snapshot and compact the log when it has grown.
+//!    applied; take a snapshot and compact the log when it has grown
+//!    (frozen here; encoded and stored by the caller when it asked to,
+//!    see [`snapshot_task`]).
 //!
 //! A command is answered only after its entry is committed and applied, and
 //! on a single node, committed means synced to disk: nothing acknowledged can
@@ -34,6 +37,7 @@
 pub mod log_store;
 mod logger;
 pub mod membership;
+pub mod snapshot_task;
 
 #[cfg(test)]
 mod tests;
@@ -49,9 +53,10 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use thiserror::Error;
 
-pub use log_store::{LogStore, SavedSnapshot, StoreError};
+pub use log_store::{ChunkWriter, LogStore, SavedSnapshot, StoreError};
 pub use logger::tracing_logger;
 pub use membership::{Members, MembershipChange};
+pub use snapshot_task::{SnapshotTask, WrittenSnapshot};
 
 use crate::inventory::codec::{self, DecodeError};
 use crate::inventory::snapshot::{self, SnapshotError};
@@ -72,10 +77,11 @@ pub struct ReplicaConfig {
     /// Ticks between a leader's heartbeats.
     pub heartbeat_tick: usize,
     /// Applied entries between snapshots, at least. A snapshot also waits
-    /// until the log held in memory is at least half the size of the last
-    /// image: writing a snapshot costs time in proportion to the whole
-    /// state, so with ten million counters it is taken less often (the
-    /// cost per logged byte stays bounded).
+    /// until the log held in memory is at least a quarter of the size of
+    /// the last image: writing a snapshot costs time in proportion to the
+    /// whole state, so with ten million counters it is taken less often
+    /// (the cost per logged byte stays bounded), while the log a restart
+    /// replays after the snapshot stays within a quarter of the image.
     pub snapshot_entries: u64,
     /// Bytes of log held in memory that force a snapshot whatever the
     /// above: the bound on the log's memory and on replay time at restart.
@@ -96,6 +102,12 @@ pub struct ReplicaConfig {
     /// that a seed replays exactly. None (the server) keeps raft-rs's
     /// randomization between `election_tick` and twice that.
     pub fixed_election_ticks: Option<usize>,
+    /// The caller encodes and stores snapshots ([`Output::snapshot`], then
+    /// [`Replica::snapshot_written`]), off the thread that applies entries
+    /// (the server). When false the replica does all of it inside
+    /// [`Replica::advance`] (tests and the simulator, which must stay
+    /// deterministic).
+    pub snapshot_by_caller: bool,
 }
 
 impl ReplicaConfig {
@@ -112,6 +124,7 @@ impl ReplicaConfig {
             read_timeout_ticks: 30,
             expiry_retry_ms: 1_000,
             fixed_election_ticks: None,
+            snapshot_by_caller: false,
         }
     }
 }
@@ -173,6 +186,9 @@ pub struct Output {
     /// True when the members (ids or addresses) changed: the transport must
     /// learn the new addresses.
     pub members_changed: bool,
+    /// A snapshot to encode and store, then hand back to
+    /// [`Replica::snapshot_written`] (only with `snapshot_by_caller`).
+    pub snapshot: Option<SnapshotTask>,
 }
 
 impl Output {
@@ -182,6 +198,7 @@ impl Output {
             && self.reads.is_empty()
             && self.membership.is_empty()
             && !self.members_changed
+            && self.snapshot.is_none()
     }
 }
 
@@ -278,6 +295,9 @@ pub struct Replica<S: LogStore> {
     snapshot_index: u64,
     /// Bytes of the last snapshot image (taken, installed or loaded).
     snapshot_image_bytes: u64,
+    /// The index of a snapshot handed to the caller and not yet handed
+    /// back: no other is started meanwhile.
+    snapshot_pending: Option<u64>,
     /// Whether this replica led when the last Ready was handled, to notice
     /// it stepped down and fail the callers waiting on it.
     was_leader: bool,
@@ -293,6 +313,8 @@ impl<S: LogStore> Replica<S> {
         store: S,
         logger: &slog::Logger,
     ) -> Result<Replica<S>, Fatal> {
+        // Timed for the log line only.
+        let started = std::time::Instant::now();
         let (inventory, applied, image_bytes) = match store.load_snapshot()? {
             Some(saved) => (
                 snapshot::read(&saved.image, saved.meta.index)?,
@@ -301,6 +323,16 @@ impl<S: LogStore> Replica<S> {
             ),
             None => (Inventory::new(), 0, 0),
         };
+        if applied > 0 {
+            tracing::info!(
+                index = applied,
+                counters = inventory.stock().counter_count(),
+                retained_ids = inventory.retained_count(),
+                image_bytes,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot loaded; replaying the log after it"
+            );
+        }
         let members = store.members();
         let (min_election_tick, max_election_tick) = match config.fixed_election_ticks {
             // raft-rs draws from [min, max): a range of one is one value.
@@ -337,6 +369,7 @@ impl<S: LogStore> Replica<S> {
             last_expiry_proposal_ms: 0,
             snapshot_index: applied,
             snapshot_image_bytes: image_bytes,
+            snapshot_pending: None,
             was_leader: false,
             members,
         })
@@ -646,7 +679,7 @@ impl<S: LogStore> Replica<S> {
         self.apply_entries(light.take_committed_entries(), out)?;
         self.raw.advance_apply();
         self.finish_reads(out);
-        self.maybe_snapshot()?;
+        self.maybe_snapshot(out)?;
         metrics::gauge!("stockraft_raft_term").set(self.raw.raft.term as f64);
         metrics::gauge!("stockraft_raft_commit_index").set(self.raw.raft.raft_log.committed as f64);
         metrics::gauge!("stockraft_raft_applied_index").set(self.inventory.applied_index() as f64);
@@ -849,56 +882,100 @@ impl<S: LogStore> Replica<S> {
         Ok(())
     }
 
-    fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+    fn maybe_snapshot(&mut self, out: &mut Output) -> Result<(), Fatal> {
         let applied = self.inventory.applied_index();
-        if applied <= self.snapshot_index {
+        if applied <= self.snapshot_index || self.snapshot_pending.is_some() {
             return Ok(());
         }
         let log_bytes = self.raw.store().log_bytes();
         let by_entries = applied - self.snapshot_index >= self.config.snapshot_entries
-            && log_bytes >= self.snapshot_image_bytes / 2;
+            && log_bytes >= self.snapshot_image_bytes / 4;
         let by_bytes = log_bytes >= self.config.snapshot_log_bytes;
         if !by_entries && !by_bytes {
             return Ok(());
         }
-        self.take_snapshot()
+        self.take_snapshot(out)
     }
 
-    /// Writes a snapshot at the applied index and compacts the log behind it.
-    pub fn take_snapshot(&mut self) -> Result<(), Fatal> {
+    /// Takes a snapshot at the applied index and compacts the log behind
+    /// it: freezes the state here, then either hands the rest to the caller
+    /// (`snapshot_by_caller`) or does it now.
+    pub fn take_snapshot(&mut self, out: &mut Output) -> Result<(), Fatal> {
         let applied = self.inventory.applied_index();
-        if applied <= self.snapshot_index {
+        if applied <= self.snapshot_index || self.snapshot_pending.is_some() {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        let log_bytes = self.raw.store().log_bytes();
         fail::fail_point!("snapshot::before_save");
-        let image = snapshot::write(&self.inventory);
+        // Measured for the log line and metrics only; nothing depends on it.
+        let started = std::time::Instant::now();
+        let frozen = snapshot::freeze(&self.inventory);
         let mut meta = SnapshotMetadata {
             index: applied,
             term: self.raw.store().term(applied)?,
             ..Default::default()
         };
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        let compact_to = applied.saturating_sub(self.config.log_keep_entries);
-        let chunks = image.chunks.len();
-        let image_bytes = image.byte_count();
-        let saved = SavedSnapshot {
+        let task = SnapshotTask {
+            frozen,
             meta,
             members: self.members.clone(),
-            image,
+            compact_to: applied.saturating_sub(self.config.log_keep_entries),
+            log_bytes: self.raw.store().log_bytes(),
+            freeze_time: started.elapsed(),
         };
-        self.raw.mut_store().save_snapshot(&saved, compact_to)?;
-        self.snapshot_index = applied;
+        self.snapshot_pending = Some(applied);
+        if self.config.snapshot_by_caller {
+            out.snapshot = Some(task);
+            return Ok(());
+        }
+        let written = task.run(&*self.raw.store().chunk_writer())?;
+        self.snapshot_written(written)
+    }
+
+    /// Records a snapshot whose chunks the caller wrote ([`SnapshotTask::run`]):
+    /// writes its record, synced, and compacts the log behind it. A snapshot
+    /// installed from the leader since it was frozen makes it stale: it is
+    /// dropped.
+    pub fn snapshot_written(&mut self, written: WrittenSnapshot) -> Result<(), Fatal> {
+        let index = written.index();
+        assert_eq!(
+            self.snapshot_pending,
+            Some(index),
+            "a snapshot handed back that was not handed out"
+        );
+        self.snapshot_pending = None;
+        if index <= self.snapshot_index {
+            tracing::info!(
+                index,
+                installed = self.snapshot_index,
+                "snapshot dropped: one from the leader replaced it"
+            );
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let chunks = written.saved.image.chunks.len();
+        let image_bytes = written.saved.image.byte_count();
+        self.raw
+            .mut_store()
+            .save_snapshot(&written.saved, written.compact_to)?;
+        self.snapshot_index = index;
         self.snapshot_image_bytes = image_bytes;
-        metrics::histogram!("stockraft_snapshot_seconds").record(started.elapsed().as_secs_f64());
+        let record_time = started.elapsed();
+        let held = written.freeze_time + record_time;
+        let total = held + written.encode_time + written.write_time;
+        metrics::histogram!("stockraft_snapshot_seconds").record(total.as_secs_f64());
+        metrics::histogram!("stockraft_snapshot_held_seconds").record(held.as_secs_f64());
         tracing::info!(
-            index = applied,
+            index,
             chunks,
             image_bytes,
-            log_bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "snapshot taken; log compacted to {compact_to}"
+            log_bytes = written.log_bytes,
+            freeze_ms = written.freeze_time.as_millis() as u64,
+            encode_ms = written.encode_time.as_millis() as u64,
+            write_ms = written.write_time.as_millis() as u64,
+            record_ms = record_time.as_millis() as u64,
+            "snapshot taken; log compacted to {}",
+            written.compact_to
         );
         Ok(())
     }

@@ -137,6 +137,72 @@ fn snapshots_compact_the_log_and_restarts_load_them() {
     assert_eq!(restarted.inventory().applied_index(), status.applied_index);
 }
 
+/// The server's way: the replica freezes a snapshot and hands it out;
+/// entries go on being applied (and no second snapshot starts) until the
+/// caller hands it back written; the image holds the state as frozen, and
+/// a restart from it replays the rest.
+#[test]
+fn a_snapshot_handed_to_the_caller_is_recorded_when_handed_back() {
+    let mut config = ReplicaConfig::new(1);
+    config.snapshot_entries = 10;
+    config.log_keep_entries = 2;
+    config.snapshot_by_caller = true;
+    let mut replica = Replica::new(config.clone(), MemStore::new(&[1]), &logger()).unwrap();
+    replica.campaign(&mut Output::default()).unwrap();
+    let mut out = Output::default();
+    let mut task = None;
+    let mut frozen_on_hand = 0;
+    for i in 0..40u64 {
+        replica.propose(
+            1_000 + i,
+            vec![(i, set(&format!("t{i}"), i as i64))],
+            &mut out,
+        );
+        replica.advance(&mut out).unwrap();
+        if let Some(handed) = out.snapshot.take() {
+            assert!(task.is_none(), "a second snapshot while one is pending");
+            frozen_on_hand = replica.inventory().stock().level("S", "N").unwrap().on_hand;
+            task = Some(handed);
+        }
+    }
+    let task = task.expect("no snapshot handed out");
+    let index = task.index();
+    assert_eq!(
+        replica.status().snapshot_index,
+        0,
+        "recorded before handed back"
+    );
+    assert!(replica.inventory().applied_index() > index + 20);
+    let written = task.run(&*replica.store().chunk_writer()).unwrap();
+    replica.snapshot_written(written).unwrap();
+    assert_eq!(replica.status().snapshot_index, index);
+    assert_eq!(
+        raft::Storage::first_index(replica.store()).unwrap(),
+        index - 2 + 1
+    );
+    let saved = replica.store().load_snapshot().unwrap().unwrap();
+    let image = snapshot::read(&saved.image, index).unwrap();
+    assert_eq!(
+        image.stock().level("S", "N").unwrap().on_hand,
+        frozen_on_hand
+    );
+    assert_ne!(frozen_on_hand, 39);
+    let digest = replica.inventory().digest();
+    let mut restarted = Replica::new(config, replica.store().clone(), &logger()).unwrap();
+    restarted.advance(&mut out).unwrap();
+    assert_eq!(restarted.inventory().digest(), digest);
+    // The next one is handed out once due again.
+    for i in 40..80u64 {
+        replica.propose(
+            1_000 + i,
+            vec![(i, set(&format!("t{i}"), i as i64))],
+            &mut out,
+        );
+        replica.advance(&mut out).unwrap();
+    }
+    assert!(out.snapshot.is_some());
+}
+
 #[test]
 fn the_leader_expires_due_holds_without_traffic() {
     let mut replica = single(MemStore::new(&[1]));

@@ -440,7 +440,7 @@ impl Inventory for InventoryService {
             let Some(found) = shared
                 .reservations
                 .get(r.reservation_id.as_str())
-                .map(|e| e.clone())
+                .map(|e| Arc::clone(&e))
             else {
                 return Ok(pb::GetReservationResponse {
                     outcome: pb::Outcome::NotFound as i32,

@@ -115,8 +115,15 @@ pub async fn serve(
         .advertise
         .clone()
         .unwrap_or_else(|| config.listen.to_string());
+    let opening = std::time::Instant::now();
     let mut store = match RocksStore::open(&config.data_dir) {
-        Ok(store) => store,
+        Ok(store) => {
+            tracing::info!(
+                elapsed_ms = opening.elapsed().as_millis() as u64,
+                "data dir opened; log read back"
+            );
+            store
+        }
         Err(StoreError::Corrupt(damage)) => rebuild::rebuild(&config, &advertise, &damage).await?,
         Err(e) => return Err(e.into()),
     };

@@ -15,6 +15,10 @@
 //! 4. Let the replica handle raft-rs's Ready (apply, one synced write).
 //! 5. Deliver answers, hand peer messages to the transport, publish the
 //!    status and the members.
+//! 6. When the replica froze a snapshot, encode and write it on a thread of
+//!    its own; when that thread is done, hand the written snapshot back so
+//!    the replica writes its record (see `replica::snapshot_task`). Client
+//!    calls go on being served meanwhile.
 //!
 //! A fatal error (a failed write or fsync, a damaged entry) is logged and
 //! the process aborts: it never continues with state it cannot trust.
@@ -34,7 +38,7 @@ use crate::inventory::{codec, Applied, Command, Shared};
 use crate::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, PEER_QUEUE_MAX, QUEUE_REQUESTS_MAX};
 use crate::replica::{
     LogStore, Members, MembershipAnswer, MembershipChange, Output, ProposeError, ReadError,
-    Replica, ReplicaStatus, Token,
+    Replica, ReplicaStatus, StoreError, Token, WrittenSnapshot,
 };
 
 /// Why a request to the replication thread got no answer from the state
@@ -361,6 +365,8 @@ struct Loop<S: LogStore, T: Transport> {
     waiters: HashMap<Token, Waiter>,
     next_token: Token,
     out: Output,
+    /// The thread encoding and writing a snapshot, if one runs.
+    snapshot_job: Option<JoinHandle<Result<WrittenSnapshot, StoreError>>>,
 }
 
 impl<S: LogStore, T: Transport> Loop<S, T> {
@@ -386,10 +392,52 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
     }
 
     fn advance(&mut self, channels: &Channels) {
+        self.finish_snapshot(false);
         if let Err(fatal) = self.replica.advance(&mut self.out) {
             stop_fatal(&fatal.to_string());
         }
+        self.start_snapshot();
         self.deliver(channels);
+    }
+
+    /// Runs a snapshot the replica froze on a thread of its own.
+    fn start_snapshot(&mut self) {
+        let Some(task) = self.out.snapshot.take() else {
+            return;
+        };
+        assert!(self.snapshot_job.is_none(), "two snapshots at once");
+        let writer = self.replica.store().chunk_writer();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || task.run(&*writer));
+        match spawned {
+            Ok(handle) => self.snapshot_job = Some(handle),
+            Err(e) => stop_fatal(&format!("cannot start the snapshot thread: {e}")),
+        }
+    }
+
+    /// Hands a written snapshot back to the replica: when its thread is
+    /// done, or, with `wait`, after waiting for it (at shutdown, so the
+    /// store is not written from two places as it closes).
+    fn finish_snapshot(&mut self, wait: bool) {
+        let done = match &self.snapshot_job {
+            Some(handle) => wait || handle.is_finished(),
+            None => false,
+        };
+        if !done {
+            return;
+        }
+        let Some(handle) = self.snapshot_job.take() else {
+            return;
+        };
+        let written = match handle.join() {
+            Ok(Ok(written)) => written,
+            Ok(Err(e)) => stop_fatal(&format!("writing a snapshot failed: {e}")),
+            Err(_) => stop_fatal("the snapshot thread panicked"),
+        };
+        if let Err(fatal) = self.replica.snapshot_written(written) {
+            stop_fatal(&fatal.to_string());
+        }
     }
 
     fn deliver(&mut self, channels: &Channels) {
@@ -463,6 +511,7 @@ fn run<S: LogStore, T: Transport>(
         waiters: HashMap::new(),
         next_token: 1,
         out: Output::default(),
+        snapshot_job: None,
     };
     // An input drained past a full batch waits here for the next turn.
     let mut carried: Option<ClientInput> = None;
@@ -538,6 +587,7 @@ fn run<S: LogStore, T: Transport>(
         state.replica.read(reads, &mut state.out);
         state.advance(&channels);
         if shutdown {
+            state.finish_snapshot(true);
             state.fail_all();
             tracing::info!("replication thread stopped");
             return;

@@ -10,7 +10,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
 use crate::replica::membership::Members;
-use crate::replica::{LogStore, SavedSnapshot, StoreError};
+use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError};
 use crate::storage::MemStore;
 
 #[derive(Debug, Clone)]
@@ -142,6 +142,10 @@ impl LogStore for SimDisk {
 
     fn members(&self) -> Members {
         self.current.members()
+    }
+
+    fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
+        self.current.chunk_writer()
     }
 
     fn save_snapshot(

@@ -5,8 +5,19 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::log_cache::LogCache;
+use crate::inventory::snapshot::Image;
 use crate::replica::membership::{encode_snapshot_data, Members};
-use crate::replica::{LogStore, SavedSnapshot, StoreError};
+use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError};
+
+/// The memory store keeps each snapshot whole in its record, so chunks
+/// written ahead have nowhere to go.
+struct NoChunks;
+
+impl ChunkWriter for NoChunks {
+    fn put_chunks(&self, _index: u64, _image: &Image) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct MemStore {
@@ -120,6 +131,10 @@ impl LogStore for MemStore {
 
     fn members(&self) -> Members {
         self.members.clone()
+    }
+
+    fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
+        Box::new(NoChunks)
     }
 
     fn save_snapshot(

@@ -23,15 +23,19 @@
 //! 2. [`LogStore::set_commit`]: the hard state with a newer commit index,
 //!    not synced. Losing it is harmless: the leader re-sends the commit
 //!    index, and what was applied is rebuilt from snapshot and log.
-//! 3. [`LogStore::save_snapshot`]: first the snapshot's chunks, in unsynced
-//!    batches of at most 32 MiB, under keys of the snapshot's index that no
-//!    record names yet; then its record, the new truncation point, the
-//!    deletion of older chunks and of compacted entries, in one synced
-//!    `WriteBatch`. That sync makes the earlier WAL records durable too
-//!    (RocksDB syncs every WAL file not yet synced), so the log never
+//! 3. A snapshot: first its chunks ([`ChunkWriter::put_chunks`], on a
+//!    thread of their own in the server, interleaved with 1 and 2 of later
+//!    entries), in unsynced batches of at most 4 MiB, under keys of the
+//!    snapshot's index that no record names yet; then, once they all
+//!    returned, [`LogStore::save_snapshot`]: its record, the new truncation
+//!    point, the deletion of older chunks and of compacted entries, in one
+//!    synced `WriteBatch`. That sync makes the earlier WAL records durable
+//!    too (RocksDB syncs every WAL file not yet synced), so the log never
 //!    shrinks before the snapshot that replaces it is durable, and a crash
-//!    before it leaves only unnamed chunks, replaced by a later snapshot.
-//! 4. [`LogStore::install_snapshot`]: like 3, but it replaces the whole log.
+//!    before it leaves only unnamed chunks, deleted by a later snapshot's
+//!    record.
+//! 4. [`LogStore::install_snapshot`]: like 3 (chunks written on the
+//!    replication thread), but it replaces the whole log.
 //!
 //! RocksDB settings chosen on purpose (see ARCHITECTURE.md): every
 //! acknowledged write is synced through the WAL (`WriteOptions::set_sync`),
@@ -47,6 +51,7 @@
 //! cluster node is then rebuilt from a peer (see `server::rebuild`).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message as _;
@@ -61,7 +66,7 @@ use crate::proto::internal as pb;
 use crate::replica::membership::{
     encode_snapshot_data, from_records, to_records, Bootstrap, Members,
 };
-use crate::replica::{LogStore, SavedSnapshot, StoreError};
+use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError};
 
 const KEY_HARD_STATE: &[u8] = b"h";
 const KEY_CONF_STATE: &[u8] = b"c";
@@ -72,7 +77,7 @@ const PREFIX_LOG: u8 = b'l';
 const PREFIX_CHUNK: u8 = b'S';
 
 /// Snapshot chunk bytes per unsynced write ahead of the snapshot's record.
-const CHUNK_BATCH_BYTES_MAX: usize = 32 * 1024 * 1024;
+const CHUNK_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 fn log_key(index: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -103,9 +108,46 @@ fn encode_pb(message: &impl protobuf::Message) -> Result<Vec<u8>, StoreError> {
         .map_err(|e| StoreError::Io(format!("encoding raft state: {e}")))
 }
 
+/// Writes snapshot chunks ahead of their record, from any thread.
+struct RocksChunks {
+    db: Arc<DB>,
+}
+
+impl ChunkWriter for RocksChunks {
+    /// Unsynced batches of at most [`CHUNK_BATCH_BYTES_MAX`]: one batch of
+    /// a whole image of ten million counters would sit in one memtable and
+    /// double the node's memory, and a synced append of client entries
+    /// written meanwhile waits behind whole batches in RocksDB's write
+    /// queue, so small batches keep that wait short.
+    fn put_chunks(&self, index: u64, image: &Image) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        let mut batch = WriteBatch::default();
+        let mut batch_bytes = 0usize;
+        for (i, chunk) in image.chunks.iter().enumerate() {
+            batch.put(chunk_key(index, i as u32), chunk);
+            batch_bytes += chunk.len();
+            if batch_bytes >= CHUNK_BATCH_BYTES_MAX {
+                self.db
+                    .write_opt(std::mem::take(&mut batch), &options)
+                    .map_err(|e| io("writing snapshot chunks", e))?;
+                batch_bytes = 0;
+            }
+        }
+        if batch_bytes > 0 {
+            self.db
+                .write_opt(batch, &options)
+                .map_err(|e| io("writing snapshot chunks", e))?;
+        }
+        Ok(())
+    }
+}
+
 /// A replica's durable state in RocksDB, with its log tail cached in memory.
 pub struct RocksStore {
-    db: DB,
+    /// Shared with the snapshot chunk writer's thread (RocksDB is safe to
+    /// write from several threads; its writes are ordered in one WAL).
+    db: Arc<DB>,
     cache: LogCache,
     members: Members,
     /// True when the database held no Raft state when opened.
@@ -222,7 +264,7 @@ impl RocksStore {
             ));
         }
         Ok(RocksStore {
-            db,
+            db: Arc::new(db),
             cache,
             members,
             fresh,
@@ -324,32 +366,8 @@ impl RocksStore {
         })
     }
 
-    /// Writes a snapshot's chunks ahead of its record, in unsynced batches
-    /// of at most [`CHUNK_BATCH_BYTES_MAX`]: one batch of a whole image of
-    /// ten million counters would sit in one memtable and double the
-    /// node's memory. Until the record that names them is written (synced,
-    /// after these, in the same WAL), the chunks are unreferenced: a crash
-    /// leaves them to be overwritten or deleted by a later snapshot.
-    fn put_chunks_ahead(&self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
-        let index = snapshot.meta.index;
-        let mut batch = WriteBatch::default();
-        let mut batch_bytes = 0usize;
-        for (i, chunk) in snapshot.image.chunks.iter().enumerate() {
-            batch.put(chunk_key(index, i as u32), chunk);
-            batch_bytes += chunk.len();
-            if batch_bytes >= CHUNK_BATCH_BYTES_MAX {
-                self.write(std::mem::take(&mut batch), false)?;
-                batch_bytes = 0;
-            }
-        }
-        if batch_bytes > 0 {
-            self.write(batch, false)?;
-        }
-        Ok(())
-    }
-
     /// Puts the snapshot's record into `batch`, after its chunks were
-    /// written by [`RocksStore::put_chunks_ahead`].
+    /// written by [`RocksChunks`].
     fn put_snapshot(
         &self,
         batch: &mut WriteBatch,
@@ -484,6 +502,12 @@ impl LogStore for RocksStore {
         self.members.clone()
     }
 
+    fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
+        Box::new(RocksChunks {
+            db: self.db.clone(),
+        })
+    }
+
     fn save_snapshot(
         &mut self,
         snapshot: &SavedSnapshot,
@@ -491,7 +515,6 @@ impl LogStore for RocksStore {
     ) -> Result<(), StoreError> {
         let meta = &snapshot.meta;
         let compact_to = compact_to.min(meta.index);
-        self.put_chunks_ahead(snapshot)?;
         let mut batch = WriteBatch::default();
         self.put_snapshot(&mut batch, snapshot)?;
         let mut hs = self.cache.hard_state.clone();
@@ -522,7 +545,8 @@ impl LogStore for RocksStore {
 
     fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
         let meta = &snapshot.meta;
-        self.put_chunks_ahead(snapshot)?;
+        self.chunk_writer()
+            .put_chunks(meta.index, &snapshot.image)?;
         let mut batch = WriteBatch::default();
         self.put_snapshot(&mut batch, snapshot)?;
         batch.delete_range(log_key(0).as_slice(), log_key(u64::MAX).as_slice());

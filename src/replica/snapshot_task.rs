@@ -1,0 +1,97 @@
+//! A snapshot handed to the caller to encode and store off the replication
+//! thread.
+//!
+//! Writing a snapshot takes time in proportion to the whole state: with ten
+//! million counters and as many retained ids, seconds. Done on the thread
+//! that applies entries, every client call waits that long. So a snapshot
+//! is split in three steps, and only the first and last run there:
+//!
+//! 1. The replica freezes its state at the applied index (references to
+//!    the counter lists and reservations, which the inventory copies on
+//!    write from then on, and a block copy of the transactions) and hands
+//!    a [`SnapshotTask`] to the caller in [`super::Output::snapshot`].
+//! 2. The caller runs [`SnapshotTask::run`] wherever it likes: the server
+//!    on a thread of its own, while entries go on being applied. It encodes
+//!    the image and writes its chunks through a [`ChunkWriter`].
+//! 3. The caller hands the [`WrittenSnapshot`] back to
+//!    [`super::Replica::snapshot_written`], which writes the synced record
+//!    that names the chunks and compacts the log behind it.
+//!
+//! Until step 3 no other snapshot is started. A snapshot installed from the
+//! leader meanwhile makes the written one stale: step 3 then drops it (its
+//! chunks, never named by a record, go with the next record's deletion).
+
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::SnapshotMetadata;
+
+use super::log_store::{ChunkWriter, SavedSnapshot, StoreError};
+use super::membership::Members;
+use crate::inventory::snapshot::{self, Frozen};
+
+/// A snapshot frozen at one applied index, to be encoded and stored.
+pub struct SnapshotTask {
+    pub(super) frozen: Frozen,
+    pub(super) meta: SnapshotMetadata,
+    pub(super) members: Members,
+    pub(super) compact_to: u64,
+    /// Bytes of log held when it was frozen, for the log line.
+    pub(super) log_bytes: u64,
+    /// How long freezing held the replication thread.
+    pub(super) freeze_time: Duration,
+}
+
+impl std::fmt::Debug for SnapshotTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotTask")
+            .field("index", &self.meta.index)
+            .field("records", &self.frozen.record_count())
+            .finish()
+    }
+}
+
+impl SnapshotTask {
+    /// The log index the snapshot is taken at.
+    pub fn index(&self) -> u64 {
+        self.meta.index
+    }
+
+    /// Encodes the image and writes its chunks: the slow part, safe on any
+    /// thread. The frozen state is released as soon as it is encoded.
+    pub fn run(self, writer: &dyn ChunkWriter) -> Result<WrittenSnapshot, StoreError> {
+        let started = Instant::now();
+        let image = snapshot::write_frozen(&self.frozen);
+        drop(self.frozen);
+        let encoded = Instant::now();
+        writer.put_chunks(self.meta.index, &image)?;
+        Ok(WrittenSnapshot {
+            saved: SavedSnapshot {
+                meta: self.meta,
+                members: self.members,
+                image,
+            },
+            compact_to: self.compact_to,
+            log_bytes: self.log_bytes,
+            freeze_time: self.freeze_time,
+            encode_time: encoded.duration_since(started),
+            write_time: encoded.elapsed(),
+        })
+    }
+}
+
+/// A snapshot whose chunks are written; its record is not yet.
+pub struct WrittenSnapshot {
+    pub(super) saved: SavedSnapshot,
+    pub(super) compact_to: u64,
+    pub(super) log_bytes: u64,
+    pub(super) freeze_time: Duration,
+    pub(super) encode_time: Duration,
+    pub(super) write_time: Duration,
+}
+
+impl WrittenSnapshot {
+    /// The log index the snapshot was taken at.
+    pub fn index(&self) -> u64 {
+        self.saved.meta.index
+    }
+}
