@@ -315,7 +315,9 @@ impl<S: LogStore> Replica<S> {
     ) -> Result<Replica<S>, Fatal> {
         // Timed for the log line only.
         let started = std::time::Instant::now();
-        let (inventory, applied, image_bytes) = match store.load_snapshot()? {
+        let stored = store.load_snapshot()?;
+        let read_ms = started.elapsed().as_millis() as u64;
+        let (inventory, applied, image_bytes) = match stored {
             Some(saved) => (
                 snapshot::read(&saved.image, saved.meta.index)?,
                 saved.meta.index,
@@ -329,6 +331,7 @@ impl<S: LogStore> Replica<S> {
                 counters = inventory.stock().counter_count(),
                 retained_ids = inventory.retained_count(),
                 image_bytes,
+                read_ms,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "snapshot loaded; replaying the log after it"
             );

@@ -344,19 +344,24 @@ impl RocksStore {
         let Some(header) = stored.header else {
             return Err(corrupt("snapshot record", "no header"));
         };
+        // One forward scan over the chunks' keys (they sort in chunk
+        // order) instead of a point lookup per chunk: thousands of chunks
+        // for ten million counters, read with the store's readahead.
         let mut chunks = Vec::with_capacity(stored.chunk_count as usize);
+        let start = chunk_key(index, 0);
+        let mut scan = self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward));
         for chunk in 0..stored.chunk_count {
-            let Some(bytes) = self
-                .db
-                .get(chunk_key(index, chunk))
-                .map_err(|e| io("reading snapshot chunk", e))?
-            else {
-                return Err(corrupt(
-                    "snapshot",
-                    format!("chunk {chunk} of {index} is missing"),
-                ));
+            let missing = || corrupt("snapshot", format!("chunk {chunk} of {index} is missing"));
+            let Some(item) = scan.next() else {
+                return Err(missing());
             };
-            chunks.push(bytes);
+            let (key, bytes) = item.map_err(|e| io("reading snapshot chunk", e))?;
+            if *key != chunk_key(index, chunk) {
+                return Err(missing());
+            }
+            chunks.push(bytes.into_vec());
         }
         let digest = header.digest;
         Ok(Image {
