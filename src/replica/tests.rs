@@ -252,20 +252,29 @@ struct Group {
     queue: VecDeque<Message>,
     answers: Vec<(Token, Result<Applied, ProposeError>)>,
     reads: Vec<(Token, Result<u64, ReadError>)>,
+    /// Snapshots handed out (by replica id), for the test to run.
+    tasks: Vec<(u64, SnapshotTask)>,
+    /// A replica whose messages, to and from, are dropped.
+    cut: Option<u64>,
 }
 
 impl Group {
     fn new() -> Group {
-        let replicas = (1..=3)
-            .map(|id| {
-                Replica::new(ReplicaConfig::new(id), MemStore::new(&[1, 2, 3]), &logger()).unwrap()
-            })
+        Group::with_configs((1..=3).map(ReplicaConfig::new).collect())
+    }
+
+    fn with_configs(configs: Vec<ReplicaConfig>) -> Group {
+        let replicas = configs
+            .into_iter()
+            .map(|config| Replica::new(config, MemStore::new(&[1, 2, 3]), &logger()).unwrap())
             .collect();
         Group {
             replicas,
             queue: VecDeque::new(),
             answers: Vec::new(),
             reads: Vec::new(),
+            tasks: Vec::new(),
+            cut: None,
         }
     }
 
@@ -277,10 +286,16 @@ impl Group {
                 self.queue.extend(out.messages);
                 self.answers.extend(out.answers);
                 self.reads.extend(out.reads);
+                if let Some(task) = out.snapshot {
+                    self.tasks.push((replica.status().id, task));
+                }
             }
             let Some(message) = self.queue.pop_front() else {
                 return;
             };
+            if self.cut == Some(message.to) || self.cut == Some(message.from) {
+                continue;
+            }
             let to = message.to as usize - 1;
             // A node not started yet misses its messages, as over a network.
             if let Some(replica) = self.replicas.get_mut(to) {
@@ -386,5 +401,78 @@ fn a_joining_replica_learns_the_full_membership() {
     assert_eq!(
         group.replicas[3].inventory().applied_index(),
         group.replicas[0].inventory().applied_index()
+    );
+}
+
+/// A snapshot frozen on a follower and still being written when the leader
+/// sends it a newer snapshot (it fell behind the leader's compacted log):
+/// the one handed back later is stale and must be dropped, never recorded
+/// over the installed one.
+#[test]
+fn a_snapshot_handed_back_after_an_install_from_the_leader_is_dropped() {
+    let configs = (1..=3)
+        .map(|id| {
+            let mut config = ReplicaConfig::new(id);
+            config.snapshot_entries = 10;
+            config.log_keep_entries = 2;
+            config.snapshot_by_caller = id == 3;
+            config
+        })
+        .collect();
+    let mut group = Group::with_configs(configs);
+    let mut out = Output::default();
+    group.replicas[0].campaign(&mut out).unwrap();
+    group.queue.extend(out.messages);
+    group.settle();
+    let mut next = 0u64;
+    let mut propose = |group: &mut Group| {
+        let mut out = Output::default();
+        next += 1;
+        group.replicas[0].propose(
+            1_000 + next,
+            vec![(next, set(&format!("t{next}"), next as i64))],
+            &mut out,
+        );
+        group.queue.extend(out.messages);
+        group.settle();
+    };
+    while group.tasks.is_empty() {
+        propose(&mut group);
+    }
+    let (holder, task) = group.tasks.remove(0);
+    assert_eq!(holder, 3);
+    let frozen_at = task.index();
+    // Replica 3 is cut off while the leader moves on and compacts its log.
+    group.cut = Some(3);
+    for _ in 0..40 {
+        propose(&mut group);
+    }
+    let leader_snapshot = group.replicas[0].status().snapshot_index;
+    assert!(leader_snapshot > frozen_at + 10);
+    // Healed: the leader's heartbeats find replica 3 behind its log and
+    // send a snapshot, which replica 3 installs with its own still pending.
+    group.cut = None;
+    for _ in 0..5 {
+        let mut out = Output::default();
+        group.replicas[0].tick(0, &mut out);
+        group.queue.extend(out.messages);
+        group.settle();
+    }
+    let installed = group.replicas[2].status().snapshot_index;
+    assert!(installed > frozen_at, "no snapshot installed: {installed}");
+    assert!(
+        group.tasks.is_empty(),
+        "a second snapshot while one is pending"
+    );
+    let written = task
+        .run(&*group.replicas[2].store().chunk_writer())
+        .unwrap();
+    group.replicas[2].snapshot_written(written).unwrap();
+    assert_eq!(group.replicas[2].status().snapshot_index, installed);
+    let stored = group.replicas[2].store().load_snapshot().unwrap().unwrap();
+    assert_eq!(stored.meta.index, installed);
+    assert_eq!(
+        group.replicas[2].inventory().digest(),
+        group.replicas[0].inventory().digest()
     );
 }
