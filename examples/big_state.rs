@@ -9,6 +9,10 @@
 
 use std::time::Instant;
 
+/// The server's allocator, so the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use stockraft::inventory::command::{SetOnHand, SetSafetyStock};
 use stockraft::inventory::{snapshot, Applied, Batch, Command, Inventory};
 

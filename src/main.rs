@@ -7,6 +7,12 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 
+/// mimalloc instead of glibc's allocator: the server allocates and frees
+/// small objects on every call (gRPC frames, commands, answers) and by the
+/// million when it loads a snapshot; measured in BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     // A panic anywhere (a broken invariant) stops the node: it must never
     // keep serving from state it cannot trust.
