@@ -58,9 +58,13 @@ impl SnapshotTask {
 
     /// Encodes the image and writes its chunks: the slow part, safe on any
     /// thread. The frozen state is released as soon as it is encoded.
+    /// Encoded on this one thread: off the replication thread, a second
+    /// encoding thread would only take the other core from the calls being
+    /// served. (Runs on this 2-core machine were too noisy to show the
+    /// difference either way; BENCHMARKS.md.)
     pub fn run(self, writer: &dyn ChunkWriter) -> Result<WrittenSnapshot, StoreError> {
         let started = Instant::now();
-        let image = snapshot::write_frozen(&self.frozen);
+        let image = snapshot::write_threads(&self.frozen, false);
         drop(self.frozen);
         let encoded = Instant::now();
         writer.put_chunks(self.meta.index, &image)?;
