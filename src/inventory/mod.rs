@@ -336,18 +336,7 @@ impl Inventory {
         // Every counter exists (available >= qty >= 1) and has room.
         let mut held = Vec::with_capacity(c.lines.len());
         for line in &c.lines {
-            let changed = self
-                .shared
-                .stock
-                .update_existing(&line.sku, &line.node, |level| {
-                    level.reserved += line.qty;
-                    assert!(level.available() >= 0, "reserve drove available below zero");
-                });
-            assert!(changed.is_some(), "checked counter vanished");
-            let (Some(sku), Some(node)) = (
-                self.shared.stock.sku_key(&line.sku),
-                self.shared.stock.node_key(&line.sku, &line.node),
-            ) else {
+            let Some((sku, node)) = self.shared.stock.hold(&line.sku, &line.node, line.qty) else {
                 panic!("checked counter vanished");
             };
             held.push(HeldLine {

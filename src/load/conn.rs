@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,14 +16,26 @@ use crate::proto::v1::inventory_client::InventoryClient;
 use pb::stream_request::Op;
 use pb::stream_response::Result as R;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::StreamResponse>>>>;
+/// Calls in flight on one stream, by id: where to send the answer, and
+/// when the call was sent (a sweep fails the calls that outlive the
+/// timeout, instead of a timer per call).
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u64, (oneshot::Sender<Result<R, Status>>, Instant)>,
+    /// The stream ended: new calls fail at once.
+    closed: bool,
+}
+
+type Shared = Arc<Mutex<Pending>>;
+
+/// How often the stream's calls are checked against their timeout.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Operations in flight on one stream, sent in order, answered by id.
 pub struct StreamConn {
     tx: mpsc::Sender<pb::StreamRequest>,
-    pending: Pending,
+    pending: Shared,
     next_id: AtomicU64,
-    timeout: Duration,
 }
 
 impl StreamConn {
@@ -31,52 +43,93 @@ impl StreamConn {
         let (tx, rx) = mpsc::channel::<pb::StreamRequest>(1_024);
         let mut client = InventoryClient::new(channel);
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Shared = Arc::new(Mutex::new(Pending::default()));
         let demux = pending.clone();
         tokio::spawn(async move {
-            while let Ok(Some(response)) = inbound.message().await {
-                let waiter = demux.lock().ok().and_then(|mut p| p.remove(&response.id));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(response);
+            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    next = inbound.message() => {
+                        let Ok(Some(response)) = next else {
+                            break;
+                        };
+                        let waiter = demux.lock().ok().and_then(|mut p| p.waiters.remove(&response.id));
+                        if let Some((waiter, _)) = waiter {
+                            let _ = waiter.send(answer(response));
+                        }
+                    }
+                    _ = sweep.tick() => expire(&demux, timeout),
                 }
             }
-            // The stream ended: every waiter left gets an error (dropped sender).
+            // The stream ended: every waiter left gets an error.
             if let Ok(mut p) = demux.lock() {
-                p.clear();
+                p.closed = true;
+                for (_, (waiter, _)) in p.waiters.drain() {
+                    let _ = waiter.send(Err(closed()));
+                }
             }
         });
         Ok(StreamConn {
             tx,
             pending,
             next_id: AtomicU64::new(1),
-            timeout,
         })
     }
 
     async fn call(&self, op: Op) -> Result<R, Status> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(id, reply);
+        {
+            let Ok(mut pending) = self.pending.lock() else {
+                return Err(closed());
+            };
+            if pending.closed {
+                return Err(closed());
+            }
+            pending.waiters.insert(id, (reply, Instant::now()));
         }
         let request = pb::StreamRequest { id, op: Some(op) };
         if self.tx.send(request).await.is_err() {
-            return Err(Status::unavailable("the stream to the server closed"));
+            return Err(closed());
         }
-        let response = match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(_)) => return Err(Status::unavailable("the stream to the server closed")),
-            Err(_) => {
-                if let Ok(mut pending) = self.pending.lock() {
-                    pending.remove(&id);
-                }
-                return Err(Status::deadline_exceeded("no answer on the stream in time"));
-            }
-        };
-        match response.result {
-            Some(R::Error(e)) => Err(Status::new(Code::from_i32(e.code), e.message)),
-            Some(result) => Ok(result),
-            None => Err(Status::internal("empty stream response")),
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(closed()),
+        }
+    }
+}
+
+fn closed() -> Status {
+    Status::unavailable("the stream to the server closed")
+}
+
+/// A stream response as the result of its call.
+fn answer(response: pb::StreamResponse) -> Result<R, Status> {
+    match response.result {
+        Some(R::Error(e)) => Err(Status::new(Code::from_i32(e.code), e.message)),
+        Some(result) => Ok(result),
+        None => Err(Status::internal("empty stream response")),
+    }
+}
+
+/// Fails the calls sent more than `timeout` ago.
+fn expire(pending: &Shared, timeout: Duration) {
+    let Ok(mut p) = pending.lock() else {
+        return;
+    };
+    let now = Instant::now();
+    let late: Vec<u64> = p
+        .waiters
+        .iter()
+        .filter(|(_, (_, sent))| now.duration_since(*sent) >= timeout)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in late {
+        if let Some((waiter, _)) = p.waiters.remove(&id) {
+            let _ = waiter.send(Err(Status::deadline_exceeded(
+                "no answer on the stream in time",
+            )));
         }
     }
 }

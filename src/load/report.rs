@@ -64,7 +64,7 @@ pub fn text(outcome: &Outcome) -> String {
     }
     let _ = writeln!(out, "\noutcomes:");
     for ((call, outcome_name), n) in &outcome.stats.outcomes {
-        if outcome_name == "OK" {
+        if *outcome_name == "OK" {
             continue;
         }
         let _ = writeln!(out, "  {call:<24} {outcome_name:<20} {n}");
@@ -114,7 +114,7 @@ pub fn json(outcome: &Outcome) -> Value {
         .stats
         .outcomes
         .iter()
-        .filter(|((_, o), _)| o != "OK")
+        .filter(|((_, o), _)| *o != "OK")
         .map(|((call, o), n)| json!({"call": call, "outcome": o, "count": n}))
         .collect();
     let c = &outcome.config;

@@ -19,8 +19,8 @@ fn histogram() -> Histogram<u64> {
 pub struct Stats {
     pub latency: BTreeMap<&'static str, Histogram<u64>>,
     pub all: Histogram<u64>,
-    pub outcomes: BTreeMap<(&'static str, String), u64>,
-    pub errors: BTreeMap<String, u64>,
+    pub outcomes: BTreeMap<(&'static str, &'static str), u64>,
+    pub errors: BTreeMap<&'static str, u64>,
     /// Calls completed per second since the start.
     pub per_second: Vec<u64>,
     pub errors_per_second: Vec<u64>,
@@ -52,7 +52,7 @@ impl Stats {
         &mut self,
         call: &'static str,
         latency: Duration,
-        outcome: Result<&str, &str>,
+        outcome: Result<&'static str, &'static str>,
         second: usize,
     ) {
         let us = (latency.as_micros() as u64).clamp(1, LATENCY_US_MAX);
@@ -64,14 +64,9 @@ impl Stats {
         let _ = self.all.record(us);
         bump(&mut self.per_second, second);
         match outcome {
-            Ok(outcome) => {
-                *self
-                    .outcomes
-                    .entry((call, outcome.to_string()))
-                    .or_default() += 1
-            }
+            Ok(outcome) => *self.outcomes.entry((call, outcome)).or_default() += 1,
             Err(code) => {
-                *self.errors.entry(code.to_string()).or_default() += 1;
+                *self.errors.entry(code).or_default() += 1;
                 bump(&mut self.errors_per_second, second);
             }
         }
@@ -83,10 +78,10 @@ impl Stats {
         }
         let _ = self.all.add(&other.all);
         for (k, v) in &other.outcomes {
-            *self.outcomes.entry(k.clone()).or_default() += v;
+            *self.outcomes.entry(*k).or_default() += v;
         }
         for (k, v) in &other.errors {
-            *self.errors.entry(k.clone()).or_default() += v;
+            *self.errors.entry(*k).or_default() += v;
         }
         for (i, v) in other.per_second.iter().enumerate() {
             if self.per_second.len() <= i {

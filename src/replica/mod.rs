@@ -261,6 +261,11 @@ struct Waiting {
     term: u64,
     kind: WaitKind,
     tokens: Vec<Token>,
+    /// The batch this leader proposed at this index, applied from here
+    /// when the entry comes back committed with the same term (so it is
+    /// this very entry) instead of being decoded again: the leader need
+    /// not re-allocate every id and name it has just encoded.
+    batch: Option<Batch>,
 }
 
 /// What applying one entry produced for its callers.
@@ -505,6 +510,7 @@ impl<S: LogStore> Replica<S> {
                 term,
                 kind: WaitKind::Membership,
                 tokens: vec![token],
+                batch: None,
             },
         );
     }
@@ -609,6 +615,7 @@ impl<S: LogStore> Replica<S> {
                     term,
                     kind: WaitKind::Commands,
                     tokens,
+                    batch: Some(batch),
                 },
             );
         }
@@ -707,8 +714,21 @@ impl<S: LogStore> Replica<S> {
                     self.answer(index, entry.term, EntryResult::Nothing, out);
                 }
                 EntryType::EntryNormal => {
-                    let batch = codec::decode_batch(&entry.data)
-                        .map_err(|error| Fatal::Decode { index, error })?;
+                    let batch = match self.proposed_batch(index, entry.term) {
+                        Some(batch) => {
+                            // Tests and the simulator (debug builds) check
+                            // that the copy applied here is what the log
+                            // holds, as every other replica decodes it.
+                            debug_assert_eq!(
+                                codec::decode_batch(&entry.data).ok().as_ref(),
+                                Some(&batch),
+                                "the proposed batch differs from entry {index}"
+                            );
+                            batch
+                        }
+                        None => codec::decode_batch(&entry.data)
+                            .map_err(|error| Fatal::Decode { index, error })?,
+                    };
                     let answers = self.inventory.apply_batch(index, &batch);
                     // Crash point: applied in memory, answers not yet sent,
                     // applied index recorded nowhere durable.
@@ -735,6 +755,16 @@ impl<S: LogStore> Replica<S> {
             }
         }
         Ok(())
+    }
+
+    /// The batch this replica proposed as entry `index` in `term`, if it
+    /// did: the same index and term is the same entry (Raft's log matching).
+    fn proposed_batch(&mut self, index: u64, term: u64) -> Option<Batch> {
+        let waiting = self.waiting.get_mut(&index)?;
+        if waiting.term != term {
+            return None;
+        }
+        waiting.batch.take()
     }
 
     /// Applies a committed membership change: raft-rs's conf state, the

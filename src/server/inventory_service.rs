@@ -1,21 +1,36 @@
 //! The public `stockraft.v1.Inventory` service: a thin adapter.
 //!
-//! Each call: validate and convert the protobuf request into a command
-//! (INVALID_ARGUMENT on bad input), hand it to the replication thread, wait
-//! until it is committed and applied, and convert the answer back, mapping
-//! typed errors to status codes in [`super::status`]. Reads go straight to
-//! the shared state, after a ReadIndex barrier when linearizable.
+//! Each unary call: validate and convert the protobuf request into a
+//! command (INVALID_ARGUMENT on bad input), hand it to the replication
+//! thread, wait until it is committed and applied, and convert the answer
+//! back, mapping typed errors to status codes in [`super::status`]. Reads go
+//! straight to the shared state, after a ReadIndex barrier when
+//! linearizable.
+//!
+//! The `Stream` call carries many operations on one HTTP/2 stream. Its
+//! session (see [`session`]) reads every operation that has already
+//! arrived, hands all of their writes to the replication thread as one
+//! group, and answers them together when the group's answers come back:
+//! one hand-over and one wake-up per group instead of per operation, which
+//! is what lets a stream carry several times the operations of unary calls
+//! on the same cores. LOCAL reads are answered on the spot. Anything the
+//! group cannot do (a linearizable read, a write on a follower, a write
+//! whose proposal failed and must be retried or forwarded) runs alone
+//! exactly as the unary call would.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::forward::{Forwarder, Route};
-use super::node::{NodeHandle, SubmitError};
+use super::node::{GroupAnswer, GroupReply, NodeHandle, SubmitError};
 use super::status;
 use crate::inventory::command::{
     check_id, check_name, reservation_ref, resolve_ttl, Adjust, AdjustReason, Extend, Line,
@@ -26,6 +41,9 @@ use crate::limits::{NODES_PER_READ_MAX, SKUS_PER_READ_MAX, STREAM_IN_FLIGHT_MAX}
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use crate::proto::v1::inventory_server::Inventory;
+use crate::replica::ProposeError;
+use pb::stream_request::Op;
+use pb::stream_response::Result as R;
 
 /// Reservation settings applied where requests enter.
 #[derive(Debug, Clone, Copy)]
@@ -66,16 +84,29 @@ impl InventoryService {
         forward: impl Fn(InventoryClient<Channel>, Request<Req>) -> Forwarded<Resp>,
     ) -> Result<Resp, Status>
     where
-        Req: Clone + Send + 'static,
+        Req: Clone + FromCommand + Send + 'static,
     {
         let deadline = Instant::now() + self.forwarder.budget;
         let forwarded = Forwarder::is_forwarded(request.metadata());
         let body = request.into_inner();
-        let command = build(body.clone())?;
+        // A follower forwards the request as it came; the leader, which
+        // almost always runs it itself, keeps no copy, and should it lose
+        // the leadership before the command is applied it forwards the
+        // request rebuilt from the command.
+        let kept = if self.node.status().is_leader {
+            None
+        } else {
+            Some(body.clone())
+        };
+        let command = build(body)?;
         loop {
             if let Route::Leader { id, channel } = self.forwarder.route(forwarded, deadline).await?
             {
-                let mut call = Request::new(body.clone());
+                let body = match &kept {
+                    Some(body) => body.clone(),
+                    None => request_of(&command),
+                };
+                let mut call = Request::new(body);
                 Forwarder::mark(&mut call, deadline);
                 metrics::counter!("stockraft_forwarded_total").increment(1);
                 match forward(InventoryClient::new(channel), call).await {
@@ -126,6 +157,76 @@ impl InventoryService {
                 }
                 Err(e) => return Err(status::submit(e)),
             }
+        }
+    }
+
+    /// Availability from this node's applied state (no barrier).
+    fn read_availability(
+        &self,
+        r: &pb::GetAvailabilityRequest,
+    ) -> Result<pb::GetAvailabilityResponse, Status> {
+        let shared = self.node.shared();
+        let mut skus = Vec::with_capacity(r.skus.len());
+        for sku in &r.skus {
+            let a = shared.stock.availability(sku, &r.nodes);
+            skus.push(pb::SkuAvailability {
+                sku: a.sku,
+                total_available: a.total_available,
+                nodes: a
+                    .nodes
+                    .into_iter()
+                    .map(|(node, l)| pb::NodeAvailability {
+                        node,
+                        on_hand: l.on_hand,
+                        reserved: l.reserved,
+                        safety_stock: l.safety_stock,
+                        available: l.available(),
+                    })
+                    .collect(),
+            });
+        }
+        Ok(pb::GetAvailabilityResponse {
+            skus,
+            applied_index: shared.applied_index(),
+        })
+    }
+
+    /// A reservation from this node's applied state (no barrier).
+    fn read_reservation(&self, reservation_id: String) -> pb::GetReservationResponse {
+        let shared = self.node.shared();
+        let Some(found) = shared
+            .reservations
+            .get(reservation_id.as_str())
+            .map(|e| Arc::clone(&e))
+        else {
+            return pb::GetReservationResponse {
+                outcome: pb::Outcome::NotFound as i32,
+                reservation_id,
+                ..Default::default()
+            };
+        };
+        let answer_outcome = match found.state {
+            ReservationState::Open => pb::Outcome::Reserved,
+            ReservationState::Consumed => pb::Outcome::Committed,
+            ReservationState::Released => pb::Outcome::Released,
+            ReservationState::Expired => pb::Outcome::Expired,
+        };
+        pb::GetReservationResponse {
+            outcome: answer_outcome as i32,
+            state: state(found.state),
+            reservation_id: found.id.to_string(),
+            lines: found
+                .lines
+                .iter()
+                .map(|l| pb::Line {
+                    sku: l.sku.to_string(),
+                    node: l.node.to_string(),
+                    qty: l.qty,
+                })
+                .collect(),
+            created_at_ms: found.created_at_ms,
+            expires_at_ms: found.expires_at_ms,
+            finished_at_ms: found.finished_at_ms,
         }
     }
 }
@@ -212,27 +313,299 @@ fn stock_change(
     }
 }
 
-/// Runs one operation of a stream as the matching unary call would.
+// Requests to commands (INVALID_ARGUMENT on bad input) and answers to
+// responses, one pair per write, shared by the unary calls and streams.
+
+fn reserve_command(api: ApiConfig, r: pb::ReserveRequest) -> Result<Command, Status> {
+    let ttl_ms =
+        resolve_ttl(r.ttl_ms, api.ttl_ms_default, api.ttl_ms_max).map_err(status::invalid)?;
+    let lines = r
+        .lines
+        .into_iter()
+        .map(|l| Line {
+            sku: l.sku,
+            node: l.node,
+            qty: l.qty,
+        })
+        .collect();
+    let command = Reserve::new(r.reservation_id, lines, ttl_ms).map_err(status::invalid)?;
+    Ok(Command::Reserve(command))
+}
+
+fn reserve_answer(applied: Applied) -> Result<pb::ReserveResponse, Status> {
+    match applied {
+        Applied::Reserve(Ok(a)) => Ok(pb::ReserveResponse {
+            outcome: outcome("Reserve", a.outcome),
+            shortages: a
+                .shortages
+                .into_iter()
+                .map(|s| pb::Shortage {
+                    sku: s.sku,
+                    node: s.node,
+                    requested: s.requested,
+                    available: s.available,
+                })
+                .collect(),
+            expires_at_ms: a.expires_at_ms,
+        }),
+        Applied::Reserve(Err(e)) => Err(status::reserve(e)),
+        other => Err(mismatch(other)),
+    }
+}
+
+fn commit_command(r: pb::CommitRequest) -> Result<Command, Status> {
+    let id = reservation_ref(r.reservation_id).map_err(status::invalid)?;
+    Ok(Command::Consume { reservation_id: id })
+}
+
+fn commit_answer(applied: Applied) -> Result<pb::CommitResponse, Status> {
+    match applied {
+        Applied::Consume(Ok(o)) => Ok(pb::CommitResponse {
+            outcome: outcome("Commit", o),
+        }),
+        Applied::Consume(Err(e)) => Err(status::consume(e)),
+        other => Err(mismatch(other)),
+    }
+}
+
+fn release_command(r: pb::ReleaseRequest) -> Result<Command, Status> {
+    let id = reservation_ref(r.reservation_id).map_err(status::invalid)?;
+    Ok(Command::Release { reservation_id: id })
+}
+
+fn release_answer(applied: Applied) -> Result<pb::ReleaseResponse, Status> {
+    match applied {
+        Applied::Release(Ok(o)) => Ok(pb::ReleaseResponse {
+            outcome: outcome("Release", o),
+        }),
+        Applied::Release(Err(e)) => Err(status::release(e)),
+        other => Err(mismatch(other)),
+    }
+}
+
+fn extend_command(api: ApiConfig, r: pb::ExtendRequest) -> Result<Command, Status> {
+    let ttl_ms =
+        resolve_ttl(r.ttl_ms, api.ttl_ms_default, api.ttl_ms_max).map_err(status::invalid)?;
+    let command = Extend::new(r.reservation_id, ttl_ms).map_err(status::invalid)?;
+    Ok(Command::Extend(command))
+}
+
+fn extend_answer(applied: Applied) -> Result<pb::ExtendResponse, Status> {
+    match applied {
+        Applied::Extend(Ok(a)) => Ok(pb::ExtendResponse {
+            outcome: outcome("Extend", a.outcome),
+            expires_at_ms: a.expires_at_ms,
+        }),
+        Applied::Extend(Err(e)) => Err(status::extend(e)),
+        other => Err(mismatch(other)),
+    }
+}
+
+fn sell_command(r: pb::SellRequest) -> Result<Command, Status> {
+    let command = Sell::new(r.txn_id, r.sku, r.node, r.qty).map_err(status::invalid)?;
+    Ok(Command::Sell(command))
+}
+
+fn sell_answer(applied: Applied) -> Result<pb::SellResponse, Status> {
+    let (outcome, level, short) = stock_change("Sell", applied)?;
+    Ok(pb::SellResponse {
+        outcome,
+        level,
+        short,
+    })
+}
+
+fn adjust_command(r: pb::AdjustRequest) -> Result<Command, Status> {
+    let reason = AdjustReason::from_code(r.reason).map_err(status::invalid)?;
+    let command = Adjust::new(r.txn_id, r.sku, r.node, r.delta, reason).map_err(status::invalid)?;
+    Ok(Command::Adjust(command))
+}
+
+fn adjust_answer(applied: Applied) -> Result<pb::AdjustResponse, Status> {
+    let (outcome, level, short) = stock_change("Adjust", applied)?;
+    Ok(pb::AdjustResponse {
+        outcome,
+        level,
+        short,
+    })
+}
+
+fn set_on_hand_command(r: pb::SetOnHandRequest) -> Result<Command, Status> {
+    let command = SetOnHand::new(r.txn_id, r.sku, r.node, r.on_hand, r.expected_on_hand)
+        .map_err(status::invalid)?;
+    Ok(Command::SetOnHand(command))
+}
+
+fn set_on_hand_answer(applied: Applied) -> Result<pb::SetOnHandResponse, Status> {
+    let (outcome, level, short) = stock_change("SetOnHand", applied)?;
+    Ok(pb::SetOnHandResponse {
+        outcome,
+        level,
+        short,
+    })
+}
+
+fn set_safety_stock_command(r: pb::SetSafetyStockRequest) -> Result<Command, Status> {
+    let command = SetSafetyStock::new(r.sku, r.node, r.safety_stock).map_err(status::invalid)?;
+    Ok(Command::SetSafetyStock(command))
+}
+
+fn set_safety_stock_answer(applied: Applied) -> Result<pb::SetSafetyStockResponse, Status> {
+    match applied {
+        Applied::SetSafetyStock(Ok(answer)) => {
+            let (level, short) = level(&answer);
+            Ok(pb::SetSafetyStockResponse {
+                outcome: applied_outcome("SetSafetyStock"),
+                level,
+                short,
+            })
+        }
+        Applied::SetSafetyStock(Err(e)) => Err(status::capacity(e)),
+        other => Err(mismatch(other)),
+    }
+}
+
+/// A validated command back as the request that builds it: what a node
+/// that stopped leading forwards to the new leader. Building the command
+/// again from it gives the same command (the TTL is already resolved, the
+/// lines already summed and sorted), so a retry is recognised as one.
+fn request_of<Req: FromCommand>(command: &Command) -> Req {
+    Req::from_command(command)
+}
+
+/// Requests that can be rebuilt from the command they were built into.
+trait FromCommand {
+    fn from_command(command: &Command) -> Self;
+}
+
+macro_rules! from_command {
+    ($req:ty, $op:ident) => {
+        impl FromCommand for $req {
+            fn from_command(command: &Command) -> Self {
+                match op_of(command) {
+                    Op::$op(r) => r,
+                    // Each write handler builds its own kind of command.
+                    _ => <$req>::default(),
+                }
+            }
+        }
+    };
+}
+
+from_command!(pb::ReserveRequest, Reserve);
+from_command!(pb::CommitRequest, Commit);
+from_command!(pb::ReleaseRequest, Release);
+from_command!(pb::ExtendRequest, Extend);
+from_command!(pb::SellRequest, Sell);
+from_command!(pb::AdjustRequest, Adjust);
+from_command!(pb::SetOnHandRequest, SetOnHand);
+from_command!(pb::SetSafetyStockRequest, SetSafetyStock);
+
+fn op_of(command: &Command) -> Op {
+    match command {
+        Command::Reserve(c) => Op::Reserve(pb::ReserveRequest {
+            reservation_id: c.reservation_id.clone(),
+            lines: c
+                .lines
+                .iter()
+                .map(|l| pb::Line {
+                    sku: l.sku.clone(),
+                    node: l.node.clone(),
+                    qty: l.qty,
+                })
+                .collect(),
+            ttl_ms: c.ttl_ms,
+        }),
+        Command::Consume { reservation_id } => Op::Commit(pb::CommitRequest {
+            reservation_id: reservation_id.clone(),
+        }),
+        Command::Release { reservation_id } => Op::Release(pb::ReleaseRequest {
+            reservation_id: reservation_id.clone(),
+        }),
+        Command::Extend(c) => Op::Extend(pb::ExtendRequest {
+            reservation_id: c.reservation_id.clone(),
+            ttl_ms: c.ttl_ms,
+        }),
+        Command::Sell(c) => Op::Sell(pb::SellRequest {
+            txn_id: c.txn_id.clone(),
+            sku: c.sku.clone(),
+            node: c.node.clone(),
+            qty: c.qty,
+        }),
+        Command::Adjust(c) => Op::Adjust(pb::AdjustRequest {
+            txn_id: c.txn_id.clone(),
+            sku: c.sku.clone(),
+            node: c.node.clone(),
+            delta: c.delta,
+            reason: c.reason.code(),
+        }),
+        Command::SetOnHand(c) => Op::SetOnHand(pb::SetOnHandRequest {
+            txn_id: c.txn_id.clone(),
+            sku: c.sku.clone(),
+            node: c.node.clone(),
+            on_hand: c.on_hand,
+            expected_on_hand: c.expected_on_hand,
+        }),
+        Command::SetSafetyStock(c) => Op::SetSafetyStock(pb::SetSafetyStockRequest {
+            sku: c.sku.clone(),
+            node: c.node.clone(),
+            safety_stock: c.safety_stock,
+        }),
+    }
+}
+
+fn checked_availability_request(r: &pb::GetAvailabilityRequest) -> Result<(), Status> {
+    if r.skus.is_empty() {
+        return Err(status::invalid(InvalidInput::Empty { field: "skus" }));
+    }
+    if r.skus.len() > SKUS_PER_READ_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{} skus asked; at most {SKUS_PER_READ_MAX} per call",
+            r.skus.len()
+        )));
+    }
+    if r.nodes.len() > NODES_PER_READ_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{} nodes asked; at most {NODES_PER_READ_MAX} per call",
+            r.nodes.len()
+        )));
+    }
+    for sku in &r.skus {
+        check_name("sku", sku).map_err(status::invalid)?;
+    }
+    for node in &r.nodes {
+        check_name("node", node).map_err(status::invalid)?;
+    }
+    Ok(())
+}
+
+fn stream_error(status: Status) -> R {
+    R::Error(pb::StreamError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+    })
+}
+
+fn stream_result<T>(result: Result<T, Status>, wrap: impl FnOnce(T) -> R) -> R {
+    match result {
+        Ok(value) => wrap(value),
+        Err(status) => stream_error(status),
+    }
+}
+
+/// Runs one operation of a stream alone, exactly as the matching unary
+/// call would (forwarding, retries, barriers included).
 async fn run_stream_op(
     service: InventoryService,
     request: pb::StreamRequest,
 ) -> pb::StreamResponse {
-    use pb::stream_request::Op;
-    use pb::stream_response::Result as R;
     fn done<T>(result: Result<Response<T>, Status>, wrap: impl FnOnce(T) -> R) -> R {
-        match result {
-            Ok(response) => wrap(response.into_inner()),
-            Err(status) => R::Error(pb::StreamError {
-                code: status.code() as i32,
-                message: status.message().to_string(),
-            }),
-        }
+        stream_result(result.map(Response::into_inner), wrap)
     }
     let result = match request.op {
-        None => R::Error(pb::StreamError {
-            code: Code::InvalidArgument as i32,
-            message: "a stream request needs an operation".into(),
-        }),
+        None => stream_error(Status::invalid_argument(
+            "a stream request needs an operation",
+        )),
         Some(Op::Reserve(r)) => done(service.reserve(Request::new(r)).await, R::Reserve),
         Some(Op::Commit(r)) => done(service.commit(Request::new(r)).await, R::Commit),
         Some(Op::Release(r)) => done(service.release(Request::new(r)).await, R::Release),
@@ -259,6 +632,277 @@ async fn run_stream_op(
     }
 }
 
+/// What one message of a stream turned into.
+enum Step {
+    /// Answered at once (bad input, a LOCAL read).
+    Answered(R),
+    /// A write that can go into this turn's group.
+    Write(Command),
+    /// Must run alone (see [`run_stream_op`]).
+    Alone,
+}
+
+/// Sorts one operation of a stream: the writes go into a group when this
+/// node leads, LOCAL reads are answered here, the rest runs alone.
+fn stream_step(service: &InventoryService, leading: bool, op: &Option<Op>) -> Step {
+    let api = service.api;
+    let built = match op {
+        None => {
+            return Step::Answered(stream_error(Status::invalid_argument(
+                "a stream request needs an operation",
+            )))
+        }
+        Some(Op::GetAvailability(r)) => {
+            if r.consistency != pb::Consistency::Local as i32 {
+                return Step::Alone;
+            }
+            let answer =
+                checked_availability_request(r).and_then(|()| service.read_availability(r));
+            return Step::Answered(stream_result(answer, R::GetAvailability));
+        }
+        Some(Op::GetReservation(r)) => {
+            if r.consistency != pb::Consistency::Local as i32 {
+                return Step::Alone;
+            }
+            let answer = check_id("reservation_id", &r.reservation_id)
+                .map_err(status::invalid)
+                .map(|()| service.read_reservation(r.reservation_id.clone()));
+            return Step::Answered(stream_result(answer, R::GetReservation));
+        }
+        Some(_) if !leading => return Step::Alone,
+        Some(Op::Reserve(r)) => reserve_command(api, r.clone()),
+        Some(Op::Commit(r)) => commit_command(r.clone()),
+        Some(Op::Release(r)) => release_command(r.clone()),
+        Some(Op::Extend(r)) => extend_command(api, r.clone()),
+        Some(Op::Sell(r)) => sell_command(r.clone()),
+        Some(Op::Adjust(r)) => adjust_command(r.clone()),
+        Some(Op::SetOnHand(r)) => set_on_hand_command(r.clone()),
+        Some(Op::SetSafetyStock(r)) => set_safety_stock_command(r.clone()),
+    };
+    match built {
+        Ok(command) => Step::Write(command),
+        Err(status) => Step::Answered(stream_error(status)),
+    }
+}
+
+/// The response of a grouped write, shaped by the operation it answers.
+fn stream_answer(op: &Option<Op>, applied: Applied) -> R {
+    match op {
+        Some(Op::Reserve(_)) => stream_result(reserve_answer(applied), R::Reserve),
+        Some(Op::Commit(_)) => stream_result(commit_answer(applied), R::Commit),
+        Some(Op::Release(_)) => stream_result(release_answer(applied), R::Release),
+        Some(Op::Extend(_)) => stream_result(extend_answer(applied), R::Extend),
+        Some(Op::Sell(_)) => stream_result(sell_answer(applied), R::Sell),
+        Some(Op::Adjust(_)) => stream_result(adjust_answer(applied), R::Adjust),
+        Some(Op::SetOnHand(_)) => stream_result(set_on_hand_answer(applied), R::SetOnHand),
+        Some(Op::SetSafetyStock(_)) => {
+            stream_result(set_safety_stock_answer(applied), R::SetSafetyStock)
+        }
+        _ => stream_error(mismatch(applied)),
+    }
+}
+
+/// Polls a future once: its output if it is ready now. Used to take the
+/// messages a stream has already received without waiting for more.
+fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+type Outbound = mpsc::Sender<Result<pb::StreamResponse, Status>>;
+
+/// One `Stream` call, until the client closes its side and every
+/// operation is answered. A turn:
+///
+/// 1. Wait for a message (while fewer than [`STREAM_IN_FLIGHT_MAX`]
+///    operations are in flight; beyond that the stream is not read, which
+///    pushes back on the client) or for a group's answers.
+/// 2. Take every further message already received, up to the bound.
+/// 3. Answer what can be answered at once; hand the writes to the
+///    replication thread as one group; start the rest alone.
+/// 4. When a group's answers come back, send each response; a write whose
+///    proposal failed (leadership changed) is retried alone, as a unary call
+///    retries, with its id making that safe.
+async fn session(
+    service: InventoryService,
+    mut inbound: tonic::Streaming<pb::StreamRequest>,
+    tx: Outbound,
+) {
+    // Operations in flight: each holds a permit until it is answered.
+    let permits = Arc::new(Semaphore::new(STREAM_IN_FLIGHT_MAX));
+    let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<GroupAnswer>();
+    // Groups in flight: their operations, in the order of their commands.
+    let mut groups: HashMap<u64, Vec<pb::StreamRequest>> = HashMap::new();
+    let mut next_group = 0u64;
+    let mut reading = true;
+    while reading || !groups.is_empty() {
+        let room = permits.available_permits();
+        tokio::select! {
+            biased;
+            Some(answer) = answers_rx.recv() => {
+                let Some(ops) = groups.remove(&answer.id) else {
+                    continue;
+                };
+                permits.add_permits(ops.len());
+                if !finish_group(&service, &permits, &tx, ops, answer.answers).await {
+                    return;
+                }
+            }
+            first = inbound.message(), if reading && room > 0 => {
+                let mut received = Vec::new();
+                match first {
+                    Ok(Some(request)) => received.push(request),
+                    Ok(None) => reading = false,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+                while reading && received.len() < room {
+                    match ready_now(inbound.message()) {
+                        Some(Ok(Some(request))) => received.push(request),
+                        Some(Ok(None)) => reading = false,
+                        Some(Err(status)) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        None => break,
+                    }
+                }
+                if received.is_empty() {
+                    continue;
+                }
+                let group = next_group;
+                next_group += 1;
+                let Some((ops, commands)) = start(&service, &permits, &tx, received).await else {
+                    return;
+                };
+                if ops.is_empty() {
+                    continue;
+                }
+                let Ok(taken) = permits.try_acquire_many(ops.len() as u32) else {
+                    return;
+                };
+                taken.forget();
+                let reply = GroupReply { id: group, tx: answers_tx.clone() };
+                match service.node.submit_group(commands, reply) {
+                    Ok(()) => {
+                        groups.insert(group, ops);
+                    }
+                    Err(e) => {
+                        permits.add_permits(ops.len());
+                        let status = status::submit(e);
+                        for op in ops {
+                            let response = pb::StreamResponse { id: op.id, result: Some(stream_error(status.clone())) };
+                            if tx.send(Ok(response)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            // An operation running alone finished: there is room again.
+            _ = permits.acquire(), if reading && room == 0 => {}
+        }
+    }
+}
+
+/// Turn 3 of [`session`]: answers, starts alone, or collects into the
+/// group each received operation. Returns the group's operations and
+/// commands, or None once the client is gone.
+async fn start(
+    service: &InventoryService,
+    permits: &Arc<Semaphore>,
+    tx: &Outbound,
+    received: Vec<pb::StreamRequest>,
+) -> Option<(Vec<pb::StreamRequest>, Vec<Command>)> {
+    let leading = service.node.status().is_leader;
+    let mut ops = Vec::with_capacity(received.len());
+    let mut commands = Vec::with_capacity(received.len());
+    for request in received {
+        match stream_step(service, leading, &request.op) {
+            Step::Answered(result) => {
+                let response = pb::StreamResponse {
+                    id: request.id,
+                    result: Some(result),
+                };
+                tx.send(Ok(response)).await.ok()?;
+            }
+            Step::Write(command) => {
+                ops.push(request);
+                commands.push(command);
+            }
+            Step::Alone => alone(service, permits, tx, request)?,
+        }
+    }
+    Some((ops, commands))
+}
+
+/// Runs one operation of a stream alone, holding one of its permits.
+fn alone(
+    service: &InventoryService,
+    permits: &Arc<Semaphore>,
+    tx: &Outbound,
+    request: pb::StreamRequest,
+) -> Option<()> {
+    let permit = permits.clone().try_acquire_owned().ok()?;
+    let service = service.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let response = run_stream_op(service, request).await;
+        let _ = tx.send(Ok(response)).await;
+        drop(permit);
+    });
+    Some(())
+}
+
+/// Turn 4 of [`session`]: sends a group's responses. False once the
+/// client is gone.
+async fn finish_group(
+    service: &InventoryService,
+    permits: &Arc<Semaphore>,
+    tx: &Outbound,
+    ops: Vec<pb::StreamRequest>,
+    answers: Vec<Result<Applied, ProposeError>>,
+) -> bool {
+    if answers.len() != ops.len() {
+        tracing::error!(
+            ops = ops.len(),
+            answers = answers.len(),
+            "a group's answers do not match its operations"
+        );
+    }
+    let mut answers = answers.into_iter();
+    for op in ops {
+        let result = match answers.next() {
+            Some(Ok(applied)) => stream_answer(&op.op, applied),
+            // Leadership changed under the proposal, or this node stopped
+            // leading: retry alone, as the unary call would.
+            Some(Err(_)) => {
+                if alone(service, permits, tx, op).is_none() {
+                    return false;
+                }
+                continue;
+            }
+            None => stream_error(Status::internal(
+                "internal error: an operation of the stream got no answer",
+            )),
+        };
+        let response = pb::StreamResponse {
+            id: op.id,
+            result: Some(result),
+        };
+        if tx.send(Ok(response)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 #[tonic::async_trait]
 impl Inventory for InventoryService {
     type StreamStream = tokio_stream::wrappers::ReceiverStream<Result<pb::StreamResponse, Status>>;
@@ -267,34 +911,11 @@ impl Inventory for InventoryService {
         &self,
         request: Request<tonic::Streaming<pb::StreamRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT_MAX);
-        let service = self.clone();
-        tokio::spawn(async move {
-            // At most STREAM_IN_FLIGHT_MAX operations run at once; beyond
-            // that the stream is not read, which pushes back on the client.
-            let permits = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT_MAX));
-            loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
-                };
-                let next = match inbound.message().await {
-                    Ok(Some(next)) => next,
-                    Ok(None) => return,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let service = service.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let response = run_stream_op(service, next).await;
-                    let _ = tx.send(Ok(response)).await;
-                    drop(permit);
-                });
-            }
-        });
+        let inbound = request.into_inner();
+        // Room for every operation in flight: answering never waits on the
+        // client unless it stops reading.
+        let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT_MAX);
+        tokio::spawn(session(self.clone(), inbound, tx));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
@@ -309,40 +930,8 @@ impl Inventory for InventoryService {
             "Reserve",
             self.write(
                 request,
-                |r| {
-                    let ttl_ms = resolve_ttl(r.ttl_ms, api.ttl_ms_default, api.ttl_ms_max)
-                        .map_err(status::invalid)?;
-                    let lines = r
-                        .lines
-                        .into_iter()
-                        .map(|l| Line {
-                            sku: l.sku,
-                            node: l.node,
-                            qty: l.qty,
-                        })
-                        .collect();
-                    let command =
-                        Reserve::new(r.reservation_id, lines, ttl_ms).map_err(status::invalid)?;
-                    Ok(Command::Reserve(command))
-                },
-                |applied| match applied {
-                    Applied::Reserve(Ok(a)) => Ok(pb::ReserveResponse {
-                        outcome: outcome("Reserve", a.outcome),
-                        shortages: a
-                            .shortages
-                            .into_iter()
-                            .map(|s| pb::Shortage {
-                                sku: s.sku,
-                                node: s.node,
-                                requested: s.requested,
-                                available: s.available,
-                            })
-                            .collect(),
-                        expires_at_ms: a.expires_at_ms,
-                    }),
-                    Applied::Reserve(Err(e)) => Err(status::reserve(e)),
-                    other => Err(mismatch(other)),
-                },
+                |r| reserve_command(api, r),
+                reserve_answer,
                 |mut leader, call| Box::pin(async move { leader.reserve(call).await }),
             ),
         )
@@ -357,17 +946,8 @@ impl Inventory for InventoryService {
             "Commit",
             self.write(
                 request,
-                |r| {
-                    let id = reservation_ref(r.reservation_id).map_err(status::invalid)?;
-                    Ok(Command::Consume { reservation_id: id })
-                },
-                |applied| match applied {
-                    Applied::Consume(Ok(o)) => Ok(pb::CommitResponse {
-                        outcome: outcome("Commit", o),
-                    }),
-                    Applied::Consume(Err(e)) => Err(status::consume(e)),
-                    other => Err(mismatch(other)),
-                },
+                commit_command,
+                commit_answer,
                 |mut leader, call| Box::pin(async move { leader.commit(call).await }),
             ),
         )
@@ -382,17 +962,8 @@ impl Inventory for InventoryService {
             "Release",
             self.write(
                 request,
-                |r| {
-                    let id = reservation_ref(r.reservation_id).map_err(status::invalid)?;
-                    Ok(Command::Release { reservation_id: id })
-                },
-                |applied| match applied {
-                    Applied::Release(Ok(o)) => Ok(pb::ReleaseResponse {
-                        outcome: outcome("Release", o),
-                    }),
-                    Applied::Release(Err(e)) => Err(status::release(e)),
-                    other => Err(mismatch(other)),
-                },
+                release_command,
+                release_answer,
                 |mut leader, call| Box::pin(async move { leader.release(call).await }),
             ),
         )
@@ -408,20 +979,8 @@ impl Inventory for InventoryService {
             "Extend",
             self.write(
                 request,
-                |r| {
-                    let ttl_ms = resolve_ttl(r.ttl_ms, api.ttl_ms_default, api.ttl_ms_max)
-                        .map_err(status::invalid)?;
-                    let command = Extend::new(r.reservation_id, ttl_ms).map_err(status::invalid)?;
-                    Ok(Command::Extend(command))
-                },
-                |applied| match applied {
-                    Applied::Extend(Ok(a)) => Ok(pb::ExtendResponse {
-                        outcome: outcome("Extend", a.outcome),
-                        expires_at_ms: a.expires_at_ms,
-                    }),
-                    Applied::Extend(Err(e)) => Err(status::extend(e)),
-                    other => Err(mismatch(other)),
-                },
+                |r| extend_command(api, r),
+                extend_answer,
                 |mut leader, call| Box::pin(async move { leader.extend(call).await }),
             ),
         )
@@ -436,41 +995,7 @@ impl Inventory for InventoryService {
             let r = request.into_inner();
             check_id("reservation_id", &r.reservation_id).map_err(status::invalid)?;
             self.barrier(r.consistency).await?;
-            let shared = self.node.shared();
-            let Some(found) = shared
-                .reservations
-                .get(r.reservation_id.as_str())
-                .map(|e| Arc::clone(&e))
-            else {
-                return Ok(pb::GetReservationResponse {
-                    outcome: pb::Outcome::NotFound as i32,
-                    reservation_id: r.reservation_id,
-                    ..Default::default()
-                });
-            };
-            let answer_outcome = match found.state {
-                ReservationState::Open => pb::Outcome::Reserved,
-                ReservationState::Consumed => pb::Outcome::Committed,
-                ReservationState::Released => pb::Outcome::Released,
-                ReservationState::Expired => pb::Outcome::Expired,
-            };
-            Ok(pb::GetReservationResponse {
-                outcome: answer_outcome as i32,
-                state: state(found.state),
-                reservation_id: found.id.to_string(),
-                lines: found
-                    .lines
-                    .iter()
-                    .map(|l| pb::Line {
-                        sku: l.sku.to_string(),
-                        node: l.node.to_string(),
-                        qty: l.qty,
-                    })
-                    .collect(),
-                created_at_ms: found.created_at_ms,
-                expires_at_ms: found.expires_at_ms,
-                finished_at_ms: found.finished_at_ms,
-            })
+            Ok(self.read_reservation(r.reservation_id))
         })
         .await
     }
@@ -481,23 +1006,9 @@ impl Inventory for InventoryService {
     ) -> Result<Response<pb::SellResponse>, Status> {
         observed(
             "Sell",
-            self.write(
-                request,
-                |r| {
-                    let command =
-                        Sell::new(r.txn_id, r.sku, r.node, r.qty).map_err(status::invalid)?;
-                    Ok(Command::Sell(command))
-                },
-                |applied| {
-                    let (outcome, level, short) = stock_change("Sell", applied)?;
-                    Ok(pb::SellResponse {
-                        outcome,
-                        level,
-                        short,
-                    })
-                },
-                |mut leader, call| Box::pin(async move { leader.sell(call).await }),
-            ),
+            self.write(request, sell_command, sell_answer, |mut leader, call| {
+                Box::pin(async move { leader.sell(call).await })
+            }),
         )
         .await
     }
@@ -510,20 +1021,8 @@ impl Inventory for InventoryService {
             "Adjust",
             self.write(
                 request,
-                |r| {
-                    let reason = AdjustReason::from_code(r.reason).map_err(status::invalid)?;
-                    let command = Adjust::new(r.txn_id, r.sku, r.node, r.delta, reason)
-                        .map_err(status::invalid)?;
-                    Ok(Command::Adjust(command))
-                },
-                |applied| {
-                    let (outcome, level, short) = stock_change("Adjust", applied)?;
-                    Ok(pb::AdjustResponse {
-                        outcome,
-                        level,
-                        short,
-                    })
-                },
+                adjust_command,
+                adjust_answer,
                 |mut leader, call| Box::pin(async move { leader.adjust(call).await }),
             ),
         )
@@ -538,20 +1037,8 @@ impl Inventory for InventoryService {
             "SetOnHand",
             self.write(
                 request,
-                |r| {
-                    let command =
-                        SetOnHand::new(r.txn_id, r.sku, r.node, r.on_hand, r.expected_on_hand)
-                            .map_err(status::invalid)?;
-                    Ok(Command::SetOnHand(command))
-                },
-                |applied| {
-                    let (outcome, level, short) = stock_change("SetOnHand", applied)?;
-                    Ok(pb::SetOnHandResponse {
-                        outcome,
-                        level,
-                        short,
-                    })
-                },
+                set_on_hand_command,
+                set_on_hand_answer,
                 |mut leader, call| Box::pin(async move { leader.set_on_hand(call).await }),
             ),
         )
@@ -566,23 +1053,8 @@ impl Inventory for InventoryService {
             "SetSafetyStock",
             self.write(
                 request,
-                |r| {
-                    let command = SetSafetyStock::new(r.sku, r.node, r.safety_stock)
-                        .map_err(status::invalid)?;
-                    Ok(Command::SetSafetyStock(command))
-                },
-                |applied| match applied {
-                    Applied::SetSafetyStock(Ok(answer)) => {
-                        let (level, short) = level(&answer);
-                        Ok(pb::SetSafetyStockResponse {
-                            outcome: applied_outcome("SetSafetyStock"),
-                            level,
-                            short,
-                        })
-                    }
-                    Applied::SetSafetyStock(Err(e)) => Err(status::capacity(e)),
-                    other => Err(mismatch(other)),
-                },
+                set_safety_stock_command,
+                set_safety_stock_answer,
                 |mut leader, call| Box::pin(async move { leader.set_safety_stock(call).await }),
             ),
         )
@@ -595,53 +1067,134 @@ impl Inventory for InventoryService {
     ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
         observed("GetAvailability", async {
             let r = request.into_inner();
-            if r.skus.is_empty() {
-                return Err(status::invalid(InvalidInput::Empty { field: "skus" }));
-            }
-            if r.skus.len() > SKUS_PER_READ_MAX {
-                return Err(Status::invalid_argument(format!(
-                    "{} skus asked; at most {SKUS_PER_READ_MAX} per call",
-                    r.skus.len()
-                )));
-            }
-            if r.nodes.len() > NODES_PER_READ_MAX {
-                return Err(Status::invalid_argument(format!(
-                    "{} nodes asked; at most {NODES_PER_READ_MAX} per call",
-                    r.nodes.len()
-                )));
-            }
-            for sku in &r.skus {
-                check_name("sku", sku).map_err(status::invalid)?;
-            }
-            for node in &r.nodes {
-                check_name("node", node).map_err(status::invalid)?;
-            }
+            checked_availability_request(&r)?;
             self.barrier(r.consistency).await?;
-            let shared = self.node.shared();
-            let mut skus = Vec::with_capacity(r.skus.len());
-            for sku in &r.skus {
-                let a = shared.stock.availability(sku, &r.nodes);
-                skus.push(pb::SkuAvailability {
-                    sku: a.sku,
-                    total_available: a.total_available,
-                    nodes: a
-                        .nodes
-                        .into_iter()
-                        .map(|(node, l)| pb::NodeAvailability {
-                            node,
-                            on_hand: l.on_hand,
-                            reserved: l.reserved,
-                            safety_stock: l.safety_stock,
-                            available: l.available(),
-                        })
-                        .collect(),
-                });
-            }
-            Ok(pb::GetAvailabilityResponse {
-                skus,
-                applied_index: shared.applied_index(),
-            })
+            self.read_availability(&r)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> ApiConfig {
+        ApiConfig {
+            ttl_ms_default: 60_000,
+            ttl_ms_max: 3_600_000,
+        }
+    }
+
+    fn reserve_op() -> pb::ReserveRequest {
+        pb::ReserveRequest {
+            reservation_id: "o-1".into(),
+            lines: vec![
+                pb::Line {
+                    sku: "b".into(),
+                    node: "n".into(),
+                    qty: 2,
+                },
+                pb::Line {
+                    sku: "a".into(),
+                    node: "n".into(),
+                    qty: 1,
+                },
+                pb::Line {
+                    sku: "b".into(),
+                    node: "n".into(),
+                    qty: 3,
+                },
+            ],
+            ttl_ms: 0,
+        }
+    }
+
+    /// A node that stopped leading forwards the request rebuilt from its
+    /// command: building that request again must give the same command, or
+    /// the retry would be refused as an id reused with another payload.
+    #[test]
+    fn requests_rebuilt_from_commands_build_the_same_commands() {
+        let commands = vec![
+            reserve_command(api(), reserve_op()).unwrap(),
+            commit_command(pb::CommitRequest {
+                reservation_id: "o-1".into(),
+            })
+            .unwrap(),
+            release_command(pb::ReleaseRequest {
+                reservation_id: "o-2".into(),
+            })
+            .unwrap(),
+            extend_command(
+                api(),
+                pb::ExtendRequest {
+                    reservation_id: "o-3".into(),
+                    ttl_ms: 0,
+                },
+            )
+            .unwrap(),
+            sell_command(pb::SellRequest {
+                txn_id: "t".into(),
+                sku: "s".into(),
+                node: "n".into(),
+                qty: 2,
+            })
+            .unwrap(),
+            adjust_command(pb::AdjustRequest {
+                txn_id: "t2".into(),
+                sku: "s".into(),
+                node: "n".into(),
+                delta: -2,
+                reason: pb::AdjustReason::Damage as i32,
+            })
+            .unwrap(),
+            set_on_hand_command(pb::SetOnHandRequest {
+                txn_id: "t3".into(),
+                sku: "s".into(),
+                node: "n".into(),
+                on_hand: 0,
+                expected_on_hand: Some(4),
+            })
+            .unwrap(),
+            set_safety_stock_command(pb::SetSafetyStockRequest {
+                sku: "s".into(),
+                node: "n".into(),
+                safety_stock: 3,
+            })
+            .unwrap(),
+        ];
+        for command in commands {
+            let rebuilt = match op_of(&command) {
+                Op::Reserve(r) => {
+                    reserve_command(api(), request_of::<pb::ReserveRequest>(&command))
+                        .map(|c| (c, r.ttl_ms))
+                }
+                Op::Commit(_) => commit_command(request_of(&command)).map(|c| (c, 0)),
+                Op::Release(_) => release_command(request_of(&command)).map(|c| (c, 0)),
+                Op::Extend(r) => extend_command(api(), request_of(&command)).map(|c| (c, r.ttl_ms)),
+                Op::Sell(_) => sell_command(request_of(&command)).map(|c| (c, 0)),
+                Op::Adjust(_) => adjust_command(request_of(&command)).map(|c| (c, 0)),
+                Op::SetOnHand(_) => set_on_hand_command(request_of(&command)).map(|c| (c, 0)),
+                Op::SetSafetyStock(_) => {
+                    set_safety_stock_command(request_of(&command)).map(|c| (c, 0))
+                }
+                other => panic!("not a write: {other:?}"),
+            };
+            let (again, _) = rebuilt.unwrap();
+            assert_eq!(again, command);
+        }
+        // The default TTL was resolved into the command, so the rebuilt
+        // request names it: a leader with another default still agrees.
+        let Op::Reserve(r) = op_of(&reserve_command(api(), reserve_op()).unwrap()) else {
+            panic!("not a reserve");
+        };
+        assert_eq!(r.ttl_ms, 60_000);
+        assert_eq!(r.lines.len(), 2);
+    }
+
+    #[test]
+    fn ready_now_takes_only_what_is_ready() {
+        assert_eq!(ready_now(async { 7 }), Some(7));
+        assert_eq!(ready_now(std::future::pending::<u8>()), None);
     }
 }

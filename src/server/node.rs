@@ -23,7 +23,8 @@
 //! A fatal error (a failed write or fsync, a damaged entry) is logged and
 //! the process aborts: it never continues with state it cannot trust.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -87,10 +88,30 @@ pub struct MembersView {
     pub conf_state: ConfState,
 }
 
+/// Where the answers to a group of commands go (see
+/// [`NodeHandle::submit_group`]): one message for the whole group.
+#[derive(Debug, Clone)]
+pub struct GroupReply {
+    /// Chosen by the caller; returned in the [`GroupAnswer`].
+    pub id: u64,
+    pub tx: tokio::sync::mpsc::UnboundedSender<GroupAnswer>,
+}
+
+/// The answers to a group of commands, in the order they were given.
+#[derive(Debug)]
+pub struct GroupAnswer {
+    pub id: u64,
+    pub answers: Vec<Result<Applied, ProposeError>>,
+}
+
 enum ClientInput {
     Propose {
         command: Command,
         reply: oneshot::Sender<Result<Applied, ProposeError>>,
+    },
+    ProposeGroup {
+        commands: Vec<Command>,
+        reply: GroupReply,
     },
     Read {
         reply: oneshot::Sender<Result<u64, ReadError>>,
@@ -116,6 +137,14 @@ enum PeerInput {
 
 enum Waiter {
     Command(oneshot::Sender<Result<Applied, ProposeError>>),
+    /// A group's commands all carry one token; raft answers a token's
+    /// commands in the order they were proposed (entry by entry, each in
+    /// order), so the answers gather here in the group's order.
+    Group {
+        reply: GroupReply,
+        answers: Vec<Result<Applied, ProposeError>>,
+        expected: usize,
+    },
     Read(oneshot::Sender<Result<u64, ReadError>>),
     Membership(oneshot::Sender<Result<MembershipAnswer, ProposeError>>),
 }
@@ -140,17 +169,66 @@ pub struct NodeHandle {
     members: Arc<ArcSwap<MembersView>>,
     status: watch::Receiver<ReplicaStatus>,
     startup_commit_index: u64,
+    /// Commands handed to the thread and not yet taken into a batch: the
+    /// queue's bound counts commands, as a group carries many.
+    queued: Arc<AtomicUsize>,
+    queued_max: usize,
 }
 
 impl NodeHandle {
     /// Proposes one command and waits until it is committed and applied.
     pub async fn submit(&self, command: Command) -> Result<Applied, SubmitError> {
         let (reply, answer) = oneshot::channel();
-        self.send(ClientInput::Propose { command, reply })?;
+        self.reserve_room(1)?;
+        self.send_queued(ClientInput::Propose { command, reply }, 1)?;
         match answer.await {
             Ok(result) => Ok(result?),
             Err(_) => Err(SubmitError::Stopped),
         }
+    }
+
+    /// Proposes many commands at once, answered together through `reply`
+    /// once every one of them is applied (or failed). For callers with
+    /// many operations in flight (the `Stream` call): one hand-over and
+    /// one wake-up per group instead of per command. The commands may land
+    /// in one log entry or several; they keep their order.
+    pub fn submit_group(
+        &self,
+        commands: Vec<Command>,
+        reply: GroupReply,
+    ) -> Result<(), SubmitError> {
+        let count = commands.len();
+        if count == 0 {
+            let _ = reply.tx.send(GroupAnswer {
+                id: reply.id,
+                answers: Vec::new(),
+            });
+            return Ok(());
+        }
+        self.reserve_room(count)?;
+        self.send_queued(ClientInput::ProposeGroup { commands, reply }, count)
+    }
+
+    /// Counts `count` more commands queued, or refuses them when the queue
+    /// would pass its bound.
+    fn reserve_room(&self, count: usize) -> Result<(), SubmitError> {
+        let before = self.queued.fetch_add(count, Ordering::AcqRel);
+        if before + count > self.queued_max {
+            self.queued.fetch_sub(count, Ordering::AcqRel);
+            metrics::counter!("stockraft_overloaded_total").increment(1);
+            return Err(SubmitError::Overloaded);
+        }
+        Ok(())
+    }
+
+    /// Sends an input whose `count` commands were counted by
+    /// [`Self::reserve_room`]; uncounts them if it cannot be sent.
+    fn send_queued(&self, input: ClientInput, count: usize) -> Result<(), SubmitError> {
+        let sent = self.send(input);
+        if sent.is_err() {
+            self.queued.fetch_sub(count, Ordering::AcqRel);
+        }
+        sent
     }
 
     /// Waits until this node may serve a linearizable read: the leader
@@ -288,7 +366,9 @@ impl Node {
         S: LogStore + Send + 'static,
         T: Transport,
     {
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_max.clamp(1, QUEUE_REQUESTS_MAX));
+        let queued_max = config.queue_max.clamp(1, QUEUE_REQUESTS_MAX);
+        let (tx, rx) = crossbeam_channel::bounded(queued_max);
+        let queued = Arc::new(AtomicUsize::new(0));
         let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE_MAX);
         let (status_tx, status_rx) = watch::channel(replica.status());
         let members = Arc::new(ArcSwap::from_pointee(MembersView {
@@ -302,6 +382,8 @@ impl Node {
             members: members.clone(),
             status: status_rx,
             startup_commit_index: config.startup_commit_index,
+            queued: queued.clone(),
+            queued_max,
         };
         let mut transport = transport(handle.clone());
         transport.set_members(replica.members());
@@ -310,6 +392,7 @@ impl Node {
             peer_rx,
             status_tx,
             members,
+            queued,
         };
         let thread = std::thread::Builder::new()
             .name("replica".into())
@@ -349,6 +432,7 @@ struct Channels {
     peer_rx: Receiver<PeerInput>,
     status_tx: watch::Sender<ReplicaStatus>,
     members: Arc<ArcSwap<MembersView>>,
+    queued: Arc<AtomicUsize>,
 }
 
 fn wall_clock_ms() -> u64 {
@@ -443,9 +527,31 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
     fn deliver(&mut self, channels: &Channels) {
         self.out.answered_at.clear();
         for (token, answer) in self.out.answers.drain(..) {
-            if let Some(Waiter::Command(reply)) = self.waiters.remove(&token) {
-                // The caller may have given up (deadline); that is fine.
-                let _ = reply.send(answer);
+            let complete = match self.waiters.get_mut(&token) {
+                Some(Waiter::Group {
+                    answers, expected, ..
+                }) => {
+                    answers.push(answer);
+                    if answers.len() < *expected {
+                        continue;
+                    }
+                    None
+                }
+                Some(Waiter::Command(_)) => Some(answer),
+                _ => continue,
+            };
+            match (self.waiters.remove(&token), complete) {
+                (Some(Waiter::Command(reply)), Some(answer)) => {
+                    // The caller may have given up (deadline); that is fine.
+                    let _ = reply.send(answer);
+                }
+                (Some(Waiter::Group { reply, answers, .. }), None) => {
+                    let _ = reply.tx.send(GroupAnswer {
+                        id: reply.id,
+                        answers,
+                    });
+                }
+                _ => {}
             }
         }
         for (token, answer) in self.out.reads.drain(..) {
@@ -486,6 +592,17 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
                 Waiter::Command(reply) => {
                     let _ = reply.send(Err(ProposeError::Unknown));
                 }
+                Waiter::Group {
+                    reply,
+                    mut answers,
+                    expected,
+                } => {
+                    answers.resize(expected, Err(ProposeError::Unknown));
+                    let _ = reply.tx.send(GroupAnswer {
+                        id: reply.id,
+                        answers,
+                    });
+                }
                 Waiter::Read(reply) => {
                     let _ = reply.send(Err(ReadError::NoLeader));
                 }
@@ -513,12 +630,14 @@ fn run<S: LogStore, T: Transport>(
         out: Output::default(),
         snapshot_job: None,
     };
-    // An input drained past a full batch waits here for the next turn.
-    let mut carried: Option<ClientInput> = None;
+    // Commands taken from the channel and not yet proposed: at most about
+    // one batch's worth (plus one group), so the channel's bound, counted
+    // in commands, stays the real bound on what waits.
+    let mut pending: VecDeque<(Token, Command)> = VecDeque::new();
     // Replay the committed log tail before anything else.
     state.advance(&channels);
     loop {
-        if carried.is_none() && channels.rx.is_empty() && channels.peer_rx.is_empty() {
+        if pending.is_empty() && channels.rx.is_empty() && channels.peer_rx.is_empty() {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             let mut select = Select::new();
             select.recv(&channels.rx);
@@ -530,24 +649,28 @@ fn run<S: LogStore, T: Transport>(
         while let Ok(input) = channels.peer_rx.try_recv() {
             state.peer_input(input);
         }
-        let mut commands: Vec<(Token, Command)> = Vec::new();
-        let mut batch_bytes = 0usize;
         let mut reads: Vec<Token> = Vec::new();
         let mut shutdown = false;
-        let mut next = carried.take().or_else(|| channels.rx.try_recv().ok());
-        while let Some(input) = next.take() {
+        while pending.len() < BATCH_COMMANDS_MAX {
+            let Ok(input) = channels.rx.try_recv() else {
+                break;
+            };
             match input {
                 ClientInput::Propose { command, reply } => {
-                    let size = codec::encoded_len(&command);
-                    let full = commands.len() >= BATCH_COMMANDS_MAX
-                        || (!commands.is_empty() && batch_bytes + size > BATCH_BYTES_MAX);
-                    if full {
-                        carried = Some(ClientInput::Propose { command, reply });
-                        break;
-                    }
-                    batch_bytes += size;
+                    channels.queued.fetch_sub(1, Ordering::AcqRel);
                     let token = state.token(Waiter::Command(reply));
-                    commands.push((token, command));
+                    pending.push_back((token, command));
+                }
+                ClientInput::ProposeGroup { commands, reply } => {
+                    channels.queued.fetch_sub(commands.len(), Ordering::AcqRel);
+                    let token = state.token(Waiter::Group {
+                        reply,
+                        answers: Vec::with_capacity(commands.len()),
+                        expected: commands.len(),
+                    });
+                    for command in commands {
+                        pending.push_back((token, command));
+                    }
                 }
                 ClientInput::Read { reply } => {
                     let token = state.token(Waiter::Read(reply));
@@ -571,7 +694,22 @@ fn run<S: LogStore, T: Transport>(
                     break;
                 }
             }
-            next = channels.rx.try_recv().ok();
+        }
+        // This turn's batch: what is pending, up to the batch's bounds
+        // (always at least one command); the rest waits for the next turn.
+        let mut commands: Vec<(Token, Command)> = Vec::new();
+        let mut batch_bytes = 0usize;
+        while let Some((_, command)) = pending.front() {
+            let size = codec::encoded_len(command);
+            let full = commands.len() >= BATCH_COMMANDS_MAX
+                || (!commands.is_empty() && batch_bytes + size > BATCH_BYTES_MAX);
+            if full {
+                break;
+            }
+            batch_bytes += size;
+            if let Some(next) = pending.pop_front() {
+                commands.push(next);
+            }
         }
         let now_ms = wall_clock_ms();
         if Instant::now() >= next_tick {
