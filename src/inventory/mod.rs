@@ -41,7 +41,7 @@ pub use answer::{
     ReserveAnswer, ReserveError, Shortage, StockAnswer, StockChangeError,
 };
 pub use command::{AdjustReason, Batch, Command, InvalidInput, Line};
-pub use reservation::{HeldLine, Reservation, ReservationState};
+pub use reservation::{HeldLine, Reservation, ReservationState, TimedId};
 pub use stock::{SkuAvailability, StockLevel, StockTable};
 
 use crate::limits::{COUNTER_MAX, RESERVATIONS_OPEN_MAX};
@@ -113,10 +113,10 @@ pub struct Inventory {
     shared: Arc<Shared>,
     /// Interned node names (few nodes, many SKUs per node).
     node_names: HashSet<Arc<str>, FastHash>,
-    /// Open reservations by deadline.
-    expiry: BTreeSet<(u64, Arc<str>)>,
-    /// Finished reservations by finish time, then id.
-    finished: BTreeSet<(u64, Arc<str>)>,
+    /// Open reservations by deadline (see [`TimedId`]).
+    expiry: BTreeSet<TimedId>,
+    /// Finished reservations by finish time (see [`TimedId`]).
+    finished: BTreeSet<TimedId>,
     /// Transaction outcomes in finish order.
     txns: retained::RetainedTxns,
     open_count: usize,
@@ -173,7 +173,7 @@ impl Inventory {
     /// The earliest deadline of an open reservation, so the leader knows when
     /// to propose a tick that expires it.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiry.first().map(|(at, _)| *at)
+        self.expiry.first().map(|t| t.at_ms)
     }
 
     pub fn reservation(&self, id: &str) -> Option<Reservation> {
@@ -347,7 +347,7 @@ impl Inventory {
         }
         let id: Arc<str> = Arc::from(c.reservation_id.as_str());
         let expires_at_ms = self.now_ms.saturating_add(c.ttl_ms);
-        self.expiry.insert((expires_at_ms, id.clone()));
+        self.expiry.insert(TimedId::new(expires_at_ms, id.clone()));
         self.shared.reservations.insert(
             id.clone(),
             Arc::new(Reservation {
@@ -410,13 +410,16 @@ impl Inventory {
         match entry.state {
             ReservationState::Open => {
                 let r = Arc::make_mut(&mut entry);
-                let was_present = self.expiry.remove(&(r.expires_at_ms, r.id.clone()));
+                let was_present = self
+                    .expiry
+                    .remove(&TimedId::new(r.expires_at_ms, r.id.clone()));
                 assert!(
                     was_present,
                     "open reservation missing from the expiry index"
                 );
                 r.expires_at_ms = self.now_ms.saturating_add(c.ttl_ms);
-                self.expiry.insert((r.expires_at_ms, r.id.clone()));
+                self.expiry
+                    .insert(TimedId::new(r.expires_at_ms, r.id.clone()));
                 Ok(ExtendAnswer {
                     outcome: Outcome::Reserved,
                     expires_at_ms: r.expires_at_ms,
@@ -460,14 +463,17 @@ impl Inventory {
                 });
             assert!(changed.is_some(), "reservation holds a missing counter");
         }
-        let was_present = self.expiry.remove(&(r.expires_at_ms, r.id.clone()));
+        let was_present = self
+            .expiry
+            .remove(&TimedId::new(r.expires_at_ms, r.id.clone()));
         assert!(
             was_present,
             "open reservation missing from the expiry index"
         );
         r.state = end;
         r.finished_at_ms = self.now_ms;
-        self.finished.insert((self.now_ms, r.id.clone()));
+        self.finished
+            .insert(TimedId::new(self.now_ms, r.id.clone()));
         assert!(self.open_count > 0, "open count underflow");
         self.open_count -= 1;
     }
@@ -475,7 +481,7 @@ impl Inventory {
     fn expire_due(&mut self) {
         loop {
             let id = match self.expiry.first() {
-                Some((at, id)) if *at <= self.now_ms => id.clone(),
+                Some(t) if t.at_ms <= self.now_ms => t.id.clone(),
                 _ => return,
             };
             self.finish(&id, ReservationState::Expired);
@@ -488,7 +494,7 @@ impl Inventory {
     /// `retained_max`.
     fn forget_old(&mut self, retention_ms: u64, retained_max: u64) {
         loop {
-            let reservation_ms = self.finished.first().map(|(at, _)| *at);
+            let reservation_ms = self.finished.first().map(|t| t.at_ms);
             let txn_ms = self.txns.oldest_at_ms();
             let (at, is_reservation) = match (reservation_ms, txn_ms) {
                 (None, None) => return,
@@ -505,8 +511,8 @@ impl Inventory {
                 self.txns.pop_oldest();
                 continue;
             }
-            if let Some((_, id)) = self.finished.pop_first() {
-                self.shared.reservations.remove(&id);
+            if let Some(t) = self.finished.pop_first() {
+                self.shared.reservations.remove(&t.id);
             }
         }
     }
@@ -560,7 +566,10 @@ impl Inventory {
                 continue;
             }
             open += 1;
-            if !self.expiry.contains(&(r.expires_at_ms, r.id.clone())) {
+            if !self
+                .expiry
+                .contains(&TimedId::new(r.expires_at_ms, r.id.clone()))
+            {
                 return Err(format!(
                     "open reservation {:?} is not in the expiry index",
                     r.id

@@ -13,7 +13,7 @@ use prost::Message;
 use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::reservation::{HeldLine, Reservation, ReservationState};
+use super::reservation::{HeldLine, Reservation, ReservationState, TimedId};
 use super::retained::{FrozenTxns, RetainedTxn};
 use super::stock::{intern, NodeStock, StockLevel};
 use super::{Inventory, TxnKey, TxnRecord};
@@ -353,7 +353,7 @@ struct Rebuild {
     inventory: Inventory,
     format_version: u32,
     /// Finished reservations, gathered for one bulk build.
-    finished: Vec<(u64, Arc<str>)>,
+    finished: Vec<TimedId>,
     /// Format 1 only: its outcomes were sorted by id, not finish order.
     format_one_txns: Vec<RetainedTxn>,
     /// The SKU whose counters are being gathered (they arrive sorted, SKU
@@ -444,10 +444,13 @@ impl Rebuild {
             });
         }
         if state == ReservationState::Open {
-            inventory.expiry.insert((r.expires_at_ms, id.clone()));
+            inventory
+                .expiry
+                .insert(TimedId::new(r.expires_at_ms, id.clone()));
             inventory.open_count += 1;
         } else {
-            self.finished.push((r.finished_at_ms, id.clone()));
+            self.finished
+                .push(TimedId::new(r.finished_at_ms, id.clone()));
         }
         inventory.shared.reservations.insert(
             id.clone(),
@@ -498,8 +501,8 @@ impl Rebuild {
 
     fn finish(mut self, applied_index: u64) -> Result<Inventory, SnapshotError> {
         self.end_sku()?;
-        // Collecting sorts them (by finish time, then id), the order in
-        // which they are forgotten.
+        // Collecting sorts them (by finish time, then id hash and id),
+        // the order in which they are forgotten.
         let retained = self.finished.len();
         self.inventory.finished = self.finished.into_iter().collect();
         if self.inventory.finished.len() != retained {

@@ -23,8 +23,9 @@ pub mod stats;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,16 +81,119 @@ pub enum LoadError {
     Write { path: String, error: std::io::Error },
 }
 
-/// What the clients were told about one counter.
+/// What the clients were told about one counter, summed over all workers.
 #[derive(Debug, Clone, Default)]
 struct Account {
     committed: i64,
     sold: i64,
     received: i64,
+    /// Units in holds the clients know are open.
+    held: i64,
     /// A set-on-hand made on_hand absolute: only `reserved` is checkable.
     absolute: bool,
     /// A call on it never got a definite answer.
     uncertain: bool,
+}
+
+/// One counter's [`Account`], updated by every worker at once.
+#[derive(Debug, Default)]
+struct AccountCell {
+    committed: AtomicI64,
+    sold: AtomicI64,
+    received: AtomicI64,
+    held: AtomicI64,
+    absolute: AtomicBool,
+    uncertain: AtomicBool,
+}
+
+impl AccountCell {
+    fn read(&self) -> Account {
+        Account {
+            committed: self.committed.load(Ordering::Relaxed),
+            sold: self.sold.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            held: self.held.load(Ordering::Relaxed),
+            absolute: self.absolute.load(Ordering::Relaxed),
+            uncertain: self.uncertain.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The harness's maps, hashed fast: a worker looks one up per line.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What the clients were told, per counter of the run: one table shared by
+/// every worker, so memory stays one account per counter however many
+/// workers run, and a call costs a lookup and an atomic add.
+#[derive(Debug)]
+struct Ledger {
+    /// A counter's place in `accounts`, by SKU then node (read-only once
+    /// built; looked up by the names a call carries, without allocating).
+    index: FastMap<String, FastMap<String, usize>>,
+    /// In the order of the run's counters (see [`counters`]).
+    accounts: Vec<AccountCell>,
+    /// Calls on counters outside the table: a harness bug if ever
+    /// non-zero, and the verification fails when there are any.
+    untracked: AtomicU64,
+}
+
+impl Ledger {
+    fn new(keys: &[Key]) -> Ledger {
+        let mut index: FastMap<String, FastMap<String, usize>> = FastMap::default();
+        for (i, (sku, node)) in keys.iter().enumerate() {
+            index
+                .entry(sku.clone())
+                .or_default()
+                .insert(node.clone(), i);
+        }
+        let mut accounts = Vec::with_capacity(keys.len());
+        accounts.resize_with(keys.len(), AccountCell::default);
+        Ledger {
+            index,
+            accounts,
+            untracked: AtomicU64::new(0),
+        }
+    }
+
+    /// The account of a counter of the run. Every line the workers send
+    /// names one; any other would be a harness bug, and is reported by
+    /// the verification as a counter it could not check.
+    fn account(&self, sku: &str, node: &str) -> Option<&AccountCell> {
+        let i = *self.index.get(sku)?.get(node)?;
+        self.accounts.get(i)
+    }
+
+    fn add(&self, sku: &str, node: &str, field: impl Fn(&AccountCell) -> &AtomicI64, qty: i64) {
+        match self.account(sku, node) {
+            Some(a) => {
+                field(a).fetch_add(qty, Ordering::Relaxed);
+            }
+            None => self.untracked(),
+        }
+    }
+
+    fn flag(&self, sku: &str, node: &str, field: impl Fn(&AccountCell) -> &AtomicBool) {
+        match self.account(sku, node) {
+            Some(a) => field(a).store(true, Ordering::Relaxed),
+            None => self.untracked(),
+        }
+    }
+
+    fn untracked(&self) {
+        self.untracked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn consumed(&self, lines: &[pb::Line]) {
+        for l in lines {
+            self.add(&l.sku, &l.node, |a| &a.committed, l.qty);
+        }
+    }
+
+    fn held(&self, lines: &[pb::Line]) {
+        for l in lines {
+            self.add(&l.sku, &l.node, |a| &a.held, l.qty);
+        }
+    }
 }
 
 type Key = (String, String);
@@ -102,28 +206,6 @@ enum Unknown {
     Release(String, Vec<pb::Line>),
     Sell(pb::SellRequest),
     Adjust(pb::AdjustRequest),
-}
-
-#[derive(Debug, Default)]
-struct Ledger {
-    accounts: HashMap<Key, Account>,
-    /// Open holds the clients know of: id -> lines.
-    open: HashMap<String, Vec<pb::Line>>,
-    unknown: Vec<Unknown>,
-}
-
-impl Ledger {
-    fn account(&mut self, sku: &str, node: &str) -> &mut Account {
-        self.accounts
-            .entry((sku.to_string(), node.to_string()))
-            .or_default()
-    }
-
-    fn consumed(&mut self, lines: &[pb::Line]) {
-        for l in lines {
-            self.account(&l.sku, &l.node).committed += l.qty;
-        }
-    }
 }
 
 /// The outcome of a run.
@@ -170,7 +252,9 @@ struct Worker {
     config: LoadConfig,
     rng: rand::rngs::StdRng,
     stats: Arc<Mutex<Stats>>,
-    ledger: Ledger,
+    ledger: Arc<Ledger>,
+    /// Calls whose outcome is not known yet, retried at the end.
+    unknown: Vec<Unknown>,
     started: Instant,
     name: String,
     next: u64,
@@ -181,7 +265,11 @@ struct Worker {
 impl Worker {
     fn id(&mut self, kind: &str) -> String {
         self.next += 1;
-        format!("{}-{}-{kind}{}", self.config.run_id, self.name, self.next)
+        let mut id = String::with_capacity(self.name.len() + kind.len() + 20);
+        id.push_str(&self.name);
+        id.push_str(kind);
+        let _ = write!(id, "{}", self.next);
+        id
     }
 
     fn record<T>(
@@ -264,8 +352,10 @@ impl Worker {
                 let result = self.conn.sell(request.clone()).await;
                 self.record("sell", intended, &result, |r| outcome_name(r.outcome));
                 match result {
-                    Ok(_) => self.ledger.account(&request.sku, &request.node).sold += request.qty,
-                    Err(_) => self.ledger.unknown.push(Unknown::Sell(request)),
+                    Ok(_) => self
+                        .ledger
+                        .add(&request.sku, &request.node, |a| &a.sold, request.qty),
+                    Err(_) => self.unknown.push(Unknown::Sell(request)),
                 }
             }
             Workload::Browse => {
@@ -305,8 +395,8 @@ impl Worker {
                     let result = self.conn.adjust(request.clone()).await;
                     self.record("adjust", intended, &result, |r| outcome_name(r.outcome));
                     match result {
-                        Ok(_) => self.ledger.account(&sku, &node).received += request.delta,
-                        Err(_) => self.ledger.unknown.push(Unknown::Adjust(request)),
+                        Ok(_) => self.ledger.add(&sku, &node, |a| &a.received, request.delta),
+                        Err(_) => self.unknown.push(Unknown::Adjust(request)),
                     }
                 } else {
                     let read = self
@@ -333,7 +423,7 @@ impl Worker {
                         on_hand: current.max(0) + self.rng.random_range(0..=5),
                         expected_on_hand: Some(current),
                     };
-                    self.ledger.account(&sku, &node).absolute = true;
+                    self.ledger.flag(&sku, &node, |a| &a.absolute);
                     let result = self.conn.set_on_hand(request).await;
                     self.record("set_on_hand", intended, &result, |r| {
                         outcome_name(r.outcome)
@@ -356,7 +446,7 @@ impl Worker {
         let reply = match result {
             Ok(reply) => reply,
             Err(_) => {
-                self.ledger.unknown.push(Unknown::Reserve(request));
+                self.unknown.push(Unknown::Reserve(request));
                 return;
             }
         };
@@ -378,7 +468,7 @@ impl Worker {
                         self.ledger.consumed(&lines)
                     }
                     Ok(_) => {}
-                    Err(_) => self.ledger.unknown.push(Unknown::Commit(id, lines)),
+                    Err(_) => self.unknown.push(Unknown::Commit(id, lines)),
                 }
             }
             'r' => {
@@ -390,19 +480,17 @@ impl Worker {
                     .await;
                 self.record("release", sent, &result, |r| outcome_name(r.outcome));
                 if result.is_err() {
-                    self.ledger.unknown.push(Unknown::Release(id, lines));
+                    self.unknown.push(Unknown::Release(id, lines));
                 }
             }
-            _ => {
-                self.ledger.open.insert(id, lines);
-            }
+            _ => self.ledger.held(&lines),
         }
     }
 
     /// Retries every call with an unknown outcome (same id) until it
     /// answers, so the ledger knows every operation's fate.
     async fn resolve(&mut self) -> usize {
-        let unknown = std::mem::take(&mut self.ledger.unknown);
+        let unknown = std::mem::take(&mut self.unknown);
         let resolved = unknown.len();
         for item in unknown {
             let mut attempts = 0;
@@ -412,9 +500,7 @@ impl Worker {
                     Unknown::Reserve(request) => match self.conn.reserve(request.clone()).await {
                         Ok(r) => {
                             if r.outcome == pb::Outcome::Reserved as i32 {
-                                self.ledger
-                                    .open
-                                    .insert(request.reservation_id.clone(), request.lines.clone());
+                                self.ledger.held(&request.lines);
                             }
                             true
                         }
@@ -444,15 +530,20 @@ impl Worker {
                         .is_ok(),
                     Unknown::Sell(request) => match self.conn.sell(request.clone()).await {
                         Ok(_) => {
-                            self.ledger.account(&request.sku, &request.node).sold += request.qty;
+                            self.ledger
+                                .add(&request.sku, &request.node, |a| &a.sold, request.qty);
                             true
                         }
                         Err(_) => false,
                     },
                     Unknown::Adjust(request) => match self.conn.adjust(request.clone()).await {
                         Ok(_) => {
-                            self.ledger.account(&request.sku, &request.node).received +=
-                                request.delta;
+                            self.ledger.add(
+                                &request.sku,
+                                &request.node,
+                                |a| &a.received,
+                                request.delta,
+                            );
                             true
                         }
                         Err(_) => false,
@@ -476,7 +567,7 @@ impl Worker {
                         Unknown::Adjust(r) => vec![(r.sku.clone(), r.node.clone())],
                     };
                     for (sku, node) in lines {
-                        self.ledger.account(&sku, &node).uncertain = true;
+                        self.ledger.flag(&sku, &node, |a| &a.uncertain);
                     }
                     break;
                 }
@@ -731,6 +822,7 @@ pub async fn run(
         .map(|rate| Duration::from_secs_f64(workers_total as f64 / rate.max(1e-6)));
     let mut all_stats = Vec::new();
     let mut tasks = Vec::new();
+    let ledger = Arc::new(Ledger::new(&keys));
     for w in 0..workers_total {
         let stats = Arc::new(Mutex::new(Stats::default()));
         all_stats.push(stats.clone());
@@ -740,9 +832,11 @@ pub async fn run(
             config: config.clone(),
             rng: rand::rngs::StdRng::seed_from_u64(w as u64 ^ 0x5eed),
             stats,
-            ledger: Ledger::default(),
+            ledger: ledger.clone(),
+            unknown: Vec::new(),
             started,
-            name: format!("w{w}"),
+            // Every id this worker makes starts with this.
+            name: format!("{}-w{w}-", config.run_id),
             next: 0,
             calls: calls.clone(),
             errors: errors.clone(),
@@ -779,7 +873,7 @@ pub async fn run(
                 worker.step(intended).await;
             }
             let resolved = worker.resolve().await;
-            (worker.ledger, resolved)
+            resolved
         }));
     }
 
@@ -819,11 +913,9 @@ pub async fn run(
         None
     };
 
-    let mut ledgers = Vec::new();
     let mut resolved_by_retry = 0;
     for task in tasks {
-        if let Ok((ledger, resolved)) = task.await {
-            ledgers.push(ledger);
+        if let Ok(resolved) = task.await {
             resolved_by_retry += resolved;
         }
     }
@@ -846,7 +938,7 @@ pub async fn run(
                 &conns[0],
                 &keys,
                 &base,
-                ledgers,
+                &ledger,
                 resolved_by_retry,
                 elapsed,
             )
@@ -869,7 +961,7 @@ async fn verify(
     conn: &Conn,
     keys: &[Key],
     base: &HashMap<Key, (i64, i64)>,
-    ledgers: Vec<Ledger>,
+    ledger: &Ledger,
     resolved_by_retry: usize,
     elapsed: Duration,
 ) -> Verification {
@@ -877,22 +969,11 @@ async fn verify(
         resolved_by_retry,
         ..Default::default()
     };
-    let mut accounts: HashMap<Key, Account> = HashMap::new();
-    let mut open: HashMap<Key, i64> = HashMap::new();
-    for ledger in ledgers {
-        for (key, a) in ledger.accounts {
-            let total = accounts.entry(key).or_default();
-            total.committed += a.committed;
-            total.sold += a.sold;
-            total.received += a.received;
-            total.absolute |= a.absolute;
-            total.uncertain |= a.uncertain;
-        }
-        for (_, lines) in ledger.open {
-            for l in lines {
-                *open.entry((l.sku, l.node)).or_default() += l.qty;
-            }
-        }
+    let untracked = ledger.untracked.load(Ordering::Relaxed);
+    if untracked > 0 {
+        result.mismatches.push(format!(
+            "{untracked} calls named counters the harness did not seed or read (a harness bug)"
+        ));
     }
     let levels = match read_levels(conn, keys).await {
         Ok(levels) => levels,
@@ -906,8 +987,8 @@ async fn verify(
     };
     // Holds could have expired if the run outlived their TTL.
     let holds_checkable = elapsed.as_millis() < u128::from(config.ttl_ms);
-    for key in keys {
-        let a = accounts.get(key).cloned().unwrap_or_default();
+    for (key, cell) in keys.iter().zip(&ledger.accounts) {
+        let a = cell.read();
         let Some(level) = levels.get(key) else {
             continue;
         };
@@ -916,7 +997,7 @@ async fn verify(
             result.uncertain += 1;
             continue;
         }
-        let held = open.get(key).copied().unwrap_or(0);
+        let held = a.held;
         let (base_on_hand, base_reserved) = base.get(key).copied().unwrap_or((0, 0));
         if holds_checkable {
             result.reserved_checked += 1;

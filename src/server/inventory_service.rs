@@ -30,6 +30,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::forward::{Forwarder, Route};
+use super::meters::{Meters, Method};
 use super::node::{GroupAnswer, GroupReply, NodeHandle, SubmitError};
 use super::status;
 use crate::inventory::command::{
@@ -57,6 +58,7 @@ pub struct InventoryService {
     node: NodeHandle,
     api: ApiConfig,
     forwarder: Arc<Forwarder>,
+    meters: Arc<Meters>,
 }
 
 /// A call of the same method on the leader.
@@ -68,6 +70,7 @@ impl InventoryService {
             node,
             api,
             forwarder,
+            meters: Arc::new(Meters::new()),
         }
     }
 
@@ -231,42 +234,35 @@ impl InventoryService {
     }
 }
 
-/// Records calls, status codes and latency per method.
-async fn observed<T>(
-    method: &'static str,
-    call: impl Future<Output = Result<T, Status>>,
-) -> Result<Response<T>, Status> {
-    let started = Instant::now();
-    let result = call.await;
-    let code = match &result {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    };
-    metrics::counter!("stockraft_requests_total", "method" => method, "code" => status::code_label(code))
-        .increment(1);
-    metrics::histogram!("stockraft_request_seconds", "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    result.map(Response::new)
+impl InventoryService {
+    /// Records a call's status code and latency.
+    async fn observed<T>(
+        &self,
+        method: Method,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        self.meters.call(method, code, started);
+        result.map(Response::new)
+    }
 }
 
-fn outcome(method: &'static str, outcome: Outcome) -> i32 {
-    let (value, label) = match outcome {
-        Outcome::Reserved => (pb::Outcome::Reserved, "RESERVED"),
-        Outcome::InsufficientStock => (pb::Outcome::InsufficientStock, "INSUFFICIENT_STOCK"),
-        Outcome::Consumed => (pb::Outcome::Committed, "COMMITTED"),
-        Outcome::Released => (pb::Outcome::Released, "RELEASED"),
-        Outcome::Expired => (pb::Outcome::Expired, "EXPIRED"),
-        Outcome::NotFound => (pb::Outcome::NotFound, "NOT_FOUND"),
+/// The wire value of an outcome of `method`, counted.
+fn outcome(m: &Meters, method: Method, outcome: Outcome) -> i32 {
+    let value = match outcome {
+        Outcome::Reserved => pb::Outcome::Reserved,
+        Outcome::InsufficientStock => pb::Outcome::InsufficientStock,
+        Outcome::Consumed => pb::Outcome::Committed,
+        Outcome::Released => pb::Outcome::Released,
+        Outcome::Expired => pb::Outcome::Expired,
+        Outcome::NotFound => pb::Outcome::NotFound,
     };
-    metrics::counter!("stockraft_outcomes_total", "method" => method, "outcome" => label)
-        .increment(1);
-    value as i32
-}
-
-fn applied_outcome(method: &'static str) -> i32 {
-    metrics::counter!("stockraft_outcomes_total", "method" => method, "outcome" => "APPLIED")
-        .increment(1);
-    pb::Outcome::Applied as i32
+    m.outcome(method, value)
 }
 
 fn level(answer: &StockAnswer) -> (Option<pb::StockLevel>, bool) {
@@ -300,13 +296,14 @@ fn mismatch(applied: Applied) -> Status {
 
 /// The answer of a Sell, Adjust or SetOnHand: outcome, level, short.
 fn stock_change(
-    method: &'static str,
+    m: &Meters,
+    method: Method,
     applied: Applied,
 ) -> Result<(i32, Option<pb::StockLevel>, bool), Status> {
     match applied {
         Applied::StockChange(Ok(answer)) => {
             let (level, short) = level(&answer);
-            Ok((applied_outcome(method), level, short))
+            Ok((m.outcome(method, pb::Outcome::Applied), level, short))
         }
         Applied::StockChange(Err(e)) => Err(status::stock_change(e)),
         other => Err(mismatch(other)),
@@ -332,10 +329,10 @@ fn reserve_command(api: ApiConfig, r: pb::ReserveRequest) -> Result<Command, Sta
     Ok(Command::Reserve(command))
 }
 
-fn reserve_answer(applied: Applied) -> Result<pb::ReserveResponse, Status> {
+fn reserve_answer(m: &Meters, applied: Applied) -> Result<pb::ReserveResponse, Status> {
     match applied {
         Applied::Reserve(Ok(a)) => Ok(pb::ReserveResponse {
-            outcome: outcome("Reserve", a.outcome),
+            outcome: outcome(m, Method::Reserve, a.outcome),
             shortages: a
                 .shortages
                 .into_iter()
@@ -358,10 +355,10 @@ fn commit_command(r: pb::CommitRequest) -> Result<Command, Status> {
     Ok(Command::Consume { reservation_id: id })
 }
 
-fn commit_answer(applied: Applied) -> Result<pb::CommitResponse, Status> {
+fn commit_answer(m: &Meters, applied: Applied) -> Result<pb::CommitResponse, Status> {
     match applied {
         Applied::Consume(Ok(o)) => Ok(pb::CommitResponse {
-            outcome: outcome("Commit", o),
+            outcome: outcome(m, Method::Commit, o),
         }),
         Applied::Consume(Err(e)) => Err(status::consume(e)),
         other => Err(mismatch(other)),
@@ -373,10 +370,10 @@ fn release_command(r: pb::ReleaseRequest) -> Result<Command, Status> {
     Ok(Command::Release { reservation_id: id })
 }
 
-fn release_answer(applied: Applied) -> Result<pb::ReleaseResponse, Status> {
+fn release_answer(m: &Meters, applied: Applied) -> Result<pb::ReleaseResponse, Status> {
     match applied {
         Applied::Release(Ok(o)) => Ok(pb::ReleaseResponse {
-            outcome: outcome("Release", o),
+            outcome: outcome(m, Method::Release, o),
         }),
         Applied::Release(Err(e)) => Err(status::release(e)),
         other => Err(mismatch(other)),
@@ -390,10 +387,10 @@ fn extend_command(api: ApiConfig, r: pb::ExtendRequest) -> Result<Command, Statu
     Ok(Command::Extend(command))
 }
 
-fn extend_answer(applied: Applied) -> Result<pb::ExtendResponse, Status> {
+fn extend_answer(m: &Meters, applied: Applied) -> Result<pb::ExtendResponse, Status> {
     match applied {
         Applied::Extend(Ok(a)) => Ok(pb::ExtendResponse {
-            outcome: outcome("Extend", a.outcome),
+            outcome: outcome(m, Method::Extend, a.outcome),
             expires_at_ms: a.expires_at_ms,
         }),
         Applied::Extend(Err(e)) => Err(status::extend(e)),
@@ -406,8 +403,8 @@ fn sell_command(r: pb::SellRequest) -> Result<Command, Status> {
     Ok(Command::Sell(command))
 }
 
-fn sell_answer(applied: Applied) -> Result<pb::SellResponse, Status> {
-    let (outcome, level, short) = stock_change("Sell", applied)?;
+fn sell_answer(m: &Meters, applied: Applied) -> Result<pb::SellResponse, Status> {
+    let (outcome, level, short) = stock_change(m, Method::Sell, applied)?;
     Ok(pb::SellResponse {
         outcome,
         level,
@@ -421,8 +418,8 @@ fn adjust_command(r: pb::AdjustRequest) -> Result<Command, Status> {
     Ok(Command::Adjust(command))
 }
 
-fn adjust_answer(applied: Applied) -> Result<pb::AdjustResponse, Status> {
-    let (outcome, level, short) = stock_change("Adjust", applied)?;
+fn adjust_answer(m: &Meters, applied: Applied) -> Result<pb::AdjustResponse, Status> {
+    let (outcome, level, short) = stock_change(m, Method::Adjust, applied)?;
     Ok(pb::AdjustResponse {
         outcome,
         level,
@@ -436,8 +433,8 @@ fn set_on_hand_command(r: pb::SetOnHandRequest) -> Result<Command, Status> {
     Ok(Command::SetOnHand(command))
 }
 
-fn set_on_hand_answer(applied: Applied) -> Result<pb::SetOnHandResponse, Status> {
-    let (outcome, level, short) = stock_change("SetOnHand", applied)?;
+fn set_on_hand_answer(m: &Meters, applied: Applied) -> Result<pb::SetOnHandResponse, Status> {
+    let (outcome, level, short) = stock_change(m, Method::SetOnHand, applied)?;
     Ok(pb::SetOnHandResponse {
         outcome,
         level,
@@ -450,12 +447,15 @@ fn set_safety_stock_command(r: pb::SetSafetyStockRequest) -> Result<Command, Sta
     Ok(Command::SetSafetyStock(command))
 }
 
-fn set_safety_stock_answer(applied: Applied) -> Result<pb::SetSafetyStockResponse, Status> {
+fn set_safety_stock_answer(
+    m: &Meters,
+    applied: Applied,
+) -> Result<pb::SetSafetyStockResponse, Status> {
     match applied {
         Applied::SetSafetyStock(Ok(answer)) => {
             let (level, short) = level(&answer);
             Ok(pb::SetSafetyStockResponse {
-                outcome: applied_outcome("SetSafetyStock"),
+                outcome: m.outcome(Method::SetSafetyStock, pb::Outcome::Applied),
                 level,
                 short,
             })
@@ -686,17 +686,17 @@ fn stream_step(service: &InventoryService, leading: bool, op: &Option<Op>) -> St
 }
 
 /// The response of a grouped write, shaped by the operation it answers.
-fn stream_answer(op: &Option<Op>, applied: Applied) -> R {
+fn stream_answer(m: &Meters, op: &Option<Op>, applied: Applied) -> R {
     match op {
-        Some(Op::Reserve(_)) => stream_result(reserve_answer(applied), R::Reserve),
-        Some(Op::Commit(_)) => stream_result(commit_answer(applied), R::Commit),
-        Some(Op::Release(_)) => stream_result(release_answer(applied), R::Release),
-        Some(Op::Extend(_)) => stream_result(extend_answer(applied), R::Extend),
-        Some(Op::Sell(_)) => stream_result(sell_answer(applied), R::Sell),
-        Some(Op::Adjust(_)) => stream_result(adjust_answer(applied), R::Adjust),
-        Some(Op::SetOnHand(_)) => stream_result(set_on_hand_answer(applied), R::SetOnHand),
+        Some(Op::Reserve(_)) => stream_result(reserve_answer(m, applied), R::Reserve),
+        Some(Op::Commit(_)) => stream_result(commit_answer(m, applied), R::Commit),
+        Some(Op::Release(_)) => stream_result(release_answer(m, applied), R::Release),
+        Some(Op::Extend(_)) => stream_result(extend_answer(m, applied), R::Extend),
+        Some(Op::Sell(_)) => stream_result(sell_answer(m, applied), R::Sell),
+        Some(Op::Adjust(_)) => stream_result(adjust_answer(m, applied), R::Adjust),
+        Some(Op::SetOnHand(_)) => stream_result(set_on_hand_answer(m, applied), R::SetOnHand),
         Some(Op::SetSafetyStock(_)) => {
-            stream_result(set_safety_stock_answer(applied), R::SetSafetyStock)
+            stream_result(set_safety_stock_answer(m, applied), R::SetSafetyStock)
         }
         _ => stream_error(mismatch(applied)),
     }
@@ -879,7 +879,7 @@ async fn finish_group(
     let mut answers = answers.into_iter();
     for op in ops {
         let result = match answers.next() {
-            Some(Ok(applied)) => stream_answer(&op.op, applied),
+            Some(Ok(applied)) => stream_answer(&service.meters, &op.op, applied),
             // Leadership changed under the proposal, or this node stopped
             // leading: retry alone, as the unary call would.
             Some(Err(_)) => {
@@ -926,12 +926,12 @@ impl Inventory for InventoryService {
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
         let api = self.api;
-        observed(
-            "Reserve",
+        self.observed(
+            Method::Reserve,
             self.write(
                 request,
                 |r| reserve_command(api, r),
-                reserve_answer,
+                |applied| reserve_answer(&self.meters, applied),
                 |mut leader, call| Box::pin(async move { leader.reserve(call).await }),
             ),
         )
@@ -942,12 +942,12 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        observed(
-            "Commit",
+        self.observed(
+            Method::Commit,
             self.write(
                 request,
                 commit_command,
-                commit_answer,
+                |applied| commit_answer(&self.meters, applied),
                 |mut leader, call| Box::pin(async move { leader.commit(call).await }),
             ),
         )
@@ -958,12 +958,12 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        observed(
-            "Release",
+        self.observed(
+            Method::Release,
             self.write(
                 request,
                 release_command,
-                release_answer,
+                |applied| release_answer(&self.meters, applied),
                 |mut leader, call| Box::pin(async move { leader.release(call).await }),
             ),
         )
@@ -975,12 +975,12 @@ impl Inventory for InventoryService {
         request: Request<pb::ExtendRequest>,
     ) -> Result<Response<pb::ExtendResponse>, Status> {
         let api = self.api;
-        observed(
-            "Extend",
+        self.observed(
+            Method::Extend,
             self.write(
                 request,
                 |r| extend_command(api, r),
-                extend_answer,
+                |applied| extend_answer(&self.meters, applied),
                 |mut leader, call| Box::pin(async move { leader.extend(call).await }),
             ),
         )
@@ -991,7 +991,7 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::GetReservationResponse>, Status> {
-        observed("GetReservation", async {
+        self.observed(Method::GetReservation, async {
             let r = request.into_inner();
             check_id("reservation_id", &r.reservation_id).map_err(status::invalid)?;
             self.barrier(r.consistency).await?;
@@ -1004,11 +1004,14 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::SellRequest>,
     ) -> Result<Response<pb::SellResponse>, Status> {
-        observed(
-            "Sell",
-            self.write(request, sell_command, sell_answer, |mut leader, call| {
-                Box::pin(async move { leader.sell(call).await })
-            }),
+        self.observed(
+            Method::Sell,
+            self.write(
+                request,
+                sell_command,
+                |applied| sell_answer(&self.meters, applied),
+                |mut leader, call| Box::pin(async move { leader.sell(call).await }),
+            ),
         )
         .await
     }
@@ -1017,12 +1020,12 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::AdjustRequest>,
     ) -> Result<Response<pb::AdjustResponse>, Status> {
-        observed(
-            "Adjust",
+        self.observed(
+            Method::Adjust,
             self.write(
                 request,
                 adjust_command,
-                adjust_answer,
+                |applied| adjust_answer(&self.meters, applied),
                 |mut leader, call| Box::pin(async move { leader.adjust(call).await }),
             ),
         )
@@ -1033,12 +1036,12 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::SetOnHandRequest>,
     ) -> Result<Response<pb::SetOnHandResponse>, Status> {
-        observed(
-            "SetOnHand",
+        self.observed(
+            Method::SetOnHand,
             self.write(
                 request,
                 set_on_hand_command,
-                set_on_hand_answer,
+                |applied| set_on_hand_answer(&self.meters, applied),
                 |mut leader, call| Box::pin(async move { leader.set_on_hand(call).await }),
             ),
         )
@@ -1049,12 +1052,12 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::SetSafetyStockRequest>,
     ) -> Result<Response<pb::SetSafetyStockResponse>, Status> {
-        observed(
-            "SetSafetyStock",
+        self.observed(
+            Method::SetSafetyStock,
             self.write(
                 request,
                 set_safety_stock_command,
-                set_safety_stock_answer,
+                |applied| set_safety_stock_answer(&self.meters, applied),
                 |mut leader, call| Box::pin(async move { leader.set_safety_stock(call).await }),
             ),
         )
@@ -1065,7 +1068,7 @@ impl Inventory for InventoryService {
         &self,
         request: Request<pb::GetAvailabilityRequest>,
     ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
-        observed("GetAvailability", async {
+        self.observed(Method::GetAvailability, async {
             let r = request.into_inner();
             checked_availability_request(&r)?;
             self.barrier(r.consistency).await?;

@@ -18,6 +18,7 @@
 pub mod cluster_service;
 pub mod forward;
 pub mod inventory_service;
+pub mod meters;
 pub mod node;
 pub mod peer_service;
 pub mod rebuild;

@@ -446,7 +446,8 @@ fn wall_clock_ms() -> u64 {
 struct Loop<S: LogStore, T: Transport> {
     replica: Replica<S>,
     transport: T,
-    waiters: HashMap<Token, Waiter>,
+    /// Hashed fast: one lookup per answered command.
+    waiters: HashMap<Token, Waiter, foldhash::fast::RandomState>,
     next_token: Token,
     out: Output,
     /// The thread encoding and writing a snapshot, if one runs.
@@ -625,7 +626,7 @@ fn run<S: LogStore, T: Transport>(
     let mut state = Loop {
         replica,
         transport,
-        waiters: HashMap::new(),
+        waiters: HashMap::default(),
         next_token: 1,
         out: Output::default(),
         snapshot_job: None,
