@@ -135,3 +135,80 @@ async fn the_minority_stops_acknowledging_and_the_majority_serves_on() {
     }
     eprintln!("old leader {old}, new leader {new}");
 }
+
+/// Writes in flight on a `Stream` to a leader that gets cut off: their
+/// group's proposals can never commit there, so when the old leader steps
+/// down they are retried one by one with the same ids, reach the new
+/// leader once the partition heals, and each is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_writes_on_a_cut_off_leader_are_retried_through_the_new_one() {
+    use stockraft::proto::v1::stream_request::Op;
+    use stockraft::proto::v1::stream_response::Result as R;
+
+    let cluster = Cluster::start(3, &["--leader-wait", "20s"]);
+    let old = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let mut c = cluster.client(old).await;
+    c.set_on_hand(pb::SetOnHandRequest {
+        txn_id: "seed".into(),
+        sku: "SKU".into(),
+        node: "dc".into(),
+        on_hand: 100,
+        expected_on_hand: None,
+    })
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut answers = c
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+
+    isolate(&cluster, old, others.clone()).await;
+    for id in &others {
+        isolate(&cluster, *id, vec![old]).await;
+    }
+    for i in 0..20u64 {
+        tx.send(pb::StreamRequest {
+            id: i,
+            op: Some(Op::Reserve(reserve(&format!("cut-{i}")))),
+        })
+        .await
+        .unwrap();
+    }
+    // Long enough for the majority to elect a leader and the old one to
+    // step down; then heal, well within the calls' budget.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for id in 1..=3 {
+        isolate(&cluster, id, vec![]).await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 20 {
+        let response = tokio::time::timeout(Duration::from_secs(30), answers.message())
+            .await
+            .expect("every write answered in time")
+            .unwrap()
+            .unwrap();
+        match response.result {
+            Some(R::Reserve(r)) => assert_eq!(r.outcome, pb::Outcome::Reserved as i32),
+            other => panic!("write {} answered {other:?}", response.id),
+        }
+        assert!(seen.insert(response.id), "two answers to {}", response.id);
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let mut on_leader = cluster.client(leader).await;
+    let level = on_leader
+        .get_availability(pb::GetAvailabilityRequest {
+            skus: vec!["SKU".into()],
+            nodes: vec!["dc".into()],
+            consistency: pb::Consistency::Linearizable as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        level.skus[0].nodes[0].reserved, 20,
+        "each write applied once"
+    );
+}
