@@ -66,7 +66,17 @@ async fn losing_the_leader_loses_nothing_and_oversells_nothing() {
 /// catches up by snapshot and converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
-    let mut cluster = Cluster::start(3, &["--snapshot-entries", "20", "--log-keep-entries", "5"]);
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--snapshot-entries",
+            "20",
+            "--snapshot-log-floor-mib",
+            "0",
+            "--log-keep-entries",
+            "5",
+        ],
+    );
     let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     seed(&cluster, leader).await;
@@ -111,7 +121,10 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
 /// acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn growing_to_five_and_back_to_three_under_load() {
-    let mut cluster = Cluster::start(3, &["--snapshot-entries", "50"]);
+    let mut cluster = Cluster::start(
+        3,
+        &["--snapshot-entries", "50", "--snapshot-log-floor-mib", "0"],
+    );
     let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
     seed(&cluster, leader).await;
     let ledger = Arc::new(Ledger::default());
@@ -224,7 +237,17 @@ fn damage_wal_tail(dir: &std::path::Path) -> std::path::PathBuf {
 /// data is kept aside, and the node is rebuilt from its peers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_log_tail_is_detected_and_the_node_rebuilt_from_a_peer() {
-    let mut cluster = Cluster::start(3, &["--snapshot-entries", "20", "--log-keep-entries", "5"]);
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--snapshot-entries",
+            "20",
+            "--snapshot-log-floor-mib",
+            "0",
+            "--log-keep-entries",
+            "5",
+        ],
+    );
     let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
     seed(&cluster, leader).await;
     let ledger = Arc::new(Ledger::default());

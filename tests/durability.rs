@@ -209,7 +209,7 @@ async fn a_short_hold_expires_on_time_and_frees_its_stock() {
 /// (graceful and SIGKILL) the state is exactly what it was.
 #[tokio::test]
 async fn restart_after_snapshot_and_compaction_restores_the_same_state() {
-    let mut server = Server::start(&["--snapshot-entries", "25"]);
+    let mut server = Server::start(&["--snapshot-entries", "25", "--snapshot-log-floor-mib", "0"]);
     server.wait_ready().await.unwrap();
     let mut c = server.client().await;
     for sku in 0..10 {

@@ -320,10 +320,17 @@ pub struct ServeArgs {
     /// How long calls in flight may take to finish on shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
-    /// Applied log entries between snapshots, at least: a large state also
-    /// waits until the log held in memory is a quarter of the last snapshot's size.
+    /// Applied log entries between snapshots, at least: a snapshot also
+    /// waits until the log held in memory is as large as the last snapshot,
+    /// or --snapshot-log-floor-mib when the snapshot is larger (and a quarter
+    /// of it, at least).
     #[arg(long, default_value_t = 20_000)]
     pub snapshot_entries: u64,
+    /// MiB of log, at most, that a snapshot waits for beyond
+    /// --snapshot-entries (see there); 0 snapshots after a quarter of the
+    /// last snapshot's size of log.
+    #[arg(long, default_value_t = 64)]
+    pub snapshot_log_floor_mib: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging follower
     /// catches up from the log rather than by snapshot.
     #[arg(long, default_value_t = 1_000)]
@@ -368,6 +375,7 @@ impl ServeArgs {
         replica.id_retention_ms = millis(self.id_retention);
         replica.id_retained_max = self.id_retained_max;
         replica.snapshot_entries = self.snapshot_entries.max(1);
+        replica.snapshot_log_floor_bytes = self.snapshot_log_floor_mib.saturating_mul(1024 * 1024);
         replica.log_keep_entries = self.log_keep_entries;
         replica.snapshot_by_caller = true;
         let peers = match &self.peers {

@@ -39,6 +39,21 @@ impl Default for Stats {
     }
 }
 
+impl Stats {
+    /// Stats with a histogram ready for every call of `mix`: a histogram
+    /// is a few hundred kilobytes to allocate and clear, better done before
+    /// a run's clock starts than at a worker's first call.
+    pub fn for_calls(mix: &[(super::workload::Workload, u32)]) -> Stats {
+        let mut stats = Stats::default();
+        for (workload, _) in mix {
+            for call in workload.calls() {
+                stats.latency.entry(call).or_insert_with(histogram);
+            }
+        }
+        stats
+    }
+}
+
 fn bump(series: &mut Vec<u64>, second: usize) {
     if series.len() <= second {
         series.resize(second + 1, 0);

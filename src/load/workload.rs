@@ -52,6 +52,20 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// The calls this workload makes, by the names their latency is
+    /// recorded under.
+    pub fn calls(self) -> &'static [&'static str] {
+        match self {
+            Workload::Checkout | Workload::FlashSale => &["reserve", "commit", "release"],
+            Workload::Reserve => &["reserve"],
+            Workload::Pos => &["sell"],
+            Workload::Browse => &["availability_local", "availability_linearizable"],
+            Workload::Restock => &["adjust", "availability_linearizable", "set_on_hand"],
+        }
+    }
+}
+
 impl fmt::Display for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -77,12 +77,18 @@ pub struct ReplicaConfig {
     /// Ticks between a leader's heartbeats.
     pub heartbeat_tick: usize,
     /// Applied entries between snapshots, at least. A snapshot also waits
-    /// until the log held in memory is at least a quarter of the size of
-    /// the last image: writing a snapshot costs time in proportion to the
-    /// whole state, so with ten million counters it is taken less often
-    /// (the cost per logged byte stays bounded), while the log a restart
-    /// replays after the snapshot stays within a quarter of the image.
+    /// until the log held in memory is as large as the last image, or
+    /// [`Self::snapshot_log_floor_bytes`] when the image is larger, and at
+    /// least a quarter of the image whatever its size. Writing a snapshot
+    /// costs time in proportion to the whole state, so it is taken when
+    /// the log has grown in proportion to the state (each logged byte then
+    /// costs at most one to four bytes of snapshot), while the log a
+    /// restart replays after the snapshot stays within the floor or a
+    /// quarter of the image.
     pub snapshot_entries: u64,
+    /// See [`Self::snapshot_entries`]. 0 snapshots after a quarter of the
+    /// image's size of log (tests, the simulator: snapshots often).
+    pub snapshot_log_floor_bytes: u64,
     /// Bytes of log held in memory that force a snapshot whatever the
     /// above: the bound on the log's memory and on replay time at restart.
     pub snapshot_log_bytes: u64,
@@ -117,6 +123,7 @@ impl ReplicaConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_entries: 20_000,
+            snapshot_log_floor_bytes: 64 * 1024 * 1024,
             snapshot_log_bytes: 256 * 1024 * 1024,
             log_keep_entries: 1_000,
             id_retention_ms: crate::limits::ID_RETENTION_MS_DEFAULT,
@@ -921,8 +928,12 @@ impl<S: LogStore> Replica<S> {
             return Ok(());
         }
         let log_bytes = self.raw.store().log_bytes();
-        let by_entries = applied - self.snapshot_index >= self.config.snapshot_entries
-            && log_bytes >= self.snapshot_image_bytes / 4;
+        let log_due = snapshot_log_due(
+            self.snapshot_image_bytes,
+            self.config.snapshot_log_floor_bytes,
+        );
+        let by_entries =
+            applied - self.snapshot_index >= self.config.snapshot_entries && log_bytes >= log_due;
         let by_bytes = log_bytes >= self.config.snapshot_log_bytes;
         if !by_entries && !by_bytes {
             return Ok(());
@@ -1012,6 +1023,13 @@ impl<S: LogStore> Replica<S> {
         );
         Ok(())
     }
+}
+
+/// Bytes of log a snapshot waits for after one of `image_bytes` (see
+/// [`ReplicaConfig::snapshot_entries`]): the image's size up to `floor`,
+/// and a quarter of it beyond.
+fn snapshot_log_due(image_bytes: u64, floor: u64) -> u64 {
+    (image_bytes / 4).max(image_bytes.min(floor))
 }
 
 /// Tells every caller waiting on an entry that its outcome is unknown here.

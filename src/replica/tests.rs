@@ -110,6 +110,7 @@ fn a_restart_replays_the_log_to_the_same_state() {
 fn snapshots_compact_the_log_and_restarts_load_them() {
     let mut config = ReplicaConfig::new(1);
     config.snapshot_entries = 10;
+    config.snapshot_log_floor_bytes = 0;
     config.log_keep_entries = 2;
     let mut replica = Replica::new(config.clone(), MemStore::new(&[1]), &logger()).unwrap();
     replica.campaign(&mut Output::default()).unwrap();
@@ -145,6 +146,7 @@ fn snapshots_compact_the_log_and_restarts_load_them() {
 fn a_snapshot_handed_to_the_caller_is_recorded_when_handed_back() {
     let mut config = ReplicaConfig::new(1);
     config.snapshot_entries = 10;
+    config.snapshot_log_floor_bytes = 0;
     config.log_keep_entries = 2;
     config.snapshot_by_caller = true;
     let mut replica = Replica::new(config.clone(), MemStore::new(&[1]), &logger()).unwrap();
@@ -414,6 +416,7 @@ fn a_snapshot_handed_back_after_an_install_from_the_leader_is_dropped() {
         .map(|id| {
             let mut config = ReplicaConfig::new(id);
             config.snapshot_entries = 10;
+            config.snapshot_log_floor_bytes = 0;
             config.log_keep_entries = 2;
             config.snapshot_by_caller = id == 3;
             config
@@ -475,4 +478,18 @@ fn a_snapshot_handed_back_after_an_install_from_the_leader_is_dropped() {
         group.replicas[2].inventory().digest(),
         group.replicas[0].inventory().digest()
     );
+}
+
+#[test]
+fn a_snapshot_waits_for_a_log_in_proportion_to_the_state() {
+    const MIB: u64 = 1024 * 1024;
+    // Small states: as much log as the image.
+    assert_eq!(super::snapshot_log_due(10_000, 64 * MIB), 10_000);
+    assert_eq!(super::snapshot_log_due(60 * MIB, 64 * MIB), 60 * MIB);
+    // Past the floor, the floor, until a quarter of the image is more.
+    assert_eq!(super::snapshot_log_due(100 * MIB, 64 * MIB), 64 * MIB);
+    assert_eq!(super::snapshot_log_due(1024 * MIB, 64 * MIB), 256 * MIB);
+    // No floor: a quarter of the image (tests, the simulator).
+    assert_eq!(super::snapshot_log_due(10_000, 0), 2_500);
+    assert_eq!(super::snapshot_log_due(0, 64 * MIB), 0);
 }

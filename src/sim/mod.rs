@@ -171,6 +171,7 @@ fn replica_config(id: u64, election_ticks: usize) -> ReplicaConfig {
     let mut config = ReplicaConfig::new(id);
     config.fixed_election_ticks = Some(election_ticks);
     config.snapshot_entries = 40;
+    config.snapshot_log_floor_bytes = 0;
     config.log_keep_entries = 20;
     // Long retention: within a run every retry must find its id.
     config.id_retention_ms = 24 * 3_600 * 1_000;
