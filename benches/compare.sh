@@ -129,9 +129,9 @@ export STOCKRAFT_BIN="$sr" STOCKRAFT_CLUSTER_DIR="$work/three"
 three="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
 cluster/local.sh start >/dev/null
 read -r R[sr3_unary] _ < <(sr_load "$three" --clients 64 --skus 100000 --stock 1000000000)
-say "stockraft 3 nodes, unary, 64 clients, spread" "${R[sr3_unary]}"
+say "stockraft 3 nodes, unary, 64 clients on the leader, spread" "${R[sr3_unary]}"
 read -r R[sr3_stream] _ < <(sr_load "$three" --clients 16 --in-flight 16 --stream --skus 100000 --stock 1000000000)
-say "stockraft 3 nodes, Stream, 16 x 16, spread" "${R[sr3_stream]}"
+say "stockraft 3 nodes, Stream, 16 x 16 on the leader, spread" "${R[sr3_stream]}"
 cluster/local.sh stop >/dev/null
 
 # --- the table -------------------------------------------------------------------

@@ -602,7 +602,8 @@ async fn prometheus_metrics_are_served() {
         "stockraft_outcomes_total{method=\"Reserve\",outcome=\"INSUFFICIENT_STOCK\"} 1",
         "stockraft_request_seconds_bucket{method=\"Reserve\"",
         "stockraft_fsync_seconds_bucket",
-        "stockraft_batch_commands_bucket",
+        // Counts, not seconds: its own buckets.
+        "stockraft_batch_commands_bucket{le=\"4096\"}",
         "stockraft_open_reservations 1",
         "stockraft_raft_term",
         "stockraft_raft_commit_index",

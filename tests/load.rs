@@ -168,3 +168,106 @@ fn load_errors_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
 }
+
+/// With `--route leader` (the default) every client connects to the
+/// leader, whichever member `--server` names: the named follower can be
+/// killed mid-run and no call fails. With `--route spread` the clients
+/// connect to the follower itself, and killing it fails their calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_go_to_the_leader_whichever_member_is_named() {
+    use common::cluster::Cluster;
+    use std::time::Duration;
+
+    for (route, survives) in [("leader", true), ("spread", false)] {
+        let mut cluster = Cluster::start(3, &[]);
+        let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let run = std::process::Command::new(BIN)
+            .args([
+                "load",
+                "--server",
+                &cluster.addr(follower),
+                "--route",
+                route,
+                "--duration",
+                "3s",
+                "--clients",
+                "4",
+                "--skus",
+                "20",
+                "--nodes",
+                "1",
+                "--workload",
+                "checkout",
+                "--timeout",
+                "2s",
+                "--quiet",
+                "--json",
+            ])
+            .arg(&json)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Seeding and the first calls, then the named follower dies.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        cluster.kill9(follower);
+        let out = run.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if survives {
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains("clients on the leader"), "{stdout}");
+            assert!(stdout.contains("errors: none"), "{stdout}");
+            let report: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            assert_eq!(report["config"]["route"], "leader");
+            assert_eq!(report["verification"]["passed"], true, "{report}");
+        } else {
+            assert!(
+                !out.status.success() || !stdout.contains("errors: none"),
+                "clients on the killed follower saw no error: {stdout}"
+            );
+        }
+    }
+}
+
+/// A cluster that cannot elect a leader (two of three nodes down) is a
+/// clear error, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_without_a_leader_is_a_clear_error() {
+    use common::cluster::Cluster;
+    use std::time::Duration;
+
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    for id in 1..=3 {
+        if id != survivor {
+            cluster.kill9(id);
+        }
+    }
+    // Let the survivor notice it has lost its leader.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = std::process::Command::new(BIN)
+        .args([
+            "load",
+            "--server",
+            &cluster.addr(survivor),
+            "--duration",
+            "1s",
+            "--timeout",
+            "2s",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no leader"), "{stderr}");
+}

@@ -150,7 +150,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Servers to spread clients over: ADDR[,ADDR...].
+    /// Servers of the cluster: ADDR[,ADDR...].
     #[arg(
         long,
         env = "STOCKRAFT_SERVER",
@@ -158,6 +158,11 @@ pub struct LoadArgs {
         value_delimiter = ','
     )]
     pub server: Vec<String>,
+    /// Where clients connect: `leader` (found through the servers given, as
+    /// a leader-aware client does) or `spread` (over the servers given in
+    /// turn; followers forward writes to the leader).
+    #[arg(long, default_value = "leader")]
+    pub route: stockraft::load::Route,
     /// Connections (clients).
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -993,6 +998,7 @@ async fn run_load(args: LoadArgs) -> Result<()> {
     }
     let config = load::LoadConfig {
         servers: args.server,
+        route: args.route,
         clients: args.clients,
         in_flight: args.in_flight,
         duration: args.duration,
@@ -1030,6 +1036,15 @@ async fn run_load(args: LoadArgs) -> Result<()> {
     if let Some(path) = &args.report {
         std::fs::write(path, load::report::html(&outcome))
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(reason) = outcome
+        .verification
+        .as_ref()
+        .and_then(|v| v.unreadable.as_ref())
+    {
+        return Err(anyhow!(
+            "verification not done: the counters could not be read back from any server given: {reason}"
+        ));
     }
     if outcome.verification.as_ref().is_some_and(|v| !v.passed()) {
         return Err(anyhow!(

@@ -34,14 +34,41 @@ use thiserror::Error;
 use tonic::Status;
 
 use crate::proto::v1 as pb;
+use crate::proto::v1::cluster_client::ClusterClient;
 use conn::{Conn, StreamConn};
 use stats::Stats;
+use tonic::transport::Channel;
 use workload::{hot_sku_name, node_name, sku_name, Chooser, Workload, HOT_NODE};
+
+/// Where the clients connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Every client to the cluster's leader, found through the Cluster
+    /// service of the servers given, as a leader-aware client library
+    /// does: every write is carried out where it arrives.
+    Leader,
+    /// Clients spread over the servers given, in turn; a follower forwards
+    /// writes to the leader (one more hop for them).
+    Spread,
+}
+
+impl std::str::FromStr for Route {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Route, String> {
+        match s {
+            "leader" => Ok(Route::Leader),
+            "spread" => Ok(Route::Spread),
+            other => Err(format!("--route {other:?}: choose leader or spread")),
+        }
+    }
+}
 
 /// Everything `stockraft load` can be told.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     pub servers: Vec<String>,
+    pub route: Route,
     pub clients: usize,
     pub in_flight: usize,
     pub duration: Option<Duration>,
@@ -227,11 +254,14 @@ pub struct Verification {
     pub resolved_by_retry: usize,
     pub mismatches: Vec<String>,
     pub oversold: Vec<String>,
+    /// Why the counters could not be read back at all (no server given
+    /// answered); nothing was checked then.
+    pub unreadable: Option<String>,
 }
 
 impl Verification {
     pub fn passed(&self) -> bool {
-        self.mismatches.is_empty() && self.oversold.is_empty()
+        self.unreadable.is_none() && self.mismatches.is_empty() && self.oversold.is_empty()
     }
 }
 
@@ -355,7 +385,7 @@ impl Worker {
                     Ok(_) => self
                         .ledger
                         .add(&request.sku, &request.node, |a| &a.sold, request.qty),
-                    Err(_) => self.unknown.push(Unknown::Sell(request)),
+                    Err(_) => self.remember(Unknown::Sell(request)),
                 }
             }
             Workload::Browse => {
@@ -396,7 +426,7 @@ impl Worker {
                     self.record("adjust", intended, &result, |r| outcome_name(r.outcome));
                     match result {
                         Ok(_) => self.ledger.add(&sku, &node, |a| &a.received, request.delta),
-                        Err(_) => self.unknown.push(Unknown::Adjust(request)),
+                        Err(_) => self.remember(Unknown::Adjust(request)),
                     }
                 } else {
                     let read = self
@@ -446,7 +476,7 @@ impl Worker {
         let reply = match result {
             Ok(reply) => reply,
             Err(_) => {
-                self.unknown.push(Unknown::Reserve(request));
+                self.remember(Unknown::Reserve(request));
                 return;
             }
         };
@@ -468,7 +498,7 @@ impl Worker {
                         self.ledger.consumed(&lines)
                     }
                     Ok(_) => {}
-                    Err(_) => self.unknown.push(Unknown::Commit(id, lines)),
+                    Err(_) => self.remember(Unknown::Commit(id, lines)),
                 }
             }
             'r' => {
@@ -480,101 +510,117 @@ impl Worker {
                     .await;
                 self.record("release", sent, &result, |r| outcome_name(r.outcome));
                 if result.is_err() {
-                    self.unknown.push(Unknown::Release(id, lines));
+                    self.remember(Unknown::Release(id, lines));
                 }
             }
             _ => self.ledger.held(&lines),
         }
     }
 
+    /// Keeps a call whose outcome is unknown for [`Worker::resolve`], up to
+    /// [`UNKNOWN_MAX`] of them: beyond that (a dead server fails every call
+    /// at once) its counters are marked uncertain straight away, so memory
+    /// and the time spent resolving stay bounded.
+    fn remember(&mut self, item: Unknown) {
+        if self.unknown.len() >= UNKNOWN_MAX {
+            self.flag_uncertain(&item);
+            return;
+        }
+        self.unknown.push(item);
+    }
+
+    /// Marks the counters a call touched as uncertain: the verification
+    /// cannot know whether it took effect.
+    fn flag_uncertain(&self, item: &Unknown) {
+        let flag = |sku: &str, node: &str| self.ledger.flag(sku, node, |a| &a.uncertain);
+        match item {
+            Unknown::Reserve(r) => r.lines.iter().for_each(|l| flag(&l.sku, &l.node)),
+            Unknown::Commit(_, lines) | Unknown::Release(_, lines) => {
+                lines.iter().for_each(|l| flag(&l.sku, &l.node))
+            }
+            Unknown::Sell(r) => flag(&r.sku, &r.node),
+            Unknown::Adjust(r) => flag(&r.sku, &r.node),
+        }
+    }
+
     /// Retries every call with an unknown outcome (same id) until it
-    /// answers, so the ledger knows every operation's fate.
-    async fn resolve(&mut self) -> usize {
+    /// answers, so the ledger knows every operation's fate; a call still
+    /// unanswered after [`RESOLVE_ATTEMPTS_MAX`] tries, or once
+    /// `deadline` has passed, leaves its counters uncertain. Returns how
+    /// many calls were resolved by an answer.
+    async fn resolve(&mut self, deadline: Instant) -> usize {
         let unknown = std::mem::take(&mut self.unknown);
-        let resolved = unknown.len();
+        let mut resolved = 0;
         for item in unknown {
             let mut attempts = 0;
             loop {
-                attempts += 1;
-                let done = match &item {
-                    Unknown::Reserve(request) => match self.conn.reserve(request.clone()).await {
-                        Ok(r) => {
-                            if r.outcome == pb::Outcome::Reserved as i32 {
-                                self.ledger.held(&request.lines);
-                            }
-                            true
-                        }
-                        Err(_) => false,
-                    },
-                    Unknown::Commit(id, lines) => match self
-                        .conn
-                        .commit(pb::CommitRequest {
-                            reservation_id: id.clone(),
-                        })
-                        .await
-                    {
-                        Ok(r) => {
-                            if r.outcome == pb::Outcome::Committed as i32 {
-                                self.ledger.consumed(lines);
-                            }
-                            true
-                        }
-                        Err(_) => false,
-                    },
-                    Unknown::Release(id, _) => self
-                        .conn
-                        .release(pb::ReleaseRequest {
-                            reservation_id: id.clone(),
-                        })
-                        .await
-                        .is_ok(),
-                    Unknown::Sell(request) => match self.conn.sell(request.clone()).await {
-                        Ok(_) => {
-                            self.ledger
-                                .add(&request.sku, &request.node, |a| &a.sold, request.qty);
-                            true
-                        }
-                        Err(_) => false,
-                    },
-                    Unknown::Adjust(request) => match self.conn.adjust(request.clone()).await {
-                        Ok(_) => {
-                            self.ledger.add(
-                                &request.sku,
-                                &request.node,
-                                |a| &a.received,
-                                request.delta,
-                            );
-                            true
-                        }
-                        Err(_) => false,
-                    },
-                };
-                if done {
+                if Instant::now() >= deadline || attempts >= RESOLVE_ATTEMPTS_MAX {
+                    self.flag_uncertain(&item);
                     break;
                 }
-                if attempts >= 20 {
-                    let lines: Vec<Key> = match &item {
-                        Unknown::Reserve(r) => r
-                            .lines
-                            .iter()
-                            .map(|l| (l.sku.clone(), l.node.clone()))
-                            .collect(),
-                        Unknown::Commit(_, lines) | Unknown::Release(_, lines) => lines
-                            .iter()
-                            .map(|l| (l.sku.clone(), l.node.clone()))
-                            .collect(),
-                        Unknown::Sell(r) => vec![(r.sku.clone(), r.node.clone())],
-                        Unknown::Adjust(r) => vec![(r.sku.clone(), r.node.clone())],
-                    };
-                    for (sku, node) in lines {
-                        self.ledger.flag(&sku, &node, |a| &a.uncertain);
-                    }
+                attempts += 1;
+                if self.retry(&item).await {
+                    resolved += 1;
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
         resolved
+    }
+
+    /// One retry of a call with an unknown outcome; true once it answered
+    /// (the ledger then records what it did).
+    async fn retry(&self, item: &Unknown) -> bool {
+        match item {
+            Unknown::Reserve(request) => match self.conn.reserve(request.clone()).await {
+                Ok(r) => {
+                    if r.outcome == pb::Outcome::Reserved as i32 {
+                        self.ledger.held(&request.lines);
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
+            Unknown::Commit(id, lines) => match self
+                .conn
+                .commit(pb::CommitRequest {
+                    reservation_id: id.clone(),
+                })
+                .await
+            {
+                Ok(r) => {
+                    if r.outcome == pb::Outcome::Committed as i32 {
+                        self.ledger.consumed(lines);
+                    }
+                    true
+                }
+                Err(_) => false,
+            },
+            Unknown::Release(id, _) => self
+                .conn
+                .release(pb::ReleaseRequest {
+                    reservation_id: id.clone(),
+                })
+                .await
+                .is_ok(),
+            Unknown::Sell(request) => match self.conn.sell(request.clone()).await {
+                Ok(_) => {
+                    self.ledger
+                        .add(&request.sku, &request.node, |a| &a.sold, request.qty);
+                    true
+                }
+                Err(_) => false,
+            },
+            Unknown::Adjust(request) => match self.conn.adjust(request.clone()).await {
+                Ok(_) => {
+                    self.ledger
+                        .add(&request.sku, &request.node, |a| &a.received, request.delta);
+                    true
+                }
+                Err(_) => false,
+            },
+        }
     }
 }
 
@@ -592,9 +638,13 @@ async fn connect(config: &LoadConfig) -> Result<Vec<Arc<Conn>>, LoadError> {
             })?;
         channels.push(channel);
     }
+    let targets = match config.route {
+        Route::Spread => config.servers.clone(),
+        Route::Leader => vec![leader_address(config, &channels).await?],
+    };
     let mut conns = Vec::with_capacity(config.clients);
     for i in 0..config.clients {
-        let addr = &config.servers[i % config.servers.len()];
+        let addr = &targets[i % targets.len()];
         // One connection per client, as each client of a real fleet has.
         let channel = crate::client::channel(addr, config.call_timeout)
             .await
@@ -622,6 +672,49 @@ async fn connect(config: &LoadConfig) -> Result<Vec<Arc<Conn>>, LoadError> {
     Ok(conns)
 }
 
+/// The leader's address, as the first server that answers knows it,
+/// waiting for an election up to the call timeout.
+async fn leader_address(config: &LoadConfig, channels: &[Channel]) -> Result<String, LoadError> {
+    let deadline = Instant::now() + config.call_timeout;
+    let mut last = String::from("no server answered the cluster status");
+    loop {
+        for (addr, channel) in config.servers.iter().zip(channels) {
+            let mut client = ClusterClient::new(channel.clone());
+            let status = match client
+                .status(pb::ClusterStatusRequest { with_digest: false })
+                .await
+            {
+                Ok(status) => status.into_inner(),
+                Err(e) => {
+                    last = format!("{addr}: {}", e.message());
+                    continue;
+                }
+            };
+            if status.leader_id == 0 {
+                last = format!("{addr} knows no leader");
+                continue;
+            }
+            match status
+                .members
+                .iter()
+                .find(|m| m.node_id == status.leader_id)
+            {
+                Some(leader) => return Ok(leader.address.clone()),
+                None => {
+                    last = format!(
+                        "{addr} names node {} as leader but not its address",
+                        status.leader_id
+                    )
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(LoadError::NoLeader(last));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn counters(config: &LoadConfig) -> Vec<Key> {
     let mut keys = Vec::new();
     let uses = |w: Workload| config.mix.iter().any(|(m, _)| *m == w);
@@ -647,6 +740,16 @@ fn counters(config: &LoadConfig) -> Vec<Key> {
 
 /// Tasks seeding at once, at most: enough to fill group commits.
 const SEED_TASKS_MAX: usize = 256;
+
+/// Most calls with an unknown outcome one worker keeps for resolving.
+const UNKNOWN_MAX: usize = 4_096;
+
+/// Most retries of one call with an unknown outcome.
+const RESOLVE_ATTEMPTS_MAX: u32 = 20;
+
+/// The least time given to resolving unknown outcomes after the run; it is
+/// at least three call timeouts.
+const RESOLVE_BUDGET_MIN: Duration = Duration::from_secs(10);
 
 /// Sets every counter's stock, many calls in flight (over streams when the
 /// run uses them, as many per stream as `--in-flight`).
@@ -742,6 +845,38 @@ async fn warm_up(conns: &[Arc<Conn>], keys: &[Key]) {
 }
 
 /// Reads the current levels of counters (linearizable), by SKU.
+/// The counters, read through the first client's connection or, when that
+/// fails (its server died during the run), through each server given in
+/// turn. Err says why no server answered.
+async fn read_levels_anywhere(
+    config: &LoadConfig,
+    conn: &Conn,
+    keys: &[Key],
+) -> Result<HashMap<Key, pb::NodeAvailability>, String> {
+    let mut reasons = Vec::new();
+    match read_levels(conn, keys).await {
+        Ok(levels) => return Ok(levels),
+        Err(status) => reasons.push(format!("the first client's server: {}", status.message())),
+    }
+    for addr in &config.servers {
+        let channel = match crate::client::channel(addr, config.call_timeout).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                reasons.push(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        let fresh = Conn::Unary(crate::proto::v1::inventory_client::InventoryClient::new(
+            channel,
+        ));
+        match read_levels(&fresh, keys).await {
+            Ok(levels) => return Ok(levels),
+            Err(status) => reasons.push(format!("{addr}: {}", status.message())),
+        }
+    }
+    Err(reasons.join("; "))
+}
+
 async fn read_levels(
     conn: &Conn,
     keys: &[Key],
@@ -873,6 +1008,7 @@ pub async fn run(
             errors: errors.clone(),
         });
     }
+    let resolve_budget = RESOLVE_BUDGET_MIN.max(config.call_timeout * 3);
     let started = Instant::now();
     for (w, mut worker) in workers.into_iter().enumerate() {
         worker.started = started;
@@ -907,8 +1043,11 @@ pub async fn run(
                 };
                 worker.step(intended).await;
             }
-            let resolved = worker.resolve().await;
-            resolved
+            // Every worker resolves within the same budget after the run,
+            // which does not count in the run's elapsed time.
+            let run_end = Instant::now();
+            let resolved = worker.resolve(run_end + resolve_budget).await;
+            (run_end, resolved)
         }));
     }
 
@@ -949,12 +1088,14 @@ pub async fn run(
     };
 
     let mut resolved_by_retry = 0;
+    let mut run_end = started;
     for task in tasks {
-        if let Ok(resolved) = task.await {
+        if let Ok((end, resolved)) = task.await {
             resolved_by_retry += resolved;
+            run_end = run_end.max(end);
         }
     }
-    let elapsed = started.elapsed();
+    let elapsed = run_end.duration_since(started);
     stop.store(true, Ordering::Relaxed);
     if let Some(progress) = progress {
         let _ = progress.await;
@@ -975,7 +1116,9 @@ pub async fn run(
                 &base,
                 &ledger,
                 resolved_by_retry,
-                elapsed,
+                // Holds live from the start until this read, resolving
+                // included.
+                started.elapsed(),
             )
             .await,
         )
@@ -1010,13 +1153,10 @@ async fn verify(
             "{untracked} calls named counters the harness did not seed or read (a harness bug)"
         ));
     }
-    let levels = match read_levels(conn, keys).await {
+    let levels = match read_levels_anywhere(config, conn, keys).await {
         Ok(levels) => levels,
-        Err(status) => {
-            result.mismatches.push(format!(
-                "could not read the counters back: {}",
-                status.message()
-            ));
+        Err(reason) => {
+            result.unreadable = Some(reason);
             return result;
         }
     };

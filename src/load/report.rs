@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::stats::{percentiles, Percentiles};
-use super::Outcome;
+use super::{Outcome, Verification};
 
 fn calls_table(outcome: &Outcome) -> Vec<(String, Percentiles)> {
     let mut rows: Vec<(String, Percentiles)> = outcome
@@ -46,9 +46,13 @@ pub fn text(outcome: &Outcome) -> String {
     let mix: Vec<String> = c.mix.iter().map(|(w, n)| format!("{w}={n}")).collect();
     let _ = writeln!(
         out,
-        "workload: {}; servers: {}",
+        "workload: {}; servers: {} ({})",
         mix.join(","),
-        c.servers.join(",")
+        c.servers.join(","),
+        match c.route {
+            super::Route::Leader => "clients on the leader",
+            super::Route::Spread => "clients spread over them",
+        }
     );
     let _ = writeln!(
         out,
@@ -80,6 +84,15 @@ pub fn text(outcome: &Outcome) -> String {
     match &outcome.verification {
         None => {
             let _ = writeln!(out, "\nverification: skipped (--no-verify)");
+        }
+        Some(Verification {
+            unreadable: Some(reason),
+            ..
+        }) => {
+            let _ = writeln!(
+                out,
+                "\nverification: NOT DONE: no server given answered the read-back ({reason})"
+            );
         }
         Some(v) => {
             let _ = writeln!(
@@ -122,7 +135,7 @@ pub fn json(outcome: &Outcome) -> Value {
         "elapsed_s": outcome.elapsed.as_secs_f64(),
         "interrupted": outcome.interrupted,
         "config": {
-            "servers": c.servers, "clients": c.clients, "in_flight": c.in_flight, "stream": c.stream,
+            "servers": c.servers, "route": format!("{:?}", c.route).to_lowercase(), "clients": c.clients, "in_flight": c.in_flight, "stream": c.stream,
             "rate": c.rate, "workload": c.mix.iter().map(|(w, n)| format!("{w}={n}")).collect::<Vec<_>>(),
             "skus": c.skus, "nodes": c.nodes, "stock": c.stock, "hot_skus": c.hot_skus, "hot_stock": c.hot_stock,
             "zipf": c.zipf, "ttl_ms": c.ttl_ms,
@@ -142,6 +155,7 @@ pub fn json(outcome: &Outcome) -> Value {
             "uncertain": v.uncertain,
             "mismatches": v.mismatches,
             "oversold": v.oversold,
+            "unreadable": v.unreadable,
         })),
     })
 }

@@ -304,6 +304,12 @@ fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
                 &size_buckets,
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("stockraft_peer_batch_messages".into()),
+                &size_buckets,
+            )
+        })
         .and_then(|b| b.install())
         .map_err(|e| ServeError::Metrics(e.to_string()))
 }
