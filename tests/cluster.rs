@@ -66,17 +66,7 @@ async fn losing_the_leader_loses_nothing_and_oversells_nothing() {
 /// catches up by snapshot and converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
-    let mut cluster = Cluster::start(
-        3,
-        &[
-            "--snapshot-entries",
-            "20",
-            "--snapshot-log-floor-mib",
-            "0",
-            "--log-keep-entries",
-            "5",
-        ],
-    );
+    let mut cluster = Cluster::start(3, common::SNAPSHOT_OFTEN);
     let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     seed(&cluster, leader).await;
@@ -237,17 +227,7 @@ fn damage_wal_tail(dir: &std::path::Path) -> std::path::PathBuf {
 /// data is kept aside, and the node is rebuilt from its peers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_log_tail_is_detected_and_the_node_rebuilt_from_a_peer() {
-    let mut cluster = Cluster::start(
-        3,
-        &[
-            "--snapshot-entries",
-            "20",
-            "--snapshot-log-floor-mib",
-            "0",
-            "--log-keep-entries",
-            "5",
-        ],
-    );
+    let mut cluster = Cluster::start(3, common::SNAPSHOT_OFTEN);
     let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
     seed(&cluster, leader).await;
     let ledger = Arc::new(Ledger::default());

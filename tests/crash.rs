@@ -109,17 +109,7 @@ async fn follower_crashes_while_installing_a_snapshot() {
         "install_snapshot::before_write",
         "install_snapshot::after_write",
     ] {
-        let mut cluster = Cluster::start(
-            3,
-            &[
-                "--snapshot-entries",
-                "20",
-                "--snapshot-log-floor-mib",
-                "0",
-                "--log-keep-entries",
-                "5",
-            ],
-        );
+        let mut cluster = Cluster::start(3, common::SNAPSHOT_OFTEN);
         let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
         seed(&cluster, leader).await;
         let follower = leader % 3 + 1;

@@ -333,8 +333,9 @@ pub struct ServeArgs {
     pub snapshot_entries: u64,
     /// MiB of log, at most, that a snapshot waits for beyond
     /// --snapshot-entries (see there); 0 snapshots after a quarter of the
-    /// last snapshot's size of log.
-    #[arg(long, default_value_t = 64)]
+    /// last snapshot's size of log. At most 256: a log of 256 MiB forces a
+    /// snapshot whatever this says.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(0..=256))]
     pub snapshot_log_floor_mib: u64,
     /// Log entries kept behind a snapshot, so a briefly lagging follower
     /// catches up from the log rather than by snapshot.
@@ -1052,4 +1053,24 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_log_floor_is_bounded_by_the_log_that_forces_a_snapshot() {
+        let parse = |mib: &str| {
+            Cli::try_parse_from(["stockraft", "serve", "--snapshot-log-floor-mib", mib])
+        };
+        assert!(parse("0").is_ok());
+        assert!(parse("256").is_ok());
+        let error = parse("257")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("--snapshot-log-floor-mib"), "{error}");
+        assert!(error.contains("0..=256"), "{error}");
+    }
 }

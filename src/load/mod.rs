@@ -844,7 +844,6 @@ async fn warm_up(conns: &[Arc<Conn>], keys: &[Key]) {
     }
 }
 
-/// Reads the current levels of counters (linearizable), by SKU.
 /// The counters, read through the first client's connection or, when that
 /// fails (its server died during the run), through each server given in
 /// turn. Err says why no server answered.
@@ -877,6 +876,7 @@ async fn read_levels_anywhere(
     Err(reasons.join("; "))
 }
 
+/// Reads the current levels of counters (linearizable), by SKU.
 async fn read_levels(
     conn: &Conn,
     keys: &[Key],

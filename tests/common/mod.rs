@@ -17,6 +17,18 @@ use tonic_health::pb::HealthCheckRequest;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stockraft");
 
+/// Server flags that make a cluster snapshot and compact its log every few
+/// entries, so tests reach the snapshot paths (catching up by snapshot,
+/// installing one) within a few hundred writes.
+pub const SNAPSHOT_OFTEN: &[&str] = &[
+    "--snapshot-entries",
+    "20",
+    "--snapshot-log-floor-mib",
+    "0",
+    "--log-keep-entries",
+    "5",
+];
+
 /// The newest RocksDB WAL file in a (stopped) node's data dir. RocksDB
 /// numbers its files with zero-padded increasing numbers, so the largest
 /// name is the newest.
