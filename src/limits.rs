@@ -55,6 +55,12 @@ pub const ID_RETENTION_MS_DEFAULT: u64 = 24 * 3_600 * 1_000;
 /// Most client commands in one Raft log entry (one group commit).
 pub const BATCH_COMMANDS_MAX: usize = 4_096;
 
+/// Log writes waiting for their sync before the leader proposes another
+/// batch (persistence off the replication thread): one being synced and
+/// one written behind it. More would make batches smaller (each carrying
+/// what arrived since the last) without syncing more often.
+pub const UNSYNCED_WRITES_MAX: usize = 2;
+
 /// Most bytes of encoded commands in one Raft log entry.
 pub const BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 

@@ -11,7 +11,7 @@ use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::inventory_server::Inventory;
 use stockraft::replica::{
     tracing_logger, ChunkWriter, LogStore, Members, Output, Replica, ReplicaConfig, SavedSnapshot,
-    StoreError,
+    StoreError, Syncer,
 };
 use stockraft::server::forward::Forwarder;
 use stockraft::server::inventory_service::{ApiConfig, InventoryService};
@@ -142,6 +142,12 @@ impl LogStore for SlowStore {
     }
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
         self.0.chunk_writer()
+    }
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.0.sync()
+    }
+    fn syncer(&self) -> Box<dyn Syncer> {
+        self.0.syncer()
     }
     fn save_snapshot(
         &mut self,

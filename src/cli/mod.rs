@@ -384,6 +384,7 @@ impl ServeArgs {
         replica.snapshot_log_floor_bytes = self.snapshot_log_floor_mib.saturating_mul(1024 * 1024);
         replica.log_keep_entries = self.log_keep_entries;
         replica.snapshot_by_caller = true;
+        replica.persist_async = true;
         let peers = match &self.peers {
             Some(text) => Some(parse_peers(text)?),
             None => None,

@@ -43,6 +43,14 @@ pub trait ChunkWriter: Send {
     fn put_chunks(&self, index: u64, image: &Image) -> Result<(), StoreError>;
 }
 
+/// Makes writes durable, from any thread: the fsync that the replication
+/// thread no longer waits for itself (see [`crate::replica`], persistence
+/// off the thread). Everything any writer wrote before the call is durable
+/// when it returns, as an fsync of RocksDB's one write-ahead log makes it.
+pub trait Syncer: Send {
+    fn sync(&self) -> Result<(), StoreError>;
+}
+
 /// The durable half of a replica: log entries, hard state, conf state and
 /// state-machine snapshots.
 pub trait LogStore: raft::Storage {
@@ -57,6 +65,13 @@ pub trait LogStore: raft::Storage {
         hard_state: Option<&HardState>,
         sync: bool,
     ) -> Result<(), StoreError>;
+
+    /// Makes every write made so far durable, including those [`Self::append`]
+    /// made with `sync: false`, on the caller's thread.
+    fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// A handle that does what [`Self::sync`] does from another thread.
+    fn syncer(&self) -> Box<dyn Syncer>;
 
     /// Records a newer commit index. Not synced: after a crash the commit
     /// index is learned again from the leader, and what was applied is

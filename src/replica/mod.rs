@@ -53,7 +53,7 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use thiserror::Error;
 
-pub use log_store::{ChunkWriter, LogStore, SavedSnapshot, StoreError};
+pub use log_store::{ChunkWriter, LogStore, SavedSnapshot, StoreError, Syncer};
 pub use logger::tracing_logger;
 pub use membership::{Members, MembershipChange};
 pub use snapshot_task::{SnapshotTask, WrittenSnapshot};
@@ -114,6 +114,12 @@ pub struct ReplicaConfig {
     /// [`Replica::advance`] (tests and the simulator, which must stay
     /// deterministic).
     pub snapshot_by_caller: bool,
+    /// Appends are written unsynced and made durable later by the caller
+    /// ([`Output::sync`], then [`Replica::persisted`]), so the replication
+    /// thread proposes, applies and answers while a sync is in flight
+    /// (raft-rs's asynchronous Ready). When false each Ready's write is
+    /// synced before [`Replica::advance`] returns.
+    pub persist_async: bool,
 }
 
 impl ReplicaConfig {
@@ -132,6 +138,7 @@ impl ReplicaConfig {
             expiry_retry_ms: 1_000,
             fixed_election_ticks: None,
             snapshot_by_caller: false,
+            persist_async: false,
         }
     }
 }
@@ -196,6 +203,12 @@ pub struct Output {
     /// A snapshot to encode and store, then hand back to
     /// [`Replica::snapshot_written`] (only with `snapshot_by_caller`).
     pub snapshot: Option<SnapshotTask>,
+    /// With `persist_async`: the number of the last Ready written unsynced.
+    /// The caller syncs the store ([`Syncer::sync`] or
+    /// [`Replica::sync_store`]) and then hands that number to
+    /// [`Replica::persisted`]; until then the Ready's votes and append
+    /// responses are held and its entries count for nothing.
+    pub sync: Option<u64>,
 }
 
 impl Output {
@@ -206,6 +219,7 @@ impl Output {
             && self.membership.is_empty()
             && !self.members_changed
             && self.snapshot.is_none()
+            && self.sync.is_none()
     }
 }
 
@@ -315,6 +329,11 @@ pub struct Replica<S: LogStore> {
     was_leader: bool,
     /// Members' addresses as of the applied index.
     members: Members,
+    /// With `persist_async`: Readies written but not yet known durable, in
+    /// order, each with the messages that must wait for its sync.
+    unsynced: VecDeque<(u64, Vec<Message>)>,
+    /// The number of the last Ready written (`persist_async`).
+    written_number: u64,
 }
 
 impl<S: LogStore> Replica<S> {
@@ -387,6 +406,8 @@ impl<S: LogStore> Replica<S> {
             snapshot_pending: None,
             was_leader: false,
             members,
+            unsynced: VecDeque::new(),
+            written_number: 0,
         })
     }
 
@@ -671,22 +692,39 @@ impl<S: LogStore> Replica<S> {
         // 1. Messages that need no local persistence (a leader's appends).
         out.messages.extend(ready.take_messages());
         // 2. A snapshot from the leader replaces the state machine.
-        if !ready.snapshot().is_empty() {
+        let has_snapshot = !ready.snapshot().is_empty();
+        if has_snapshot {
             let snapshot = ready.snapshot().clone();
             self.install_snapshot(snapshot, out)?;
         }
         // 3. Entries committed by a quorum.
         let committed = ready.take_committed_entries();
         self.apply_entries(committed, out)?;
-        // 4. New entries and hard state: one atomic write, synced.
+        // 4. New entries and hard state: one atomic write, synced (or,
+        //    with `persist_async`, synced later by the caller).
+        //    A Ready that installed a snapshot is always synced here: raft-rs
+        //    may not count the snapshot as applied before it is persisted.
+        let must_sync = ready.must_sync();
+        let deferred = self.config.persist_async && !has_snapshot;
         self.raw
             .mut_store()
-            .append(ready.entries(), ready.hs(), ready.must_sync())?;
+            .append(ready.entries(), ready.hs(), must_sync && !deferred)?;
         // 5. Reads whose leadership check completed.
         for state in ready.take_read_states() {
             self.confirm_read(state);
         }
-        // 6. Votes and append responses, now that what they promise is durable.
+        if deferred {
+            self.hold_until_synced(ready, must_sync, out);
+            self.finish_turn(out)?;
+            return Ok(());
+        }
+        self.written_number = ready.number();
+        // 6. Votes and append responses, now that what they promise is
+        //    durable (a synced write makes every write before it durable
+        //    too, so what earlier Readies held goes first).
+        for (_, messages) in self.unsynced.drain(..) {
+            out.messages.extend(messages);
+        }
         out.messages.extend(ready.take_persisted_messages());
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -695,6 +733,70 @@ impl<S: LogStore> Replica<S> {
         out.messages.extend(light.take_messages());
         self.apply_entries(light.take_committed_entries(), out)?;
         self.raw.advance_apply();
+        self.finish_turn(out)
+    }
+
+    /// Step 6 with `persist_async`: the Ready's votes and append responses
+    /// wait for the sync of its write (and of every write before it), which
+    /// the caller is asked for in [`Output::sync`]. A Ready that wrote
+    /// nothing needing a sync and has nothing before it waiting is done.
+    fn hold_until_synced(&mut self, mut ready: raft::Ready, must_sync: bool, out: &mut Output) {
+        let number = ready.number();
+        let messages = ready.take_persisted_messages();
+        self.written_number = number;
+        self.raw.advance_append_async(ready);
+        if must_sync || !self.unsynced.is_empty() {
+            self.unsynced.push_back((number, messages));
+            out.sync = Some(number);
+        } else {
+            out.messages.extend(messages);
+            // Nothing of it, and nothing before it, waits for a sync.
+            self.raw.on_persist_ready(number);
+        }
+        // The committed entries of this Ready were applied in step 3.
+        self.raw.advance_apply();
+    }
+
+    /// Makes every write so far durable on the caller's thread and returns
+    /// the number of the last Ready written, for [`Replica::persisted`]
+    /// (the simulator and tests; the server syncs on a thread of its own).
+    pub fn sync_store(&mut self) -> Result<u64, Fatal> {
+        self.raw.mut_store().sync()?;
+        Ok(self.written_number)
+    }
+
+    /// The caller synced the store after the Ready numbered `number` was
+    /// written (see [`Output::sync`]): its held messages go out, raft-rs
+    /// learns the entries are durable (on a leader that may commit them),
+    /// and what that made ready is handled at once.
+    pub fn persisted(&mut self, number: u64, out: &mut Output) -> Result<(), Fatal> {
+        assert!(
+            number <= self.written_number,
+            "persisted({number}) beyond the last Ready written ({})",
+            self.written_number
+        );
+        while let Some((held, _)) = self.unsynced.front() {
+            if *held > number {
+                break;
+            }
+            if let Some((_, messages)) = self.unsynced.pop_front() {
+                out.messages.extend(messages);
+            }
+        }
+        self.raw.on_persist_ready(number);
+        self.advance(out)
+    }
+
+    /// Readies written and waiting for a sync (with `persist_async`): the
+    /// server proposes no new batch while two wait, so batches stay large
+    /// while one sync runs and the next write waits for it.
+    pub fn unsynced_count(&self) -> usize {
+        self.unsynced.len()
+    }
+
+    /// The end of every Ready: reads now answerable, a snapshot if due,
+    /// gauges.
+    fn finish_turn(&mut self, out: &mut Output) -> Result<(), Fatal> {
         self.finish_reads(out);
         self.maybe_snapshot(out)?;
         metrics::gauge!("stockraft_raft_term").set(self.raw.raft.term as f64);

@@ -285,6 +285,11 @@ impl Group {
             for replica in self.replicas.iter_mut() {
                 let mut out = Output::default();
                 replica.advance(&mut out).unwrap();
+                // With `persist_async`, every sync asked for lands at once.
+                while out.sync.take().is_some() {
+                    let number = replica.sync_store().unwrap();
+                    replica.persisted(number, &mut out).unwrap();
+                }
                 self.queue.extend(out.messages);
                 self.answers.extend(out.answers);
                 self.reads.extend(out.reads);
@@ -492,4 +497,134 @@ fn a_snapshot_waits_for_a_log_in_proportion_to_the_state() {
     // No floor: a quarter of the image (tests, the simulator).
     assert_eq!(super::snapshot_log_due(10_000, 0), 2_500);
     assert_eq!(super::snapshot_log_due(0, 64 * MIB), 0);
+}
+
+fn async_config(id: u64) -> ReplicaConfig {
+    let mut config = ReplicaConfig::new(id);
+    config.persist_async = true;
+    config
+}
+
+/// Advances and lands every sync asked for, as the server's sync thread
+/// would, until nothing more is asked.
+fn advance_synced<S: LogStore>(replica: &mut Replica<S>, out: &mut Output) {
+    replica.advance(out).unwrap();
+    while out.sync.take().is_some() {
+        let number = replica.sync_store().unwrap();
+        replica.persisted(number, out).unwrap();
+    }
+}
+
+/// Persistence off the replication thread, one node: an entry written but
+/// not yet synced is neither applied nor answered, a crash then loses it
+/// (and nothing acknowledged), and once synced it is answered and survives
+/// a crash.
+#[test]
+fn with_async_persistence_only_synced_entries_are_answered_and_survive() {
+    use crate::sim::disk::SimDisk;
+    let disk = SimDisk::new(MemStore::new(&[1]), false);
+    let mut replica = Replica::new(async_config(1), disk, &logger()).unwrap();
+    let mut out = Output::default();
+    replica.campaign(&mut out).unwrap();
+    advance_synced(&mut replica, &mut out);
+    assert!(replica.is_leader());
+    let applied_before = replica.inventory().applied_index();
+    let mut out = Output::default();
+    replica.propose(
+        1_000,
+        vec![(1, set("t", 5)), (2, reserve("o", 3))],
+        &mut out,
+    );
+    replica.advance(&mut out).unwrap();
+    let number = out.sync.expect("a sync asked for the written entry");
+    assert!(out.answers.is_empty(), "answered before the sync");
+    assert_eq!(replica.inventory().applied_index(), applied_before);
+    assert_eq!(replica.unsynced_count(), 1);
+    // The machine stops now: the write was in the page cache only.
+    let mut crashed = replica.store().clone();
+    crashed.crash();
+    let restarted = Replica::new(async_config(1), crashed, &logger()).unwrap();
+    assert_eq!(restarted.status().last_index, applied_before);
+    // The sync lands: answered, applied, and durable.
+    let synced = replica.sync_store().unwrap();
+    assert_eq!(synced, number);
+    replica.persisted(synced, &mut out).unwrap();
+    assert_eq!(out.answers.len(), 2, "{:?}", out.answers);
+    assert_eq!(replica.unsynced_count(), 0);
+    assert_eq!(replica.inventory().applied_index(), applied_before + 1);
+    let mut crashed = replica.store().clone();
+    crashed.crash();
+    let mut restarted = Replica::new(async_config(1), crashed, &logger()).unwrap();
+    assert_eq!(restarted.status().last_index, applied_before + 1);
+    // The commit index was written unsynced and lost: the entry is applied
+    // once the restarted node leads and commits an entry of its own.
+    let mut out = Output::default();
+    restarted.campaign(&mut out).unwrap();
+    advance_synced(&mut restarted, &mut out);
+    assert_eq!(restarted.inventory().applied_index(), applied_before + 2);
+    assert_eq!(restarted.inventory().open_count(), 1);
+    assert!(restarted.inventory().reservation("o").is_some());
+}
+
+/// Persistence off the replication thread, three nodes: a follower's
+/// append response waits for its sync, and the leader answers only after
+/// its own sync, even once a follower's response made the entry committed.
+#[test]
+fn with_async_persistence_responses_and_answers_wait_for_the_sync() {
+    use raft::eraftpb::MessageType;
+    let mut group = Group::with_configs((1..=3).map(async_config).collect());
+    let mut out = Output::default();
+    group.replicas[0].campaign(&mut out).unwrap();
+    group.queue.extend(out.messages);
+    group.settle();
+    assert_eq!(group.leader(), 0);
+    let mut out = Output::default();
+    group.replicas[0].propose(5_000, vec![(1, set("t", 4))], &mut out);
+    group.replicas[0].advance(&mut out).unwrap();
+    let leader_sync = out
+        .sync
+        .take()
+        .expect("the leader's own write waits for a sync");
+    // The leader replicates before its own sync.
+    let append = out
+        .messages
+        .iter()
+        .find(|m| m.get_msg_type() == MessageType::MsgAppend && m.to == 2)
+        .cloned()
+        .expect("an append to node 2");
+    group.replicas[1].step(append).unwrap();
+    let mut follower_out = Output::default();
+    group.replicas[1].advance(&mut follower_out).unwrap();
+    let follower_sync = follower_out
+        .sync
+        .take()
+        .expect("the follower asks for a sync");
+    assert!(
+        follower_out.messages.is_empty(),
+        "a response went out before its sync: {:?}",
+        follower_out.messages
+    );
+    assert_eq!(group.replicas[1].sync_store().unwrap(), follower_sync);
+    group.replicas[1]
+        .persisted(follower_sync, &mut follower_out)
+        .unwrap();
+    let response = follower_out
+        .messages
+        .iter()
+        .find(|m| m.get_msg_type() == MessageType::MsgAppendResponse)
+        .cloned()
+        .expect("the append response once synced");
+    // Node 2's response makes the entry committed (2 of 3): the leader
+    // still may not apply what it has not made durable itself.
+    group.replicas[0].step(response).unwrap();
+    let mut out = Output::default();
+    group.replicas[0].advance(&mut out).unwrap();
+    assert!(out.answers.is_empty(), "answered before the leader's sync");
+    assert_eq!(group.replicas[0].sync_store().unwrap() >= leader_sync, true);
+    group.replicas[0].persisted(leader_sync, &mut out).unwrap();
+    assert_eq!(out.answers.len(), 1, "{:?}", out.answers);
+    assert!(matches!(
+        out.answers[0],
+        (1, Ok(Applied::StockChange(Ok(_))))
+    ));
 }

@@ -36,10 +36,12 @@ use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
 use crate::inventory::{codec, Applied, Command, Shared};
-use crate::limits::{BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, PEER_QUEUE_MAX, QUEUE_REQUESTS_MAX};
+use crate::limits::{
+    BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, PEER_QUEUE_MAX, QUEUE_REQUESTS_MAX, UNSYNCED_WRITES_MAX,
+};
 use crate::replica::{
     LogStore, Members, MembershipAnswer, MembershipChange, Output, ProposeError, ReadError,
-    Replica, ReplicaStatus, StoreError, Token, WrittenSnapshot,
+    Replica, ReplicaStatus, StoreError, Syncer, Token, WrittenSnapshot,
 };
 
 /// Why a request to the replication thread got no answer from the state
@@ -370,6 +372,12 @@ impl Node {
         let (tx, rx) = crossbeam_channel::bounded(queued_max);
         let queued = Arc::new(AtomicUsize::new(0));
         let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE_MAX);
+        let (sync_tx, sync_rx) = crossbeam_channel::bounded(SYNC_QUEUE_MAX);
+        let (synced_tx, synced_rx) = crossbeam_channel::bounded(SYNC_QUEUE_MAX);
+        let syncer = replica.store().syncer();
+        let sync_thread = std::thread::Builder::new()
+            .name("sync".into())
+            .spawn(move || sync_thread(syncer, sync_rx, synced_tx))?;
         let (status_tx, status_rx) = watch::channel(replica.status());
         let members = Arc::new(ArcSwap::from_pointee(MembersView {
             members: replica.members().clone(),
@@ -390,13 +398,21 @@ impl Node {
         let channels = Channels {
             rx,
             peer_rx,
+            sync_tx,
+            synced_rx,
             status_tx,
             members,
             queued,
         };
         let thread = std::thread::Builder::new()
             .name("replica".into())
-            .spawn(move || run(replica, transport, channels, config))?;
+            .spawn(move || {
+                run(replica, transport, &channels, config);
+                // The sync thread holds the store open: it ends when its
+                // queue closes and is joined before the store is reopened.
+                drop(channels);
+                let _ = sync_thread.join();
+            })?;
         Ok(Node {
             handle,
             thread: Some(thread),
@@ -430,9 +446,37 @@ impl Drop for Node {
 struct Channels {
     rx: Receiver<ClientInput>,
     peer_rx: Receiver<PeerInput>,
+    /// To the sync thread: sync the store, then answer with this Ready
+    /// number. Dropped when the loop ends, which ends that thread.
+    sync_tx: Sender<u64>,
+    /// From the sync thread: the Ready numbers now durable.
+    synced_rx: Receiver<u64>,
     status_tx: watch::Sender<ReplicaStatus>,
     members: Arc<ArcSwap<MembersView>>,
     queued: Arc<AtomicUsize>,
+}
+
+/// Sync requests (and answers) in flight: the loop asks again only for a
+/// higher Ready number than it last asked for, and the sync thread answers
+/// once per sync, so a few suffice; a full queue makes the sender wait.
+const SYNC_QUEUE_MAX: usize = 64;
+
+/// The sync thread: takes every request waiting, syncs once for all of
+/// them, answers with the highest number. A failed sync stops the process:
+/// what was written may or may not be on disk, and the node cannot know.
+fn sync_thread(syncer: Box<dyn Syncer>, requests: Receiver<u64>, synced: Sender<u64>) {
+    while let Ok(first) = requests.recv() {
+        let mut number = first;
+        while let Ok(next) = requests.try_recv() {
+            number = number.max(next);
+        }
+        if let Err(e) = syncer.sync() {
+            stop_fatal(&format!("syncing the log failed: {e}"));
+        }
+        if synced.send(number).is_err() {
+            return;
+        }
+    }
 }
 
 fn wall_clock_ms() -> u64 {
@@ -452,6 +496,10 @@ struct Loop<S: LogStore, T: Transport> {
     out: Output,
     /// The thread encoding and writing a snapshot, if one runs.
     snapshot_job: Option<JoinHandle<Result<WrittenSnapshot, StoreError>>>,
+    /// The highest Ready number the sync thread was asked to make durable,
+    /// and the highest it answered.
+    sync_asked: u64,
+    sync_done: u64,
 }
 
 impl<S: LogStore, T: Transport> Loop<S, T> {
@@ -481,8 +529,40 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
         if let Err(fatal) = self.replica.advance(&mut self.out) {
             stop_fatal(&fatal.to_string());
         }
+        self.after_advance(channels);
+    }
+
+    /// The sync thread made Readies up to `number` durable.
+    fn persisted(&mut self, number: u64, channels: &Channels) {
+        self.sync_done = self.sync_done.max(number);
+        if let Err(fatal) = self.replica.persisted(number, &mut self.out) {
+            stop_fatal(&fatal.to_string());
+        }
+        self.after_advance(channels);
+    }
+
+    fn after_advance(&mut self, channels: &Channels) {
+        if let Some(number) = self.out.sync.take() {
+            if number > self.sync_asked {
+                self.sync_asked = number;
+                if channels.sync_tx.send(number).is_err() {
+                    stop_fatal("the sync thread stopped");
+                }
+            }
+        }
         self.start_snapshot();
         self.deliver(channels);
+    }
+
+    /// Waits for every sync asked for (at shutdown: what was written is
+    /// made durable and answered before the thread ends).
+    fn finish_syncs(&mut self, channels: &Channels) {
+        while self.sync_done < self.sync_asked {
+            match channels.synced_rx.recv() {
+                Ok(number) => self.persisted(number, channels),
+                Err(_) => stop_fatal("the sync thread stopped"),
+            }
+        }
     }
 
     /// Runs a snapshot the replica froze on a thread of its own.
@@ -618,7 +698,7 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
 fn run<S: LogStore, T: Transport>(
     replica: Replica<S>,
     transport: T,
-    channels: Channels,
+    channels: &Channels,
     config: NodeConfig,
 ) {
     let tick = Duration::from_millis(config.tick_ms.max(1));
@@ -630,21 +710,41 @@ fn run<S: LogStore, T: Transport>(
         next_token: 1,
         out: Output::default(),
         snapshot_job: None,
+        sync_asked: 0,
+        sync_done: 0,
     };
     // Commands taken from the channel and not yet proposed: at most about
     // one batch's worth (plus one group), so the channel's bound, counted
     // in commands, stays the real bound on what waits.
     let mut pending: VecDeque<(Token, Command)> = VecDeque::new();
     // Replay the committed log tail before anything else.
-    state.advance(&channels);
+    state.advance(channels);
     loop {
-        if pending.is_empty() && channels.rx.is_empty() && channels.peer_rx.is_empty() {
+        // A batch waits while two writes wait for their sync; commands
+        // keep arriving into `pending` meanwhile, up to one batch's worth.
+        let may_propose = state.replica.unsynced_count() < UNSYNCED_WRITES_MAX;
+        let work = (may_propose && !pending.is_empty())
+            || (pending.len() < BATCH_COMMANDS_MAX && !channels.rx.is_empty())
+            || !channels.peer_rx.is_empty()
+            || !channels.synced_rx.is_empty();
+        if !work {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             let mut select = Select::new();
-            select.recv(&channels.rx);
+            if pending.len() < BATCH_COMMANDS_MAX {
+                select.recv(&channels.rx);
+            }
             select.recv(&channels.peer_rx);
+            select.recv(&channels.synced_rx);
             // Either an input is ready or the tick is due.
             let _ = select.ready_timeout(timeout);
+        }
+        // Syncs that landed: what they made durable is answered now.
+        let mut synced = 0;
+        while let Ok(number) = channels.synced_rx.try_recv() {
+            synced = synced.max(number);
+        }
+        if synced > 0 {
+            state.persisted(synced, channels);
         }
         // Peer messages first: heartbeats and votes must not wait.
         while let Ok(input) = channels.peer_rx.try_recv() {
@@ -698,9 +798,14 @@ fn run<S: LogStore, T: Transport>(
         }
         // This turn's batch: what is pending, up to the batch's bounds
         // (always at least one command); the rest waits for the next turn.
+        // None while two writes wait for their sync (see above).
         let mut commands: Vec<(Token, Command)> = Vec::new();
         let mut batch_bytes = 0usize;
+        let may_propose = state.replica.unsynced_count() < UNSYNCED_WRITES_MAX;
         while let Some((_, command)) = pending.front() {
+            if !may_propose {
+                break;
+            }
             let size = codec::encoded_len(command);
             let full = commands.len() >= BATCH_COMMANDS_MAX
                 || (!commands.is_empty() && batch_bytes + size > BATCH_BYTES_MAX);
@@ -724,8 +829,9 @@ fn run<S: LogStore, T: Transport>(
             state.replica.propose(now_ms, commands, &mut state.out);
         }
         state.replica.read(reads, &mut state.out);
-        state.advance(&channels);
+        state.advance(channels);
         if shutdown {
+            state.finish_syncs(channels);
             state.finish_snapshot(true);
             state.fail_all();
             tracing::info!("replication thread stopped");

@@ -10,7 +10,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
 use crate::replica::membership::Members;
-use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError};
+use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError, Syncer};
 use crate::storage::MemStore;
 
 #[derive(Debug, Clone)]
@@ -68,6 +68,16 @@ impl SimDisk {
     /// The machine lost power: only durable writes survive.
     pub fn crash(&mut self) {
         self.current = self.durable.clone();
+    }
+}
+
+struct NoThreadSync;
+
+impl Syncer for NoThreadSync {
+    fn sync(&self) -> Result<(), StoreError> {
+        Err(StoreError::Io(
+            "the simulated disk cannot be synced from another thread".into(),
+        ))
     }
 }
 
@@ -142,6 +152,18 @@ impl LogStore for SimDisk {
 
     fn members(&self) -> Members {
         self.current.members()
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.synced();
+        Ok(())
+    }
+
+    /// The simulated disk is one value owned by its replica, not shared
+    /// with a thread: the simulator syncs it through
+    /// [`crate::replica::Replica::sync_store`] instead. Refuses, loudly.
+    fn syncer(&self) -> Box<dyn Syncer> {
+        Box::new(NoThreadSync)
     }
 
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {

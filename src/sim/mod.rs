@@ -117,6 +117,12 @@ struct Faults {
     membership_per_mille: u32,
     network: NetworkFaults,
     max_clock_skew_ms: i64,
+    /// Replicas write appends unsynced and sync them later
+    /// (`ReplicaConfig::persist_async`, as the server does), each sync
+    /// landing 0 to `sync_delay_ms_max` ms after it was asked for; a crash
+    /// meanwhile loses the writes not yet synced.
+    persist_async: bool,
+    sync_delay_ms_max: u64,
 }
 
 struct SimNode {
@@ -126,6 +132,8 @@ struct SimNode {
     replica: Option<Replica<SimDisk>>,
     /// The disk while the node is down.
     down_disk: Option<SimDisk>,
+    /// When the sync the replica asked for lands (`persist_async`).
+    sync_due_ms: Option<u64>,
     clock_offset_ms: i64,
     clock_drift_ppm: i64,
     next_tick_ms: u64,
@@ -138,12 +146,18 @@ impl SimNode {
     /// and clock error drawn from `rng`.
     fn start(id: u64, disk: SimDisk, faults: &Faults, now_ms: u64, rng: &mut StdRng) -> SimNode {
         let election_ticks = rng.random_range(10..20);
-        let replica = Replica::new(replica_config(id, election_ticks), disk, &logger()).ok();
+        let replica = Replica::new(
+            replica_config(id, election_ticks, faults.persist_async),
+            disk,
+            &logger(),
+        )
+        .ok();
         SimNode {
             id,
             election_ticks,
             replica,
             down_disk: None,
+            sync_due_ms: None,
             clock_offset_ms: rng.random_range(-faults.max_clock_skew_ms..=faults.max_clock_skew_ms),
             clock_drift_ppm: rng.random_range(-5_000..=5_000),
             next_tick_ms: now_ms + rng.random_range(0..TICK_MS),
@@ -167,8 +181,9 @@ const FAULTS_END_FRACTION: f64 = 0.8;
 const LIVENESS_MS: u64 = 30_000;
 const SIM_MS_MAX: u64 = 600_000;
 
-fn replica_config(id: u64, election_ticks: usize) -> ReplicaConfig {
+fn replica_config(id: u64, election_ticks: usize, persist_async: bool) -> ReplicaConfig {
     let mut config = ReplicaConfig::new(id);
+    config.persist_async = persist_async;
     config.fixed_election_ticks = Some(election_ticks);
     config.snapshot_entries = 40;
     config.snapshot_log_floor_bytes = 0;
@@ -198,6 +213,8 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Violation> {
             delay_ms_max: rng.random_range(2..=30),
         },
         max_clock_skew_ms: rng.random_range(0..=200),
+        persist_async: rng.random_bool(0.5),
+        sync_delay_ms_max: rng.random_range(0..=5),
     };
     let mut sim = Sim::new(config, replicas, faults, &mut rng);
     let outcome = sim.run(&mut rng);
@@ -327,6 +344,7 @@ impl Sim {
                 ));
             }
             self.deliver_messages()?;
+            self.sync_disks()?;
             self.tick_nodes()?;
             self.drive_clients(rng);
             self.node_turns(rng)?;
@@ -362,6 +380,7 @@ impl Sim {
         loop {
             self.now_ms += 1;
             self.deliver_messages()?;
+            self.sync_disks()?;
             self.tick_nodes()?;
             self.node_turns(rng)?;
             self.checker.step(self.now_ms, &view(&self.nodes))?;
@@ -439,6 +458,32 @@ impl Sim {
                     let _ = replica.step(message);
                 })?;
             }
+        }
+        Ok(())
+    }
+
+    /// Lands the syncs that are due (`persist_async`): everything the
+    /// replica wrote until now becomes durable, then it learns so.
+    fn sync_disks(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let Some(due_ms) = self.nodes[i].sync_due_ms else {
+                continue;
+            };
+            if due_ms > self.now_ms {
+                continue;
+            }
+            self.nodes[i].sync_due_ms = None;
+            let id = self.nodes[i].id;
+            let mut out = Output::default();
+            let Some(replica) = self.nodes[i].replica.as_mut() else {
+                continue;
+            };
+            guard(id, || {
+                let number = replica.sync_store()?;
+                replica.persisted(number, &mut out)
+            })?
+            .map_err(|fatal| format!("node {id} hit a fatal error: {fatal}"))?;
+            self.handle_output(i, out);
         }
         Ok(())
     }
@@ -551,6 +596,10 @@ impl Sim {
     fn handle_output(&mut self, i: usize, out: Output) {
         let node_id = self.nodes[i].id;
         let mut rng = StdRng::seed_from_u64(self.now_ms ^ (node_id << 32) ^ self.config.seed);
+        if out.sync.is_some() && self.nodes[i].sync_due_ms.is_none() {
+            let delay_ms = rng.random_range(0..=self.faults.sync_delay_ms_max);
+            self.nodes[i].sync_due_ms = Some(self.now_ms + delay_ms);
+        }
         let mut lost_snapshots = Vec::new();
         for message in out.messages {
             let is_snapshot = message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
@@ -624,6 +673,7 @@ impl Sim {
         let mut disk = replica.store().clone();
         disk.crash();
         self.nodes[i].down_disk = Some(disk);
+        self.nodes[i].sync_due_ms = None;
         self.nodes[i].commands.clear();
         self.nodes[i].reads.clear();
         let id = self.nodes[i].id;
@@ -637,7 +687,11 @@ impl Sim {
             return;
         };
         match Replica::new(
-            replica_config(self.nodes[i].id, self.nodes[i].election_ticks),
+            replica_config(
+                self.nodes[i].id,
+                self.nodes[i].election_ticks,
+                self.faults.persist_async,
+            ),
             disk,
             &logger(),
         ) {

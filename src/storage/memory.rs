@@ -7,7 +7,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use super::log_cache::LogCache;
 use crate::inventory::snapshot::Image;
 use crate::replica::membership::{encode_snapshot_data, Members};
-use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError};
+use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError, Syncer};
 
 /// The memory store keeps each snapshot whole in its record, so chunks
 /// written ahead have nowhere to go.
@@ -15,6 +15,16 @@ struct NoChunks;
 
 impl ChunkWriter for NoChunks {
     fn put_chunks(&self, _index: u64, _image: &Image) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Memory has no slower layer to sync to: this store models no crash (the
+/// simulator's disk does, see `sim::disk`).
+struct NoSync;
+
+impl Syncer for NoSync {
+    fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -135,6 +145,14 @@ impl LogStore for MemStore {
 
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
         Box::new(NoChunks)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn syncer(&self) -> Box<dyn Syncer> {
+        Box::new(NoSync)
     }
 
     fn save_snapshot(

@@ -66,7 +66,7 @@ use crate::proto::internal as pb;
 use crate::replica::membership::{
     encode_snapshot_data, from_records, to_records, Bootstrap, Members,
 };
-use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError};
+use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError, Syncer};
 
 const KEY_HARD_STATE: &[u8] = b"h";
 const KEY_CONF_STATE: &[u8] = b"c";
@@ -141,6 +141,27 @@ impl ChunkWriter for RocksChunks {
         }
         Ok(())
     }
+}
+
+/// Syncs the write-ahead log from the sync thread (see [`LogStore::sync`]).
+struct RocksSyncer {
+    db: Arc<DB>,
+}
+
+impl Syncer for RocksSyncer {
+    fn sync(&self) -> Result<(), StoreError> {
+        sync_wal(&self.db)
+    }
+}
+
+/// Syncs every write-ahead-log file RocksDB wrote so far (`FlushWAL(true)`,
+/// which, with the WAL written on every write as here, is `SyncWAL`): every
+/// write made before the call, by any thread, is durable when it returns.
+fn sync_wal(db: &DB) -> Result<(), StoreError> {
+    let started = Instant::now();
+    db.flush_wal(true).map_err(|e| io("syncing the log", e))?;
+    metrics::histogram!("stockraft_fsync_seconds").record(started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// A replica's durable state in RocksDB, with its log tail cached in memory.
@@ -509,6 +530,16 @@ impl LogStore for RocksStore {
 
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
         Box::new(RocksChunks {
+            db: self.db.clone(),
+        })
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        sync_wal(&self.db)
+    }
+
+    fn syncer(&self) -> Box<dyn Syncer> {
+        Box::new(RocksSyncer {
             db: self.db.clone(),
         })
     }
