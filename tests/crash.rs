@@ -97,6 +97,16 @@ async fn leader_crashes_after_its_append_is_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_crashes_after_its_sync_before_anyone_is_told() {
+    crash_under_load("sync::after", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_crashes_with_its_appends_written_but_not_synced() {
+    crash_under_load("sync::before", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follower_crashes_between_applying_and_anything_else() {
     crash_under_load("apply::after_batch", false).await;
 }

@@ -28,6 +28,16 @@
 //!    (frozen here; encoded and stored by the caller when it asked to,
 //!    see [`snapshot_task`]).
 //!
+//! Persistence off the thread ([`ReplicaConfig::persist_async`], the
+//! server's mode): step 5 writes the Ready unsynced and asks the caller for
+//! a sync ([`Output::sync`]); the Ready's votes and append responses are
+//! held. The caller syncs the store elsewhere (the server's sync thread)
+//! while it goes on stepping, proposing and advancing, then hands the
+//! Ready's number to [`Replica::persisted`]: the held messages go out and
+//! raft-rs counts the entries as durable, which on a leader may commit
+//! them. raft-rs hands out no entry to apply beyond what this replica made
+//! durable.
+//!
 //! A command is answered only after its entry is committed and applied, and
 //! on a single node, committed means synced to disk: nothing acknowledged can
 //! be lost. A command whose entry is overwritten (leadership changed) is

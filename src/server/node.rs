@@ -5,14 +5,21 @@
 //! from peers come through a second channel, so a flood of client requests
 //! never delays heartbeats and votes. The loop:
 //!
-//! 1. Wait for input from either channel, or the next tick (`tick_ms`).
-//! 2. Step every peer message queued. Drain client requests up to one
-//!    batch's worth of commands ([`BATCH_COMMANDS_MAX`], [`BATCH_BYTES_MAX`]);
-//!    leftovers wait for the next turn. This is the group commit:
-//!    everything that arrived while the previous batch was being synced goes
-//!    into the next log entry.
-//! 3. Tick if due, propose the batch, ask one ReadIndex for all reads.
-//! 4. Let the replica handle raft-rs's Ready (apply, one synced write).
+//! 1. Wait for input from either channel, a sync landing, or the next tick
+//!    (`tick_ms`).
+//! 2. Hand the syncs that landed to the replica ([`Replica::persisted`]:
+//!    held responses go out, entries durable here may commit and be
+//!    answered). Step every peer message queued. Drain client requests up
+//!    to one batch's worth of commands ([`BATCH_COMMANDS_MAX`],
+//!    [`BATCH_BYTES_MAX`]); leftovers wait for the next turn.
+//! 3. Tick if due, propose the batch unless two log writes wait for their
+//!    sync ([`UNSYNCED_WRITES_MAX`]), ask one ReadIndex for all reads. This
+//!    is the group commit: what arrived while a sync ran goes into the next
+//!    log entry.
+//! 4. Let the replica handle raft-rs's Ready (apply, one unsynced write),
+//!    and ask the sync thread to make the write durable: it syncs RocksDB's
+//!    WAL once for every request waiting and answers through a channel of
+//!    its own, so the replication thread never waits on the disk.
 //! 5. Deliver answers, hand peer messages to the transport, publish the
 //!    status and the members.
 //! 6. When the replica froze a snapshot, encode and write it on a thread of
@@ -717,7 +724,15 @@ fn run<S: LogStore, T: Transport>(
     // one batch's worth (plus one group), so the channel's bound, counted
     // in commands, stays the real bound on what waits.
     let mut pending: VecDeque<(Token, Command)> = VecDeque::new();
-    // Replay the committed log tail before anything else.
+    // What was written before the thread started (a single voter's
+    // election, campaigned before the node started) is made durable here,
+    // then the committed log tail replayed, before anything else.
+    if state.replica.unsynced_count() > 0 {
+        match state.replica.sync_store() {
+            Ok(number) => state.persisted(number, channels),
+            Err(fatal) => stop_fatal(&fatal.to_string()),
+        }
+    }
     state.advance(channels);
     loop {
         // A batch waits while two writes wait for their sync; commands

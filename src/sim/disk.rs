@@ -1,10 +1,12 @@
 //! A simulated disk: what a replica wrote, split into what is durable and
 //! what a crash would lose.
 //!
-//! Every write lands in `current` (the page cache). A synced write makes
-//! everything written so far durable, as an fsync of RocksDB's WAL does; an
-//! unsynced write (the commit index) stays volatile. A crash throws the
-//! volatile part away: the replica restarts from `durable`.
+//! Every write lands in `current` (the page cache). A synced write, or a
+//! sync on its own ([`LogStore::sync`]), makes everything written so far
+//! durable, as an fsync of RocksDB's WAL does; an unsynced write (the
+//! commit index, and with persistence off the thread every append until its
+//! sync lands) stays volatile. A crash throws the volatile part away: the
+//! replica restarts from `durable`.
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};

@@ -16,10 +16,13 @@
 //! at any instant; a synced write is all there or all gone after restart):
 //!
 //! 1. [`LogStore::append`]: new entries, the deletion of any suffix they
-//!    replace, and the hard state, in one `WriteBatch`, synced when raft-rs
-//!    says so (always, when it holds entries or a vote). Only after it
-//!    returns does the node acknowledge a client or send a vote or append
-//!    response.
+//!    replace, and the hard state, in one `WriteBatch`. The server writes
+//!    it unsynced and then, on its sync thread, [`Syncer::sync`]
+//!    (`FlushWAL(true)`: an fsync of the WAL, durable for every write made
+//!    before it, by any thread); only after that sync returns does the node
+//!    acknowledge a client or send a vote or append response. (Synced at
+//!    once when `sync` is true: tests, the simulator's other mode, and a
+//!    Ready that installed a snapshot.)
 //! 2. [`LogStore::set_commit`]: the hard state with a newer commit index,
 //!    not synced. Losing it is harmless: the leader re-sends the commit
 //!    index, and what was applied is rebuilt from snapshot and log.
@@ -38,7 +41,8 @@
 //!    replication thread), but it replaces the whole log.
 //!
 //! RocksDB settings chosen on purpose (see ARCHITECTURE.md): every
-//! acknowledged write is synced through the WAL (`WriteOptions::set_sync`),
+//! acknowledged write is synced through the WAL (`WriteOptions::set_sync`,
+//! or `FlushWAL(true)` after it),
 //! and the WAL recovery mode is `TolerateCorruptedTailRecords`: a record cut
 //! short at the very end of the WAL (what a crash in the middle of a write
 //! leaves; that write was never acknowledged, as acknowledgement waits for
@@ -159,7 +163,11 @@ impl Syncer for RocksSyncer {
 /// write made before the call, by any thread, is durable when it returns.
 fn sync_wal(db: &DB) -> Result<(), StoreError> {
     let started = Instant::now();
+    // Crash points for the crash tests: entries written, not yet synced;
+    // synced, no one told yet.
+    fail::fail_point!("sync::before");
     db.flush_wal(true).map_err(|e| io("syncing the log", e))?;
+    fail::fail_point!("sync::after");
     metrics::histogram!("stockraft_fsync_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
 }
