@@ -620,7 +620,7 @@ fn with_async_persistence_responses_and_answers_wait_for_the_sync() {
     let mut out = Output::default();
     group.replicas[0].advance(&mut out).unwrap();
     assert!(out.answers.is_empty(), "answered before the leader's sync");
-    assert_eq!(group.replicas[0].sync_store().unwrap() >= leader_sync, true);
+    assert!(group.replicas[0].sync_store().unwrap() >= leader_sync);
     group.replicas[0].persisted(leader_sync, &mut out).unwrap();
     assert_eq!(out.answers.len(), 1, "{:?}", out.answers);
     assert!(matches!(
