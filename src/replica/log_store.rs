@@ -56,9 +56,12 @@ pub trait Syncer: Send {
 pub trait LogStore: raft::Storage {
     /// Appends `entries` (dropping any stored entries at or after the first
     /// one's index, which a new leader overwrote) and, when given, the hard
-    /// state, in ONE atomic write. When `sync` is true the write is on stable
-    /// storage when this returns; the core relies on that before it
-    /// acknowledges anything or sends a vote or append response.
+    /// state, in ONE atomic write. When `sync` is true the write, and every
+    /// write made before it, is on stable storage when this returns; the
+    /// core relies on that before it acknowledges anything or sends a vote
+    /// or append response. When false it is durable after the next
+    /// [`Self::sync`] or [`Syncer::sync`]; writes are durable in the order
+    /// they were made (a crash keeps a prefix of them).
     fn append(
         &mut self,
         entries: &[Entry],
