@@ -88,6 +88,11 @@ pub struct SimReport {
     pub dropped: u64,
     pub duplicated: u64,
     pub workload: String,
+    /// The seed ran with persistence off the thread (appends synced later).
+    pub persist_async: bool,
+    /// Crashes that struck a node with a sync asked for and not yet landed:
+    /// writes the crash lost while their sync was in flight.
+    pub crashes_before_sync: u64,
 }
 
 /// A checker failed: the seed reproduces it.
@@ -311,6 +316,7 @@ impl Sim {
         report.reads_checked = self.checker.reads_checked;
         report.entries = self.checker.max_committed();
         report.elections = self.checker.elections();
+        report.persist_async = self.faults.persist_async;
         report
     }
 
@@ -673,7 +679,9 @@ impl Sim {
         let mut disk = replica.store().clone();
         disk.crash();
         self.nodes[i].down_disk = Some(disk);
-        self.nodes[i].sync_due_ms = None;
+        if self.nodes[i].sync_due_ms.take().is_some() {
+            self.report.crashes_before_sync += 1;
+        }
         self.nodes[i].commands.clear();
         self.nodes[i].reads.clear();
         let id = self.nodes[i].id;

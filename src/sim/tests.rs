@@ -40,12 +40,18 @@ fn simulation() {
     let changes: u64 = reports.iter().map(|r| r.membership_changes).sum();
     let transfers: u64 = reports.iter().map(|r| r.transfers).sum();
     let five = reports.iter().filter(|r| r.replicas == 5).count();
+    let deferred = reports.iter().filter(|r| r.persist_async).count();
+    let before_sync: u64 = reports.iter().map(|r| r.crashes_before_sync).sum();
     eprintln!(
-        "{} seeds ({five} starting with 5 replicas) in {:.1} s: {acked} acknowledged writes, \
-         {crashes} crashes, {partitions} partitions, {transfers} leadership transfers, \
-         {changes} membership changes",
+        "{} seeds ({five} starting with 5 replicas, {deferred} syncing later) in {:.1} s: \
+         {acked} acknowledged writes, {crashes} crashes ({before_sync} with a sync in flight), \
+         {partitions} partitions, {transfers} leadership transfers, {changes} membership changes",
         reports.len(),
         started.elapsed().as_secs_f64()
+    );
+    assert!(
+        deferred > 0 && deferred < reports.len() && before_sync > 0,
+        "the seeds did not exercise both ways of syncing, and crashes while a sync is in flight"
     );
     assert!(reports.iter().all(|r| r.ops_acked > 0));
     assert!(
