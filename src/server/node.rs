@@ -465,7 +465,11 @@ struct Channels {
 
 /// Sync requests (and answers) in flight: the loop asks again only for a
 /// higher Ready number than it last asked for, and the sync thread answers
-/// once per sync, so a few suffice; a full queue makes the sender wait.
+/// once per sync, so a few suffice. A full queue makes the sender wait (a
+/// follower, which proposes nothing and so is not held back by
+/// [`UNSYNCED_WRITES_MAX`], then stops taking appends until the sync thread
+/// drains it): with the sync under way, at most twice this many Readies
+/// wait for a sync.
 const SYNC_QUEUE_MAX: usize = 64;
 
 /// The sync thread: takes every request waiting, syncs once for all of
