@@ -31,7 +31,7 @@
 //! the process aborts: it never continues with state it cannot trust.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -380,11 +380,16 @@ impl Node {
         let queued = Arc::new(AtomicUsize::new(0));
         let (peer_tx, peer_rx) = crossbeam_channel::bounded(PEER_QUEUE_MAX);
         let (sync_tx, sync_rx) = crossbeam_channel::bounded(SYNC_QUEUE_MAX);
-        let (synced_tx, synced_rx) = crossbeam_channel::bounded(SYNC_QUEUE_MAX);
+        // Capacity 1: a wake-up, the number itself is in `synced`.
+        let (synced_wake_tx, synced_wake) = crossbeam_channel::bounded(1);
+        let synced = Arc::new(AtomicU64::new(0));
         let syncer = replica.store().syncer();
-        let sync_thread = std::thread::Builder::new()
-            .name("sync".into())
-            .spawn(move || sync_thread(syncer, sync_rx, synced_tx))?;
+        let sync_thread = {
+            let synced = synced.clone();
+            std::thread::Builder::new()
+                .name("sync".into())
+                .spawn(move || sync_thread(syncer, sync_rx, &synced, synced_wake_tx))?
+        };
         let (status_tx, status_rx) = watch::channel(replica.status());
         let members = Arc::new(ArcSwap::from_pointee(MembersView {
             members: replica.members().clone(),
@@ -406,7 +411,8 @@ impl Node {
             rx,
             peer_rx,
             sync_tx,
-            synced_rx,
+            synced,
+            synced_wake,
             status_tx,
             members,
             queued,
@@ -456,16 +462,20 @@ struct Channels {
     /// To the sync thread: sync the store, then answer with this Ready
     /// number. Dropped when the loop ends, which ends that thread.
     sync_tx: Sender<u64>,
-    /// From the sync thread: the Ready numbers now durable.
-    synced_rx: Receiver<u64>,
+    /// Set by the sync thread: the highest Ready number now durable.
+    synced: Arc<AtomicU64>,
+    /// Woken (one message at most waits) when `synced` moved. The number
+    /// travels in the atomic, so the sync thread never waits for the
+    /// replication thread, which may itself be waiting to send a request.
+    synced_wake: Receiver<()>,
     status_tx: watch::Sender<ReplicaStatus>,
     members: Arc<ArcSwap<MembersView>>,
     queued: Arc<AtomicUsize>,
 }
 
-/// Sync requests (and answers) in flight: the loop asks again only for a
-/// higher Ready number than it last asked for, and the sync thread answers
-/// once per sync, so a few suffice. A full queue makes the sender wait (a
+/// Sync requests in flight: the loop asks again only for a higher Ready
+/// number than it last asked for, so a few suffice. A full queue makes the
+/// sender wait (a
 /// follower, which proposes nothing and so is not held back by
 /// [`UNSYNCED_WRITES_MAX`], then stops taking appends until the sync thread
 /// drains it): with the sync under way, at most twice this many Readies
@@ -475,7 +485,12 @@ const SYNC_QUEUE_MAX: usize = 64;
 /// The sync thread: takes every request waiting, syncs once for all of
 /// them, answers with the highest number. A failed sync stops the process:
 /// what was written may or may not be on disk, and the node cannot know.
-fn sync_thread(syncer: Box<dyn Syncer>, requests: Receiver<u64>, synced: Sender<u64>) {
+fn sync_thread(
+    syncer: Box<dyn Syncer>,
+    requests: Receiver<u64>,
+    synced: &AtomicU64,
+    wake: Sender<()>,
+) {
     while let Ok(first) = requests.recv() {
         let mut number = first;
         while let Ok(next) = requests.try_recv() {
@@ -484,9 +499,9 @@ fn sync_thread(syncer: Box<dyn Syncer>, requests: Receiver<u64>, synced: Sender<
         if let Err(e) = syncer.sync() {
             stop_fatal(&format!("syncing the log failed: {e}"));
         }
-        if synced.send(number).is_err() {
-            return;
-        }
+        synced.fetch_max(number, Ordering::AcqRel);
+        // Full means a wake-up is already waiting: it will read this too.
+        let _ = wake.try_send(());
     }
 }
 
@@ -565,14 +580,24 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
         self.deliver(channels);
     }
 
+    /// Hands the replica what the sync thread made durable since the last
+    /// call, if anything.
+    fn take_synced(&mut self, channels: &Channels) {
+        while channels.synced_wake.try_recv().is_ok() {}
+        let number = channels.synced.load(Ordering::Acquire);
+        if number > self.sync_done {
+            self.persisted(number, channels);
+        }
+    }
+
     /// Waits for every sync asked for (at shutdown: what was written is
     /// made durable and answered before the thread ends).
     fn finish_syncs(&mut self, channels: &Channels) {
         while self.sync_done < self.sync_asked {
-            match channels.synced_rx.recv() {
-                Ok(number) => self.persisted(number, channels),
-                Err(_) => stop_fatal("the sync thread stopped"),
+            if channels.synced_wake.recv().is_err() {
+                stop_fatal("the sync thread stopped");
             }
+            self.take_synced(channels);
         }
     }
 
@@ -745,7 +770,7 @@ fn run<S: LogStore, T: Transport>(
         let work = (may_propose && !pending.is_empty())
             || (pending.len() < BATCH_COMMANDS_MAX && !channels.rx.is_empty())
             || !channels.peer_rx.is_empty()
-            || !channels.synced_rx.is_empty();
+            || !channels.synced_wake.is_empty();
         if !work {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             let mut select = Select::new();
@@ -753,18 +778,12 @@ fn run<S: LogStore, T: Transport>(
                 select.recv(&channels.rx);
             }
             select.recv(&channels.peer_rx);
-            select.recv(&channels.synced_rx);
+            select.recv(&channels.synced_wake);
             // Either an input is ready or the tick is due.
             let _ = select.ready_timeout(timeout);
         }
         // Syncs that landed: what they made durable is answered now.
-        let mut synced = 0;
-        while let Ok(number) = channels.synced_rx.try_recv() {
-            synced = synced.max(number);
-        }
-        if synced > 0 {
-            state.persisted(synced, channels);
-        }
+        state.take_synced(channels);
         // Peer messages first: heartbeats and votes must not wait.
         while let Ok(input) = channels.peer_rx.try_recv() {
             state.peer_input(input);
