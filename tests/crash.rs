@@ -46,6 +46,16 @@ async fn crash_under_load(point: &str, lead: bool) {
             .transfer_leader(pb::TransferLeaderRequest { node_id: target })
             .await
             .unwrap();
+        // The crash point must strike a leader: wait until it leads.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.wait_leader(Duration::from_secs(20)).await.ok() != Some(target) {
+            assert!(
+                Instant::now() < deadline,
+                "node {target} never took the lead\n{}",
+                cluster.all_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     let ledger = Arc::new(Ledger::default());

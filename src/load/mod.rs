@@ -52,15 +52,26 @@ pub enum Route {
     Spread,
 }
 
+impl Route {
+    /// The name `--route` takes and the JSON report writes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Leader => "leader",
+            Route::Spread => "spread",
+        }
+    }
+}
+
 impl std::str::FromStr for Route {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Route, String> {
-        match s {
-            "leader" => Ok(Route::Leader),
-            "spread" => Ok(Route::Spread),
-            other => Err(format!("--route {other:?}: choose leader or spread")),
+        for route in [Route::Leader, Route::Spread] {
+            if s == route.name() {
+                return Ok(route);
+            }
         }
+        Err(format!("--route {s:?}: choose leader or spread"))
     }
 }
 
@@ -1215,4 +1226,18 @@ async fn verify(
     result.mismatches.truncate(50);
     result.oversold.truncate(50);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_parses_from_the_name_it_reports() {
+        for route in [Route::Leader, Route::Spread] {
+            assert_eq!(route.name().parse::<Route>(), Ok(route));
+        }
+        let error = "nearest".parse::<Route>().unwrap_err();
+        assert!(error.contains("leader or spread"), "{error}");
+    }
 }

@@ -135,7 +135,7 @@ pub fn json(outcome: &Outcome) -> Value {
         "elapsed_s": outcome.elapsed.as_secs_f64(),
         "interrupted": outcome.interrupted,
         "config": {
-            "servers": c.servers, "route": format!("{:?}", c.route).to_lowercase(), "clients": c.clients, "in_flight": c.in_flight, "stream": c.stream,
+            "servers": c.servers, "route": c.route.name(), "clients": c.clients, "in_flight": c.in_flight, "stream": c.stream,
             "rate": c.rate, "workload": c.mix.iter().map(|(w, n)| format!("{w}={n}")).collect::<Vec<_>>(),
             "skus": c.skus, "nodes": c.nodes, "stock": c.stock, "hot_skus": c.hot_skus, "hot_stock": c.hot_stock,
             "zipf": c.zipf, "ttl_ms": c.ttl_ms,
