@@ -5,8 +5,18 @@
 //!   ceiling serve ADDR
 //!   ceiling unary ADDR CLIENTS SECONDS
 //!   ceiling stream ADDR CLIENTS IN_FLIGHT SECONDS
+//!   ceiling rate ADDR CLIENTS CALLS_PER_S SECONDS
+//!   ceiling probe SECONDS
 //!
-//! Prints one line: `calls_per_second N`.
+//! Prints one line: `calls_per_second N`; `rate` (open loop, each client
+//! sending at a fixed pace, latency counted from the intended send time as
+//! `stockraft load --rate` counts it) adds `p50_ms`, `p99_ms` and `max_ms`.
+//! `probe` measures how steady this machine's CPU is with nothing else
+//! running: one thread repeats a fixed slice of arithmetic and prints the
+//! slices' p1, p50, p99 and max in ms. On a machine of its own the four
+//! are close; on a shared host whose other tenants take the CPU away in
+//! bursts they spread, and a latency percentile of any server run here
+//! inherits those bursts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -181,8 +191,79 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
+        "rate" => {
+            let clients: usize = arg(&args, 3, "clients")?;
+            let rate: f64 = arg(&args, 4, "calls_per_s")?;
+            let seconds: u64 = arg(&args, 5, "seconds")?;
+            let interval = Duration::from_secs_f64(clients as f64 / rate.max(1e-6));
+            let mut tasks = Vec::new();
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(seconds);
+            for c in 0..clients {
+                let channel = stockraft::client::channel(&addr, Duration::from_secs(5)).await?;
+                let mut client = CeilingClient::new(channel);
+                let offset = interval.mul_f64(c as f64 / clients as f64);
+                tasks.push(tokio::spawn(async move {
+                    let mut latency_us = hdrhistogram::Histogram::<u64>::new(3)?;
+                    let mut n = 0u64;
+                    loop {
+                        let due = started + offset + interval * (n as u32);
+                        if due >= deadline {
+                            return Ok::<_, anyhow::Error>(latency_us);
+                        }
+                        if due > Instant::now() {
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        n += 1;
+                        if client.bump(BumpRequest { id: n, key: key(c, n) }).await.is_ok() {
+                            latency_us.record(due.elapsed().as_micros() as u64)?;
+                        }
+                    }
+                }));
+            }
+            let mut all = hdrhistogram::Histogram::<u64>::new(3)?;
+            for task in tasks {
+                all.add(task.await??)?;
+            }
+            let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "calls_per_second {:.0} p50_ms {:.2} p99_ms {:.2} max_ms {:.2}",
+                all.len() as f64 / seconds as f64,
+                ms(0.5),
+                ms(0.99),
+                all.max() as f64 / 1000.0
+            );
+            Ok(())
+        }
+        "probe" => {
+            let seconds: u64 = arg(&args, 2, "seconds")?;
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let mut slices = Vec::new();
+            let mut x = 0u64;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                for i in 0..200_000u64 {
+                    x = std::hint::black_box(x.wrapping_add(i.wrapping_mul(i)));
+                }
+                slices.push(started.elapsed());
+            }
+            slices.sort();
+            let Some(max) = slices.last().copied() else {
+                return Err(anyhow!("the probe ran no slice"));
+            };
+            let at = |q: f64| slices[((slices.len() - 1) as f64 * q) as usize];
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "slice_ms p1 {:.3} p50 {:.3} p99 {:.3} max {:.3}",
+                ms(at(0.01)),
+                ms(at(0.5)),
+                ms(at(0.99)),
+                ms(max)
+            );
+            Ok(())
+        }
         _ => Err(anyhow!(
-            "usage: ceiling serve ADDR | unary ADDR CLIENTS SECONDS | stream ADDR CLIENTS IN_FLIGHT SECONDS"
+            "usage: ceiling serve ADDR | unary ADDR CLIENTS SECONDS | stream ADDR CLIENTS IN_FLIGHT SECONDS | rate ADDR CLIENTS CALLS_PER_S SECONDS | probe SECONDS"
         )),
     }
 }

@@ -168,6 +168,15 @@ struct Ledger {
     /// A counter's place in `accounts`, by SKU then node (read-only once
     /// built; looked up by the names a call carries, without allocating).
     index: FastMap<String, FastMap<String, usize>>,
+    /// The same places by position, for the workers' hot path (an array
+    /// read instead of two string-keyed lookups in tables of a hundred
+    /// thousand entries): `spread[sku * nodes + node]` for the spread
+    /// counters, `hot[i]` for the flash-sale ones, [`NO_ACCOUNT`] where
+    /// the run has no such counter. Built from `index` by name, so both
+    /// agree whatever order [`counters`] lists the counters in.
+    spread: Vec<u32>,
+    nodes: usize,
+    hot: Vec<u32>,
     /// In the order of the run's counters (see [`counters`]).
     accounts: Vec<AccountCell>,
     /// Calls on counters outside the table: a harness bug if ever
@@ -175,8 +184,24 @@ struct Ledger {
     untracked: AtomicU64,
 }
 
+/// A place in [`Ledger::spread`] or [`Ledger::hot`] with no counter.
+const NO_ACCOUNT: u32 = u32::MAX;
+
+/// A counter's place in the ledger's accounts, as a worker carries it
+/// beside the line it sent; None for a counter the run does not have.
+type Place = Option<usize>;
+
 impl Ledger {
-    fn new(keys: &[Key]) -> Ledger {
+    /// `skus`, `nodes` and `hot_skus` say which positions the workers
+    /// will ask for (see [`Ledger::spread_account`], [`Ledger::hot_account`]).
+    fn new(keys: &[Key], skus: usize, nodes: usize, hot_skus: usize) -> Result<Ledger, LoadError> {
+        if keys.len() >= NO_ACCOUNT as usize {
+            return Err(LoadError::Config(format!(
+                "{} counters is more than the harness tracks ({})",
+                keys.len(),
+                NO_ACCOUNT
+            )));
+        }
         let mut index: FastMap<String, FastMap<String, usize>> = FastMap::default();
         for (i, (sku, node)) in keys.iter().enumerate() {
             index
@@ -184,25 +209,60 @@ impl Ledger {
                 .or_default()
                 .insert(node.clone(), i);
         }
+        let place = |sku: &str, node: &str| -> u32 {
+            let found = index.get(sku).and_then(|by_node| by_node.get(node));
+            // Below NO_ACCOUNT: checked against keys.len() above.
+            found.map_or(NO_ACCOUNT, |i| *i as u32)
+        };
+        let mut spread = Vec::new();
+        if index.contains_key(&sku_name(0)) {
+            spread.reserve(skus.saturating_mul(nodes));
+            for s in 0..skus {
+                let sku = sku_name(s);
+                for n in 0..nodes {
+                    spread.push(place(&sku, &node_name(n)));
+                }
+            }
+        }
+        let mut hot = Vec::with_capacity(hot_skus);
+        for h in 0..hot_skus {
+            hot.push(place(&hot_sku_name(h), HOT_NODE));
+        }
         let mut accounts = Vec::with_capacity(keys.len());
         accounts.resize_with(keys.len(), AccountCell::default);
-        Ledger {
+        Ok(Ledger {
             index,
+            spread,
+            nodes,
+            hot,
             accounts,
             untracked: AtomicU64::new(0),
-        }
+        })
     }
 
-    /// The account of a counter of the run. Every line the workers send
-    /// names one; any other would be a harness bug, and is reported by
-    /// the verification as a counter it could not check.
-    fn account(&self, sku: &str, node: &str) -> Option<&AccountCell> {
-        let i = *self.index.get(sku)?.get(node)?;
-        self.accounts.get(i)
+    /// The place of SKU number `sku` at node number `node` (the numbers
+    /// [`Chooser`] picks), as [`Ledger::place`] would find it by name.
+    fn spread_account(&self, sku: usize, node: usize) -> Place {
+        let at = sku.checked_mul(self.nodes)?.checked_add(node)?;
+        let place = *self.spread.get(at)?;
+        (place != NO_ACCOUNT).then_some(place as usize)
     }
 
-    fn add(&self, sku: &str, node: &str, field: impl Fn(&AccountCell) -> &AtomicI64, qty: i64) {
-        match self.account(sku, node) {
+    /// The place of flash-sale SKU number `i` at [`HOT_NODE`].
+    fn hot_account(&self, i: usize) -> Place {
+        let place = *self.hot.get(i)?;
+        (place != NO_ACCOUNT).then_some(place as usize)
+    }
+
+    /// The place of a counter of the run, by name. Every line the workers
+    /// send names one; any other would be a harness bug, and is reported
+    /// by the verification as a counter it could not check.
+    fn place(&self, sku: &str, node: &str) -> Place {
+        self.index.get(sku)?.get(node).copied()
+    }
+
+    fn add_at(&self, place: Place, field: impl Fn(&AccountCell) -> &AtomicI64, qty: i64) {
+        match place.and_then(|i| self.accounts.get(i)) {
             Some(a) => {
                 field(a).fetch_add(qty, Ordering::Relaxed);
             }
@@ -210,8 +270,12 @@ impl Ledger {
         }
     }
 
+    fn add(&self, sku: &str, node: &str, field: impl Fn(&AccountCell) -> &AtomicI64, qty: i64) {
+        self.add_at(self.place(sku, node), field, qty);
+    }
+
     fn flag(&self, sku: &str, node: &str, field: impl Fn(&AccountCell) -> &AtomicBool) {
-        match self.account(sku, node) {
+        match self.place(sku, node).and_then(|i| self.accounts.get(i)) {
             Some(a) => field(a).store(true, Ordering::Relaxed),
             None => self.untracked(),
         }
@@ -230,6 +294,20 @@ impl Ledger {
     fn held(&self, lines: &[pb::Line]) {
         for l in lines {
             self.add(&l.sku, &l.node, |a| &a.held, l.qty);
+        }
+    }
+
+    /// [`Ledger::consumed`], with each line's place already known.
+    fn consumed_at(&self, places: &[Place], lines: &[pb::Line]) {
+        for (place, l) in places.iter().zip(lines) {
+            self.add_at(*place, |a| &a.committed, l.qty);
+        }
+    }
+
+    /// [`Ledger::held`], with each line's place already known.
+    fn held_at(&self, places: &[Place], lines: &[pb::Line]) {
+        for (place, l) in places.iter().zip(lines) {
+            self.add_at(*place, |a| &a.held, l.qty);
         }
     }
 }
@@ -320,8 +398,10 @@ impl Worker {
         result: &Result<T, Status>,
         outcome: impl Fn(&T) -> &'static str,
     ) {
-        let latency = intended.elapsed();
-        let second = self.started.elapsed().as_secs() as usize;
+        // One clock read for both (a read is not free in a VM).
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(intended);
+        let second = now.saturating_duration_since(self.started).as_secs() as usize;
         self.calls.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut stats) = self.stats.lock() {
             match result {
@@ -339,12 +419,14 @@ impl Worker {
             Workload::Checkout => {
                 let count = self.rng.random_range(1..=5);
                 let mut lines = Vec::with_capacity(count);
+                let mut places = Vec::with_capacity(count);
                 for _ in 0..count {
-                    let sku = sku_name(self.chooser.sku(&mut self.rng));
-                    let node = node_name(self.chooser.node(&mut self.rng));
+                    let sku = self.chooser.sku(&mut self.rng);
+                    let node = self.chooser.node(&mut self.rng);
+                    places.push(self.ledger.spread_account(sku, node));
                     lines.push(pb::Line {
-                        sku,
-                        node,
+                        sku: sku_name(sku),
+                        node: node_name(node),
                         qty: self.rng.random_range(1..=2),
                     });
                 }
@@ -356,20 +438,24 @@ impl Worker {
                 } else {
                     'a'
                 };
-                self.reservation(intended, lines, then).await;
+                self.reservation(intended, lines, places, then).await;
             }
             Workload::Reserve => {
+                let sku = self.chooser.sku(&mut self.rng);
+                let node = self.chooser.node(&mut self.rng);
+                let places = vec![self.ledger.spread_account(sku, node)];
                 let lines = vec![pb::Line {
-                    sku: sku_name(self.chooser.sku(&mut self.rng)),
-                    node: node_name(self.chooser.node(&mut self.rng)),
+                    sku: sku_name(sku),
+                    node: node_name(node),
                     qty: 1,
                 }];
-                self.reservation(intended, lines, 'a').await;
+                self.reservation(intended, lines, places, 'a').await;
             }
             Workload::FlashSale => {
-                let sku = hot_sku_name(self.rng.random_range(0..self.chooser.hot_skus));
+                let hot = self.rng.random_range(0..self.chooser.hot_skus);
+                let places = vec![self.ledger.hot_account(hot)];
                 let lines = vec![pb::Line {
-                    sku,
+                    sku: hot_sku_name(hot),
                     node: HOT_NODE.into(),
                     qty: 1,
                 }];
@@ -381,21 +467,25 @@ impl Worker {
                 } else {
                     'a'
                 };
-                self.reservation(intended, lines, then).await;
+                self.reservation(intended, lines, places, then).await;
             }
             Workload::Pos => {
+                let sku = self.chooser.sku(&mut self.rng);
+                let node = self.chooser.node(&mut self.rng);
                 let request = pb::SellRequest {
                     txn_id: self.id("s"),
-                    sku: sku_name(self.chooser.sku(&mut self.rng)),
-                    node: node_name(self.chooser.node(&mut self.rng)),
+                    sku: sku_name(sku),
+                    node: node_name(node),
                     qty: self.rng.random_range(1..=2),
                 };
                 let result = self.conn.sell(request.clone()).await;
                 self.record("sell", intended, &result, |r| outcome_name(r.outcome));
                 match result {
-                    Ok(_) => self
-                        .ledger
-                        .add(&request.sku, &request.node, |a| &a.sold, request.qty),
+                    Ok(_) => self.ledger.add_at(
+                        self.ledger.spread_account(sku, node),
+                        |a| &a.sold,
+                        request.qty,
+                    ),
                     Err(_) => self.remember(Unknown::Sell(request)),
                 }
             }
@@ -475,19 +565,32 @@ impl Worker {
     }
 
     /// Reserve, then commit ('c'), release ('r') or abandon ('a').
-    async fn reservation(&mut self, intended: Instant, lines: Vec<pb::Line>, then: char) {
+    /// `places` are the lines' places in the ledger, in the same order.
+    async fn reservation(
+        &mut self,
+        intended: Instant,
+        lines: Vec<pb::Line>,
+        places: Vec<Place>,
+        then: char,
+    ) {
         let id = self.id("r");
         let request = pb::ReserveRequest {
             reservation_id: id.clone(),
             lines: lines.clone(),
             ttl_ms: self.config.ttl_ms,
         };
-        let result = self.conn.reserve(request.clone()).await;
+        let result = self.conn.reserve(request).await;
         self.record("reserve", intended, &result, |r| outcome_name(r.outcome));
         let reply = match result {
             Ok(reply) => reply,
             Err(_) => {
-                self.remember(Unknown::Reserve(request));
+                // Rebuilt rather than kept: a call that fails is rare, and a
+                // copy of every request would cost each call an allocation.
+                self.remember(Unknown::Reserve(pb::ReserveRequest {
+                    reservation_id: id,
+                    lines,
+                    ttl_ms: self.config.ttl_ms,
+                }));
                 return;
             }
         };
@@ -506,7 +609,7 @@ impl Worker {
                 self.record("commit", sent, &result, |r| outcome_name(r.outcome));
                 match result {
                     Ok(r) if r.outcome == pb::Outcome::Committed as i32 => {
-                        self.ledger.consumed(&lines)
+                        self.ledger.consumed_at(&places, &lines)
                     }
                     Ok(_) => {}
                     Err(_) => self.remember(Unknown::Commit(id, lines)),
@@ -524,7 +627,7 @@ impl Worker {
                     self.remember(Unknown::Release(id, lines));
                 }
             }
-            _ => self.ledger.held(&lines),
+            _ => self.ledger.held_at(&places, &lines),
         }
     }
 
@@ -998,7 +1101,12 @@ pub async fn run(
     // Everything the workers need is built before the clock starts: with a
     // hundred thousand counters the ledger alone takes tens of
     // milliseconds, which an open-loop run would count as latency.
-    let ledger = Arc::new(Ledger::new(&keys));
+    let ledger = Arc::new(Ledger::new(
+        &keys,
+        chooser.skus,
+        chooser.nodes,
+        chooser.hot_skus,
+    )?);
     let mut workers = Vec::with_capacity(workers_total);
     for w in 0..workers_total {
         let stats = Arc::new(Mutex::new(Stats::for_calls(&config.mix)));
@@ -1239,5 +1347,82 @@ mod tests {
         }
         let error = "nearest".parse::<Route>().unwrap_err();
         assert!(error.contains("leader or spread"), "{error}");
+    }
+
+    fn keys_of(mix: &[(Workload, u32)], skus: usize, nodes: usize, hot_skus: usize) -> Vec<Key> {
+        counters(&LoadConfig {
+            servers: vec![],
+            route: Route::Leader,
+            clients: 1,
+            in_flight: 1,
+            duration: None,
+            ops: Some(1),
+            mix: mix.to_vec(),
+            rate: None,
+            skus,
+            nodes,
+            stock: 1,
+            hot_skus,
+            hot_stock: 1,
+            zipf: 1.0,
+            seed: true,
+            ttl_ms: 1,
+            stream: false,
+            call_timeout: Duration::from_secs(1),
+            json: None,
+            report: None,
+            verify: true,
+            run_id: String::new(),
+            progress: false,
+        })
+    }
+
+    #[test]
+    fn a_counter_found_by_position_is_the_one_found_by_name() {
+        let mix = [(Workload::Checkout, 1), (Workload::FlashSale, 1)];
+        let keys = keys_of(&mix, 7, 3, 2);
+        let ledger = Ledger::new(&keys, 7, 3, 2).unwrap();
+        for s in 0..7 {
+            for n in 0..3 {
+                let by_name = ledger.place(&sku_name(s), &node_name(n));
+                assert!(by_name.is_some());
+                assert_eq!(ledger.spread_account(s, n), by_name, "SKU {s} node {n}");
+            }
+        }
+        for h in 0..2 {
+            let by_name = ledger.place(&hot_sku_name(h), HOT_NODE);
+            assert!(by_name.is_some());
+            assert_eq!(ledger.hot_account(h), by_name);
+        }
+        // Positions past the run's counters have no place, and a call on
+        // them is counted as untracked, as a call on an unknown name is.
+        assert_eq!(ledger.spread_account(7, 0), None);
+        assert_eq!(ledger.spread_account(0, 3), ledger.spread_account(1, 0));
+        assert_eq!(ledger.spread_account(usize::MAX, 2), None);
+        assert_eq!(ledger.hot_account(2), None);
+        ledger.add_at(None, |a| &a.held, 1);
+        assert_eq!(ledger.untracked.load(Ordering::Relaxed), 1);
+        ledger.held_at(
+            &[ledger.spread_account(2, 1)],
+            &[pb::Line {
+                sku: sku_name(2),
+                node: node_name(1),
+                qty: 3,
+            }],
+        );
+        let i = ledger.place(&sku_name(2), &node_name(1)).unwrap();
+        assert_eq!(ledger.accounts[i].read().held, 3);
+    }
+
+    #[test]
+    fn a_run_without_spread_counters_places_none_of_them() {
+        let keys = keys_of(&[(Workload::FlashSale, 1)], 5, 2, 1);
+        let ledger = Ledger::new(&keys, 5, 2, 1).unwrap();
+        assert_eq!(ledger.spread_account(0, 0), None);
+        assert_eq!(
+            ledger.hot_account(0),
+            ledger.place(&hot_sku_name(0), HOT_NODE)
+        );
+        assert!(ledger.hot_account(0).is_some());
     }
 }
