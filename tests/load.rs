@@ -248,6 +248,83 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
     }
 }
 
+/// A failover drill with `--route leader`: the leader is killed mid-run
+/// and the clients move to the new leader, found through the members the
+/// cluster listed at the start, so the run goes on serving after the
+/// election, resolves the calls cut off, and its verification passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_follow_a_new_leader_after_the_leader_dies() {
+    use common::cluster::Cluster;
+    use std::time::Duration;
+
+    for calls_as in [&[][..], &["--stream", "--in-flight", "4"][..]] {
+        let mut cluster = Cluster::start(3, &[]);
+        let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let run = std::process::Command::new(BIN)
+            .args([
+                "load",
+                "--server",
+                &cluster.addr(follower),
+                "--duration",
+                "8s",
+                "--clients",
+                "4",
+                "--skus",
+                "20",
+                "--nodes",
+                "1",
+                "--workload",
+                "checkout",
+                "--timeout",
+                "3s",
+                "--json",
+            ])
+            .arg(&json)
+            .args(calls_as)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Seeding and the first calls on the leader, then the leader dies.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        cluster.kill9(leader);
+        let out = run.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{calls_as:?}: {stdout}{stderr}{}",
+            cluster.all_logs()
+        );
+        assert!(stdout.contains("clients moved to a new one"), "{stdout}");
+        assert!(stderr.contains("clients moved to"), "{stderr}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert!(report["leader_moves"].as_u64().unwrap() >= 1, "{report}");
+        assert_eq!(report["verification"]["passed"], true, "{report}");
+        // Calls were answered in the run's last full second, well after the
+        // election: the clients really moved, rather than failing to the end.
+        let calls = report["calls_per_second"].as_array().unwrap();
+        let errors = report["errors_per_second"].as_array().unwrap();
+        assert!(calls.len() >= 8, "{report}");
+        let at =
+            |v: &Vec<serde_json::Value>, i: usize| v.get(i).and_then(|n| n.as_u64()).unwrap_or(0);
+        assert!(at(calls, 7) > at(errors, 7), "{calls_as:?}: {report}");
+        // The clients wait out the election instead of failing call after
+        // call against the dead leader (before they followed it, a run like
+        // this one failed hundreds of thousands of calls).
+        let failed: u64 = errors.iter().filter_map(|n| n.as_u64()).sum();
+        assert!(
+            failed < 200,
+            "{calls_as:?}: {failed} calls failed: {stdout}"
+        );
+        eprintln!("{calls_as:?}: {failed} calls failed\n{stdout}");
+    }
+}
+
 /// A cluster that cannot elect a leader (two of three nodes down) is a
 /// clear error, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -159,8 +159,9 @@ pub struct LoadArgs {
     )]
     pub server: Vec<String>,
     /// Where clients connect: `leader` (found through the servers given, as
-    /// a leader-aware client does) or `spread` (over the servers given in
-    /// turn; followers forward writes to the leader).
+    /// a leader-aware client does, and followed to a new leader when it
+    /// stops answering) or `spread` (over the servers given in turn;
+    /// followers forward writes to the leader).
     #[arg(long, default_value = "leader")]
     pub route: stockraft::load::Route,
     /// Connections (clients).

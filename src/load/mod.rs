@@ -4,7 +4,8 @@
 //! 1. Connect to every `--server` (an unreachable one is an error, named).
 //! 2. Seed stock (`--skus` x `--nodes` counters with `--stock` units, plus
 //!    the flash-sale SKUs), or read what is there with `--no-seed`.
-//! 3. Drive the workload mix with `--clients` connections, each with
+//! 3. Drive the workload mix with `--clients` connections (to the leader,
+//!    followed through a failover, or spread: see [`Route`]), each with
 //!    `--in-flight` operations at once, closed loop (as fast as answers
 //!    come) or open loop at `--rate` (latency counted from the intended send
 //!    time, so a stall is not hidden by the clients slowing down), for
@@ -31,13 +32,12 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_client::ClusterClient;
 use conn::{Conn, StreamConn};
 use stats::Stats;
-use tonic::transport::Channel;
 use workload::{hot_sku_name, node_name, sku_name, Chooser, Workload, HOT_NODE};
 
 /// Where the clients connect.
@@ -45,7 +45,8 @@ use workload::{hot_sku_name, node_name, sku_name, Chooser, Workload, HOT_NODE};
 pub enum Route {
     /// Every client to the cluster's leader, found through the Cluster
     /// service of the servers given, as a leader-aware client library
-    /// does: every write is carried out where it arrives.
+    /// does: every write is carried out where it arrives. When the leader
+    /// stops answering, the clients move to the new one ([`LeaderRoute`]).
     Leader,
     /// Clients spread over the servers given, in turn; a follower forwards
     /// writes to the leader (one more hop for them).
@@ -330,6 +331,8 @@ pub struct Outcome {
     pub elapsed: Duration,
     pub verification: Option<Verification>,
     pub interrupted: bool,
+    /// Times the clients moved to a new leader (`--route leader`).
+    pub leader_moves: u64,
     pub config: LoadConfig,
 }
 
@@ -367,6 +370,14 @@ fn code_name(status: &Status) -> &'static str {
 /// A worker: one connection's share of the work.
 struct Worker {
     conn: Arc<Conn>,
+    /// Which client's connection this worker uses, and from which of the
+    /// leader route's moves (see [`LeaderRoute`]); no route when spread.
+    slot: usize,
+    epoch: u64,
+    route: Option<Arc<LeaderRoute>>,
+    /// A call failed UNAVAILABLE since the last look: the connection may
+    /// be to a server that is gone.
+    unavailable: AtomicBool,
     chooser: Chooser,
     config: LoadConfig,
     rng: rand::rngs::StdRng,
@@ -382,6 +393,28 @@ struct Worker {
 }
 
 impl Worker {
+    fn note_failure(&self, status: &Status) {
+        if status.code() == Code::Unavailable {
+            self.unavailable.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// After a call failed UNAVAILABLE, on the leader route: takes the
+    /// connection to the leader as it is now (see [`LeaderRoute`]).
+    async fn follow_leader(&mut self) {
+        if !self.unavailable.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let Some(route) = self.route.clone() else {
+            return;
+        };
+        let (epoch, conn) = route.after_failure(self.slot, self.epoch).await;
+        self.epoch = epoch;
+        if let Some(conn) = conn {
+            self.conn = conn;
+        }
+    }
+
     fn id(&mut self, kind: &str) -> String {
         self.next += 1;
         let mut id = String::with_capacity(self.name.len() + kind.len() + 20);
@@ -408,6 +441,7 @@ impl Worker {
                 Ok(value) => stats.record(call, latency, Ok(outcome(value)), second),
                 Err(status) => {
                     self.errors.fetch_add(1, Ordering::Relaxed);
+                    self.note_failure(status);
                     stats.record(call, latency, Err(code_name(status)), second);
                 }
             }
@@ -677,6 +711,7 @@ impl Worker {
                     resolved += 1;
                     break;
                 }
+                self.follow_leader().await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -694,7 +729,10 @@ impl Worker {
                     }
                     true
                 }
-                Err(_) => false,
+                Err(status) => {
+                    self.note_failure(&status);
+                    false
+                }
             },
             Unknown::Commit(id, lines) => match self
                 .conn
@@ -709,7 +747,10 @@ impl Worker {
                     }
                     true
                 }
-                Err(_) => false,
+                Err(status) => {
+                    self.note_failure(&status);
+                    false
+                }
             },
             Unknown::Release(id, _) => self
                 .conn
@@ -724,7 +765,10 @@ impl Worker {
                         .add(&request.sku, &request.node, |a| &a.sold, request.qty);
                     true
                 }
-                Err(_) => false,
+                Err(status) => {
+                    self.note_failure(&status);
+                    false
+                }
             },
             Unknown::Adjust(request) => match self.conn.adjust(request.clone()).await {
                 Ok(_) => {
@@ -732,16 +776,24 @@ impl Worker {
                         .add(&request.sku, &request.node, |a| &a.received, request.delta);
                     true
                 }
-                Err(_) => false,
+                Err(status) => {
+                    self.note_failure(&status);
+                    false
+                }
             },
         }
     }
 }
 
-async fn connect(config: &LoadConfig) -> Result<Vec<Arc<Conn>>, LoadError> {
-    let mut channels = Vec::new();
+/// The clients' connections, and with `--route leader` what moves them to
+/// a new leader after a failover.
+async fn connect(
+    config: &LoadConfig,
+) -> Result<(Vec<Arc<Conn>>, Option<Arc<LeaderRoute>>), LoadError> {
+    // Every server named must answer before the run starts: a typo in
+    // --server is a clear error, not a run with fewer endpoints.
     for addr in &config.servers {
-        let channel = crate::client::channel(addr, config.call_timeout)
+        crate::client::channel(addr, config.call_timeout)
             .await
             .map_err(|e| LoadError::Unreachable {
                 addr: addr.clone(),
@@ -750,12 +802,36 @@ async fn connect(config: &LoadConfig) -> Result<Vec<Arc<Conn>>, LoadError> {
                     other => other.to_string(),
                 },
             })?;
-        channels.push(channel);
     }
-    let targets = match config.route {
-        Route::Spread => config.servers.clone(),
-        Route::Leader => vec![leader_address(config, &channels).await?],
-    };
+    match config.route {
+        Route::Spread => Ok((open_conns(config, &config.servers).await?, None)),
+        Route::Leader => {
+            let found = find_leader(&config.servers, config.call_timeout).await?;
+            let conns = open_conns(config, std::slice::from_ref(&found.leader)).await?;
+            let mut known = config.servers.clone();
+            for addr in found.members.iter().cloned() {
+                if !known.contains(&addr) {
+                    known.push(addr);
+                }
+            }
+            let route = LeaderRoute {
+                config: config.clone(),
+                known,
+                current: tokio::sync::Mutex::new(Placement {
+                    epoch: 0,
+                    conns: conns.clone(),
+                    leader: found.leader,
+                    opened: Instant::now(),
+                }),
+                moves: AtomicU64::new(0),
+            };
+            Ok((conns, Some(Arc::new(route))))
+        }
+    }
+}
+
+/// One connection per client, client `i` to `targets[i % targets.len()]`.
+async fn open_conns(config: &LoadConfig, targets: &[String]) -> Result<Vec<Arc<Conn>>, LoadError> {
     let mut conns = Vec::with_capacity(config.clients);
     for i in 0..config.clients {
         let addr = &targets[i % targets.len()];
@@ -782,18 +858,111 @@ async fn connect(config: &LoadConfig) -> Result<Vec<Arc<Conn>>, LoadError> {
         };
         conns.push(Arc::new(conn));
     }
-    drop(channels);
     Ok(conns)
 }
 
-/// The leader's address, as the first server that answers knows it,
-/// waiting for an election up to the call timeout.
-async fn leader_address(config: &LoadConfig, channels: &[Channel]) -> Result<String, LoadError> {
-    let deadline = Instant::now() + config.call_timeout;
+/// Where `--route leader` clients send their calls, kept current through
+/// a failover, as a leader-aware client library would: when a call fails
+/// UNAVAILABLE (the leader's process is gone, or its connection broke),
+/// the first worker to see it asks the members it knows for the leader and
+/// opens every client's connection anew there; the other workers take the
+/// new connections when they next fail. (A follower forwards writes, so a
+/// live server that merely stopped leading needs no move.)
+struct LeaderRoute {
+    config: LoadConfig,
+    /// Member addresses: those of `--server`, then those the cluster's
+    /// status listed when the run started.
+    known: Vec<String>,
+    current: tokio::sync::Mutex<Placement>,
+    /// Moves made, for the report.
+    moves: AtomicU64,
+}
+
+/// The connections of one leader, and which move made them.
+struct Placement {
+    /// Bumped by each attempt to move: a worker whose connection is of an
+    /// older epoch takes the current one instead of moving again.
+    epoch: u64,
+    conns: Vec<Arc<Conn>>,
+    leader: String,
+    /// When `conns` were opened.
+    opened: Instant,
+}
+
+/// A leader just moved to may answer UNAVAILABLE for a moment while it
+/// takes over; its connections are not opened anew within this time.
+const LEADER_REOPEN_INTERVAL_MIN: Duration = Duration::from_secs(1);
+
+impl LeaderRoute {
+    /// Client `slot`'s connection after one of `epoch` failed: a new one,
+    /// at the leader found now if no other worker moved since `epoch`.
+    /// While the cluster elects (up to the call timeout) the worker waits
+    /// here, as calls to a cluster without a leader would. Should no
+    /// leader be found, the connections stay as they were and the next
+    /// failure tries again.
+    async fn after_failure(&self, slot: usize, epoch: u64) -> (u64, Option<Arc<Conn>>) {
+        let mut current = self.current.lock().await;
+        if current.epoch == epoch {
+            current.epoch += 1;
+            match find_leader(&self.known, self.config.call_timeout).await {
+                Ok(found)
+                    if found.leader == current.leader
+                        && current.opened.elapsed() < LEADER_REOPEN_INTERVAL_MIN => {}
+                Ok(found) => {
+                    match open_conns(&self.config, std::slice::from_ref(&found.leader)).await {
+                        Ok(conns) => {
+                            self.moves.fetch_add(1, Ordering::Relaxed);
+                            if self.config.progress {
+                                eprintln!("leader unreachable: clients moved to {}", found.leader);
+                            }
+                            current.conns = conns;
+                            current.leader = found.leader;
+                            current.opened = Instant::now();
+                        }
+                        Err(e) => {
+                            if self.config.progress {
+                                eprintln!("leader unreachable, and the new one not yet: {e}");
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if self.config.progress {
+                        eprintln!("leader unreachable, and no new one found yet: {e}");
+                    }
+                }
+            }
+        }
+        let conn = current
+            .conns
+            .get(slot % current.conns.len().max(1))
+            .cloned();
+        (current.epoch, conn)
+    }
+}
+
+/// A leader as a member of the cluster names it.
+struct FoundLeader {
+    leader: String,
+    /// Every member's address, as that member listed them.
+    members: Vec<String>,
+}
+
+/// The leader's address, as the first of `addrs` that answers knows it,
+/// waiting for an election up to `timeout`.
+async fn find_leader(addrs: &[String], timeout: Duration) -> Result<FoundLeader, LoadError> {
+    let deadline = Instant::now() + timeout;
     let mut last = String::from("no server answered the cluster status");
     loop {
-        for (addr, channel) in config.servers.iter().zip(channels) {
-            let mut client = ClusterClient::new(channel.clone());
+        for addr in addrs {
+            let channel = match crate::client::channel(addr, timeout).await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let mut client = ClusterClient::new(channel);
             let status = match client
                 .status(pb::ClusterStatusRequest { with_digest: false })
                 .await
@@ -813,7 +982,18 @@ async fn leader_address(config: &LoadConfig, channels: &[Channel]) -> Result<Str
                 .iter()
                 .find(|m| m.node_id == status.leader_id)
             {
-                Some(leader) => return Ok(leader.address.clone()),
+                // Just after the leader died its followers still name it,
+                // until their election timeout: keep asking until the one
+                // named answers.
+                Some(leader) => match crate::client::channel(&leader.address, timeout).await {
+                    Ok(_) => {
+                        return Ok(FoundLeader {
+                            leader: leader.address.clone(),
+                            members: status.members.iter().map(|m| m.address.clone()).collect(),
+                        })
+                    }
+                    Err(e) => last = format!("{addr} names {} as leader: {e}", leader.address),
+                },
                 None => {
                     last = format!(
                         "{addr} names node {} as leader but not its address",
@@ -1050,7 +1230,7 @@ pub async fn run(
         config.zipf,
     )
     .map_err(LoadError::Config)?;
-    let conns = connect(&config).await?;
+    let (conns, route) = connect(&config).await?;
     let keys = counters(&config);
     if config.seed {
         if config.progress {
@@ -1113,6 +1293,10 @@ pub async fn run(
         all_stats.push(stats.clone());
         workers.push(Worker {
             conn: conns[w % conns.len()].clone(),
+            slot: w % conns.len(),
+            epoch: 0,
+            route: route.clone(),
+            unavailable: AtomicBool::new(false),
             chooser: chooser.clone(),
             config: config.clone(),
             rng: rand::rngs::StdRng::seed_from_u64(w as u64 ^ 0x5eed),
@@ -1161,6 +1345,7 @@ pub async fn run(
                     _ => Instant::now(),
                 };
                 worker.step(intended).await;
+                worker.follow_leader().await;
             }
             // Every worker resolves within the same budget after the run,
             // which does not count in the run's elapsed time.
@@ -1249,6 +1434,7 @@ pub async fn run(
         elapsed,
         verification,
         interrupted: interrupted.load(Ordering::Relaxed),
+        leader_moves: route.map_or(0, |r| r.moves.load(Ordering::Relaxed)),
         config,
     })
 }

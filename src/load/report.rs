@@ -54,6 +54,13 @@ pub fn text(outcome: &Outcome) -> String {
             super::Route::Spread => "clients spread over them",
         }
     );
+    if outcome.leader_moves > 0 {
+        let _ = writeln!(
+            out,
+            "the leader stopped answering: clients moved to a new one {} time(s)",
+            outcome.leader_moves
+        );
+    }
     let _ = writeln!(
         out,
         "\n{:<26} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -134,6 +141,7 @@ pub fn json(outcome: &Outcome) -> Value {
     json!({
         "elapsed_s": outcome.elapsed.as_secs_f64(),
         "interrupted": outcome.interrupted,
+        "leader_moves": outcome.leader_moves,
         "config": {
             "servers": c.servers, "route": c.route.name(), "clients": c.clients, "in_flight": c.in_flight, "stream": c.stream,
             "rate": c.rate, "workload": c.mix.iter().map(|(w, n)| format!("{w}={n}")).collect::<Vec<_>>(),
