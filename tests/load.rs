@@ -325,6 +325,68 @@ async fn clients_follow_a_new_leader_after_the_leader_dies() {
     }
 }
 
+/// When every counter was touched by a call whose outcome stayed unknown
+/// (here: half the clients on a follower that dies, failing call after
+/// call until the end), nothing could be checked, and the run says so
+/// and fails rather than reporting a verification that proved nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verification_that_checked_nothing_is_not_a_pass() {
+    use common::cluster::Cluster;
+    use std::time::Duration;
+
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let servers = format!(
+        "{},{}",
+        cluster.addr(followers[0]),
+        cluster.addr(followers[1])
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let run = std::process::Command::new(BIN)
+        .args([
+            "load",
+            "--server",
+            &servers,
+            "--route",
+            "spread",
+            "--duration",
+            "4s",
+            "--clients",
+            "4",
+            "--skus",
+            "20",
+            "--nodes",
+            "1",
+            "--workload",
+            "checkout",
+            "--timeout",
+            "1s",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.kill9(followers[0]);
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("INCONCLUSIVE"), "{stdout}");
+    assert!(stderr.contains("verification inconclusive"), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = &report["verification"];
+    assert_eq!(v["inconclusive"], true, "{report}");
+    assert_eq!(v["passed"], false, "{report}");
+    assert_eq!(v["uncertain"], v["counters_checked"], "{report}");
+}
+
 /// A cluster that cannot elect a leader (two of three nodes down) is a
 /// clear error, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1049,6 +1049,15 @@ async fn run_load(args: LoadArgs) -> Result<()> {
             "verification not done: the counters could not be read back from any server given: {reason}"
         ));
     }
+    if outcome
+        .verification
+        .as_ref()
+        .is_some_and(|v| v.inconclusive())
+    {
+        return Err(anyhow!(
+            "verification inconclusive: every counter was touched by a call whose outcome stayed unknown, so none could be checked"
+        ));
+    }
     if outcome.verification.as_ref().is_some_and(|v| !v.passed()) {
         return Err(anyhow!(
             "verification FAILED: the server's counters disagree with what the clients were told"

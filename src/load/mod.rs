@@ -352,8 +352,19 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// Read back, nothing disagreeing, and something proven: a run whose
+    /// every counter was left uncertain checked nothing, and does not pass.
     pub fn passed(&self) -> bool {
-        self.unreadable.is_none() && self.mismatches.is_empty() && self.oversold.is_empty()
+        self.unreadable.is_none()
+            && !self.inconclusive()
+            && self.mismatches.is_empty()
+            && self.oversold.is_empty()
+    }
+
+    /// Every counter read back was touched by a call whose outcome stayed
+    /// unknown, so none could be checked.
+    pub fn inconclusive(&self) -> bool {
+        self.counters_checked > 0 && self.uncertain == self.counters_checked
     }
 }
 
@@ -1525,6 +1536,31 @@ async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verification_that_checked_nothing_does_not_pass() {
+        let all_uncertain = Verification {
+            counters_checked: 20,
+            uncertain: 20,
+            ..Default::default()
+        };
+        assert!(all_uncertain.inconclusive());
+        assert!(!all_uncertain.passed());
+        let some_checked = Verification {
+            counters_checked: 20,
+            uncertain: 19,
+            reserved_checked: 1,
+            on_hand_checked: 1,
+            ..Default::default()
+        };
+        assert!(!some_checked.inconclusive());
+        assert!(some_checked.passed());
+        let mismatch = Verification {
+            mismatches: vec!["x".into()],
+            ..some_checked
+        };
+        assert!(!mismatch.passed());
+    }
 
     #[test]
     fn a_route_parses_from_the_name_it_reports() {

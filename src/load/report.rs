@@ -105,7 +105,13 @@ pub fn text(outcome: &Outcome) -> String {
             let _ = writeln!(
                 out,
                 "\nverification: {} ({} counters read back; reserved checked on {}, on_hand on {}, oversell on {}; {} calls with unknown outcome resolved by retrying their ids; {} counters left uncertain)",
-                if v.passed() { "PASSED" } else { "FAILED" },
+                if v.passed() {
+                    "PASSED"
+                } else if v.inconclusive() {
+                    "INCONCLUSIVE, every counter left uncertain"
+                } else {
+                    "FAILED"
+                },
                 v.counters_checked,
                 v.reserved_checked,
                 v.on_hand_checked,
@@ -155,6 +161,7 @@ pub fn json(outcome: &Outcome) -> Value {
         "errors_per_second": outcome.stats.errors_per_second,
         "verification": outcome.verification.as_ref().map(|v| json!({
             "passed": v.passed(),
+            "inconclusive": v.inconclusive(),
             "counters_checked": v.counters_checked,
             "reserved_checked": v.reserved_checked,
             "on_hand_checked": v.on_hand_checked,
