@@ -7,6 +7,24 @@ use std::process::Command;
 
 use common::{Server, BIN};
 
+/// Starts `stockraft load` with `args` and `--json json`, its output
+/// captured, for a test that acts on the servers while it runs.
+fn spawn_load(args: &[&str], json: &std::path::Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The JSON report a run wrote.
+fn report_at(json: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn a_mixed_run_reports_and_verifies() {
     let mut server = Server::start(&[]);
@@ -46,8 +64,7 @@ async fn a_mixed_run_reports_and_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("verification: PASSED"), "{stdout}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report: serde_json::Value = report_at(&json);
     assert_eq!(report["verification"]["passed"], true);
     for call in [
         "reserve",
@@ -116,8 +133,7 @@ async fn reserve_over_streams_seeds_reserves_and_verifies() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report: serde_json::Value = report_at(&json);
     assert_eq!(report["verification"]["passed"], true, "{report}");
     assert!(report["calls"]["reserve"]["count"].as_u64().unwrap_or(0) >= 500);
     // 60 counters of 5 units: 300 can be held, so 500 reserves run out and
@@ -185,8 +201,8 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
         let follower = (1..=3).find(|id| *id != leader).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("report.json");
-        let run = std::process::Command::new(BIN)
-            .args([
+        let run = spawn_load(
+            &[
                 "load",
                 "--server",
                 &cluster.addr(follower),
@@ -205,13 +221,9 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
                 "--timeout",
                 "2s",
                 "--quiet",
-                "--json",
-            ])
-            .arg(&json)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            ],
+            &json,
+        );
         // Seeding and the first calls, then the named follower dies.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         cluster.kill9(follower);
@@ -225,8 +237,7 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
             );
             assert!(stdout.contains("clients on the leader"), "{stdout}");
             assert!(stdout.contains("errors: none"), "{stdout}");
-            let report: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            let report: serde_json::Value = report_at(&json);
             assert_eq!(report["config"]["route"], "leader");
             assert_eq!(report["verification"]["passed"], true, "{report}");
         } else {
@@ -239,8 +250,7 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
             assert!(stdout.contains("clients spread over them"), "{stdout}");
             assert!(stdout.contains("UNAVAILABLE"), "{stdout}");
             assert!(stderr.contains("verification not done"), "{stderr}");
-            let report: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            let report: serde_json::Value = report_at(&json);
             assert_eq!(report["config"]["route"], "spread");
             assert_eq!(report["verification"]["passed"], false, "{report}");
             assert!(report["verification"]["unreadable"].is_string(), "{report}");
@@ -263,31 +273,30 @@ async fn clients_follow_a_new_leader_after_the_leader_dies() {
         let follower = (1..=3).find(|id| *id != leader).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("report.json");
-        let run = std::process::Command::new(BIN)
-            .args([
-                "load",
-                "--server",
-                &cluster.addr(follower),
-                "--duration",
-                "8s",
-                "--clients",
-                "4",
-                "--skus",
-                "20",
-                "--nodes",
-                "1",
-                "--workload",
-                "checkout",
-                "--timeout",
-                "3s",
-                "--json",
-            ])
-            .arg(&json)
-            .args(calls_as)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let run = spawn_load(
+            &[
+                &[
+                    "load",
+                    "--server",
+                    &cluster.addr(follower),
+                    "--duration",
+                    "8s",
+                    "--clients",
+                    "4",
+                    "--skus",
+                    "20",
+                    "--nodes",
+                    "1",
+                    "--workload",
+                    "checkout",
+                    "--timeout",
+                    "3s",
+                ][..],
+                calls_as,
+            ]
+            .concat(),
+            &json,
+        );
         // Seeding and the first calls on the leader, then the leader dies.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         cluster.kill9(leader);
@@ -301,8 +310,7 @@ async fn clients_follow_a_new_leader_after_the_leader_dies() {
         );
         assert!(stdout.contains("clients moved to a new one"), "{stdout}");
         assert!(stderr.contains("clients moved to"), "{stderr}");
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let report: serde_json::Value = report_at(&json);
         assert!(report["leader_moves"].as_u64().unwrap() >= 1, "{report}");
         assert_eq!(report["verification"]["passed"], true, "{report}");
         // Calls were answered in the run's last full second, well after the
@@ -344,8 +352,8 @@ async fn a_verification_that_checked_nothing_is_not_a_pass() {
     );
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let run = std::process::Command::new(BIN)
-        .args([
+    let run = spawn_load(
+        &[
             "load",
             "--server",
             &servers,
@@ -364,13 +372,9 @@ async fn a_verification_that_checked_nothing_is_not_a_pass() {
             "--timeout",
             "1s",
             "--quiet",
-            "--json",
-        ])
-        .arg(&json)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        &json,
+    );
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     cluster.kill9(followers[0]);
     let out = run.wait_with_output().unwrap();
@@ -379,8 +383,7 @@ async fn a_verification_that_checked_nothing_is_not_a_pass() {
     assert!(!out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("INCONCLUSIVE"), "{stdout}");
     assert!(stderr.contains("verification inconclusive"), "{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report: serde_json::Value = report_at(&json);
     let v = &report["verification"];
     assert_eq!(v["inconclusive"], true, "{report}");
     assert_eq!(v["passed"], false, "{report}");
