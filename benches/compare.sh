@@ -56,7 +56,8 @@ say "tonic ceiling, streams, 16 x 16 in flight" "${R[ceil_stream]}"
 # The transport's own p99 at half of its own peak, open loop as stockraft's
 # p99 run below: what the "p99 at half of peak" target is up against here.
 ceil_half=$(( ${R[ceil_unary]%.*} / 2 ))
-read -r _ _ _ _ _ R[ceil_p99_half] _ < <("$target/examples/ceiling" rate 127.0.0.1:26090 64 "$ceil_half" "$secs")
+read -r _ _ _ _ _ R[ceil_p99_half] _ _ _ ceil_failed < <("$target/examples/ceiling" rate 127.0.0.1:26090 64 "$ceil_half" "$secs")
+if [ "${ceil_failed:-1}" != 0 ]; then echo "the ceiling's open-loop run had failed calls: ${ceil_failed:-no answer}" >&2; exit 1; fi
 say "tonic ceiling, unary, open loop at $ceil_half/s: p99 ms" "${R[ceil_p99_half]}"
 kill "${pids[-1]}"; unset 'pids[-1]'
 # How steady the CPU is with nothing else running: a fixed slice of

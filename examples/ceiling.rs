@@ -10,7 +10,9 @@
 //!
 //! Prints one line: `calls_per_second N`; `rate` (open loop, each client
 //! sending at a fixed pace, latency counted from the intended send time as
-//! `stockraft load --rate` counts it) adds `p50_ms`, `p99_ms` and `max_ms`.
+//! `stockraft load --rate` counts it) adds `p50_ms`, `p99_ms`, `max_ms` and
+//! `failed` (calls that failed, left out of the latencies; the command then
+//! exits with an error).
 //! `probe` measures how steady this machine's CPU is with nothing else
 //! running: one thread repeats a fixed slice of arithmetic and prints the
 //! slices' p1, p50, p99 and max in ms. On a machine of its own the four
@@ -205,34 +207,43 @@ async fn main() -> Result<()> {
                 let offset = interval.mul_f64(c as f64 / clients as f64);
                 tasks.push(tokio::spawn(async move {
                     let mut latency_us = hdrhistogram::Histogram::<u64>::new(3)?;
+                    let mut failed = 0u64;
                     let mut n = 0u64;
                     loop {
                         let due = started + offset + interval * (n as u32);
                         if due >= deadline {
-                            return Ok::<_, anyhow::Error>(latency_us);
+                            return Ok::<_, anyhow::Error>((latency_us, failed));
                         }
                         if due > Instant::now() {
                             tokio::time::sleep_until(due.into()).await;
                         }
                         n += 1;
-                        if client.bump(BumpRequest { id: n, key: key(c, n) }).await.is_ok() {
-                            latency_us.record(due.elapsed().as_micros() as u64)?;
+                        match client.bump(BumpRequest { id: n, key: key(c, n) }).await {
+                            Ok(_) => latency_us.record(due.elapsed().as_micros() as u64)?,
+                            Err(_) => failed += 1,
                         }
                     }
                 }));
             }
             let mut all = hdrhistogram::Histogram::<u64>::new(3)?;
+            let mut failed = 0u64;
             for task in tasks {
-                all.add(task.await??)?;
+                let (latency_us, task_failed) = task.await??;
+                all.add(latency_us)?;
+                failed += task_failed;
             }
             let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
             println!(
-                "calls_per_second {:.0} p50_ms {:.2} p99_ms {:.2} max_ms {:.2}",
+                "calls_per_second {:.0} p50_ms {:.2} p99_ms {:.2} max_ms {:.2} failed {failed}",
                 all.len() as f64 / seconds as f64,
                 ms(0.5),
                 ms(0.99),
                 all.max() as f64 / 1000.0
             );
+            // A failed call has no latency: a p99 without it would flatter.
+            if failed > 0 {
+                return Err(anyhow!("{failed} calls failed; the figures above leave them out"));
+            }
             Ok(())
         }
         "probe" => {

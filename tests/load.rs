@@ -20,6 +20,28 @@ fn spawn_load(args: &[&str], json: &std::path::Path) -> std::process::Child {
         .unwrap()
 }
 
+/// A short checkout run (4 clients, 20 SKUs at one node) against
+/// `servers`, as the cluster tests below start it; they add their own flags.
+fn checkout_args<'a>(servers: &'a str, duration: &'a str, timeout: &'a str) -> Vec<&'a str> {
+    vec![
+        "load",
+        "--server",
+        servers,
+        "--duration",
+        duration,
+        "--clients",
+        "4",
+        "--skus",
+        "20",
+        "--nodes",
+        "1",
+        "--workload",
+        "checkout",
+        "--timeout",
+        timeout,
+    ]
+}
+
 /// The JSON report a run wrote.
 fn report_at(json: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
@@ -64,7 +86,7 @@ async fn a_mixed_run_reports_and_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("verification: PASSED"), "{stdout}");
-    let report: serde_json::Value = report_at(&json);
+    let report = report_at(&json);
     assert_eq!(report["verification"]["passed"], true);
     for call in [
         "reserve",
@@ -133,7 +155,7 @@ async fn reserve_over_streams_seeds_reserves_and_verifies() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = report_at(&json);
+    let report = report_at(&json);
     assert_eq!(report["verification"]["passed"], true, "{report}");
     assert!(report["calls"]["reserve"]["count"].as_u64().unwrap_or(0) >= 500);
     // 60 counters of 5 units: 300 can be held, so 500 reserves run out and
@@ -158,31 +180,43 @@ async fn reserve_over_streams_seeds_reserves_and_verifies() {
 #[test]
 fn load_errors_are_clear() {
     let port = common::free_port();
-    let out = Command::new(BIN)
-        .args([
-            "load",
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--duration",
-            "1s",
-            "--quiet",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot connect"), "{stderr}");
-
-    let out = Command::new(BIN)
-        .args(["load", "--workload", "black-friday", "--duration", "1s"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown workload"));
-
-    let out = Command::new(BIN).args(["load"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+    let nowhere = format!("127.0.0.1:{port}");
+    let huge = usize::MAX.to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--server", &nowhere, "--duration", "1s", "--quiet"],
+            "cannot connect",
+        ),
+        (
+            &["--workload", "black-friday", "--duration", "1s"],
+            "unknown workload",
+        ),
+        (&[], "--duration"),
+        // Refused before anything is connected or listed.
+        (
+            &[
+                "--server",
+                &nowhere,
+                "--skus",
+                "100000000",
+                "--nodes",
+                "1000",
+                "--duration",
+                "1s",
+            ],
+            "counters a server holds",
+        ),
+        (
+            &["--skus", &huge, "--nodes", "2", "--duration", "1s"],
+            "counters a server holds",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = Command::new(BIN).arg("load").args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
 }
 
 /// With `--route leader` (the default) every client connects to the
@@ -201,29 +235,10 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
         let follower = (1..=3).find(|id| *id != leader).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("report.json");
-        let run = spawn_load(
-            &[
-                "load",
-                "--server",
-                &cluster.addr(follower),
-                "--route",
-                route,
-                "--duration",
-                "3s",
-                "--clients",
-                "4",
-                "--skus",
-                "20",
-                "--nodes",
-                "1",
-                "--workload",
-                "checkout",
-                "--timeout",
-                "2s",
-                "--quiet",
-            ],
-            &json,
-        );
+        let addr = cluster.addr(follower);
+        let mut args = checkout_args(&addr, "3s", "2s");
+        args.extend(["--route", route, "--quiet"]);
+        let run = spawn_load(&args, &json);
         // Seeding and the first calls, then the named follower dies.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         cluster.kill9(follower);
@@ -237,7 +252,7 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
             );
             assert!(stdout.contains("clients on the leader"), "{stdout}");
             assert!(stdout.contains("errors: none"), "{stdout}");
-            let report: serde_json::Value = report_at(&json);
+            let report = report_at(&json);
             assert_eq!(report["config"]["route"], "leader");
             assert_eq!(report["verification"]["passed"], true, "{report}");
         } else {
@@ -250,7 +265,7 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
             assert!(stdout.contains("clients spread over them"), "{stdout}");
             assert!(stdout.contains("UNAVAILABLE"), "{stdout}");
             assert!(stderr.contains("verification not done"), "{stderr}");
-            let report: serde_json::Value = report_at(&json);
+            let report = report_at(&json);
             assert_eq!(report["config"]["route"], "spread");
             assert_eq!(report["verification"]["passed"], false, "{report}");
             assert!(report["verification"]["unreadable"].is_string(), "{report}");
@@ -273,30 +288,10 @@ async fn clients_follow_a_new_leader_after_the_leader_dies() {
         let follower = (1..=3).find(|id| *id != leader).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("report.json");
-        let run = spawn_load(
-            &[
-                &[
-                    "load",
-                    "--server",
-                    &cluster.addr(follower),
-                    "--duration",
-                    "8s",
-                    "--clients",
-                    "4",
-                    "--skus",
-                    "20",
-                    "--nodes",
-                    "1",
-                    "--workload",
-                    "checkout",
-                    "--timeout",
-                    "3s",
-                ][..],
-                calls_as,
-            ]
-            .concat(),
-            &json,
-        );
+        let addr = cluster.addr(follower);
+        let mut args = checkout_args(&addr, "8s", "3s");
+        args.extend(calls_as);
+        let run = spawn_load(&args, &json);
         // Seeding and the first calls on the leader, then the leader dies.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         cluster.kill9(leader);
@@ -310,7 +305,7 @@ async fn clients_follow_a_new_leader_after_the_leader_dies() {
         );
         assert!(stdout.contains("clients moved to a new one"), "{stdout}");
         assert!(stderr.contains("clients moved to"), "{stderr}");
-        let report: serde_json::Value = report_at(&json);
+        let report = report_at(&json);
         assert!(report["leader_moves"].as_u64().unwrap() >= 1, "{report}");
         assert_eq!(report["verification"]["passed"], true, "{report}");
         // Calls were answered in the run's last full second, well after the
@@ -352,29 +347,9 @@ async fn a_verification_that_checked_nothing_is_not_a_pass() {
     );
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let run = spawn_load(
-        &[
-            "load",
-            "--server",
-            &servers,
-            "--route",
-            "spread",
-            "--duration",
-            "4s",
-            "--clients",
-            "4",
-            "--skus",
-            "20",
-            "--nodes",
-            "1",
-            "--workload",
-            "checkout",
-            "--timeout",
-            "1s",
-            "--quiet",
-        ],
-        &json,
-    );
+    let mut args = checkout_args(&servers, "4s", "1s");
+    args.extend(["--route", "spread", "--quiet"]);
+    let run = spawn_load(&args, &json);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     cluster.kill9(followers[0]);
     let out = run.wait_with_output().unwrap();
@@ -383,7 +358,7 @@ async fn a_verification_that_checked_nothing_is_not_a_pass() {
     assert!(!out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("INCONCLUSIVE"), "{stdout}");
     assert!(stderr.contains("verification inconclusive"), "{stderr}");
-    let report: serde_json::Value = report_at(&json);
+    let report = report_at(&json);
     let v = &report["verification"];
     assert_eq!(v["inconclusive"], true, "{report}");
     assert_eq!(v["passed"], false, "{report}");

@@ -195,14 +195,13 @@ type Place = Option<usize>;
 impl Ledger {
     /// `skus`, `nodes` and `hot_skus` say which positions the workers
     /// will ask for (see [`Ledger::spread_account`], [`Ledger::hot_account`]).
-    fn new(keys: &[Key], skus: usize, nodes: usize, hot_skus: usize) -> Result<Ledger, LoadError> {
-        if keys.len() >= NO_ACCOUNT as usize {
-            return Err(LoadError::Config(format!(
-                "{} counters is more than the harness tracks ({})",
-                keys.len(),
-                NO_ACCOUNT
-            )));
-        }
+    /// `keys` is bounded by [`crate::limits::COUNTERS_MAX`] (checked when
+    /// the run starts), far below [`NO_ACCOUNT`].
+    fn new(keys: &[Key], skus: usize, nodes: usize, hot_skus: usize) -> Ledger {
+        assert!(
+            keys.len() < NO_ACCOUNT as usize,
+            "more counters than the ledger places"
+        );
         let mut index: FastMap<String, FastMap<String, usize>> = FastMap::default();
         for (i, (sku, node)) in keys.iter().enumerate() {
             index
@@ -231,14 +230,14 @@ impl Ledger {
         }
         let mut accounts = Vec::with_capacity(keys.len());
         accounts.resize_with(keys.len(), AccountCell::default);
-        Ok(Ledger {
+        Ledger {
             index,
             spread,
             nodes,
             hot,
             accounts,
             untracked: AtomicU64::new(0),
-        })
+        }
     }
 
     /// The place of SKU number `sku` at node number `node` (the numbers
@@ -413,7 +412,10 @@ impl Worker {
     /// After a call failed UNAVAILABLE, on the leader route: takes the
     /// connection to the leader as it is now (see [`LeaderRoute`]).
     async fn follow_leader(&mut self) {
-        if !self.unavailable.swap(false, Ordering::Relaxed) {
+        // A plain load first: this runs after every operation.
+        if !self.unavailable.load(Ordering::Relaxed)
+            || !self.unavailable.swap(false, Ordering::Relaxed)
+        {
             return;
         }
         let Some(route) = self.route.clone() else {
@@ -1233,6 +1235,21 @@ pub async fn run(
     if config.duration.is_none() && config.ops.is_none() {
         return Err(LoadError::Config("give --duration or --ops".into()));
     }
+    // As many counters as one server holds, at most: more could never be
+    // seeded, and the harness would first spend its memory listing them.
+    let counters_asked = config
+        .skus
+        .checked_mul(config.nodes)
+        .and_then(|spread| spread.checked_add(config.hot_skus));
+    if !counters_asked.is_some_and(|n| n <= crate::limits::COUNTERS_MAX) {
+        return Err(LoadError::Config(format!(
+            "--skus {} x --nodes {} (+ --hot-skus {}) is more than the {} counters a server holds; use fewer",
+            config.skus,
+            config.nodes,
+            config.hot_skus,
+            crate::limits::COUNTERS_MAX
+        )));
+    }
     let chooser = Chooser::new(
         config.mix.clone(),
         config.skus.max(1),
@@ -1297,7 +1314,7 @@ pub async fn run(
         chooser.skus,
         chooser.nodes,
         chooser.hot_skus,
-    )?);
+    ));
     let mut workers = Vec::with_capacity(workers_total);
     for w in 0..workers_total {
         let stats = Arc::new(Mutex::new(Stats::for_calls(&config.mix)));
@@ -1603,7 +1620,7 @@ mod tests {
     fn a_counter_found_by_position_is_the_one_found_by_name() {
         let mix = [(Workload::Checkout, 1), (Workload::FlashSale, 1)];
         let keys = keys_of(&mix, 7, 3, 2);
-        let ledger = Ledger::new(&keys, 7, 3, 2).unwrap();
+        let ledger = Ledger::new(&keys, 7, 3, 2);
         for s in 0..7 {
             for n in 0..3 {
                 let by_name = ledger.place(&sku_name(s), &node_name(n));
@@ -1639,7 +1656,7 @@ mod tests {
     #[test]
     fn a_run_without_spread_counters_places_none_of_them() {
         let keys = keys_of(&[(Workload::FlashSale, 1)], 5, 2, 1);
-        let ledger = Ledger::new(&keys, 5, 2, 1).unwrap();
+        let ledger = Ledger::new(&keys, 5, 2, 1);
         assert_eq!(ledger.spread_account(0, 0), None);
         assert_eq!(
             ledger.hot_account(0),
