@@ -1241,7 +1241,7 @@ pub async fn run(
         .skus
         .checked_mul(config.nodes)
         .and_then(|spread| spread.checked_add(config.hot_skus));
-    if !counters_asked.is_some_and(|n| n <= crate::limits::COUNTERS_MAX) {
+    if counters_asked.is_none_or(|n| n > crate::limits::COUNTERS_MAX) {
         return Err(LoadError::Config(format!(
             "--skus {} x --nodes {} (+ --hot-skus {}) is more than the {} counters a server holds; use fewer",
             config.skus,
