@@ -23,6 +23,7 @@ pub mod answer;
 pub mod codec;
 pub mod command;
 pub mod reservation;
+pub mod reservation_table;
 pub mod retained;
 pub mod snapshot;
 pub mod stock;
@@ -34,14 +35,13 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
 pub use answer::{
     Applied, CapacityError, ConsumeError, ExtendAnswer, ExtendError, Outcome, ReleaseError,
     ReserveAnswer, ReserveError, Shortage, StockAnswer, StockChangeError,
 };
 pub use command::{AdjustReason, Batch, Command, InvalidInput, Line};
 pub use reservation::{HeldLine, Reservation, ReservationState, TimedId};
+pub use reservation_table::{FrozenReservations, ReservationTable};
 pub use stock::{SkuAvailability, StockLevel, StockTable};
 
 use crate::limits::{COUNTER_MAX, RESERVATIONS_OPEN_MAX};
@@ -60,10 +60,9 @@ pub(crate) type FastHash = foldhash::fast::RandomState;
 #[derive(Debug, Default)]
 pub struct Shared {
     pub stock: StockTable,
-    /// Shared copy-on-write for the same reason as a SKU's counters (see
-    /// [`stock::SkuStock`]): a snapshot takes references, and a reservation
-    /// changed while that snapshot is encoded elsewhere is copied first.
-    pub reservations: DashMap<Arc<str>, Arc<Reservation>, FastHash>,
+    /// Open and finished reservations, in buckets that a snapshot freezes
+    /// in constant time (see [`reservation_table`]).
+    pub reservations: ReservationTable,
     applied_index: AtomicU64,
     now_ms: AtomicU64,
 }
@@ -348,18 +347,16 @@ impl Inventory {
         let id: Arc<str> = Arc::from(c.reservation_id.as_str());
         let expires_at_ms = self.now_ms.saturating_add(c.ttl_ms);
         self.expiry.insert(TimedId::new(expires_at_ms, id.clone()));
-        self.shared.reservations.insert(
-            id.clone(),
-            Arc::new(Reservation {
-                id,
-                lines: held,
-                ttl_ms: c.ttl_ms,
-                state: ReservationState::Open,
-                created_at_ms: self.now_ms,
-                expires_at_ms,
-                finished_at_ms: 0,
-            }),
-        );
+        let replaced = self.shared.reservations.insert(Arc::new(Reservation {
+            id,
+            lines: held,
+            ttl_ms: c.ttl_ms,
+            state: ReservationState::Open,
+            created_at_ms: self.now_ms,
+            expires_at_ms,
+            finished_at_ms: 0,
+        }));
+        assert!(replaced.is_none(), "a new reservation replaced a kept one");
         self.open_count += 1;
         Ok(ReserveAnswer {
             outcome: Outcome::Reserved,
@@ -401,33 +398,35 @@ impl Inventory {
     }
 
     fn extend(&mut self, c: &command::Extend) -> Result<ExtendAnswer, ExtendError> {
-        let Some(mut entry) = self.shared.reservations.get_mut(c.reservation_id.as_str()) else {
+        let Some(found) = self.shared.reservations.get(c.reservation_id.as_str()) else {
             return Ok(ExtendAnswer {
                 outcome: Outcome::NotFound,
                 expires_at_ms: 0,
             });
         };
-        match entry.state {
+        match found.state {
             ReservationState::Open => {
-                let r = Arc::make_mut(&mut entry);
-                let was_present = self
-                    .expiry
-                    .remove(&TimedId::new(r.expires_at_ms, r.id.clone()));
-                assert!(
-                    was_present,
-                    "open reservation missing from the expiry index"
-                );
-                r.expires_at_ms = self.now_ms.saturating_add(c.ttl_ms);
-                self.expiry
-                    .insert(TimedId::new(r.expires_at_ms, r.id.clone()));
+                drop(found);
+                let expiry = &mut self.expiry;
+                let expires_at_ms = self.now_ms.saturating_add(c.ttl_ms);
+                let changed = self.shared.reservations.update(&c.reservation_id, |r| {
+                    let was_present = expiry.remove(&TimedId::new(r.expires_at_ms, r.id.clone()));
+                    assert!(
+                        was_present,
+                        "open reservation missing from the expiry index"
+                    );
+                    r.expires_at_ms = expires_at_ms;
+                    expiry.insert(TimedId::new(r.expires_at_ms, r.id.clone()));
+                });
+                assert!(changed.is_some(), "a found reservation vanished");
                 Ok(ExtendAnswer {
                     outcome: Outcome::Reserved,
-                    expires_at_ms: r.expires_at_ms,
+                    expires_at_ms,
                 })
             }
             ReservationState::Expired => Ok(ExtendAnswer {
                 outcome: Outcome::Expired,
-                expires_at_ms: entry.expires_at_ms,
+                expires_at_ms: found.expires_at_ms,
             }),
             ReservationState::Consumed => Err(ExtendError::Consumed {
                 id: c.reservation_id.clone(),
@@ -441,39 +440,36 @@ impl Inventory {
     /// Ends an open reservation: its stock is consumed (on_hand and reserved
     /// drop) or returned (reserved drops).
     fn finish(&mut self, id: &str, end: ReservationState) {
-        let Some(mut entry) = self.shared.reservations.get_mut(id) else {
-            panic!("finishing unknown reservation {id:?}");
-        };
-        let r = Arc::make_mut(&mut entry);
-        assert_eq!(
-            r.state,
-            ReservationState::Open,
-            "finishing a closed reservation"
-        );
-        for line in &r.lines {
-            let changed = self
-                .shared
-                .stock
-                .update_existing(&line.sku, &line.node, |level| {
+        let stock = &self.shared.stock;
+        let expiry = &mut self.expiry;
+        let finished = &mut self.finished;
+        let now_ms = self.now_ms;
+        let changed = self.shared.reservations.update(id, |r| {
+            assert_eq!(
+                r.state,
+                ReservationState::Open,
+                "finishing a closed reservation"
+            );
+            for line in &r.lines {
+                let changed = stock.update_existing(&line.sku, &line.node, |level| {
                     level.reserved -= line.qty;
                     assert!(level.reserved >= 0, "reserved went negative");
                     if end == ReservationState::Consumed {
                         level.on_hand -= line.qty;
                     }
                 });
-            assert!(changed.is_some(), "reservation holds a missing counter");
-        }
-        let was_present = self
-            .expiry
-            .remove(&TimedId::new(r.expires_at_ms, r.id.clone()));
-        assert!(
-            was_present,
-            "open reservation missing from the expiry index"
-        );
-        r.state = end;
-        r.finished_at_ms = self.now_ms;
-        self.finished
-            .insert(TimedId::new(self.now_ms, r.id.clone()));
+                assert!(changed.is_some(), "reservation holds a missing counter");
+            }
+            let was_present = expiry.remove(&TimedId::new(r.expires_at_ms, r.id.clone()));
+            assert!(
+                was_present,
+                "open reservation missing from the expiry index"
+            );
+            r.state = end;
+            r.finished_at_ms = now_ms;
+            finished.insert(TimedId::new(now_ms, r.id.clone()));
+        });
+        assert!(changed.is_some(), "finishing unknown reservation {id:?}");
         assert!(self.open_count > 0, "open count underflow");
         self.open_count -= 1;
     }
@@ -561,7 +557,9 @@ impl Inventory {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut held: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
         let mut open = 0usize;
-        for r in self.shared.reservations.iter() {
+        let mut all = Vec::with_capacity(self.shared.reservations.len());
+        self.shared.reservations.for_each(|r| all.push(r.clone()));
+        for r in &all {
             if r.state != ReservationState::Open {
                 continue;
             }

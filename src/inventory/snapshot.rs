@@ -14,6 +14,7 @@ use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::reservation::{HeldLine, Reservation, ReservationState, TimedId};
+use super::reservation_table::FrozenReservations;
 use super::retained::{FrozenTxns, RetainedTxn};
 use super::stock::{intern, NodeStock, StockLevel};
 use super::{Inventory, TxnKey, TxnRecord};
@@ -73,7 +74,7 @@ pub struct Frozen {
     /// Unsorted; sorted by SKU when encoded.
     skus: Vec<(Arc<str>, Arc<[NodeStock]>)>,
     /// Unsorted; sorted by id when encoded.
-    reservations: Vec<Arc<Reservation>>,
+    reservations: FrozenReservations,
     /// Retained transaction outcomes in the order they are forgotten.
     txns: FrozenTxns,
 }
@@ -93,10 +94,7 @@ impl Frozen {
 /// SKUs and reservations and the blocks of retained outcomes, taking
 /// references, copying no record (figures in BENCHMARKS.md).
 pub fn freeze(inventory: &Inventory) -> Frozen {
-    let mut reservations = Vec::with_capacity(inventory.shared.reservations.len());
-    for entry in inventory.shared.reservations.iter() {
-        reservations.push(entry.value().clone());
-    }
+    let reservations = inventory.shared.reservations.freeze();
     Frozen {
         now_ms: inventory.now_ms,
         skus: inventory.shared.stock.freeze(),
@@ -452,18 +450,21 @@ impl Rebuild {
             self.finished
                 .push(TimedId::new(r.finished_at_ms, id.clone()));
         }
-        inventory.shared.reservations.insert(
-            id.clone(),
-            Arc::new(Reservation {
-                id,
-                lines,
-                ttl_ms: r.ttl_ms,
-                state,
-                created_at_ms: r.created_at_ms,
-                expires_at_ms: r.expires_at_ms,
-                finished_at_ms: r.finished_at_ms,
-            }),
-        );
+        let replaced = inventory.shared.reservations.insert(Arc::new(Reservation {
+            id,
+            lines,
+            ttl_ms: r.ttl_ms,
+            state,
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            finished_at_ms: r.finished_at_ms,
+        }));
+        if let Some(twice) = replaced {
+            return Err(SnapshotError::Invalid(format!(
+                "reservation {:?} appears twice",
+                twice.id
+            )));
+        }
         Ok(())
     }
 
