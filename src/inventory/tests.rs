@@ -708,6 +708,46 @@ fn a_format_one_snapshot_still_loads() {
     assert_eq!(m.inventory.stock().level("s", "n").unwrap().on_hand, 4);
 }
 
+#[test]
+fn a_snapshot_naming_a_reservation_twice_is_refused() {
+    use crate::proto::internal as pb;
+    use prost::Message;
+    let mut m = Machine::new();
+    m.one(0, set("t1", "s", "n", 5));
+    m.one(1, reserve("r1", &[("s", "n", 1)], 60_000));
+    let image = snapshot::write(&m.inventory);
+    // Whole, it loads.
+    assert!(snapshot::read(&image, m.index).is_ok());
+    // The same image with the reservation's record repeated (and a digest
+    // and header that agree, as a faulty writer would make them) does not.
+    let mut chunks = Vec::new();
+    let mut digest = xxhash_rust::xxh3::Xxh3::new();
+    digest.update(&image.header.now_ms.to_le_bytes());
+    for bytes in &image.chunks {
+        let mut chunk = pb::SnapshotChunk::decode(bytes.as_slice()).unwrap();
+        if let Some(first) = chunk.reservations.first().cloned() {
+            chunk.reservations.push(first);
+        }
+        let bytes = chunk.encode_to_vec();
+        digest.update(&bytes);
+        chunks.push(bytes);
+    }
+    let digest = digest.digest();
+    let mut header = image.header.clone();
+    header.reservations += 1;
+    header.digest = digest;
+    let damaged = snapshot::Image {
+        header,
+        chunks,
+        digest,
+    };
+    let refused = snapshot::read(&damaged, m.index).map(|_| ()).unwrap_err();
+    assert!(
+        refused.to_string().contains("appears twice"),
+        "unexpected error: {refused}"
+    );
+}
+
 // --- The property test -----------------------------------------------------
 
 use crate::sim::model::Model;
