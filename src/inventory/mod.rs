@@ -22,8 +22,8 @@
 pub mod answer;
 pub mod codec;
 pub mod command;
+pub mod cow_table;
 pub mod reservation;
-pub mod reservation_table;
 pub mod retained;
 pub mod snapshot;
 pub mod stock;
@@ -40,8 +40,8 @@ pub use answer::{
     ReserveAnswer, ReserveError, Shortage, StockAnswer, StockChangeError,
 };
 pub use command::{AdjustReason, Batch, Command, InvalidInput, Line};
+pub use cow_table::CowTable;
 pub use reservation::{HeldLine, Reservation, ReservationState, TimedId};
-pub use reservation_table::{FrozenReservations, ReservationTable};
 pub use stock::{SkuAvailability, StockLevel, StockTable};
 
 use crate::limits::{COUNTER_MAX, RESERVATIONS_OPEN_MAX};
@@ -61,8 +61,8 @@ pub(crate) type FastHash = foldhash::fast::RandomState;
 pub struct Shared {
     pub stock: StockTable,
     /// Open and finished reservations, in buckets that a snapshot freezes
-    /// in constant time (see [`reservation_table`]).
-    pub reservations: ReservationTable,
+    /// in constant time (see [`cow_table`]).
+    pub reservations: CowTable<Reservation>,
     applied_index: AtomicU64,
     now_ms: AtomicU64,
 }

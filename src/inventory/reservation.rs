@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use super::cow_table::Named;
+
 /// The life of a reservation. Open until exactly one of the three endings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReservationState {
@@ -58,6 +60,12 @@ pub struct Reservation {
     pub expires_at_ms: u64,
     /// When it left Open (0 while open).
     pub finished_at_ms: u64,
+}
+
+impl Named for Reservation {
+    fn name(&self) -> &str {
+        &self.id
+    }
 }
 
 impl Reservation {

@@ -13,10 +13,10 @@ use prost::Message;
 use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
+use super::cow_table;
 use super::reservation::{HeldLine, Reservation, ReservationState, TimedId};
-use super::reservation_table::FrozenReservations;
 use super::retained::{FrozenTxns, RetainedTxn};
-use super::stock::{intern, NodeStock, StockLevel};
+use super::stock::{intern, NodeStock, SkuStock, StockLevel};
 use super::{Inventory, TxnKey, TxnRecord};
 use crate::proto::internal as pb;
 
@@ -72,9 +72,9 @@ pub enum SnapshotError {
 pub struct Frozen {
     now_ms: u64,
     /// Unsorted; sorted by SKU when encoded.
-    skus: Vec<(Arc<str>, Arc<[NodeStock]>)>,
+    skus: cow_table::Frozen<SkuStock>,
     /// Unsorted; sorted by id when encoded.
-    reservations: FrozenReservations,
+    reservations: cow_table::Frozen<Reservation>,
     /// Retained transaction outcomes in the order they are forgotten.
     txns: FrozenTxns,
 }
@@ -83,8 +83,8 @@ impl Frozen {
     /// Counters, reservations and transactions: the size of the image.
     pub fn record_count(&self) -> usize {
         let mut counters = 0;
-        for (_, nodes) in &self.skus {
-            counters += nodes.len();
+        for sku in self.skus.iter() {
+            counters += sku.nodes.len();
         }
         counters + self.reservations.len() + self.txns.len()
     }
@@ -203,13 +203,12 @@ impl Section {
 /// Counters SKU by SKU in sorted order.
 fn write_counters(frozen: &Frozen) -> Section {
     let mut section = Section::default();
-    let mut order: Vec<usize> = (0..frozen.skus.len()).collect();
-    order.sort_unstable_by(|a, b| frozen.skus[*a].0.cmp(&frozen.skus[*b].0));
-    for i in order {
-        let (sku, nodes) = &frozen.skus[i];
-        for n in nodes.iter() {
+    let mut order: Vec<&SkuStock> = frozen.skus.iter().map(|s| &**s).collect();
+    order.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+    for stock in order {
+        for n in stock.nodes.iter() {
             section.chunk.counters.push(pb::CounterRecord {
-                sku: sku.to_string(),
+                sku: stock.sku.to_string(),
                 node: n.node.to_string(),
                 on_hand: n.level.on_hand,
                 reserved: n.level.reserved,

@@ -2,8 +2,9 @@
 //!
 //! Storefronts read availability far more often than stock changes, and
 //! those reads must never wait behind the replication loop. So the table is a
-//! concurrent map (dashmap) shared by reference: the apply thread is its only
-//! writer, and any number of gRPC handlers read it at once. A read sees each
+//! concurrent map ([`CowTable`]) shared by reference: the apply thread is its
+//! only writer, and any number of gRPC handlers read it at once; a snapshot
+//! freezes it in constant time. A read sees each
 //! counter atomically; a read over several counters may see a reserve that
 //! touched them half applied, which is why a multi-SKU availability answer is
 //! per-counter consistent rather than a cut across counters.
@@ -15,9 +16,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
 use super::answer::CapacityError;
+use super::cow_table::{self, CowTable, Named};
 use crate::limits::{COUNTERS_MAX, NODES_PER_SKU_MAX};
 
 /// The stock of one (sku, node).
@@ -52,16 +52,23 @@ pub struct NodeStock {
     pub level: StockLevel,
 }
 
-/// One SKU's counters. The node list is shared copy-on-write: a snapshot
-/// takes a reference to every SKU's list in one pass on the replication
-/// thread (no counter is copied), and the first write to a SKU while that
-/// snapshot is being encoded elsewhere copies that SKU's list alone. A
-/// boxed slice, not a vector: no spare room is ever kept, and adding a node
-/// (rare: a new counter) rebuilds the list.
-#[derive(Debug, Default)]
+/// One SKU's counters. Shared copy-on-write (each is an `Arc` in the
+/// table): the first write to a SKU while a snapshot is being encoded
+/// elsewhere copies that SKU's list alone. A boxed slice, not a vector: no
+/// spare room is ever kept, and adding a node (rare: a new counter)
+/// rebuilds the list.
+#[derive(Debug, Clone)]
 pub struct SkuStock {
+    /// The SKU's name, shared with the reservations that hold its stock.
+    pub sku: Arc<str>,
     /// Sorted by node name.
-    pub nodes: Arc<[NodeStock]>,
+    pub nodes: Box<[NodeStock]>,
+}
+
+impl Named for SkuStock {
+    fn name(&self) -> &str {
+        &self.sku
+    }
 }
 
 impl SkuStock {
@@ -87,7 +94,7 @@ pub struct SkuAvailability {
 /// The counters, shared between the apply thread (writer) and readers.
 #[derive(Debug, Default)]
 pub struct StockTable {
-    skus: DashMap<Arc<str>, SkuStock, super::FastHash>,
+    skus: CowTable<SkuStock>,
     counters: AtomicUsize,
 }
 
@@ -102,7 +109,7 @@ impl StockTable {
     }
 
     pub fn level(&self, sku: &str, node: &str) -> Option<StockLevel> {
-        self.skus.get(sku).and_then(|s| s.level(node))
+        self.skus.read(sku, |s| s.level(node)).flatten()
     }
 
     /// Availability of one SKU over `nodes`, or over every node that stocks
@@ -114,23 +121,23 @@ impl StockTable {
             total_available: 0,
             nodes: Vec::new(),
         };
-        let entry = self.skus.get(sku);
-        if nodes.is_empty() {
-            if let Some(stock) = &entry {
+        let listed = &mut answer.nodes;
+        let found = self.skus.read(sku, |stock| {
+            if nodes.is_empty() {
                 for n in stock.nodes.iter() {
-                    answer.nodes.push((n.node.to_string(), n.level));
+                    listed.push((n.node.to_string(), n.level));
                 }
+                return;
             }
-        } else {
             for node in nodes {
-                let level = entry
-                    .as_ref()
-                    .and_then(|s| s.level(node))
-                    .unwrap_or_default();
-                answer.nodes.push((node.clone(), level));
+                listed.push((node.clone(), stock.level(node).unwrap_or_default()));
+            }
+        });
+        if found.is_none() {
+            for node in nodes {
+                answer.nodes.push((node.clone(), StockLevel::default()));
             }
         }
-        drop(entry);
         // At most NODES_PER_SKU_MAX (or NODES_PER_READ_MAX) terms of at most
         // COUNTER_MAX each: far inside i64.
         for (_, level) in &answer.nodes {
@@ -146,9 +153,12 @@ impl StockTable {
         node: &str,
         change: impl FnOnce(&mut StockLevel) -> R,
     ) -> Option<R> {
-        let mut stock = self.skus.get_mut(sku)?;
-        let i = stock.position(node).ok()?;
-        Some(change(&mut Arc::make_mut(&mut stock.nodes)[i].level))
+        self.skus
+            .update(sku, |stock| {
+                let i = stock.position(node).ok()?;
+                Some(change(&mut stock.nodes[i].level))
+            })
+            .flatten()
     }
 
     /// Adds `qty` to an existing counter's reserved and returns the shared
@@ -156,16 +166,18 @@ impl StockTable {
     /// where a reserve would otherwise take three. None when the counter
     /// does not exist.
     pub(crate) fn hold(&self, sku: &str, node: &str, qty: i64) -> Option<(Arc<str>, Arc<str>)> {
-        let mut stock = self.skus.get_mut(sku)?;
-        let i = stock.position(node).ok()?;
-        let sku_key = stock.key().clone();
-        let counter = &mut Arc::make_mut(&mut stock.nodes)[i];
-        counter.level.reserved += qty;
-        assert!(
-            counter.level.available() >= 0,
-            "reserve drove available below zero"
-        );
-        Some((sku_key, counter.node.clone()))
+        self.skus
+            .update(sku, |stock| {
+                let i = stock.position(node).ok()?;
+                let counter = &mut stock.nodes[i];
+                counter.level.reserved += qty;
+                assert!(
+                    counter.level.available() >= 0,
+                    "reserve drove available below zero"
+                );
+                Some((stock.sku.clone(), counter.node.clone()))
+            })
+            .flatten()
     }
 
     /// Applies `change` to a counter, creating it at zero first when missing.
@@ -178,13 +190,22 @@ impl StockTable {
         nodes: &mut HashSet<Arc<str>, super::FastHash>,
         change: impl FnOnce(&mut StockLevel) -> R,
     ) -> Result<R, CapacityError> {
-        // Two steps (look, then create) are safe: this is the only writer.
-        if let Some(mut stock) = self.skus.get_mut(sku) {
+        // `change` runs once: on the counter if it exists, or on the new
+        // one. Two steps (look, then create) are safe: this is the only
+        // writer.
+        let mut change = Some(change);
+        let found = self.skus.update(sku, |stock| {
             let i = match stock.position(node) {
-                Ok(i) => return Ok(change(&mut Arc::make_mut(&mut stock.nodes)[i].level)),
+                Ok(i) => {
+                    let change = change.take()?;
+                    return Some(Ok(change(&mut stock.nodes[i].level)));
+                }
                 Err(i) => i,
             };
-            self.check_room(sku, stock.nodes.len())?;
+            if let Err(full) = self.check_room(sku, stock.nodes.len()) {
+                return Some(Err(full));
+            }
+            let change = change.take()?;
             let mut level = StockLevel::default();
             let result = change(&mut level);
             // O(nodes of this SKU), at most NODES_PER_SKU_MAX, once per new
@@ -196,20 +217,28 @@ impl StockTable {
                 level,
             });
             grown.extend_from_slice(&stock.nodes[i..]);
-            stock.nodes = Arc::from(grown);
+            stock.nodes = grown.into_boxed_slice();
             self.counters.fetch_add(1, Ordering::Relaxed);
-            return Ok(result);
+            Some(Ok(result))
+        });
+        if let Some(done) = found.flatten() {
+            return done;
         }
+        let Some(change) = change.take() else {
+            panic!("a counter change was taken but not applied");
+        };
         self.check_room(sku, 0)?;
         let mut level = StockLevel::default();
         let result = change(&mut level);
         let stock = SkuStock {
-            nodes: Arc::from([NodeStock {
+            sku: Arc::from(sku),
+            nodes: Box::new([NodeStock {
                 node: intern(nodes, node),
                 level,
             }]),
         };
-        self.skus.insert(Arc::from(sku), stock);
+        let replaced = self.skus.insert(Arc::new(stock));
+        assert!(replaced.is_none(), "a new SKU replaced a kept one");
         self.counters.fetch_add(1, Ordering::Relaxed);
         Ok(result)
     }
@@ -251,38 +280,35 @@ impl StockTable {
         // Copied into a block of exactly its length: gathered by pushes, the
         // vector has up to twice the room it needs.
         let stock = SkuStock {
-            nodes: Arc::from(nodes),
+            sku: sku.clone(),
+            nodes: nodes.into_boxed_slice(),
         };
-        if self.skus.insert(sku.clone(), stock).is_some() {
+        if self.skus.insert(Arc::new(stock)).is_some() {
             return Err(format!("SKU {sku:?} appears twice"));
         }
         self.counters.fetch_add(count, Ordering::Relaxed);
         Ok(())
     }
 
-    /// A reference to every SKU's node list, in no particular order: what
-    /// a snapshot encodes, taken in one pass without copying a counter.
-    /// Later writes copy the lists they change (see [`SkuStock`]).
-    pub(crate) fn freeze(&self) -> Vec<(Arc<str>, Arc<[NodeStock]>)> {
-        let mut skus = Vec::with_capacity(self.skus.len());
-        for entry in self.skus.iter() {
-            skus.push((entry.key().clone(), entry.nodes.clone()));
-        }
-        skus
+    /// Every SKU as it is now, in no particular order: what a snapshot
+    /// encodes, taken in constant time ([`CowTable::freeze`]). Later
+    /// writes copy what they change (see [`SkuStock`]).
+    pub(crate) fn freeze(&self) -> cow_table::Frozen<SkuStock> {
+        self.skus.freeze()
     }
 
     /// The shared name of a SKU that exists, to store in reservations.
     pub(crate) fn sku_key(&self, sku: &str) -> Option<Arc<str>> {
-        self.skus.get(sku).map(|e| e.key().clone())
+        self.skus.read(sku, |s| s.sku.clone())
     }
 
     /// Calls `visit` for every counter, in no particular order.
     pub fn for_each(&self, mut visit: impl FnMut(&str, &str, &StockLevel)) {
-        for entry in self.skus.iter() {
-            for n in entry.nodes.iter() {
-                visit(entry.key(), &n.node, &n.level);
+        self.skus.for_each(|stock| {
+            for n in stock.nodes.iter() {
+                visit(&stock.sku, &n.node, &n.level);
             }
-        }
+        });
     }
 }
 

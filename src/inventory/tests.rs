@@ -733,7 +733,7 @@ fn a_snapshot_naming_a_reservation_twice_is_refused() {
         chunks.push(bytes);
     }
     let digest = digest.digest();
-    let mut header = image.header.clone();
+    let mut header = image.header;
     header.reservations += 1;
     header.digest = digest;
     let damaged = snapshot::Image {

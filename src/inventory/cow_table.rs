@@ -1,78 +1,81 @@
-//! The reservation table: every reservation the state machine keeps, open
-//! and finished, by id, shared between the apply thread (the only writer)
-//! and readers (LOCAL `GetReservation`), and frozen for snapshots in time
-//! that does not grow with the number of reservations.
+//! A table shared between the apply thread (its only writer) and readers,
+//! that a snapshot freezes in time that does not grow with its size: the
+//! state machine's reservations (open and finished, up to tens of
+//! millions) and its SKUs (a million or more, each with its nodes'
+//! counters), by name.
 //!
-//! Up to ten million open holds plus the finished ones remembered for
-//! retries can be kept. A snapshot must see them all as of one applied
-//! index, while the apply thread goes on. Taking a reference to each
-//! reservation (what this table replaced, over a `DashMap`) held the
-//! replication thread for 173 ms at two million reservations, and every
-//! write waited that long. Here the reservations live in
-//! [`BUCKETS`] small maps, each behind its own `Arc` (in one map while the
-//! table holds at most [`SMALL_MAX`]):
+//! A snapshot must see a table as of one applied index while the apply
+//! thread goes on. Taking a reference to each entry (what this replaced,
+//! over a `DashMap`) held the replication thread for 173 ms at two million
+//! reservations, and every write waited that long. Here the entries live
+//! in [`BUCKETS`] small maps, each behind its own `Arc` (in one map while
+//! the table holds at most [`SMALL_MAX`]):
 //!
 //! - **Freezing** clones the [`BUCKETS`] `Arc`s: about 1.5 ms whatever
-//!   the count.
+//!   the size.
 //! - **The first write to a bucket after a freeze** copies that bucket (its
-//!   keys and `Arc` pointers, not the reservations) while the frozen image
+//!   keys and `Arc` pointers, not the entries) while the frozen image
 //!   keeps the old one: `Arc::make_mut`. The copying adds up to what the
 //!   old freeze did at once, but it is spread over the writes that follow,
-//!   a bucket (a few hundred pointers at ten million reservations) at a
-//!   time. A reservation changed while frozen is itself copied on write,
-//!   as before (`Arc<Reservation>`).
+//!   a bucket (a few hundred pointers at ten million entries) at a time.
+//!   An entry changed while frozen is itself copied on write (each entry is
+//!   an `Arc` of its own).
 //! - **Growing** rehashes one small bucket at a time, never one big table.
-//! - **Keys** are the ids' 128-bit XXH3 hashes, not their text: a copied
-//!   bucket copies plain numbers, and only the reservation's `Arc` count is
-//!   touched (one cache miss per entry instead of two). The reservation
-//!   keeps its id, and a lookup checks it. Two ids kept at once sharing a
-//!   hash has a probability near 1e-22 at thirty million ids; should it
-//!   happen, the second id's insert finds the first's entry and the node
-//!   stops (an assertion) rather than confuse the two.
+//! - **Keys** are the names' 128-bit XXH3 hashes, not their text: a copied
+//!   bucket copies plain numbers, and only the entry's `Arc` count is
+//!   touched (one cache miss per entry instead of two). Each entry keeps
+//!   its name ([`Named`]), and a lookup checks it. Two names kept at once
+//!   sharing a hash has a probability near 1e-22 at thirty million; should
+//!   it happen, the second name's insert finds the first's entry and the
+//!   node stops (the callers assert) rather than confuse the two.
 //!
 //! Buckets are chosen by a hash with its own random seed, independent of
 //! the hash inside each bucket's map (so a bucket's entries do not all share
 //! the tag bits its map probes with), and random per process, so a client
-//! cannot choose ids that pile into one bucket. Nothing depends on the
-//! buckets' order: snapshots sort by id.
+//! cannot choose names that pile into one bucket. Nothing depends on the
+//! buckets' order: snapshots sort by name.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
-use super::reservation::Reservation;
 use super::FastHash;
 
-/// Buckets of a large table: a power of two. At two million reservations a
+/// Buckets of a large table: a power of two. At two million entries a
 /// bucket holds about 120; copying one after a freeze costs a few
 /// microseconds, and freezing clones this many `Arc`s (about 1.5 ms).
 pub const BUCKETS: usize = 16_384;
 const BUCKET_BITS: u32 = BUCKETS.trailing_zeros();
 
-/// Reservations kept in one map before the table spreads them over
+/// Entries kept in one map before the table spreads them over
 /// [`BUCKETS`] (once, moving at most this many). A small table costs one
 /// map: the state machine's tests and simulator build thousands.
 pub const SMALL_MAX: usize = 4_096;
 
-/// One bucket: reservations by the hash of their id ([`key_of`]).
-pub type Bucket = HashMap<u128, Arc<Reservation>, FastHash>;
-
-type Lock = RwLock<Arc<Bucket>>;
-
-/// The key a reservation id is kept under: its 128-bit XXH3 hash.
-fn key_of(id: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+/// What a table keeps: an entry that knows its own name.
+pub trait Named: Clone {
+    fn name(&self) -> &str;
 }
 
-/// Reservations by id, in buckets shared copy-on-write with frozen images.
+/// One bucket: entries by the hash of their name ([`key_of`]).
+pub type Bucket<V> = HashMap<u128, Arc<V>, FastHash>;
+
+type Lock<V> = RwLock<Arc<Bucket<V>>>;
+
+/// The key a name is kept under: its 128-bit XXH3 hash.
+fn key_of(name: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(name.as_bytes())
+}
+
+/// Entries by name, in buckets shared copy-on-write with frozen images.
 #[derive(Debug)]
-pub struct ReservationTable {
-    /// Every reservation while there are at most [`SMALL_MAX`]; empty once
-    /// `big` is set.
-    small: Lock,
+pub struct CowTable<V> {
+    /// Every entry while there are at most [`SMALL_MAX`]; empty once `big`
+    /// is set.
+    small: Lock<V>,
     /// The buckets, once the table outgrew `small`. Set once, never unset.
-    big: OnceLock<Box<[Lock]>>,
+    big: OnceLock<Box<[Lock<V>]>>,
     /// Chooses the bucket. Seeded apart from the buckets' own hasher.
     spread: FastHash,
     /// Every bucket map's hasher (a copied bucket keeps it: `Clone`).
@@ -80,16 +83,16 @@ pub struct ReservationTable {
     len: AtomicUsize,
 }
 
-impl Default for ReservationTable {
+impl<V: Named> Default for CowTable<V> {
     fn default() -> Self {
-        ReservationTable::new()
+        CowTable::new()
     }
 }
 
-impl ReservationTable {
-    pub fn new() -> ReservationTable {
+impl<V: Named> CowTable<V> {
+    pub fn new() -> CowTable<V> {
         let hasher = FastHash::default();
-        ReservationTable {
+        CowTable {
             small: RwLock::new(Arc::new(Bucket::with_hasher(hasher.clone()))),
             big: OnceLock::new(),
             spread: FastHash::default(),
@@ -103,7 +106,7 @@ impl ReservationTable {
         (hash >> (u64::BITS - BUCKET_BITS)) as usize
     }
 
-    /// Reservations kept, open and finished.
+    /// Entries kept.
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
@@ -112,11 +115,10 @@ impl ReservationTable {
         self.len() == 0
     }
 
-    /// The reservation with this id, if kept. The `Arc` is the table's own:
-    /// a later change copies it first, so the caller's copy never changes.
-    pub fn get(&self, id: &str) -> Option<Arc<Reservation>> {
-        let key = key_of(id);
-        let found = |bucket: &Bucket| bucket.get(&key).filter(|r| *r.id == *id).cloned();
+    /// Runs `look` on the entry named `name`, under its bucket's read lock.
+    pub fn read<T>(&self, name: &str, look: impl FnOnce(&Arc<V>) -> T) -> Option<T> {
+        let key = key_of(name);
+        let found = |bucket: &Bucket<V>| bucket.get(&key).filter(|v| v.name() == name).map(look);
         if let Some(big) = self.big.get() {
             return found(&read(&big[self.at(key)]));
         }
@@ -130,9 +132,15 @@ impl ReservationTable {
         found(&small)
     }
 
+    /// The entry named `name`, if kept. The `Arc` is the table's own: a
+    /// later change copies the entry first, so the caller's never changes.
+    pub fn get(&self, name: &str) -> Option<Arc<V>> {
+        self.read(name, Arc::clone)
+    }
+
     /// The lock of `key`'s bucket, for the writer (the only thread that
     /// sets `big`, so it cannot change under it).
-    fn lock_of(&self, key: u128) -> &Lock {
+    fn lock_of(&self, key: u128) -> &Lock<V> {
         match self.big.get() {
             Some(big) => &big[self.at(key)],
             None => &self.small,
@@ -144,7 +152,7 @@ impl ReservationTable {
     /// readers of the bucket wait only for the swap. Only the apply thread
     /// writes (`&mut self` on [`super::Inventory`] guarantees one writer),
     /// so the bucket cannot change between the copy and the swap.
-    fn write<T>(&self, key: u128, change: impl FnOnce(&mut Bucket) -> T) -> T {
+    fn write<T>(&self, key: u128, change: impl FnOnce(&mut Bucket<V>) -> T) -> T {
         let lock = self.lock_of(key);
         let copy = {
             let shared = read(lock);
@@ -157,11 +165,11 @@ impl ReservationTable {
         change(Arc::make_mut(&mut bucket))
     }
 
-    /// Adds a reservation under its id. Returns the one it replaced, if any
+    /// Adds an entry under its name. Returns the one it replaced, if any
     /// (callers treat that as a broken invariant or a damaged snapshot).
-    pub fn insert(&self, reservation: Arc<Reservation>) -> Option<Arc<Reservation>> {
-        let key = key_of(&reservation.id);
-        let replaced = self.write(key, |bucket| bucket.insert(key, reservation));
+    pub fn insert(&self, entry: Arc<V>) -> Option<Arc<V>> {
+        let key = key_of(entry.name());
+        let replaced = self.write(key, |bucket| bucket.insert(key, entry));
         if replaced.is_none() {
             let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
             if len > SMALL_MAX && self.big.get().is_none() {
@@ -178,34 +186,34 @@ impl ReservationTable {
         for _ in 0..BUCKETS {
             buckets.push(Bucket::with_hasher(self.hasher.clone()));
         }
-        for (key, r) in small.iter() {
-            buckets[self.at(*key)].insert(*key, r.clone());
+        for (key, v) in small.iter() {
+            buckets[self.at(*key)].insert(*key, v.clone());
         }
         let mut locks = Vec::with_capacity(BUCKETS);
         for bucket in buckets {
             locks.push(RwLock::new(Arc::new(bucket)));
         }
         let set = self.big.set(locks.into_boxed_slice());
-        assert!(set.is_ok(), "reservation table spread twice");
+        assert!(set.is_ok(), "table spread twice");
         // A frozen image may still share the old map: replace, not clear.
         *small = Arc::new(Bucket::with_hasher(self.hasher.clone()));
     }
 
-    /// Changes the reservation with this id in place (copying it first if
-    /// a frozen image or a reader shares it). None if it is not kept.
-    pub fn update<T>(&self, id: &str, change: impl FnOnce(&mut Reservation) -> T) -> Option<T> {
-        let key = key_of(id);
+    /// Changes the entry named `name` in place (copying it first if a
+    /// frozen image or a reader shares it). None if it is not kept.
+    pub fn update<T>(&self, name: &str, change: impl FnOnce(&mut V) -> T) -> Option<T> {
+        let key = key_of(name);
         self.write(key, |bucket| {
-            let r = bucket.get_mut(&key).filter(|r| *r.id == *id)?;
-            Some(change(Arc::make_mut(r)))
+            let v = bucket.get_mut(&key).filter(|v| v.name() == name)?;
+            Some(change(Arc::make_mut(v)))
         })
     }
 
-    /// Forgets the reservation with this id.
-    pub fn remove(&self, id: &str) -> Option<Arc<Reservation>> {
-        let key = key_of(id);
+    /// Forgets the entry named `name`.
+    pub fn remove(&self, name: &str) -> Option<Arc<V>> {
+        let key = key_of(name);
         let removed = self.write(key, |bucket| {
-            let found = bucket.get(&key).is_some_and(|r| *r.id == *id);
+            let found = bucket.get(&key).is_some_and(|v| v.name() == name);
             if !found {
                 return None;
             }
@@ -217,27 +225,26 @@ impl ReservationTable {
         removed
     }
 
-    /// The locks holding reservations now: the buckets, or the small map.
-    fn locks(&self) -> &[Lock] {
+    /// The locks holding entries now: the buckets, or the small map.
+    fn locks(&self) -> &[Lock<V>] {
         match self.big.get() {
             Some(big) => big,
             None => std::slice::from_ref(&self.small),
         }
     }
 
-    /// Calls `visit` on every reservation, a bucket at a time, in no
-    /// particular order. For checks and tests: it holds each bucket's read
-    /// lock while visiting it.
-    pub fn for_each(&self, mut visit: impl FnMut(&Arc<Reservation>)) {
+    /// Calls `visit` on every entry, a bucket at a time, in no particular
+    /// order. It holds each bucket's read lock while visiting it.
+    pub fn for_each(&self, mut visit: impl FnMut(&Arc<V>)) {
         for lock in self.locks() {
-            for r in read(lock).values() {
-                visit(r);
+            for v in read(lock).values() {
+                visit(v);
             }
         }
     }
 
     /// The table as it is now, for a snapshot: a reference to each bucket.
-    pub fn freeze(&self) -> FrozenReservations {
+    pub fn freeze(&self) -> Frozen<V> {
         let locks = self.locks();
         let mut buckets = Vec::with_capacity(locks.len());
         let mut count = 0;
@@ -246,27 +253,36 @@ impl ReservationTable {
             count += bucket.len();
             buckets.push(Arc::clone(&bucket));
         }
-        assert_eq!(count, self.len(), "reservation count out of step");
-        FrozenReservations { buckets, count }
+        assert_eq!(count, self.len(), "table count out of step");
+        Frozen { buckets, count }
     }
 }
 
 /// A bucket's read lock. A poisoned lock is taken as it is: a panic while
 /// holding one aborts the process (the binary's panic hook) before any
 /// reader could see it.
-fn read(lock: &Lock) -> RwLockReadGuard<'_, Arc<Bucket>> {
+fn read<V>(lock: &Lock<V>) -> RwLockReadGuard<'_, Arc<Bucket<V>>> {
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The reservations as of one freeze: shared buckets that later writes no
-/// longer change (they copy first).
-#[derive(Debug, Clone, Default)]
-pub struct FrozenReservations {
-    buckets: Vec<Arc<Bucket>>,
+/// A table as of one freeze: shared buckets that later writes no longer
+/// change (they copy first).
+#[derive(Debug)]
+pub struct Frozen<V> {
+    buckets: Vec<Arc<Bucket<V>>>,
     count: usize,
 }
 
-impl FrozenReservations {
+impl<V> Default for Frozen<V> {
+    fn default() -> Self {
+        Frozen {
+            buckets: Vec::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<V> Frozen<V> {
     pub fn len(&self) -> usize {
         self.count
     }
@@ -275,8 +291,8 @@ impl FrozenReservations {
         self.count == 0
     }
 
-    /// Every frozen reservation, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Reservation>> {
+    /// Every frozen entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<V>> {
         self.buckets.iter().flat_map(|b| b.values())
     }
 }
@@ -284,84 +300,95 @@ impl FrozenReservations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::reservation::ReservationState;
 
-    fn reservation(id: &str, ttl_ms: u64) -> Arc<Reservation> {
-        Arc::new(Reservation {
-            id: Arc::from(id),
-            lines: Vec::new(),
-            ttl_ms,
-            state: ReservationState::Open,
-            created_at_ms: 0,
-            expires_at_ms: ttl_ms,
-            finished_at_ms: 0,
+    /// A stand-in entry: a name and a value to change.
+    #[derive(Debug, Clone)]
+    struct Entry {
+        name: String,
+        value: u64,
+    }
+
+    impl Named for Entry {
+        fn name(&self) -> &str {
+            &self.name
+        }
+    }
+
+    fn entry(name: &str, value: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            name: name.to_string(),
+            value,
         })
     }
 
-    fn ids(frozen: &FrozenReservations) -> Vec<(String, u64)> {
-        let mut all: Vec<(String, u64)> = frozen
-            .iter()
-            .map(|r| (r.id.to_string(), r.ttl_ms))
-            .collect();
+    fn names(frozen: &Frozen<Entry>) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> =
+            frozen.iter().map(|e| (e.name.clone(), e.value)).collect();
         all.sort();
         all
     }
 
+    fn value(table: &CowTable<Entry>, name: &str) -> Option<u64> {
+        table.get(name).map(|e| e.value)
+    }
+
     #[test]
     fn a_frozen_image_keeps_what_it_saw_while_the_table_changes() {
-        let table = ReservationTable::new();
-        for i in 0..1_000 {
-            assert!(table.insert(reservation(&format!("r{i}"), 1)).is_none());
+        // Past SMALL_MAX, so the buckets are exercised as well.
+        let table = CowTable::new();
+        let count = SMALL_MAX + 1_000;
+        for i in 0..count {
+            assert!(table.insert(entry(&format!("r{i}"), 1)).is_none());
         }
         let frozen = table.freeze();
-        let before = ids(&frozen);
+        let before = names(&frozen);
         // Change, add and remove after the freeze: the image must not move.
         for i in 0..500 {
-            let id = format!("r{i}");
-            let changed = table.update(&id, |r| r.ttl_ms = 2);
-            assert_eq!(changed, Some(()));
+            assert_eq!(table.update(&format!("r{i}"), |e| e.value = 2), Some(()));
         }
         for i in 500..700 {
             assert!(table.remove(&format!("r{i}")).is_some());
         }
-        for i in 1_000..1_300 {
-            assert!(table.insert(reservation(&format!("r{i}"), 3)).is_none());
+        for i in count..count + 300 {
+            assert!(table.insert(entry(&format!("r{i}"), 3)).is_none());
         }
-        assert_eq!(frozen.len(), 1_000);
-        assert_eq!(ids(&frozen), before);
-        assert!(before.iter().all(|(_, ttl)| *ttl == 1));
+        assert_eq!(frozen.len(), count);
+        assert_eq!(names(&frozen), before);
+        assert!(before.iter().all(|(_, v)| *v == 1));
         // The live table has every change.
-        assert_eq!(table.len(), 1_100);
-        assert_eq!(table.get("r10").map(|r| r.ttl_ms), Some(2));
-        assert!(table.get("r600").is_none());
-        assert_eq!(table.get("r1200").map(|r| r.ttl_ms), Some(3));
-        assert_eq!(table.get("r900").map(|r| r.ttl_ms), Some(1));
+        assert_eq!(table.len(), count + 100);
+        assert_eq!(value(&table, "r10"), Some(2));
+        assert_eq!(value(&table, "r600"), None);
+        assert_eq!(value(&table, &format!("r{}", count + 200)), Some(3));
+        assert_eq!(value(&table, "r900"), Some(1));
         let now = table.freeze();
-        assert_eq!(now.len(), 1_100);
-        assert_eq!(now.iter().count(), 1_100);
+        assert_eq!(now.len(), count + 100);
+        assert_eq!(now.iter().count(), count + 100);
     }
 
     #[test]
     fn a_reader_copy_never_changes_under_the_reader() {
-        let table = ReservationTable::new();
-        table.insert(reservation("r", 1));
+        let table = CowTable::new();
+        table.insert(entry("r", 1));
         let seen = table.get("r");
-        table.update("r", |r| r.ttl_ms = 9);
-        assert_eq!(seen.map(|r| r.ttl_ms), Some(1));
-        assert_eq!(table.get("r").map(|r| r.ttl_ms), Some(9));
+        table.update("r", |e| e.value = 9);
+        assert_eq!(seen.map(|e| e.value), Some(1));
+        assert_eq!(value(&table, "r"), Some(9));
+        assert_eq!(table.read("r", |e| e.value * 2), Some(18));
     }
 
     #[test]
     fn counts_follow_inserts_replacements_and_removals() {
-        let table = ReservationTable::new();
+        let table = CowTable::new();
         assert!(table.is_empty());
-        assert!(table.insert(reservation("a", 1)).is_none());
-        // A second insert under the same id replaces, and says so.
-        assert_eq!(table.insert(reservation("a", 2)).map(|r| r.ttl_ms), Some(1));
+        assert!(table.insert(entry("a", 1)).is_none());
+        // A second insert under the same name replaces, and says so.
+        assert_eq!(table.insert(entry("a", 2)).map(|e| e.value), Some(1));
         assert_eq!(table.len(), 1);
         assert!(table.remove("missing").is_none());
-        assert_eq!(table.update("missing", |r| r.ttl_ms = 3), None);
-        assert_eq!(table.remove("a").map(|r| r.ttl_ms), Some(2));
+        assert_eq!(table.update("missing", |e| e.value = 3), None);
+        assert_eq!(table.read("missing", |e| e.value), None);
+        assert_eq!(table.remove("a").map(|e| e.value), Some(2));
         assert!(table.is_empty());
         let mut visited = 0;
         table.for_each(|_| visited += 1);
@@ -369,24 +396,24 @@ mod tests {
     }
 
     #[test]
-    fn spreading_over_the_buckets_keeps_every_reservation_and_frozen_image() {
-        let table = ReservationTable::new();
+    fn spreading_over_the_buckets_keeps_every_entry_and_frozen_image() {
+        let table = CowTable::new();
         for i in 0..SMALL_MAX {
-            table.insert(reservation(&format!("r{i}"), 1));
+            table.insert(entry(&format!("r{i}"), 1));
         }
         assert!(table.big.get().is_none());
         let small_image = table.freeze();
-        // One more spreads the table; then change one reservation.
-        table.insert(reservation("last", 1));
+        // One more spreads the table; then change one entry.
+        table.insert(entry("last", 1));
         assert!(table.big.get().is_some());
-        table.update("r0", |r| r.ttl_ms = 5);
+        table.update("r0", |e| e.value = 5);
         assert_eq!(table.len(), SMALL_MAX + 1);
         assert_eq!(small_image.len(), SMALL_MAX);
-        assert!(small_image.iter().all(|r| r.ttl_ms == 1));
+        assert!(small_image.iter().all(|e| e.value == 1));
         for i in 1..SMALL_MAX {
             assert!(table.get(&format!("r{i}")).is_some(), "r{i} lost");
         }
-        assert_eq!(table.get("r0").map(|r| r.ttl_ms), Some(5));
+        assert_eq!(value(&table, "r0"), Some(5));
         let big_image = table.freeze();
         assert_eq!(big_image.len(), SMALL_MAX + 1);
         assert_eq!(big_image.iter().count(), SMALL_MAX + 1);
@@ -396,9 +423,9 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_finds_every_kept_reservation_while_the_table_spreads() {
-        let table = Arc::new(ReservationTable::new());
-        table.insert(reservation("first", 1));
+    fn a_reader_finds_every_kept_entry_while_the_table_spreads() {
+        let table = Arc::new(CowTable::new());
+        table.insert(entry("first", 1));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
             let table = table.clone();
@@ -417,13 +444,13 @@ mod tests {
         };
         for round in 0..4 {
             for i in 0..SMALL_MAX {
-                table.insert(reservation(&format!("x{round}-{i}"), 1));
+                table.insert(entry(&format!("x{round}-{i}"), 1));
             }
         }
         stop.store(true, Ordering::Relaxed);
         let (misses, reads) = reader.join().expect("reader thread");
         assert!(table.big.get().is_some());
         assert!(reads > 0);
-        assert_eq!(misses, 0, "a reader missed a kept reservation");
+        assert_eq!(misses, 0, "a reader missed a kept entry");
     }
 }
