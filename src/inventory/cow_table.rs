@@ -148,18 +148,19 @@ impl<V: Named> CowTable<V> {
     }
 
     /// Runs `change` on the bucket of `key`, copying the bucket first if a
-    /// frozen image shares it. The copy is made under the read lock, so
+    /// frozen image shares it. Usually no image does, and this takes the
+    /// write lock once. Otherwise the copy is made under the read lock, so
     /// readers of the bucket wait only for the swap. Only the apply thread
     /// writes (`&mut self` on [`super::Inventory`] guarantees one writer),
-    /// so the bucket cannot change between the copy and the swap.
+    /// and only it freezes, so the bucket cannot change, nor be shared
+    /// anew, between the copy and the swap.
     fn write<T>(&self, key: u128, change: impl FnOnce(&mut Bucket<V>) -> T) -> T {
         let lock = self.lock_of(key);
-        let copy = {
-            let shared = read(lock);
-            (Arc::strong_count(&shared) > 1).then(|| Bucket::clone(&shared))
-        };
         let mut bucket = lock.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(copy) = copy {
+        if Arc::strong_count(&bucket) > 1 {
+            drop(bucket);
+            let copy = Bucket::clone(&read(lock));
+            bucket = lock.write().unwrap_or_else(PoisonError::into_inner);
             *bucket = Arc::new(copy);
         }
         change(Arc::make_mut(&mut bucket))
@@ -244,7 +245,7 @@ impl<V: Named> CowTable<V> {
     }
 
     /// The table as it is now, for a snapshot: a reference to each bucket.
-    pub fn freeze(&self) -> Frozen<V> {
+    pub fn freeze(&self) -> FrozenTable<V> {
         let locks = self.locks();
         let mut buckets = Vec::with_capacity(locks.len());
         let mut count = 0;
@@ -254,7 +255,7 @@ impl<V: Named> CowTable<V> {
             buckets.push(Arc::clone(&bucket));
         }
         assert_eq!(count, self.len(), "table count out of step");
-        Frozen { buckets, count }
+        FrozenTable { buckets, count }
     }
 }
 
@@ -268,21 +269,21 @@ fn read<V>(lock: &Lock<V>) -> RwLockReadGuard<'_, Arc<Bucket<V>>> {
 /// A table as of one freeze: shared buckets that later writes no longer
 /// change (they copy first).
 #[derive(Debug)]
-pub struct Frozen<V> {
+pub struct FrozenTable<V> {
     buckets: Vec<Arc<Bucket<V>>>,
     count: usize,
 }
 
-impl<V> Default for Frozen<V> {
+impl<V> Default for FrozenTable<V> {
     fn default() -> Self {
-        Frozen {
+        FrozenTable {
             buckets: Vec::new(),
             count: 0,
         }
     }
 }
 
-impl<V> Frozen<V> {
+impl<V> FrozenTable<V> {
     pub fn len(&self) -> usize {
         self.count
     }
@@ -321,7 +322,7 @@ mod tests {
         })
     }
 
-    fn names(frozen: &Frozen<Entry>) -> Vec<(String, u64)> {
+    fn names(frozen: &FrozenTable<Entry>) -> Vec<(String, u64)> {
         let mut all: Vec<(String, u64)> =
             frozen.iter().map(|e| (e.name.clone(), e.value)).collect();
         all.sort();

@@ -291,15 +291,19 @@ impl Inventory {
     }
 
     fn reserve(&mut self, c: &command::Reserve) -> Result<ReserveAnswer, ReserveError> {
-        if let Some(existing) = self.shared.reservations.get(c.reservation_id.as_str()) {
-            if !existing.same_payload(&c.lines, c.ttl_ms) {
+        // Looked at in place: no reference taken, so nothing to count.
+        let existing = self.shared.reservations.read(&c.reservation_id, |r| {
+            (r.same_payload(&c.lines, c.ttl_ms), r.state, r.expires_at_ms)
+        });
+        if let Some((same, state, expires_at_ms)) = existing {
+            if !same {
                 return Err(ReserveError::IdReused {
                     id: c.reservation_id.clone(),
                 });
             }
             return Ok(ReserveAnswer {
-                outcome: outcome_of(existing.state),
-                expires_at_ms: existing.expires_at_ms,
+                outcome: outcome_of(state),
+                expires_at_ms,
                 shortages: Vec::new(),
             });
         }
@@ -366,9 +370,8 @@ impl Inventory {
     }
 
     fn consume(&mut self, id: &str) -> Result<Outcome, ConsumeError> {
-        let state = match self.shared.reservations.get(id) {
-            None => return Ok(Outcome::NotFound),
-            Some(r) => r.state,
+        let Some(state) = self.shared.reservations.read(id, |r| r.state) else {
+            return Ok(Outcome::NotFound);
         };
         match state {
             ReservationState::Open => {
@@ -382,9 +385,8 @@ impl Inventory {
     }
 
     fn release(&mut self, id: &str) -> Result<Outcome, ReleaseError> {
-        let state = match self.shared.reservations.get(id) {
-            None => return Ok(Outcome::NotFound),
-            Some(r) => r.state,
+        let Some(state) = self.shared.reservations.read(id, |r| r.state) else {
+            return Ok(Outcome::NotFound);
         };
         match state {
             ReservationState::Open => {

@@ -72,9 +72,9 @@ pub enum SnapshotError {
 pub struct Frozen {
     now_ms: u64,
     /// Unsorted; sorted by SKU when encoded.
-    skus: cow_table::Frozen<SkuStock>,
+    skus: cow_table::FrozenTable<SkuStock>,
     /// Unsorted; sorted by id when encoded.
-    reservations: cow_table::Frozen<Reservation>,
+    reservations: cow_table::FrozenTable<Reservation>,
     /// Retained transaction outcomes in the order they are forgotten.
     txns: FrozenTxns,
 }

@@ -293,7 +293,7 @@ impl StockTable {
     /// Every SKU as it is now, in no particular order: what a snapshot
     /// encodes, taken in constant time ([`CowTable::freeze`]). Later
     /// writes copy what they change (see [`SkuStock`]).
-    pub(crate) fn freeze(&self) -> cow_table::Frozen<SkuStock> {
+    pub(crate) fn freeze(&self) -> cow_table::FrozenTable<SkuStock> {
         self.skus.freeze()
     }
 
