@@ -43,6 +43,18 @@ fn checkout_args<'a>(servers: &'a str, duration: &'a str, timeout: &'a str) -> V
 }
 
 /// The JSON report a run wrote.
+/// A 3-node loopback cluster once it has elected: the cluster, its
+/// leader, and its two followers.
+async fn three_nodes() -> (common::cluster::Cluster, u64, Vec<u64>) {
+    let cluster = common::cluster::Cluster::start(3, &[]);
+    let leader = cluster
+        .wait_leader(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let followers = (1..=3).filter(|id| *id != leader).collect();
+    (cluster, leader, followers)
+}
+
 fn report_at(json: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
 }
@@ -226,13 +238,11 @@ fn load_errors_are_clear() {
 /// run still ends with a clear report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_go_to_the_leader_whichever_member_is_named() {
-    use common::cluster::Cluster;
     use std::time::Duration;
 
     for (route, survives) in [("leader", true), ("spread", false)] {
-        let mut cluster = Cluster::start(3, &[]);
-        let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
-        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        let (mut cluster, _, followers) = three_nodes().await;
+        let follower = followers[0];
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("report.json");
         let addr = cluster.addr(follower);
@@ -279,13 +289,11 @@ async fn clients_go_to_the_leader_whichever_member_is_named() {
 /// election, resolves the calls cut off, and its verification passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_follow_a_new_leader_after_the_leader_dies() {
-    use common::cluster::Cluster;
     use std::time::Duration;
 
     for calls_as in [&[][..], &["--stream", "--in-flight", "4"][..]] {
-        let mut cluster = Cluster::start(3, &[]);
-        let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
-        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        let (mut cluster, leader, followers) = three_nodes().await;
+        let follower = followers[0];
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("report.json");
         let addr = cluster.addr(follower);
@@ -334,12 +342,9 @@ async fn clients_follow_a_new_leader_after_the_leader_dies() {
 /// and fails rather than reporting a verification that proved nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_verification_that_checked_nothing_is_not_a_pass() {
-    use common::cluster::Cluster;
     use std::time::Duration;
 
-    let mut cluster = Cluster::start(3, &[]);
-    let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
-    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (mut cluster, _, followers) = three_nodes().await;
     let servers = format!(
         "{},{}",
         cluster.addr(followers[0]),
@@ -369,12 +374,10 @@ async fn a_verification_that_checked_nothing_is_not_a_pass() {
 /// clear error, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_without_a_leader_is_a_clear_error() {
-    use common::cluster::Cluster;
     use std::time::Duration;
 
-    let mut cluster = Cluster::start(3, &[]);
-    let leader = cluster.wait_leader(Duration::from_secs(30)).await.unwrap();
-    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    let (mut cluster, _, followers) = three_nodes().await;
+    let survivor = followers[0];
     for id in 1..=3 {
         if id != survivor {
             cluster.kill9(id);
