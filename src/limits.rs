@@ -43,6 +43,11 @@ pub const RESERVATIONS_OPEN_MAX: usize = 10_000_000;
 /// are forgotten first, so memory stays bounded at any traffic.
 pub const ID_RETAINED_MAX_DEFAULT: u64 = 20_000_000;
 
+/// Most finished reservations and transaction ids any setting may keep
+/// (about 64 GB of them): under 2^32, which the retained outcomes' index
+/// relies on.
+pub const ID_RETAINED_MAX: u64 = 1_000_000_000;
+
 /// Longest time-to-live a reservation may ask for: 7 days.
 pub const TTL_MS_MAX: u64 = 7 * 24 * 3_600 * 1_000;
 

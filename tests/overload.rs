@@ -11,7 +11,7 @@ use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::inventory_server::Inventory;
 use stockraft::replica::{
     tracing_logger, ChunkWriter, LogStore, Members, Output, Replica, ReplicaConfig, SavedSnapshot,
-    StoreError, Syncer,
+    SnapshotRecord, StoreError, Syncer,
 };
 use stockraft::server::forward::Forwarder;
 use stockraft::server::inventory_service::{ApiConfig, InventoryService};
@@ -151,7 +151,7 @@ impl LogStore for SlowStore {
     }
     fn save_snapshot(
         &mut self,
-        snapshot: &SavedSnapshot,
+        snapshot: &SnapshotRecord,
         compact_to: u64,
     ) -> Result<(), StoreError> {
         self.0.save_snapshot(snapshot, compact_to)

@@ -321,7 +321,8 @@ pub struct ServeArgs {
     #[arg(long, env = "STOCKRAFT_ID_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub id_retention: Duration,
     /// Most finished ids remembered; the oldest are forgotten first beyond it.
-    #[arg(long, default_value_t = limits::ID_RETAINED_MAX_DEFAULT)]
+    #[arg(long, default_value_t = limits::ID_RETAINED_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(0..=limits::ID_RETAINED_MAX))]
     pub id_retained_max: u64,
     /// How long calls in flight may take to finish on shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]

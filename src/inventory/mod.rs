@@ -44,7 +44,7 @@ pub use cow_table::CowTable;
 pub use reservation::{HeldLine, Reservation, ReservationState, TimedId};
 pub use stock::{SkuAvailability, StockLevel, StockTable};
 
-use crate::limits::{COUNTER_MAX, RESERVATIONS_OPEN_MAX};
+use crate::limits::{COUNTER_MAX, ID_RETAINED_MAX, RESERVATIONS_OPEN_MAX};
 
 /// The hasher of the state machine's maps: foldhash, seeded at random per
 /// process. Several times faster than the standard SipHash on the short
@@ -490,7 +490,9 @@ impl Inventory {
     /// first (a reservation before an outcome of the same millisecond),
     /// while the oldest is past the retention window or more are kept than
     /// `retained_max`.
-    fn forget_old(&mut self, retention_ms: u64, retained_max: u64) {
+    fn forget_old(&mut self, retention_ms: u64, retained_max_asked: u64) {
+        // Whatever an entry asks for, never past the hard limit.
+        let retained_max = retained_max_asked.min(ID_RETAINED_MAX);
         loop {
             let reservation_ms = self.finished.first().map(|t| t.at_ms);
             let txn_ms = self.txns.oldest_at_ms();
@@ -557,10 +559,13 @@ impl Inventory {
     /// the expiry index holds exactly the open reservations. Costs a full
     /// scan, so it runs in debug builds and tests.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut held: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
         let mut open = 0usize;
         let mut all = Vec::with_capacity(self.shared.reservations.len());
         self.shared.reservations.for_each(|r| all.push(r.clone()));
+        // Held quantity by SKU, then node, borrowed from `all`: looking a
+        // counter up allocates nothing (ten million counters are checked
+        // after every snapshot load).
+        let mut held: HashMap<&str, Vec<(&str, i64)>> = HashMap::new();
         for r in &all {
             if r.state != ReservationState::Open {
                 continue;
@@ -576,9 +581,11 @@ impl Inventory {
                 ));
             }
             for line in &r.lines {
-                *held
-                    .entry((line.sku.clone(), line.node.clone()))
-                    .or_default() += line.qty;
+                let nodes = held.entry(&*line.sku).or_default();
+                match nodes.iter_mut().find(|(node, _)| *node == &*line.node) {
+                    Some((_, qty)) => *qty += line.qty,
+                    None => nodes.push((&*line.node, line.qty)),
+                }
             }
         }
         if open != self.open_count || open != self.expiry.len() {
@@ -592,7 +599,15 @@ impl Inventory {
         let mut counters = 0usize;
         self.shared.stock.for_each(|sku, node, level| {
             counters += 1;
-            let expect = held.remove(&(Arc::from(sku), Arc::from(node))).unwrap_or(0);
+            let mut expect = 0;
+            if let Some(nodes) = held.get_mut(sku) {
+                if let Some(at) = nodes.iter().position(|(n, _)| *n == node) {
+                    expect = nodes.swap_remove(at).1;
+                }
+                if nodes.is_empty() {
+                    held.remove(sku);
+                }
+            }
             if broken.is_none()
                 && (level.reserved != expect
                     || level.reserved < 0
@@ -607,10 +622,12 @@ impl Inventory {
         if let Some(message) = broken {
             return Err(message);
         }
-        if let Some(((sku, node), qty)) = held.into_iter().next() {
-            return Err(format!(
-                "open lines hold {qty} of missing counter {sku}@{node}"
-            ));
+        for (sku, nodes) in held {
+            if let Some((node, qty)) = nodes.first() {
+                return Err(format!(
+                    "open lines hold {qty} of missing counter {sku}@{node}"
+                ));
+            }
         }
         if counters != self.shared.stock.counter_count() {
             return Err(format!(

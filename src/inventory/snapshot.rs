@@ -120,43 +120,96 @@ pub fn write_frozen(frozen: &Frozen) -> Image {
 
 /// [`write_frozen`], on one thread or two as told.
 pub(crate) fn write_threads(frozen: &Frozen, two: bool) -> Image {
-    let (counters, (reservations, txns)) = if !two {
-        (
-            write_counters(frozen),
-            (write_reservations(frozen), write_txns(frozen)),
-        )
+    let mut chunks = Vec::new();
+    let header = if !two {
+        infallible(encode(frozen, &mut |bytes| {
+            chunks.push(bytes);
+            Ok(())
+        }))
     } else {
-        std::thread::scope(|scope| {
-            let others = scope.spawn(|| (write_reservations(frozen), write_txns(frozen)));
-            let counters = write_counters(frozen);
+        // The reservations and transactions are encoded into a buffer on a
+        // second thread while this one encodes the counters, which come
+        // first in the image.
+        let (counters, (others, reservations, txns)) = std::thread::scope(|scope| {
+            let others = scope.spawn(|| {
+                let mut others = Vec::new();
+                let mut collect = |bytes| {
+                    others.push(bytes);
+                    Ok(())
+                };
+                let reservations = infallible(write_reservations(frozen, &mut collect));
+                let txns = infallible(write_txns(frozen, &mut collect));
+                (others, reservations, txns)
+            });
+            let counters = infallible(write_counters(frozen, &mut |bytes| {
+                chunks.push(bytes);
+                Ok(())
+            }));
             match others.join() {
                 Ok(others) => (counters, others),
                 // A broken invariant found there stops the node as it would here.
                 Err(panic) => std::panic::resume_unwind(panic),
             }
-        })
+        });
+        chunks.extend(others);
+        let mut digest = Xxh3::new();
+        digest.update(&frozen.now_ms.to_le_bytes());
+        for bytes in &chunks {
+            digest.update(bytes);
+        }
+        header(frozen, [counters, reservations, txns], digest.digest())
     };
-    let counts = (counters.records, reservations.records, txns.records);
+    let digest = header.digest;
+    Image {
+        header,
+        chunks,
+        digest,
+    }
+}
+
+/// The value of an encoding into memory, which cannot fail.
+fn infallible<T>(result: Result<T, std::convert::Infallible>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
+}
+
+/// Encodes a frozen inventory chunk by chunk, handing each chunk to `sink`
+/// as soon as it is encoded and keeping none: counters, then reservations,
+/// then transactions, each section in its canonical order. Returns the
+/// image's header (its record counts and the digest of every chunk in
+/// order), or the first error `sink` returned. A snapshot taken by the
+/// server goes through here, so the whole image (660 MB for ten million
+/// counters and as many retained ids) is never held beside the state.
+pub fn encode<E>(
+    frozen: &Frozen,
+    sink: &mut dyn FnMut(Vec<u8>) -> Result<(), E>,
+) -> Result<pb::SnapshotHeader, E> {
     let mut digest = Xxh3::new();
     digest.update(&frozen.now_ms.to_le_bytes());
-    let mut chunks = Vec::new();
-    for section in [counters, reservations, txns] {
-        for bytes in section.chunks {
-            digest.update(&bytes);
-            chunks.push(bytes);
-        }
-    }
-    let digest = digest.digest();
-    Image {
-        header: pb::SnapshotHeader {
-            format_version: FORMAT_VERSION,
-            now_ms: frozen.now_ms,
-            counters: counts.0,
-            reservations: counts.1,
-            txns: counts.2,
-            digest,
-        },
-        chunks,
+    let mut out = |bytes: Vec<u8>| -> Result<(), E> {
+        digest.update(&bytes);
+        sink(bytes)
+    };
+    let counters = write_counters(frozen, &mut out)?;
+    let reservations = write_reservations(frozen, &mut out)?;
+    let txns = write_txns(frozen, &mut out)?;
+    Ok(header(
+        frozen,
+        [counters, reservations, txns],
+        digest.digest(),
+    ))
+}
+
+/// An image's header: format, time, record counts of the three sections.
+fn header(frozen: &Frozen, counts: [u64; 3], digest: u64) -> pb::SnapshotHeader {
+    pb::SnapshotHeader {
+        format_version: FORMAT_VERSION,
+        now_ms: frozen.now_ms,
+        counters: counts[0],
+        reservations: counts[1],
+        txns: counts[2],
         digest,
     }
 }
@@ -166,43 +219,57 @@ pub(crate) fn write_threads(frozen: &Frozen, two: bool) -> Image {
 /// compares is a write).
 const WRITE_THREAD_RECORDS_MIN: usize = 100_000;
 
-/// Encoded chunks of one section of an image.
-#[derive(Default)]
-struct Section {
-    chunks: Vec<Vec<u8>>,
+/// One section of an image being encoded: records gather in a chunk, and
+/// each full chunk is encoded and handed to `out`.
+struct Section<'a, E> {
+    out: &'a mut dyn FnMut(Vec<u8>) -> Result<(), E>,
     chunk: pb::SnapshotChunk,
     in_chunk: usize,
     records: u64,
 }
 
-impl Section {
+impl<'a, E> Section<'a, E> {
+    fn new(out: &'a mut dyn FnMut(Vec<u8>) -> Result<(), E>) -> Section<'a, E> {
+        Section {
+            out,
+            chunk: pb::SnapshotChunk::default(),
+            in_chunk: 0,
+            records: 0,
+        }
+    }
+
     /// Counts a record just pushed into `chunk`; encodes the chunk when full.
-    fn added(&mut self) {
+    fn added(&mut self) -> Result<(), E> {
         self.in_chunk += 1;
         self.records += 1;
         if self.in_chunk >= CHUNK_RECORDS_MAX {
-            self.flush();
+            return self.flush();
         }
+        Ok(())
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self) -> Result<(), E> {
         if self.in_chunk == 0 {
-            return;
+            return Ok(());
         }
         let chunk = std::mem::take(&mut self.chunk);
-        self.chunks.push(chunk.encode_to_vec());
         self.in_chunk = 0;
+        (self.out)(chunk.encode_to_vec())
     }
 
-    fn finish(mut self) -> Section {
-        self.flush();
-        self
+    /// Hands out the last, partly filled chunk; the section's record count.
+    fn finish(mut self) -> Result<u64, E> {
+        self.flush()?;
+        Ok(self.records)
     }
 }
 
 /// Counters SKU by SKU in sorted order.
-fn write_counters(frozen: &Frozen) -> Section {
-    let mut section = Section::default();
+fn write_counters<E>(
+    frozen: &Frozen,
+    out: &mut dyn FnMut(Vec<u8>) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut section = Section::new(out);
     let mut order: Vec<&SkuStock> = frozen.skus.iter().map(|s| &**s).collect();
     order.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
     for stock in order {
@@ -214,15 +281,18 @@ fn write_counters(frozen: &Frozen) -> Section {
                 reserved: n.level.reserved,
                 safety_stock: n.level.safety_stock,
             });
-            section.added();
+            section.added()?;
         }
     }
     section.finish()
 }
 
 /// Reservations, open and finished, sorted by id.
-fn write_reservations(frozen: &Frozen) -> Section {
-    let mut section = Section::default();
+fn write_reservations<E>(
+    frozen: &Frozen,
+    out: &mut dyn FnMut(Vec<u8>) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut section = Section::new(out);
     let mut order: Vec<&Reservation> = frozen.reservations.iter().map(|r| &**r).collect();
     order.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     for r in order {
@@ -243,15 +313,15 @@ fn write_reservations(frozen: &Frozen) -> Section {
             expires_at_ms: r.expires_at_ms,
             finished_at_ms: r.finished_at_ms,
         });
-        section.added();
+        section.added()?;
     }
     section.finish()
 }
 
 /// Transactions in the order they are forgotten (finish time, then the
 /// order they were applied in): already canonical, no sort needed.
-fn write_txns(frozen: &Frozen) -> Section {
-    let mut section = Section::default();
+fn write_txns<E>(frozen: &Frozen, out: &mut dyn FnMut(Vec<u8>) -> Result<(), E>) -> Result<u64, E> {
+    let mut section = Section::new(out);
     for t in frozen.txns.iter() {
         let level = t.record.level;
         section.chunk.txns.push(pb::TxnRecord {
@@ -266,84 +336,198 @@ fn write_txns(frozen: &Frozen) -> Section {
             key_high: t.key.0[0],
             key_low: t.key.0[1],
         });
-        section.added();
+        section.added()?;
     }
     section.finish()
 }
 
-/// Rebuilds an inventory from an image taken at log index `applied_index`.
-/// Checks the digest first: a damaged snapshot is refused, never loaded.
+/// Rebuilds an inventory from a whole image taken at log index
+/// `applied_index` (see [`ImageReader`]). A damaged image is refused, never
+/// loaded.
 pub fn read(image: &Image, applied_index: u64) -> Result<Inventory, SnapshotError> {
-    let header = &image.header;
-    if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&header.format_version) {
-        return Err(SnapshotError::Version(header.format_version));
+    let mut reader = ImageReader::new(&image.header, image.chunks.len() as u64)?;
+    for bytes in &image.chunks {
+        reader.chunk(bytes);
     }
-    let mut digest = Xxh3::new();
-    digest.update(&header.now_ms.to_le_bytes());
-    for chunk in &image.chunks {
-        digest.update(chunk);
-    }
-    let actual = digest.digest();
-    if actual != header.digest {
-        return Err(SnapshotError::Digest {
-            expected: header.digest,
-            actual,
-        });
-    }
-
-    read_threads(
-        image,
-        applied_index,
-        image.chunks.len() >= DECODE_THREAD_CHUNKS_MIN,
-    )
+    reader.finish(applied_index)
 }
 
-/// [`read`] after its checks, decoding on a second thread or not as told.
+/// [`read`], rebuilding on a second thread or not as told.
+#[cfg(test)]
 pub(crate) fn read_threads(
     image: &Image,
     applied_index: u64,
     two: bool,
 ) -> Result<Inventory, SnapshotError> {
-    let mut rebuild = Rebuild::new(&image.header, image.byte_count());
-    if !two {
-        for bytes in &image.chunks {
-            rebuild.chunk(pb::SnapshotChunk::decode(bytes.as_slice())?)?;
-        }
-    } else {
-        // Protobuf decoding runs on a second thread while this one rebuilds
-        // the maps: on a 2-core machine that is most of a 10-million-counter
-        // restart. Chunks arrive in order, so the result is the same.
-        std::thread::scope(|scope| -> Result<(), SnapshotError> {
-            let (sender, receiver) = crossbeam_channel::bounded(DECODE_AHEAD_CHUNKS);
-            scope.spawn(move || {
-                for bytes in &image.chunks {
-                    let decoded = pb::SnapshotChunk::decode(bytes.as_slice());
-                    let failed = decoded.is_err();
-                    if sender.send(decoded).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            for decoded in receiver {
-                rebuild.chunk(decoded?)?;
-            }
-            Ok(())
-        })?;
+    let mut reader = ImageReader::with_threads(&image.header, image.chunks.len() as u64, two)?;
+    for bytes in &image.chunks {
+        reader.chunk(bytes);
     }
-    rebuild.finish(applied_index)
+    reader.finish(applied_index)
 }
 
-/// Images of fewer chunks are decoded on the calling thread: a thread costs
-/// more than it saves on a small state (the simulator reads thousands).
-const DECODE_THREAD_CHUNKS_MIN: usize = 16;
+/// Rebuilds an inventory from an image handed over chunk by chunk, so that
+/// a restart never holds the whole image (660 MB for ten million counters
+/// and as many retained ids) beside the state rebuilt from it: the store
+/// reads a chunk, [`ImageReader::chunk`] decodes it and lets it go.
+///
+/// The digest covers every chunk, so it is known only at the end:
+/// [`ImageReader::finish`] checks it before it hands anything out. A damaged
+/// image is still refused, never loaded; and when a chunk fails to decode,
+/// the chunks after it are still hashed, so that damage is reported as a
+/// digest mismatch rather than as whatever the damaged bytes decoded to.
+///
+/// On a large image the maps are rebuilt on a second thread while the
+/// calling thread reads, hashes and decodes: on a 2-core machine that is
+/// most of a ten-million-counter restart. Chunks are rebuilt in the order
+/// given, so the result does not depend on the threads' timing.
+pub struct ImageReader {
+    expected_digest: u64,
+    digest: Xxh3,
+    /// The first error met; later chunks are only hashed.
+    failed: Option<SnapshotError>,
+    builder: Builder,
+}
+
+/// Where an [`ImageReader`]'s chunks are rebuilt.
+enum Builder {
+    Here(Box<Rebuild>),
+    Worker {
+        /// Dropped when the worker stopped early (it met an error).
+        sender: Option<crossbeam_channel::Sender<pb::SnapshotChunk>>,
+        worker: std::thread::JoinHandle<Result<Rebuild, SnapshotError>>,
+    },
+}
+
+impl ImageReader {
+    /// Starts reading an image with `header` and `chunk_count` chunks.
+    /// Refuses a format this build does not read.
+    pub fn new(
+        header: &pb::SnapshotHeader,
+        chunk_count: u64,
+    ) -> Result<ImageReader, SnapshotError> {
+        let records = header
+            .counters
+            .saturating_add(header.reservations)
+            .saturating_add(header.txns);
+        let two = records >= REBUILD_THREAD_RECORDS_MIN;
+        ImageReader::with_threads(header, chunk_count, two)
+    }
+
+    /// [`ImageReader::new`], with a rebuild thread or not as told.
+    fn with_threads(
+        header: &pb::SnapshotHeader,
+        chunk_count: u64,
+        two: bool,
+    ) -> Result<ImageReader, SnapshotError> {
+        if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&header.format_version) {
+            return Err(SnapshotError::Version(header.format_version));
+        }
+        let mut digest = Xxh3::new();
+        digest.update(&header.now_ms.to_le_bytes());
+        let builder = if two {
+            spawn_rebuild(header, chunk_count)
+        } else {
+            Builder::Here(Box::new(Rebuild::new(header, chunk_count)))
+        };
+        Ok(ImageReader {
+            expected_digest: header.digest,
+            digest,
+            failed: None,
+            builder,
+        })
+    }
+
+    /// Takes the next chunk's bytes. Errors are kept for
+    /// [`ImageReader::finish`], which reports the first.
+    pub fn chunk(&mut self, bytes: &[u8]) {
+        self.digest.update(bytes);
+        if self.failed.is_some() {
+            return;
+        }
+        let decoded = match pb::SnapshotChunk::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.failed = Some(SnapshotError::Decode(e));
+                return;
+            }
+        };
+        match &mut self.builder {
+            Builder::Here(rebuild) => {
+                if let Err(e) = rebuild.chunk(decoded) {
+                    self.failed = Some(e);
+                }
+            }
+            Builder::Worker { sender, .. } => {
+                let Some(to_worker) = sender else {
+                    return;
+                };
+                if to_worker.send(decoded).is_err() {
+                    // The worker stopped at an error; `finish` learns it.
+                    *sender = None;
+                }
+            }
+        }
+    }
+
+    /// Checks the digest over every chunk taken, then finishes the rebuild
+    /// at log index `applied_index`.
+    pub fn finish(self, applied_index: u64) -> Result<Inventory, SnapshotError> {
+        let rebuilt = match self.builder {
+            Builder::Here(rebuild) => Ok(*rebuild),
+            Builder::Worker { sender, worker } => {
+                drop(sender);
+                match worker.join() {
+                    Ok(rebuilt) => rebuilt,
+                    // A broken invariant found there stops the node as it
+                    // would here.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        };
+        let actual = self.digest.digest();
+        if actual != self.expected_digest {
+            return Err(SnapshotError::Digest {
+                expected: self.expected_digest,
+                actual,
+            });
+        }
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        rebuilt?.finish(applied_index)
+    }
+}
+
+/// Starts the thread that rebuilds the maps from decoded chunks; rebuilds
+/// on the calling thread when no thread can be started.
+fn spawn_rebuild(header: &pb::SnapshotHeader, chunk_count: u64) -> Builder {
+    let (sender, receiver) = crossbeam_channel::bounded::<pb::SnapshotChunk>(DECODE_AHEAD_CHUNKS);
+    let mut rebuild = Rebuild::new(header, chunk_count);
+    let spawned = std::thread::Builder::new()
+        .name("snapshot-load".into())
+        .spawn(move || -> Result<Rebuild, SnapshotError> {
+            for decoded in receiver {
+                rebuild.chunk(decoded)?;
+            }
+            Ok(rebuild)
+        });
+    match spawned {
+        Ok(worker) => Builder::Worker {
+            sender: Some(sender),
+            worker,
+        },
+        Err(_) => Builder::Here(Box::new(Rebuild::new(header, chunk_count))),
+    }
+}
+
+/// Images of fewer records are rebuilt on the calling thread: a thread
+/// costs more than it saves on a small state (the simulator reads
+/// thousands).
+const REBUILD_THREAD_RECORDS_MIN: u64 = 16 * CHUNK_RECORDS_MAX as u64;
 
 /// Chunks decoded ahead of the rebuild, at most.
 const DECODE_AHEAD_CHUNKS: usize = 8;
-
-/// The fewest bytes a format-2 transaction record takes in a chunk (two
-/// fixed64 halves of the key alone take 18): bounds the up-front reserve
-/// by the image's real size rather than by the header's word.
-const TXN_RECORD_BYTES_MIN: u64 = 24;
 
 /// An inventory being rebuilt from an image's chunks, in order.
 struct Rebuild {
@@ -360,10 +544,14 @@ struct Rebuild {
 }
 
 impl Rebuild {
-    fn new(header: &pb::SnapshotHeader, image_bytes: u64) -> Rebuild {
+    /// `chunk_count` bounds the up-front room for retained ids by what the
+    /// image can hold, whatever a damaged header claims.
+    fn new(header: &pb::SnapshotHeader, chunk_count: u64) -> Rebuild {
         let mut inventory = Inventory::new();
         inventory.now_ms = header.now_ms;
-        let txns = header.txns.min(image_bytes / TXN_RECORD_BYTES_MIN);
+        let txns = header
+            .txns
+            .min(chunk_count.saturating_mul(CHUNK_RECORDS_MAX as u64));
         inventory.txns.reserve(txns as usize);
         Rebuild {
             inventory,

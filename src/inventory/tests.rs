@@ -599,6 +599,27 @@ fn a_snapshot_of_many_chunks_restores_counters_and_retention_order() {
     }
     twice.header.digest = digest.digest();
     assert!(snapshot::read(&twice, 1).is_err());
+    // The same, found by the rebuild thread.
+    let refused = snapshot::read_threads(&twice, 1, true)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(refused, snapshot::SnapshotError::Invalid(_)),
+        "unexpected error: {refused}"
+    );
+    // A chunk damaged so that it no longer decodes is reported as damage
+    // the digest caught, on either path, not as what its bytes decoded to.
+    let mut garbled = image.clone();
+    garbled.chunks[1] = vec![0xff; 64];
+    for two in [false, true] {
+        let refused = snapshot::read_threads(&garbled, 1, two)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(refused, snapshot::SnapshotError::Digest { .. }),
+            "unexpected error: {refused}"
+        );
+    }
 }
 
 /// A format-1 image (transaction ids as text) still loads, and its ids

@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use super::membership::Members;
 use crate::inventory::snapshot::Image;
+use crate::proto::internal as pb;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -31,6 +32,29 @@ pub struct SavedSnapshot {
     pub image: Image,
 }
 
+/// A stored snapshot's record without its image: what a restart reads
+/// first, before it reads the chunks one at a time
+/// ([`LogStore::read_snapshot_chunks`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub meta: SnapshotMetadata,
+    pub members: Members,
+    pub header: pb::SnapshotHeader,
+    pub chunk_count: u64,
+}
+
+impl SnapshotRecord {
+    /// The record of a whole snapshot.
+    pub fn of(saved: &SavedSnapshot) -> SnapshotRecord {
+        SnapshotRecord {
+            meta: saved.meta.clone(),
+            members: saved.members.clone(),
+            header: saved.image.header,
+            chunk_count: saved.image.chunks.len() as u64,
+        }
+    }
+}
+
 /// Writes a snapshot's chunks, from any thread: the part of storing a
 /// snapshot whose time grows with the whole state (hundreds of megabytes
 /// for ten million counters), so the server runs it off the replication
@@ -38,9 +62,29 @@ pub struct SavedSnapshot {
 /// writes the record that names them; chunks a crash left unreferenced are
 /// deleted by the next snapshot's record.
 pub trait ChunkWriter: Send {
-    /// Stores `image`'s chunks for a snapshot at log index `index`. Need not
-    /// be durable on return: the synced record written after them is.
-    fn put_chunks(&self, index: u64, image: &Image) -> Result<(), StoreError>;
+    /// Stores chunk `number` (counted from 0, handed in order) of the
+    /// snapshot at log index `index`. May be buffered until
+    /// [`ChunkWriter::flush`]; need not be durable on return: the synced
+    /// record written after all of them is.
+    fn put_chunk(&mut self, index: u64, number: u32, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Writes whatever [`ChunkWriter::put_chunk`] still buffers.
+    fn flush(&mut self) -> Result<(), StoreError>;
+}
+
+/// Stores a whole image's chunks (a snapshot received from the leader)
+/// through `writer`.
+pub fn put_image(
+    writer: &mut dyn ChunkWriter,
+    index: u64,
+    image: &Image,
+) -> Result<(), StoreError> {
+    for (number, bytes) in image.chunks.iter().enumerate() {
+        let number = u32::try_from(number)
+            .map_err(|_| StoreError::Corrupt(format!("snapshot {index} has too many chunks")))?;
+        writer.put_chunk(index, number, bytes)?;
+    }
+    writer.flush()
 }
 
 /// Makes writes durable, from any thread: the fsync that the replication
@@ -102,15 +146,46 @@ pub trait LogStore: raft::Storage {
     /// replaces it is durable.
     fn save_snapshot(
         &mut self,
-        snapshot: &SavedSnapshot,
+        snapshot: &SnapshotRecord,
         compact_to: u64,
     ) -> Result<(), StoreError>;
 
     /// Replaces the whole log with a snapshot received from the leader.
     fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError>;
 
-    /// The latest stored snapshot, to rebuild the state machine on restart.
+    /// The latest stored snapshot, image and all: what a leader sends a
+    /// follower that fell behind.
     fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError>;
+
+    /// The latest stored snapshot's record, without its image: the first
+    /// step of a restart. The default loads the whole snapshot; a store
+    /// that keeps images in chunks reads only the record.
+    fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StoreError> {
+        let saved = self.load_snapshot()?;
+        Ok(saved.as_ref().map(SnapshotRecord::of))
+    }
+
+    /// Hands the chunks of the snapshot `record` names to `each`, in order
+    /// and one at a time, so that a restart never holds the whole image
+    /// (see [`crate::inventory::snapshot::ImageReader`]). The default loads
+    /// the whole snapshot; the RocksDB store reads chunk by chunk.
+    fn read_snapshot_chunks(
+        &self,
+        record: &SnapshotRecord,
+        each: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        let saved = self.load_snapshot()?;
+        let Some(saved) = saved.filter(|s| s.meta.index == record.meta.index) else {
+            return Err(StoreError::Corrupt(format!(
+                "the snapshot at index {} is gone",
+                record.meta.index
+            )));
+        };
+        for bytes in &saved.image.chunks {
+            each(bytes);
+        }
+        Ok(())
+    }
 
     /// Bytes of log entries held since the last snapshot, to decide when to
     /// take the next one.

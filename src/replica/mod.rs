@@ -63,7 +63,9 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use thiserror::Error;
 
-pub use log_store::{ChunkWriter, LogStore, SavedSnapshot, StoreError, Syncer};
+pub use log_store::{
+    put_image, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
+};
 pub use logger::tracing_logger;
 pub use membership::{Members, MembershipChange};
 pub use snapshot_task::{SnapshotTask, WrittenSnapshot};
@@ -356,14 +358,18 @@ impl<S: LogStore> Replica<S> {
     ) -> Result<Replica<S>, Fatal> {
         // Timed for the log line only.
         let started = std::time::Instant::now();
-        let stored = store.load_snapshot()?;
-        let read_ms = started.elapsed().as_millis() as u64;
-        let (inventory, applied, image_bytes) = match stored {
-            Some(saved) => (
-                snapshot::read(&saved.image, saved.meta.index)?,
-                saved.meta.index,
-                saved.image.byte_count(),
-            ),
+        let (inventory, applied, image_bytes) = match store.snapshot_record()? {
+            Some(record) => {
+                // Chunk by chunk: the whole image is never held.
+                let mut reader = snapshot::ImageReader::new(&record.header, record.chunk_count)?;
+                let mut image_bytes = 0u64;
+                store.read_snapshot_chunks(&record, &mut |bytes| {
+                    image_bytes += bytes.len() as u64;
+                    reader.chunk(bytes);
+                })?;
+                let index = record.meta.index;
+                (reader.finish(index)?, index, image_bytes)
+            }
             None => (Inventory::new(), 0, 0),
         };
         if applied > 0 {
@@ -372,7 +378,6 @@ impl<S: LogStore> Replica<S> {
                 counters = inventory.stock().counter_count(),
                 retained_ids = inventory.retained_count(),
                 image_bytes,
-                read_ms,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "snapshot loaded; replaying the log after it"
             );
@@ -1084,7 +1089,7 @@ impl<S: LogStore> Replica<S> {
             out.snapshot = Some(task);
             return Ok(());
         }
-        let written = task.run(&*self.raw.store().chunk_writer())?;
+        let written = task.run(&mut *self.raw.store().chunk_writer())?;
         self.snapshot_written(written)
     }
 
@@ -1109,11 +1114,11 @@ impl<S: LogStore> Replica<S> {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let chunks = written.saved.image.chunks.len();
-        let image_bytes = written.saved.image.byte_count();
+        let chunks = written.record.chunk_count;
+        let image_bytes = written.image_bytes;
         self.raw
             .mut_store()
-            .save_snapshot(&written.saved, written.compact_to)?;
+            .save_snapshot(&written.record, written.compact_to)?;
         self.snapshot_index = index;
         self.snapshot_image_bytes = image_bytes;
         let record_time = started.elapsed();

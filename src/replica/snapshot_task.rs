@@ -12,7 +12,8 @@
 //!    a [`SnapshotTask`] to the caller in [`super::Output::snapshot`].
 //! 2. The caller runs [`SnapshotTask::run`] wherever it likes: the server
 //!    on a thread of its own, while entries go on being applied. It encodes
-//!    the image and writes its chunks through a [`ChunkWriter`].
+//!    the image and writes each chunk through a [`ChunkWriter`] as soon as
+//!    it is encoded, so the whole image is never held in memory.
 //! 3. The caller hands the [`WrittenSnapshot`] back to
 //!    [`super::Replica::snapshot_written`], which writes the synced record
 //!    that names the chunks and compacts the log behind it.
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::SnapshotMetadata;
 
-use super::log_store::{ChunkWriter, SavedSnapshot, StoreError};
+use super::log_store::{ChunkWriter, SnapshotRecord, StoreError};
 use super::membership::Members;
 use crate::inventory::snapshot::{self, Frozen};
 
@@ -57,35 +58,53 @@ impl SnapshotTask {
     }
 
     /// Encodes the image and writes its chunks: the slow part, safe on any
-    /// thread. The frozen state is released as soon as it is encoded.
-    /// Encoded on this one thread: off the replication thread, a second
-    /// encoding thread would only take the other core from the calls being
-    /// served. (Runs on this 2-core machine were too noisy to show the
-    /// difference either way; BENCHMARKS.md.)
-    pub fn run(self, writer: &dyn ChunkWriter) -> Result<WrittenSnapshot, StoreError> {
+    /// thread. Each chunk is written as soon as it is encoded, so the
+    /// whole image is never held; the frozen state is released as soon as
+    /// it is encoded. Encoded on this one thread: off the replication
+    /// thread, a second encoding thread would only take the other core from
+    /// the calls being served. (Runs on this 2-core machine were too noisy
+    /// to show the difference either way; BENCHMARKS.md.)
+    pub fn run(self, writer: &mut dyn ChunkWriter) -> Result<WrittenSnapshot, StoreError> {
         let started = Instant::now();
-        let image = snapshot::write_threads(&self.frozen, false);
+        let index = self.meta.index;
+        let mut chunk_count = 0u32;
+        let mut image_bytes = 0u64;
+        let mut write_time = Duration::ZERO;
+        let header = snapshot::encode(&self.frozen, &mut |bytes| {
+            let writing = Instant::now();
+            writer.put_chunk(index, chunk_count, &bytes)?;
+            write_time += writing.elapsed();
+            chunk_count = chunk_count.checked_add(1).ok_or_else(|| {
+                StoreError::Corrupt(format!("snapshot {index} has too many chunks"))
+            })?;
+            image_bytes += bytes.len() as u64;
+            Ok(())
+        })?;
         drop(self.frozen);
-        let encoded = Instant::now();
-        writer.put_chunks(self.meta.index, &image)?;
+        let flushing = Instant::now();
+        writer.flush()?;
+        write_time += flushing.elapsed();
         Ok(WrittenSnapshot {
-            saved: SavedSnapshot {
+            record: SnapshotRecord {
                 meta: self.meta,
                 members: self.members,
-                image,
+                header,
+                chunk_count: u64::from(chunk_count),
             },
+            image_bytes,
             compact_to: self.compact_to,
             log_bytes: self.log_bytes,
             freeze_time: self.freeze_time,
-            encode_time: encoded.duration_since(started),
-            write_time: encoded.elapsed(),
+            encode_time: started.elapsed().saturating_sub(write_time),
+            write_time,
         })
     }
 }
 
 /// A snapshot whose chunks are written; its record is not yet.
 pub struct WrittenSnapshot {
-    pub(super) saved: SavedSnapshot,
+    pub(super) record: SnapshotRecord,
+    pub(super) image_bytes: u64,
     pub(super) compact_to: u64,
     pub(super) log_bytes: u64,
     pub(super) freeze_time: Duration,
@@ -96,6 +115,6 @@ pub struct WrittenSnapshot {
 impl WrittenSnapshot {
     /// The log index the snapshot was taken at.
     pub fn index(&self) -> u64 {
-        self.saved.meta.index
+        self.record.meta.index
     }
 }

@@ -175,7 +175,7 @@ fn a_snapshot_handed_to_the_caller_is_recorded_when_handed_back() {
         "recorded before handed back"
     );
     assert!(replica.inventory().applied_index() > index + 20);
-    let written = task.run(&*replica.store().chunk_writer()).unwrap();
+    let written = task.run(&mut *replica.store().chunk_writer()).unwrap();
     replica.snapshot_written(written).unwrap();
     assert_eq!(replica.status().snapshot_index, index);
     assert_eq!(
@@ -473,7 +473,7 @@ fn a_snapshot_handed_back_after_an_install_from_the_leader_is_dropped() {
         "a second snapshot while one is pending"
     );
     let written = task
-        .run(&*group.replicas[2].store().chunk_writer())
+        .run(&mut *group.replicas[2].store().chunk_writer())
         .unwrap();
     group.replicas[2].snapshot_written(written).unwrap();
     assert_eq!(group.replicas[2].status().snapshot_index, installed);

@@ -607,10 +607,10 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
             return;
         };
         assert!(self.snapshot_job.is_none(), "two snapshots at once");
-        let writer = self.replica.store().chunk_writer();
+        let mut writer = self.replica.store().chunk_writer();
         let spawned = std::thread::Builder::new()
             .name("snapshot".into())
-            .spawn(move || task.run(&*writer));
+            .spawn(move || task.run(&mut *writer));
         match spawned {
             Ok(handle) => self.snapshot_job = Some(handle),
             Err(e) => stop_fatal(&format!("cannot start the snapshot thread: {e}")),

@@ -12,7 +12,7 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
 use crate::replica::membership::Members;
-use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError, Syncer};
+use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer};
 use crate::storage::MemStore;
 
 #[derive(Debug, Clone)]
@@ -174,7 +174,7 @@ impl LogStore for SimDisk {
 
     fn save_snapshot(
         &mut self,
-        snapshot: &SavedSnapshot,
+        snapshot: &SnapshotRecord,
         compact_to: u64,
     ) -> Result<(), StoreError> {
         self.current.save_snapshot(snapshot, compact_to)?;

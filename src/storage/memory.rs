@@ -1,20 +1,50 @@
 //! An in-memory store for tests: the same log view as the RocksDB store,
 //! with nothing on disk. Each write is "durable" when it returns.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::log_cache::LogCache;
 use crate::inventory::snapshot::Image;
 use crate::replica::membership::{encode_snapshot_data, Members};
-use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError, Syncer};
+use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer};
 
-/// The memory store keeps each snapshot whole in its record, so chunks
-/// written ahead have nowhere to go.
-struct NoChunks;
+/// Chunks written ahead of their snapshot's record, by snapshot index.
+/// Shared by a store, its clones and its chunk writers, as a disk is: the
+/// record ([`LogStore::save_snapshot`]) takes them out into the snapshot it
+/// keeps whole.
+type PendingChunks = Arc<Mutex<BTreeMap<u64, Vec<Vec<u8>>>>>;
 
-impl ChunkWriter for NoChunks {
-    fn put_chunks(&self, _index: u64, _image: &Image) -> Result<(), StoreError> {
+struct MemChunks {
+    pending: PendingChunks,
+}
+
+impl ChunkWriter for MemChunks {
+    fn put_chunk(&mut self, index: u64, number: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| StoreError::Io("snapshot chunks: lock poisoned".into()))?;
+        let chunks = pending.entry(index).or_default();
+        // A snapshot written again at the same index (after a crash)
+        // starts over.
+        if number == 0 {
+            chunks.clear();
+        }
+        if number as usize != chunks.len() {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot {index}: chunk {number} written after {} chunks",
+                chunks.len()
+            )));
+        }
+        chunks.push(bytes.to_vec());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -34,7 +64,8 @@ pub struct MemStore {
     cache: LogCache,
     members: Members,
     /// Shared, so cloning a store (the simulator does, at every sync) is cheap.
-    snapshot: Option<std::sync::Arc<SavedSnapshot>>,
+    snapshot: Option<Arc<SavedSnapshot>>,
+    pending: PendingChunks,
 }
 
 impl MemStore {
@@ -144,7 +175,9 @@ impl LogStore for MemStore {
     }
 
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
-        Box::new(NoChunks)
+        Box::new(MemChunks {
+            pending: self.pending.clone(),
+        })
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
@@ -157,23 +190,48 @@ impl LogStore for MemStore {
 
     fn save_snapshot(
         &mut self,
-        snapshot: &SavedSnapshot,
+        snapshot: &SnapshotRecord,
         compact_to: u64,
     ) -> Result<(), StoreError> {
         let index = snapshot.meta.index;
+        let chunks = {
+            let mut pending = self
+                .pending
+                .lock()
+                .map_err(|_| StoreError::Io("snapshot chunks: lock poisoned".into()))?;
+            let chunks = pending.remove(&index).unwrap_or_default();
+            // Older snapshots' chunks go, as the RocksDB record deletes them.
+            pending.retain(|&at, _| at > index);
+            chunks
+        };
+        if chunks.len() as u64 != snapshot.chunk_count {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot {index}: {} chunks written, the record names {}",
+                chunks.len(),
+                snapshot.chunk_count
+            )));
+        }
         self.cache.hard_state.commit = self.cache.hard_state.commit.max(index);
         self.cache
             .compact(compact_to.min(index))
             .map_err(StoreError::Corrupt)?;
         self.cache.snapshot_meta = Some(snapshot.meta.clone());
-        self.snapshot = Some(std::sync::Arc::new(snapshot.clone()));
+        self.snapshot = Some(Arc::new(SavedSnapshot {
+            meta: snapshot.meta.clone(),
+            members: snapshot.members.clone(),
+            image: Image {
+                header: snapshot.header,
+                chunks,
+                digest: snapshot.header.digest,
+            },
+        }));
         Ok(())
     }
 
     fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
         self.cache.install(&snapshot.meta);
         self.members = snapshot.members.clone();
-        self.snapshot = Some(std::sync::Arc::new(snapshot.clone()));
+        self.snapshot = Some(Arc::new(snapshot.clone()));
         Ok(())
     }
 

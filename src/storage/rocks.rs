@@ -70,7 +70,9 @@ use crate::proto::internal as pb;
 use crate::replica::membership::{
     encode_snapshot_data, from_records, to_records, Bootstrap, Members,
 };
-use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, StoreError, Syncer};
+use crate::replica::{
+    put_image, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
+};
 
 const KEY_HARD_STATE: &[u8] = b"h";
 const KEY_CONF_STATE: &[u8] = b"c";
@@ -113,37 +115,38 @@ fn encode_pb(message: &impl protobuf::Message) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Writes snapshot chunks ahead of their record, from any thread.
+///
+/// Unsynced batches of at most [`CHUNK_BATCH_BYTES_MAX`]: one batch of a
+/// whole image of ten million counters would sit in one memtable and double
+/// the node's memory, and a synced append of client entries written
+/// meanwhile waits behind whole batches in RocksDB's write queue, so small
+/// batches keep that wait short.
 struct RocksChunks {
     db: Arc<DB>,
+    batch: WriteBatch,
+    batch_bytes: usize,
 }
 
 impl ChunkWriter for RocksChunks {
-    /// Unsynced batches of at most [`CHUNK_BATCH_BYTES_MAX`]: one batch of
-    /// a whole image of ten million counters would sit in one memtable and
-    /// double the node's memory, and a synced append of client entries
-    /// written meanwhile waits behind whole batches in RocksDB's write
-    /// queue, so small batches keep that wait short.
-    fn put_chunks(&self, index: u64, image: &Image) -> Result<(), StoreError> {
-        let mut options = WriteOptions::default();
-        options.set_sync(false);
-        let mut batch = WriteBatch::default();
-        let mut batch_bytes = 0usize;
-        for (i, chunk) in image.chunks.iter().enumerate() {
-            batch.put(chunk_key(index, i as u32), chunk);
-            batch_bytes += chunk.len();
-            if batch_bytes >= CHUNK_BATCH_BYTES_MAX {
-                self.db
-                    .write_opt(std::mem::take(&mut batch), &options)
-                    .map_err(|e| io("writing snapshot chunks", e))?;
-                batch_bytes = 0;
-            }
-        }
-        if batch_bytes > 0 {
-            self.db
-                .write_opt(batch, &options)
-                .map_err(|e| io("writing snapshot chunks", e))?;
+    fn put_chunk(&mut self, index: u64, number: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        self.batch.put(chunk_key(index, number), bytes);
+        self.batch_bytes += bytes.len();
+        if self.batch_bytes >= CHUNK_BATCH_BYTES_MAX {
+            return self.flush();
         }
         Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.batch_bytes == 0 {
+            return Ok(());
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        self.batch_bytes = 0;
+        self.db
+            .write_opt(std::mem::take(&mut self.batch), &options)
+            .map_err(|e| io("writing snapshot chunks", e))
     }
 }
 
@@ -373,25 +376,10 @@ impl RocksStore {
         let Some(header) = stored.header else {
             return Err(corrupt("snapshot record", "no header"));
         };
-        // One forward scan over the chunks' keys (they sort in chunk
-        // order) instead of a point lookup per chunk: thousands of chunks
-        // for ten million counters, read with the store's readahead.
         let mut chunks = Vec::with_capacity(stored.chunk_count as usize);
-        let start = chunk_key(index, 0);
-        let mut scan = self
-            .db
-            .iterator(IteratorMode::From(&start, Direction::Forward));
-        for chunk in 0..stored.chunk_count {
-            let missing = || corrupt("snapshot", format!("chunk {chunk} of {index} is missing"));
-            let Some(item) = scan.next() else {
-                return Err(missing());
-            };
-            let (key, bytes) = item.map_err(|e| io("reading snapshot chunk", e))?;
-            if *key != chunk_key(index, chunk) {
-                return Err(missing());
-            }
-            chunks.push(bytes.into_vec());
-        }
+        self.scan_chunks(index, u64::from(stored.chunk_count), &mut |bytes| {
+            chunks.push(bytes.to_vec())
+        })?;
         let digest = header.digest;
         Ok(Image {
             header,
@@ -400,18 +388,67 @@ impl RocksStore {
         })
     }
 
+    /// Hands the `chunk_count` chunks of the snapshot at `index` to `each`,
+    /// in order. One forward scan over the chunks' keys (they sort in chunk
+    /// order) instead of a point lookup per chunk: thousands of chunks for
+    /// ten million counters, read with the store's readahead.
+    fn scan_chunks(
+        &self,
+        index: u64,
+        chunk_count: u64,
+        each: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        let start = chunk_key(index, 0);
+        let mut scan = self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward));
+        for chunk in 0..chunk_count {
+            let missing = || corrupt("snapshot", format!("chunk {chunk} of {index} is missing"));
+            let number = u32::try_from(chunk).map_err(|_| missing())?;
+            let Some(item) = scan.next() else {
+                return Err(missing());
+            };
+            let (key, bytes) = item.map_err(|e| io("reading snapshot chunk", e))?;
+            if *key != chunk_key(index, number) {
+                return Err(missing());
+            }
+            each(&bytes);
+        }
+        Ok(())
+    }
+
+    /// The stored snapshot record and its Raft metadata.
+    fn stored_snapshot(
+        &self,
+    ) -> Result<Option<(pb::StoredSnapshot, SnapshotMetadata)>, StoreError> {
+        let Some(bytes) = self
+            .db
+            .get(KEY_SNAPSHOT)
+            .map_err(|e| io("reading snapshot record", e))?
+        else {
+            return Ok(None);
+        };
+        let stored = pb::StoredSnapshot::decode(bytes.as_slice())
+            .map_err(|e| corrupt("snapshot record", e))?;
+        let meta = SnapshotMetadata::parse_from_bytes(&stored.raft_metadata)
+            .map_err(|e| corrupt("snapshot metadata", e))?;
+        Ok(Some((stored, meta)))
+    }
+
     /// Puts the snapshot's record into `batch`, after its chunks were
     /// written by [`RocksChunks`].
     fn put_snapshot(
         &self,
         batch: &mut WriteBatch,
-        snapshot: &SavedSnapshot,
+        snapshot: &SnapshotRecord,
     ) -> Result<(), StoreError> {
         let index = snapshot.meta.index;
+        let chunk_count = u32::try_from(snapshot.chunk_count)
+            .map_err(|_| corrupt("snapshot", format!("{} chunks", snapshot.chunk_count)))?;
         let stored = pb::StoredSnapshot {
             raft_metadata: encode_pb(&snapshot.meta)?,
-            header: Some(snapshot.image.header),
-            chunk_count: snapshot.image.chunks.len() as u32,
+            header: Some(snapshot.header),
+            chunk_count,
             members: to_records(&snapshot.members),
         };
         batch.put(KEY_SNAPSHOT, stored.encode_to_vec());
@@ -539,6 +576,8 @@ impl LogStore for RocksStore {
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
         Box::new(RocksChunks {
             db: self.db.clone(),
+            batch: WriteBatch::default(),
+            batch_bytes: 0,
         })
     }
 
@@ -554,7 +593,7 @@ impl LogStore for RocksStore {
 
     fn save_snapshot(
         &mut self,
-        snapshot: &SavedSnapshot,
+        snapshot: &SnapshotRecord,
         compact_to: u64,
     ) -> Result<(), StoreError> {
         let meta = &snapshot.meta;
@@ -589,10 +628,9 @@ impl LogStore for RocksStore {
 
     fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
         let meta = &snapshot.meta;
-        self.chunk_writer()
-            .put_chunks(meta.index, &snapshot.image)?;
+        put_image(&mut *self.chunk_writer(), meta.index, &snapshot.image)?;
         let mut batch = WriteBatch::default();
-        self.put_snapshot(&mut batch, snapshot)?;
+        self.put_snapshot(&mut batch, &SnapshotRecord::of(snapshot))?;
         batch.delete_range(log_key(0).as_slice(), log_key(u64::MAX).as_slice());
         batch.delete(log_key(u64::MAX));
         let mut hs = self.cache.hard_state.clone();
@@ -617,17 +655,9 @@ impl LogStore for RocksStore {
     }
 
     fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError> {
-        let Some(bytes) = self
-            .db
-            .get(KEY_SNAPSHOT)
-            .map_err(|e| io("reading snapshot record", e))?
-        else {
+        let Some((stored, meta)) = self.stored_snapshot()? else {
             return Ok(None);
         };
-        let stored = pb::StoredSnapshot::decode(bytes.as_slice())
-            .map_err(|e| corrupt("snapshot record", e))?;
-        let meta = SnapshotMetadata::parse_from_bytes(&stored.raft_metadata)
-            .map_err(|e| corrupt("snapshot metadata", e))?;
         let image = self.read_image(&stored, meta.index)?;
         Ok(Some(SavedSnapshot {
             meta,
@@ -636,7 +666,127 @@ impl LogStore for RocksStore {
         }))
     }
 
+    fn snapshot_record(&self) -> Result<Option<SnapshotRecord>, StoreError> {
+        let Some((stored, meta)) = self.stored_snapshot()? else {
+            return Ok(None);
+        };
+        let Some(header) = stored.header else {
+            return Err(corrupt("snapshot record", "no header"));
+        };
+        Ok(Some(SnapshotRecord {
+            meta,
+            members: from_records(&stored.members),
+            header,
+            chunk_count: u64::from(stored.chunk_count),
+        }))
+    }
+
+    fn read_snapshot_chunks(
+        &self,
+        record: &SnapshotRecord,
+        each: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        self.scan_chunks(record.meta.index, record.chunk_count, each)
+    }
+
     fn log_bytes(&self) -> u64 {
         self.cache.entry_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::command::{Batch, Command, SetOnHand};
+    use crate::inventory::{snapshot, Inventory};
+
+    /// An inventory large enough for an image of several chunks.
+    fn inventory_of(counters: usize) -> Inventory {
+        let mut commands = Vec::new();
+        for n in 0..counters {
+            let set = SetOnHand::new(
+                format!("t{n}"),
+                format!("s{n}"),
+                "dc".into(),
+                n as i64,
+                None,
+            );
+            commands.push(Command::SetOnHand(set.unwrap()));
+        }
+        let mut inventory = Inventory::new();
+        inventory.apply_batch(
+            1,
+            &Batch {
+                stamp_ms: 1_000,
+                id_retention_ms: 3_600_000,
+                id_retained_max: 1_000_000,
+                commands,
+            },
+        );
+        inventory
+    }
+
+    fn record_of(index: u64, image: &snapshot::Image) -> SnapshotRecord {
+        SnapshotRecord {
+            meta: SnapshotMetadata {
+                index,
+                term: 1,
+                ..Default::default()
+            },
+            members: Members::new(),
+            header: image.header,
+            chunk_count: image.chunks.len() as u64,
+        }
+    }
+
+    /// A snapshot written chunk by chunk (as the snapshot thread writes it)
+    /// is read back chunk by chunk into the same state, and a chunk gone
+    /// from the disk is reported, never read past.
+    #[test]
+    fn a_snapshot_written_in_chunks_is_read_back_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RocksStore::open(dir.path()).unwrap();
+        let inventory = inventory_of(3 * snapshot::CHUNK_RECORDS_MAX + 7);
+        let image = snapshot::write(&inventory);
+        assert!(image.chunks.len() >= 4, "want several chunks");
+        // The entry the snapshot was taken at, compacted away by it.
+        let entry = Entry {
+            index: 1,
+            term: 1,
+            ..Default::default()
+        };
+        store.append(&[entry], None, true).unwrap();
+        put_image(&mut *store.chunk_writer(), 1, &image).unwrap();
+        store.save_snapshot(&record_of(1, &image), 1).unwrap();
+        drop(store);
+
+        let store = RocksStore::open(dir.path()).unwrap();
+        let record = store.snapshot_record().unwrap().unwrap();
+        assert_eq!(record, record_of(1, &image));
+        let mut reader = snapshot::ImageReader::new(&record.header, record.chunk_count).unwrap();
+        let mut seen = Vec::new();
+        store
+            .read_snapshot_chunks(&record, &mut |bytes| {
+                seen.push(bytes.to_vec());
+                reader.chunk(bytes);
+            })
+            .unwrap();
+        assert_eq!(seen, image.chunks);
+        let loaded = reader.finish(1).unwrap();
+        assert_eq!(loaded.digest(), inventory.digest());
+        // The whole snapshot, as a leader sends it, is the same image.
+        assert_eq!(store.load_snapshot().unwrap().unwrap().image, image);
+
+        // Chunk 2 lost: the scan stops there with a clear error.
+        store.db.delete(chunk_key(1, 2)).unwrap();
+        let mut handed = 0;
+        let lost = store
+            .read_snapshot_chunks(&record, &mut |_| handed += 1)
+            .unwrap_err();
+        assert_eq!(handed, 2);
+        assert!(
+            lost.to_string().contains("chunk 2 of 1 is missing"),
+            "{lost}"
+        );
     }
 }
