@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
 
     let started = Instant::now();
     let frozen = snapshot::freeze(&inventory);
-    let frozen_s = started.elapsed().as_secs_f64();
+    let frozen_ms = started.elapsed().as_secs_f64() * 1_000.0;
     let with_frozen = rss_mib();
     // A write after freezing copies that SKU's counters (copy on write).
     apply_all(
@@ -141,8 +141,9 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let image = snapshot::write_frozen(&frozen);
     println!(
-        "snapshot freeze (on the replication thread): {frozen_s:.2} s, +{:.0} MiB while frozen; \
+        "snapshot freeze (on the replication thread): {:.2} ms, +{:.0} MiB while frozen; \
          encode (elsewhere): {:.1} s, {} chunks, {:.0} MiB",
+        frozen_ms,
         with_frozen - with_ids,
         started.elapsed().as_secs_f64(),
         image.chunks.len(),
