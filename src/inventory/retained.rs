@@ -8,8 +8,9 @@
 //!   map of key to outcome cost 148 bytes per id. Here the outcomes sit in
 //!   blocks in finish order (time only moves forward, so appending keeps the
 //!   order and the oldest is always at the front), and the index holds one
-//!   8-byte word per id (see [`RetainedTxns::index`]): about 70 bytes per id
-//!   in all, with the index's spare room.
+//!   8-byte word per id (see [`RetainedTxns::index`]): about 80 bytes per id
+//!   in all, measured with the allocator's and the index's spare room
+//!   (BENCHMARKS.md).
 //! - Snapshots. The blocks are shared copy-on-write: a snapshot takes a
 //!   reference to each ([`RetainedTxns::freeze`]), a few thousand pointers
 //!   for ten million ids, and only the last, partly filled block is copied
@@ -49,8 +50,8 @@ pub struct RetainedTxns {
     /// Where each key's outcome is. An entry packs a 32-bit hash of the key
     /// (high half) with the low 32 bits of the outcome's sequence number
     /// (low half): the outcome is at `seq - base_seq`, counted modulo 2^32,
-    /// which is exact because fewer than [`crate::limits::ID_RETAINED_MAX`] (under
-    /// 2^32) are ever retained. Eight bytes an entry instead of the 24 of a
+    /// which is exact because fewer than 2^32 are ever retained
+    /// ([`crate::limits::ID_RETAINED_MAX`]). Eight bytes an entry instead of the 24 of a
     /// (key, sequence) pair: 270 MB less for ten million ids. Growing the
     /// table rehashes from the entries alone; a lookup compares the key
     /// kept in the block.
