@@ -442,7 +442,8 @@ impl ImageReader {
     /// [`ImageReader::finish`], which reports the first.
     pub fn chunk(&mut self, bytes: &[u8]) {
         self.digest.update(bytes);
-        if self.failed.is_some() {
+        let worker_stopped = matches!(self.builder, Builder::Worker { sender: None, .. });
+        if self.failed.is_some() || worker_stopped {
             return;
         }
         let decoded = match pb::SnapshotChunk::decode(bytes) {
@@ -459,11 +460,10 @@ impl ImageReader {
                 }
             }
             Builder::Worker { sender, .. } => {
-                let Some(to_worker) = sender else {
-                    return;
-                };
-                if to_worker.send(decoded).is_err() {
-                    // The worker stopped at an error; `finish` learns it.
+                let sent = sender.as_ref().map(|to_worker| to_worker.send(decoded));
+                if let Some(Err(_)) = sent {
+                    // The worker stopped at an error; `finish` learns it,
+                    // and the chunks after this one are only hashed.
                     *sender = None;
                 }
             }
