@@ -607,6 +607,23 @@ fn a_snapshot_of_many_chunks_restores_counters_and_retention_order() {
         matches!(refused, snapshot::SnapshotError::Invalid(_)),
         "unexpected error: {refused}"
     );
+    // Refused in the middle of the image, with chunks still to come: they
+    // are only hashed, and the rebuild thread's error is the one reported.
+    let mut middle = image.clone();
+    middle.chunks.insert(1, middle.chunks[0].clone());
+    let mut digest = xxhash_rust::xxh3::Xxh3::new();
+    digest.update(&middle.header.now_ms.to_le_bytes());
+    for chunk in &middle.chunks {
+        digest.update(chunk);
+    }
+    middle.header.digest = digest.digest();
+    let refused = snapshot::read_threads(&middle, 1, true)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(refused, snapshot::SnapshotError::Invalid(_)),
+        "unexpected error: {refused}"
+    );
     // A chunk damaged so that it no longer decodes is reported as damage
     // the digest caught, on either path, not as what its bytes decoded to.
     let mut garbled = image.clone();
