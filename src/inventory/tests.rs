@@ -592,12 +592,7 @@ fn a_snapshot_of_many_chunks_restores_counters_and_retention_order() {
     // A SKU repeated in an image is refused.
     let mut twice = image.clone();
     twice.chunks.push(twice.chunks[0].clone());
-    let mut digest = xxhash_rust::xxh3::Xxh3::new();
-    digest.update(&twice.header.now_ms.to_le_bytes());
-    for chunk in &twice.chunks {
-        digest.update(chunk);
-    }
-    twice.header.digest = digest.digest();
+    twice.header.digest = digest_of(&twice);
     assert!(snapshot::read(&twice, 1).is_err());
     // The same, found by the rebuild thread.
     let refused = snapshot::read_threads(&twice, 1, true)
@@ -611,12 +606,7 @@ fn a_snapshot_of_many_chunks_restores_counters_and_retention_order() {
     // are only hashed, and the rebuild thread's error is the one reported.
     let mut middle = image.clone();
     middle.chunks.insert(1, middle.chunks[0].clone());
-    let mut digest = xxhash_rust::xxh3::Xxh3::new();
-    digest.update(&middle.header.now_ms.to_le_bytes());
-    for chunk in &middle.chunks {
-        digest.update(chunk);
-    }
-    middle.header.digest = digest.digest();
+    middle.header.digest = digest_of(&middle);
     let refused = snapshot::read_threads(&middle, 1, true)
         .map(|_| ())
         .unwrap_err();
@@ -637,6 +627,17 @@ fn a_snapshot_of_many_chunks_restores_counters_and_retention_order() {
             "unexpected error: {refused}"
         );
     }
+}
+
+/// The digest a writer would give `image`'s chunks: for damaged images
+/// whose digest agrees, as a faulty writer would make them.
+fn digest_of(image: &snapshot::Image) -> u64 {
+    let mut digest = xxhash_rust::xxh3::Xxh3::new();
+    digest.update(&image.header.now_ms.to_le_bytes());
+    for chunk in &image.chunks {
+        digest.update(chunk);
+    }
+    digest.digest()
 }
 
 /// A format-1 image (transaction ids as text) still loads, and its ids
