@@ -156,8 +156,12 @@ impl LogStore for SlowStore {
     ) -> Result<(), StoreError> {
         self.0.save_snapshot(snapshot, compact_to)
     }
-    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
-        self.0.install_snapshot(snapshot)
+    fn install_snapshot(
+        &mut self,
+        snapshot: &SnapshotRecord,
+        chunks: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        self.0.install_snapshot(snapshot, chunks)
     }
     fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError> {
         self.0.load_snapshot()

@@ -721,32 +721,64 @@ impl Rebuild {
 /// length-delimited), for a Raft snapshot message.
 pub fn to_bytes(image: &Image) -> Vec<u8> {
     let mut out = Vec::new();
-    // Writing to a Vec cannot fail.
-    let _ = image.header.encode_length_delimited(&mut out);
+    put_header(&image.header, &mut out);
     for chunk in &image.chunks {
-        prost::encoding::encode_varint(chunk.len() as u64, &mut out);
-        out.extend_from_slice(chunk);
+        put_chunk(chunk, &mut out);
     }
     out
 }
 
+/// Appends an image's header to `out`, framed as [`to_bytes`] frames it:
+/// the first step of building the buffer without the image in memory.
+pub fn put_header(header: &pb::SnapshotHeader, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail.
+    let _ = header.encode_length_delimited(out);
+}
+
+/// Appends one chunk to `out`, framed as [`to_bytes`] frames it.
+pub fn put_chunk(chunk: &[u8], out: &mut Vec<u8>) {
+    prost::encoding::encode_varint(chunk.len() as u64, out);
+    out.extend_from_slice(chunk);
+}
+
+/// Bytes [`put_header`] and [`put_chunk`] add beyond the chunks
+/// themselves, at most: room to reserve up front for an exact fit.
+pub fn framing_bytes_max(header: &pb::SnapshotHeader, chunk_count: u64) -> u64 {
+    const VARINT_BYTES_MAX: u64 = 10;
+    (header.encoded_len() as u64 + VARINT_BYTES_MAX)
+        .saturating_add(chunk_count.saturating_mul(VARINT_BYTES_MAX))
+}
+
 /// Splits a buffer made by [`to_bytes`] back into an image.
 pub fn from_bytes(bytes: &[u8]) -> Result<Image, SnapshotError> {
+    let (header, chunks) = split_bytes(bytes)?;
+    let mut owned = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        owned.push(chunk.to_vec());
+    }
+    Ok(Image {
+        header,
+        chunks: owned,
+        digest: header.digest,
+    })
+}
+
+/// Splits a buffer made by [`to_bytes`] into its header and its chunks,
+/// borrowed from `bytes`: a follower installing a snapshot of hundreds of
+/// megabytes rebuilds and stores it from the buffer it received, with no
+/// second copy of the image beside it.
+pub fn split_bytes(bytes: &[u8]) -> Result<(pb::SnapshotHeader, Vec<&[u8]>), SnapshotError> {
     let mut rest = bytes;
     let header = pb::SnapshotHeader::decode_length_delimited(&mut rest)?;
     let mut chunks = Vec::new();
     while !rest.is_empty() {
-        let len = prost::encoding::decode_varint(&mut rest)? as usize;
-        if len > rest.len() {
+        let len = prost::encoding::decode_varint(&mut rest)?;
+        let Some(len) = usize::try_from(len).ok().filter(|&len| len <= rest.len()) else {
             return Err(SnapshotError::Invalid("chunk runs past the end".into()));
-        }
-        chunks.push(rest[..len].to_vec());
-        rest = &rest[len..];
+        };
+        let (chunk, after) = rest.split_at(len);
+        chunks.push(chunk);
+        rest = after;
     }
-    let digest = header.digest;
-    Ok(Image {
-        header,
-        chunks,
-        digest,
-    })
+    Ok((header, chunks))
 }

@@ -41,6 +41,9 @@ pub struct SnapshotRecord {
     pub members: Members,
     pub header: pb::SnapshotHeader,
     pub chunk_count: u64,
+    /// Bytes of all chunks: the room a leader reserves to send the image
+    /// in one message. 0 in a record written before it was kept.
+    pub chunk_bytes: u64,
 }
 
 impl SnapshotRecord {
@@ -51,6 +54,7 @@ impl SnapshotRecord {
             members: saved.members.clone(),
             header: saved.image.header,
             chunk_count: saved.image.chunks.len() as u64,
+            chunk_bytes: saved.image.byte_count(),
         }
     }
 }
@@ -72,14 +76,15 @@ pub trait ChunkWriter: Send {
     fn flush(&mut self) -> Result<(), StoreError>;
 }
 
-/// Stores a whole image's chunks (a snapshot received from the leader)
-/// through `writer`.
-pub fn put_image(
+/// Stores the chunks of the snapshot at `index` (one received from the
+/// leader), in order, through `writer`, then flushes it.
+pub fn put_chunks<C: AsRef<[u8]>>(
     writer: &mut dyn ChunkWriter,
     index: u64,
-    image: &Image,
+    chunks: &[C],
 ) -> Result<(), StoreError> {
-    for (number, bytes) in image.chunks.iter().enumerate() {
+    for (number, chunk) in chunks.iter().enumerate() {
+        let bytes = chunk.as_ref();
         let number = u32::try_from(number)
             .map_err(|_| StoreError::Corrupt(format!("snapshot {index} has too many chunks")))?;
         writer.put_chunk(index, number, bytes)?;
@@ -150,8 +155,14 @@ pub trait LogStore: raft::Storage {
         compact_to: u64,
     ) -> Result<(), StoreError>;
 
-    /// Replaces the whole log with a snapshot received from the leader.
-    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError>;
+    /// Replaces the whole log with a snapshot received from the leader:
+    /// its record and its `chunks`, borrowed from the message they came in
+    /// (so the image is not copied to be stored).
+    fn install_snapshot(
+        &mut self,
+        record: &SnapshotRecord,
+        chunks: &[&[u8]],
+    ) -> Result<(), StoreError>;
 
     /// The latest stored snapshot, image and all: what a leader sends a
     /// follower that fell behind.

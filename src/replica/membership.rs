@@ -100,20 +100,55 @@ pub fn from_records(records: &[pb::MemberRecord]) -> Members {
 
 /// The data of a Raft snapshot message: members, then the image.
 pub fn encode_snapshot_data(members: &Members, image: &Image) -> Vec<u8> {
-    let envelope = pb::SnapshotEnvelope {
-        members: to_records(members),
-    };
-    let mut out = envelope.encode_length_delimited_to_vec();
-    out.extend_from_slice(&snapshot::to_bytes(image));
+    let mut out = start_snapshot_data(
+        members,
+        &image.header,
+        image.chunks.len() as u64,
+        image.byte_count(),
+    );
+    for chunk in &image.chunks {
+        snapshot::put_chunk(chunk, &mut out);
+    }
     out
 }
 
-/// Splits the data of a Raft snapshot message.
-pub fn decode_snapshot_data(data: &[u8]) -> Result<(Members, Image), SnapshotError> {
+/// The start of a Raft snapshot message's data (members, the image's
+/// header) in a buffer with room for `chunk_count` chunks of `chunk_bytes`
+/// in all. The
+/// caller appends each chunk with [`snapshot::put_chunk`] as it reads it, so
+/// a leader sending a snapshot holds the message's data once, not also the
+/// image it was built from. With `chunk_bytes` exact, the buffer never
+/// grows (a grown buffer briefly needs its old and new room at once).
+pub fn start_snapshot_data(
+    members: &Members,
+    header: &pb::SnapshotHeader,
+    chunk_count: u64,
+    chunk_bytes: u64,
+) -> Vec<u8> {
+    let envelope = pb::SnapshotEnvelope {
+        members: to_records(members),
+    };
+    let framing = snapshot::framing_bytes_max(header, chunk_count);
+    let room = (envelope.encoded_len() as u64 + 10)
+        .saturating_add(framing)
+        .saturating_add(chunk_bytes);
+    let mut out = Vec::with_capacity(usize::try_from(room).unwrap_or(0));
+    // Writing to a Vec cannot fail.
+    let _ = envelope.encode_length_delimited(&mut out);
+    snapshot::put_header(header, &mut out);
+    out
+}
+
+/// Splits the data of a Raft snapshot message into members, the image's
+/// header and its chunks, borrowed from `data` (see
+/// [`snapshot::split_bytes`]).
+pub fn split_snapshot_data(
+    data: &[u8],
+) -> Result<(Members, pb::SnapshotHeader, Vec<&[u8]>), SnapshotError> {
     let mut rest = data;
     let envelope = pb::SnapshotEnvelope::decode_length_delimited(&mut rest)?;
-    let image = snapshot::from_bytes(rest)?;
-    Ok((from_records(&envelope.members), image))
+    let (header, chunks) = snapshot::split_bytes(rest)?;
+    Ok((from_records(&envelope.members), header, chunks))
 }
 
 /// The context of a membership-change entry.
@@ -132,14 +167,68 @@ pub fn decode_change_context(context: &[u8]) -> Option<pb::MemberChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::command::{Batch, Command, SetOnHand};
     use crate::inventory::Inventory;
+
+    /// An inventory whose image has several chunks.
+    fn inventory_of(counters: usize) -> Inventory {
+        let mut commands = Vec::new();
+        for n in 0..counters {
+            let set = SetOnHand::new(format!("t{n}"), format!("s{n}"), "dc".into(), 5, None);
+            commands.push(Command::SetOnHand(set.unwrap()));
+        }
+        let mut inventory = Inventory::new();
+        inventory.apply_batch(
+            1,
+            &Batch {
+                stamp_ms: 1_000,
+                id_retention_ms: 3_600_000,
+                id_retained_max: 1_000_000,
+                commands,
+            },
+        );
+        inventory
+    }
 
     #[test]
     fn snapshot_data_round_trips() {
         let members: Members = [(1, "a:1".to_string()), (2, "b:2".to_string())].into();
-        let image = snapshot::write(&Inventory::new());
-        let (m, i) = decode_snapshot_data(&encode_snapshot_data(&members, &image)).unwrap();
-        assert_eq!(m, members);
-        assert_eq!(i, image);
+        for image in [
+            snapshot::write(&Inventory::new()),
+            snapshot::write(&inventory_of(3 * snapshot::CHUNK_RECORDS_MAX)),
+        ] {
+            let data = encode_snapshot_data(&members, &image);
+            let (m, header, chunks) = split_snapshot_data(&data).unwrap();
+            assert_eq!(m, members);
+            assert_eq!(header, image.header);
+            assert_eq!(chunks, image.chunks);
+        }
+    }
+
+    #[test]
+    fn snapshot_data_built_chunk_by_chunk_fits_the_room_reserved() {
+        let members: Members = [(1, "a:1".to_string())].into();
+        let image = snapshot::write(&inventory_of(3 * snapshot::CHUNK_RECORDS_MAX));
+        assert!(image.chunks.len() >= 3, "want several chunks");
+        let count = image.chunks.len() as u64;
+        let mut data = start_snapshot_data(&members, &image.header, count, image.byte_count());
+        let room = data.capacity();
+        for chunk in &image.chunks {
+            snapshot::put_chunk(chunk, &mut data);
+        }
+        // The buffer never grew, so it was never held twice.
+        assert_eq!(data.capacity(), room);
+        assert_eq!(data, encode_snapshot_data(&members, &image));
+        // Nor is it much larger than what it holds.
+        assert!(room - data.len() <= 16 * (image.chunks.len() + 3));
+    }
+
+    #[test]
+    fn snapshot_data_cut_short_is_refused() {
+        let members: Members = [(1, "a:1".to_string())].into();
+        let image = snapshot::write(&inventory_of(10));
+        let data = encode_snapshot_data(&members, &image);
+        let err = split_snapshot_data(&data[..data.len() - 1]).unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
     }
 }

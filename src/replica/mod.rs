@@ -64,7 +64,7 @@ use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use thiserror::Error;
 
 pub use log_store::{
-    put_image, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
+    put_chunks, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
 };
 pub use logger::tracing_logger;
 pub use membership::{Members, MembershipChange};
@@ -1012,18 +1012,27 @@ impl<S: LogStore> Replica<S> {
 
     fn install_snapshot(&mut self, snapshot: Snapshot, out: &mut Output) -> Result<(), Fatal> {
         let meta = snapshot.get_metadata().clone();
-        let (members, image) = membership::decode_snapshot_data(&snapshot.data)?;
+        // The chunks stay in the message's buffer: rebuilt from it and
+        // stored from it, never copied beside it.
+        let (members, header, chunks) = membership::split_snapshot_data(&snapshot.data)?;
         // Check the image fully before it replaces anything.
-        let inventory = snapshot::read(&image, meta.index)?;
-        let image_bytes = image.byte_count();
-        let saved = SavedSnapshot {
+        let mut reader = snapshot::ImageReader::new(&header, chunks.len() as u64)?;
+        let mut image_bytes = 0u64;
+        for chunk in &chunks {
+            reader.chunk(chunk);
+            image_bytes += chunk.len() as u64;
+        }
+        let inventory = reader.finish(meta.index)?;
+        let record = SnapshotRecord {
             meta,
             members,
-            image,
+            header,
+            chunk_count: chunks.len() as u64,
+            chunk_bytes: image_bytes,
         };
-        self.raw.mut_store().install_snapshot(&saved)?;
-        let meta = saved.meta;
-        self.members = saved.members;
+        self.raw.mut_store().install_snapshot(&record, &chunks)?;
+        let meta = record.meta;
+        self.members = record.members;
         out.members_changed = true;
         tracing::info!(index = meta.index, "installed a snapshot from the leader");
         self.inventory = inventory;
@@ -1115,7 +1124,7 @@ impl<S: LogStore> Replica<S> {
         }
         let started = std::time::Instant::now();
         let chunks = written.record.chunk_count;
-        let image_bytes = written.image_bytes;
+        let image_bytes = written.record.chunk_bytes;
         self.raw
             .mut_store()
             .save_snapshot(&written.record, written.compact_to)?;

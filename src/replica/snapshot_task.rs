@@ -90,8 +90,8 @@ impl SnapshotTask {
                 members: self.members,
                 header,
                 chunk_count: u64::from(chunk_count),
+                chunk_bytes: image_bytes,
             },
-            image_bytes,
             compact_to: self.compact_to,
             log_bytes: self.log_bytes,
             freeze_time: self.freeze_time,
@@ -104,7 +104,6 @@ impl SnapshotTask {
 /// A snapshot whose chunks are written; its record is not yet.
 pub struct WrittenSnapshot {
     pub(super) record: SnapshotRecord,
-    pub(super) image_bytes: u64,
     pub(super) compact_to: u64,
     pub(super) log_bytes: u64,
     pub(super) freeze_time: Duration,

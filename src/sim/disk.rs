@@ -182,8 +182,12 @@ impl LogStore for SimDisk {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
-        self.current.install_snapshot(snapshot)?;
+    fn install_snapshot(
+        &mut self,
+        snapshot: &SnapshotRecord,
+        chunks: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        self.current.install_snapshot(snapshot, chunks)?;
         // The snapshot replaces the whole log: older appends are void.
         self.journal.clear();
         self.synced();

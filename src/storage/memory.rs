@@ -228,10 +228,34 @@ impl LogStore for MemStore {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
+    fn install_snapshot(
+        &mut self,
+        snapshot: &SnapshotRecord,
+        chunks: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        if chunks.len() as u64 != snapshot.chunk_count {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot {}: {} chunks for a record of {}",
+                snapshot.meta.index,
+                chunks.len(),
+                snapshot.chunk_count
+            )));
+        }
         self.cache.install(&snapshot.meta);
         self.members = snapshot.members.clone();
-        self.snapshot = Some(Arc::new(snapshot.clone()));
+        let mut owned = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            owned.push(chunk.to_vec());
+        }
+        self.snapshot = Some(Arc::new(SavedSnapshot {
+            meta: snapshot.meta.clone(),
+            members: snapshot.members.clone(),
+            image: Image {
+                header: snapshot.header,
+                chunks: owned,
+                digest: snapshot.header.digest,
+            },
+        }));
         Ok(())
     }
 

@@ -65,13 +65,13 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use super::log_cache::LogCache;
-use crate::inventory::snapshot::Image;
+use crate::inventory::snapshot::{self, Image};
 use crate::proto::internal as pb;
 use crate::replica::membership::{
-    encode_snapshot_data, from_records, to_records, Bootstrap, Members,
+    from_records, start_snapshot_data, to_records, Bootstrap, Members,
 };
 use crate::replica::{
-    put_image, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
+    put_chunks, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
 };
 
 const KEY_HARD_STATE: &[u8] = b"h";
@@ -377,8 +377,9 @@ impl RocksStore {
             return Err(corrupt("snapshot record", "no header"));
         };
         let mut chunks = Vec::with_capacity(stored.chunk_count as usize);
+        // The scan hands over RocksDB's own buffer: into_vec keeps it, no copy.
         self.scan_chunks(index, u64::from(stored.chunk_count), &mut |bytes| {
-            chunks.push(bytes.to_vec())
+            chunks.push(bytes.into_vec())
         })?;
         let digest = header.digest;
         Ok(Image {
@@ -391,12 +392,14 @@ impl RocksStore {
     /// Hands the `chunk_count` chunks of the snapshot at `index` to `each`,
     /// in order. One forward scan over the chunks' keys (they sort in chunk
     /// order) instead of a point lookup per chunk: thousands of chunks for
-    /// ten million counters, read with the store's readahead.
+    /// ten million counters, read with the store's readahead. Each chunk is
+    /// handed over as the buffer the iterator allocated, so a caller that
+    /// keeps the chunks does not copy them.
     fn scan_chunks(
         &self,
         index: u64,
         chunk_count: u64,
-        each: &mut dyn FnMut(&[u8]),
+        each: &mut dyn FnMut(Box<[u8]>),
     ) -> Result<(), StoreError> {
         let start = chunk_key(index, 0);
         let mut scan = self
@@ -412,7 +415,7 @@ impl RocksStore {
             if *key != chunk_key(index, number) {
                 return Err(missing());
             }
-            each(&bytes);
+            each(bytes);
         }
         Ok(())
     }
@@ -450,6 +453,7 @@ impl RocksStore {
             header: Some(snapshot.header),
             chunk_count,
             members: to_records(&snapshot.members),
+            chunk_bytes: snapshot.chunk_bytes,
         };
         batch.put(KEY_SNAPSHOT, stored.encode_to_vec());
         // Older snapshots' chunks go in the same write.
@@ -493,13 +497,30 @@ impl raft::Storage for RocksStore {
         if meta.index < request_index {
             return Err(unavailable);
         }
-        let saved = match self.load_snapshot() {
-            Ok(Some(saved)) => saved,
+        let record = match self.snapshot_record() {
+            Ok(Some(record)) if record.meta.index == meta.index => record,
             _ => return Err(unavailable),
         };
+        // The message's data is built as the chunks are read, each one let
+        // go once appended, in a buffer reserved to fit: a leader holds the
+        // image once to send it (660 MB for ten million counters), not
+        // also the chunks and a grown copy beside it.
+        let mut data = start_snapshot_data(
+            &record.members,
+            &record.header,
+            record.chunk_count,
+            record.chunk_bytes,
+        );
+        let read = self.scan_chunks(meta.index, record.chunk_count, &mut |bytes| {
+            snapshot::put_chunk(&bytes, &mut data)
+        });
+        if let Err(e) = read {
+            tracing::warn!("reading the snapshot to send: {e}");
+            return Err(unavailable);
+        }
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(meta);
-        snapshot.data = encode_snapshot_data(&saved.members, &saved.image).into();
+        snapshot.data = data.into();
         Ok(snapshot)
     }
 }
@@ -626,11 +647,25 @@ impl LogStore for RocksStore {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, snapshot: &SavedSnapshot) -> Result<(), StoreError> {
+    fn install_snapshot(
+        &mut self,
+        snapshot: &SnapshotRecord,
+        chunks: &[&[u8]],
+    ) -> Result<(), StoreError> {
         let meta = &snapshot.meta;
-        put_image(&mut *self.chunk_writer(), meta.index, &snapshot.image)?;
+        if chunks.len() as u64 != snapshot.chunk_count {
+            return Err(corrupt(
+                "snapshot",
+                format!(
+                    "{} chunks for a record of {}",
+                    chunks.len(),
+                    snapshot.chunk_count
+                ),
+            ));
+        }
+        put_chunks(&mut *self.chunk_writer(), meta.index, chunks)?;
         let mut batch = WriteBatch::default();
-        self.put_snapshot(&mut batch, &SnapshotRecord::of(snapshot))?;
+        self.put_snapshot(&mut batch, snapshot)?;
         batch.delete_range(log_key(0).as_slice(), log_key(u64::MAX).as_slice());
         batch.delete(log_key(u64::MAX));
         let mut hs = self.cache.hard_state.clone();
@@ -678,6 +713,7 @@ impl LogStore for RocksStore {
             members: from_records(&stored.members),
             header,
             chunk_count: u64::from(stored.chunk_count),
+            chunk_bytes: stored.chunk_bytes,
         }))
     }
 
@@ -686,7 +722,9 @@ impl LogStore for RocksStore {
         record: &SnapshotRecord,
         each: &mut dyn FnMut(&[u8]),
     ) -> Result<(), StoreError> {
-        self.scan_chunks(record.meta.index, record.chunk_count, each)
+        self.scan_chunks(record.meta.index, record.chunk_count, &mut |bytes| {
+            each(&bytes)
+        })
     }
 
     fn log_bytes(&self) -> u64 {
@@ -699,6 +737,7 @@ mod tests {
     use super::*;
     use crate::inventory::command::{Batch, Command, SetOnHand};
     use crate::inventory::{snapshot, Inventory};
+    use crate::replica::membership::{encode_snapshot_data, split_snapshot_data};
 
     /// An inventory large enough for an image of several chunks.
     fn inventory_of(counters: usize) -> Inventory {
@@ -736,7 +775,41 @@ mod tests {
             members: Members::new(),
             header: image.header,
             chunk_count: image.chunks.len() as u64,
+            chunk_bytes: image.byte_count(),
         }
+    }
+
+    /// A snapshot installed from a leader's message is stored from the
+    /// message's own buffer and survives a restart: the record, every chunk,
+    /// and the message a leader would build from it again.
+    #[test]
+    fn a_snapshot_installed_from_the_leader_is_stored_as_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RocksStore::open(dir.path()).unwrap();
+        let inventory = inventory_of(3 * snapshot::CHUNK_RECORDS_MAX);
+        let image = snapshot::write(&inventory);
+        let members: Members = [(1, "127.0.0.1:1".to_string())].into();
+        let data = encode_snapshot_data(&members, &image);
+        let (got_members, header, chunks) = split_snapshot_data(&data).unwrap();
+        let record = SnapshotRecord {
+            members: got_members,
+            ..record_of(7, &image)
+        };
+        assert_eq!(header, image.header);
+        // A record naming more chunks than were sent is refused.
+        let short = store.install_snapshot(&record, &chunks[1..]).unwrap_err();
+        assert!(
+            short.to_string().contains("chunks for a record of"),
+            "{short}"
+        );
+        store.install_snapshot(&record, &chunks).unwrap();
+        drop(store);
+
+        let store = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(store.snapshot_record().unwrap().unwrap(), record);
+        assert_eq!(store.load_snapshot().unwrap().unwrap().image, image);
+        let sent = raft::Storage::snapshot(&store, 7, 2).unwrap();
+        assert_eq!(&sent.data[..], &data[..]);
     }
 
     /// A snapshot written chunk by chunk (as the snapshot thread writes it)
@@ -756,7 +829,7 @@ mod tests {
             ..Default::default()
         };
         store.append(&[entry], None, true).unwrap();
-        put_image(&mut *store.chunk_writer(), 1, &image).unwrap();
+        put_chunks(&mut *store.chunk_writer(), 1, &image.chunks).unwrap();
         store.save_snapshot(&record_of(1, &image), 1).unwrap();
         drop(store);
 
@@ -776,6 +849,12 @@ mod tests {
         assert_eq!(loaded.digest(), inventory.digest());
         // The whole snapshot, as a leader sends it, is the same image.
         assert_eq!(store.load_snapshot().unwrap().unwrap().image, image);
+        let sent = raft::Storage::snapshot(&store, 1, 2).unwrap();
+        assert_eq!(sent.get_metadata().index, 1);
+        assert_eq!(
+            &sent.data[..],
+            &encode_snapshot_data(&Members::new(), &image)[..]
+        );
 
         // Chunk 2 lost: the scan stops there with a clear error.
         store.db.delete(chunk_key(1, 2)).unwrap();
