@@ -164,8 +164,10 @@ pub trait LogStore: raft::Storage {
         chunks: &[&[u8]],
     ) -> Result<(), StoreError>;
 
-    /// The latest stored snapshot, image and all: what a leader sends a
-    /// follower that fell behind.
+    /// The latest stored snapshot, image and all: what the memory store and
+    /// the simulator's disk send a follower that fell behind. The RocksDB
+    /// store builds that message from the chunks as it reads them instead,
+    /// so the image is not held twice.
     fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError>;
 
     /// The latest stored snapshot's record, without its image: the first
