@@ -8,6 +8,34 @@ use super::command::{Extend, Reserve, Sell, SetOnHand, SetSafetyStock};
 use super::*;
 use crate::limits::COUNTER_MAX;
 
+/// An inventory of `counters` counters, "t{n}" of SKU "s{n}" at "dc" with
+/// n units each, set in one batch: with a few thousand, its image has
+/// several chunks. Shared by the storage and replication tests.
+pub(crate) fn inventory_of(counters: usize) -> Inventory {
+    let mut commands = Vec::new();
+    for n in 0..counters {
+        let set = SetOnHand::new(
+            format!("t{n}"),
+            format!("s{n}"),
+            "dc".into(),
+            n as i64,
+            None,
+        );
+        commands.push(Command::SetOnHand(set.unwrap()));
+    }
+    let mut inventory = Inventory::new();
+    inventory.apply_batch(
+        1,
+        &Batch {
+            stamp_ms: 1_000,
+            id_retention_ms: 3_600_000,
+            id_retained_max: 1_000_000,
+            commands,
+        },
+    );
+    inventory
+}
+
 const HOUR_MS: u64 = 3_600_000;
 
 /// Applies batches with increasing indexes and a settable clock.

@@ -167,28 +167,8 @@ pub fn decode_change_context(context: &[u8]) -> Option<pb::MemberChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::command::{Batch, Command, SetOnHand};
+    use crate::inventory::tests::inventory_of;
     use crate::inventory::Inventory;
-
-    /// An inventory whose image has several chunks.
-    fn inventory_of(counters: usize) -> Inventory {
-        let mut commands = Vec::new();
-        for n in 0..counters {
-            let set = SetOnHand::new(format!("t{n}"), format!("s{n}"), "dc".into(), 5, None);
-            commands.push(Command::SetOnHand(set.unwrap()));
-        }
-        let mut inventory = Inventory::new();
-        inventory.apply_batch(
-            1,
-            &Batch {
-                stamp_ms: 1_000,
-                id_retention_ms: 3_600_000,
-                id_retained_max: 1_000_000,
-                commands,
-            },
-        );
-        inventory
-    }
 
     #[test]
     fn snapshot_data_round_trips() {

@@ -735,35 +735,9 @@ impl LogStore for RocksStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::command::{Batch, Command, SetOnHand};
-    use crate::inventory::{snapshot, Inventory};
+    use crate::inventory::snapshot;
+    use crate::inventory::tests::inventory_of;
     use crate::replica::membership::{encode_snapshot_data, split_snapshot_data};
-
-    /// An inventory large enough for an image of several chunks.
-    fn inventory_of(counters: usize) -> Inventory {
-        let mut commands = Vec::new();
-        for n in 0..counters {
-            let set = SetOnHand::new(
-                format!("t{n}"),
-                format!("s{n}"),
-                "dc".into(),
-                n as i64,
-                None,
-            );
-            commands.push(Command::SetOnHand(set.unwrap()));
-        }
-        let mut inventory = Inventory::new();
-        inventory.apply_batch(
-            1,
-            &Batch {
-                stamp_ms: 1_000,
-                id_retention_ms: 3_600_000,
-                id_retained_max: 1_000_000,
-                commands,
-            },
-        );
-        inventory
-    }
 
     fn record_of(index: u64, image: &snapshot::Image) -> SnapshotRecord {
         SnapshotRecord {
