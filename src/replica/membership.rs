@@ -14,6 +14,7 @@ use raft::eraftpb::{
 };
 
 use crate::inventory::snapshot::{self, Image, SnapshotError};
+use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::proto::internal as pb;
 
 /// Node id to address (HOST:PORT).
@@ -132,7 +133,11 @@ pub fn start_snapshot_data(
     let room = (envelope.encoded_len() as u64 + 10)
         .saturating_add(framing)
         .saturating_add(chunk_bytes);
-    let mut out = Vec::with_capacity(usize::try_from(room).unwrap_or(0));
+    // The counts come from a record on disk: a damaged one must not make
+    // the leader reserve more than any peer would accept (it then grows
+    // the buffer as it reads, and the peer refuses what is too large).
+    let reserved = if room > SNAPSHOT_BYTES_MAX { 0 } else { room };
+    let mut out = Vec::with_capacity(usize::try_from(reserved).unwrap_or(0));
     // Writing to a Vec cannot fail.
     let _ = envelope.encode_length_delimited(&mut out);
     snapshot::put_header(header, &mut out);
@@ -201,6 +206,20 @@ mod tests {
         assert_eq!(data, encode_snapshot_data(&members, &image));
         // Nor is it much larger than what it holds.
         assert!(room - data.len() <= 16 * (image.chunks.len() + 3));
+    }
+
+    #[test]
+    fn a_damaged_record_reserves_no_more_than_a_peer_accepts() {
+        let image = snapshot::write(&inventory_of(10));
+        let members = Members::new();
+        for (count, bytes) in [(u64::MAX, 0), (1, u64::MAX), (1, SNAPSHOT_BYTES_MAX)] {
+            let data = start_snapshot_data(&members, &image.header, count, bytes);
+            assert!(
+                data.capacity() < 1024,
+                "{count} chunks of {bytes}: {}",
+                data.capacity()
+            );
+        }
     }
 
     #[test]
