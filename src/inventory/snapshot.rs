@@ -717,25 +717,16 @@ impl Rebuild {
     }
 }
 
-/// Joins an image into one buffer (header, then chunks, each
-/// length-delimited), for a Raft snapshot message.
-pub fn to_bytes(image: &Image) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_header(&image.header, &mut out);
-    for chunk in &image.chunks {
-        put_chunk(chunk, &mut out);
-    }
-    out
-}
-
-/// Appends an image's header to `out`, framed as [`to_bytes`] frames it:
-/// the first step of building the buffer without the image in memory.
+/// Appends an image's header to `out`, length-delimited: the start of an
+/// image joined into one buffer (for a Raft snapshot message), which
+/// [`put_chunk`] continues and [`split_bytes`] splits again. The buffer is
+/// built as the chunks are read, without the whole image in memory.
 pub fn put_header(header: &pb::SnapshotHeader, out: &mut Vec<u8>) {
     // Writing to a Vec cannot fail.
     let _ = header.encode_length_delimited(out);
 }
 
-/// Appends one chunk to `out`, framed as [`to_bytes`] frames it.
+/// Appends one chunk to `out`, length-delimited (see [`put_header`]).
 pub fn put_chunk(chunk: &[u8], out: &mut Vec<u8>) {
     prost::encoding::encode_varint(chunk.len() as u64, out);
     out.extend_from_slice(chunk);
@@ -745,25 +736,13 @@ pub fn put_chunk(chunk: &[u8], out: &mut Vec<u8>) {
 /// themselves, at most: room to reserve up front for an exact fit.
 pub fn framing_bytes_max(header: &pb::SnapshotHeader, chunk_count: u64) -> u64 {
     const VARINT_BYTES_MAX: u64 = 10;
-    (header.encoded_len() as u64 + VARINT_BYTES_MAX)
-        .saturating_add(chunk_count.saturating_mul(VARINT_BYTES_MAX))
+    let header_bytes = header.encoded_len();
+    let delimited = header_bytes + prost::length_delimiter_len(header_bytes);
+    (delimited as u64).saturating_add(chunk_count.saturating_mul(VARINT_BYTES_MAX))
 }
 
-/// Splits a buffer made by [`to_bytes`] back into an image.
-pub fn from_bytes(bytes: &[u8]) -> Result<Image, SnapshotError> {
-    let (header, chunks) = split_bytes(bytes)?;
-    let mut owned = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
-        owned.push(chunk.to_vec());
-    }
-    Ok(Image {
-        header,
-        chunks: owned,
-        digest: header.digest,
-    })
-}
-
-/// Splits a buffer made by [`to_bytes`] into its header and its chunks,
+/// Splits a buffer made by [`put_header`] and [`put_chunk`] into its
+/// header and its chunks,
 /// borrowed from `bytes`: a follower installing a snapshot of hundreds of
 /// megabytes rebuilds and stores it from the buffer it received, with no
 /// second copy of the image beside it.

@@ -565,9 +565,16 @@ fn snapshots_round_trip_and_refuse_damage() {
         m.inventory.apply_batch(index, &next)
     );
     assert_eq!(copy.digest(), m.inventory.digest());
-    // Bytes round trip; a flipped byte is caught.
-    let bytes = snapshot::to_bytes(&image);
-    assert_eq!(snapshot::from_bytes(&bytes).unwrap(), image);
+    // Joined into one buffer and split again, the chunks are the same;
+    // a flipped byte is caught.
+    let mut bytes = Vec::new();
+    snapshot::put_header(&image.header, &mut bytes);
+    for chunk in &image.chunks {
+        snapshot::put_chunk(chunk, &mut bytes);
+    }
+    let (header, chunks) = snapshot::split_bytes(&bytes).unwrap();
+    assert_eq!(header, image.header);
+    assert_eq!(chunks, image.chunks);
     let mut damaged = image.clone();
     let last = damaged.chunks[0].len() - 1;
     damaged.chunks[0][last] ^= 1;
@@ -622,26 +629,21 @@ fn a_snapshot_of_many_chunks_restores_counters_and_retention_order() {
     twice.chunks.push(twice.chunks[0].clone());
     twice.header.digest = digest_of(&twice);
     assert!(snapshot::read(&twice, 1).is_err());
-    // The same, found by the rebuild thread.
-    let refused = snapshot::read_threads(&twice, 1, true)
-        .map(|_| ())
-        .unwrap_err();
-    assert!(
-        matches!(refused, snapshot::SnapshotError::Invalid(_)),
-        "unexpected error: {refused}"
-    );
-    // Refused in the middle of the image, with chunks still to come: they
-    // are only hashed, and the rebuild thread's error is the one reported.
+    // The same, found by the rebuild thread: at the last chunk, and in the
+    // middle of the image with chunks still to come (they are only hashed,
+    // and the rebuild thread's error is the one reported).
     let mut middle = image.clone();
     middle.chunks.insert(1, middle.chunks[0].clone());
     middle.header.digest = digest_of(&middle);
-    let refused = snapshot::read_threads(&middle, 1, true)
-        .map(|_| ())
-        .unwrap_err();
-    assert!(
-        matches!(refused, snapshot::SnapshotError::Invalid(_)),
-        "unexpected error: {refused}"
-    );
+    for repeated in [&twice, &middle] {
+        let refused = snapshot::read_threads(repeated, 1, true)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(refused, snapshot::SnapshotError::Invalid(_)),
+            "unexpected error: {refused}"
+        );
+    }
     // A chunk damaged so that it no longer decodes is reported as damage
     // the digest caught, on either path, not as what its bytes decoded to.
     let mut garbled = image.clone();

@@ -57,6 +57,21 @@ impl SnapshotRecord {
             chunk_bytes: saved.image.byte_count(),
         }
     }
+
+    /// Refuses `chunks` that are not as many as this record names, before
+    /// a store writes any of them: a record must name exactly the chunks
+    /// stored under it, or a restart would stop at a missing one.
+    pub fn check_chunks(&self, chunks: &[&[u8]]) -> Result<(), StoreError> {
+        if chunks.len() as u64 == self.chunk_count {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt(format!(
+            "snapshot {}: {} chunks for a record of {}",
+            self.meta.index,
+            chunks.len(),
+            self.chunk_count
+        )))
+    }
 }
 
 /// Writes a snapshot's chunks, from any thread: the part of storing a

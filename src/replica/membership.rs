@@ -115,11 +115,11 @@ pub fn encode_snapshot_data(members: &Members, image: &Image) -> Vec<u8> {
 
 /// The start of a Raft snapshot message's data (members, the image's
 /// header) in a buffer with room for `chunk_count` chunks of `chunk_bytes`
-/// in all. The
-/// caller appends each chunk with [`snapshot::put_chunk`] as it reads it, so
-/// a leader sending a snapshot holds the message's data once, not also the
-/// image it was built from. With `chunk_bytes` exact, the buffer never
-/// grows (a grown buffer briefly needs its old and new room at once).
+/// in all. The caller appends each chunk with [`snapshot::put_chunk`] as it
+/// reads it, so a leader sending a snapshot holds the message's data once,
+/// not also the image it was built from. With `chunk_bytes` exact, the
+/// buffer never grows (a grown buffer briefly needs its old and new room
+/// at once).
 pub fn start_snapshot_data(
     members: &Members,
     header: &pb::SnapshotHeader,
@@ -129,9 +129,10 @@ pub fn start_snapshot_data(
     let envelope = pb::SnapshotEnvelope {
         members: to_records(members),
     };
-    let framing = snapshot::framing_bytes_max(header, chunk_count);
-    let room = (envelope.encoded_len() as u64 + 10)
-        .saturating_add(framing)
+    let envelope_bytes = envelope.encoded_len();
+    let delimited = envelope_bytes + prost::length_delimiter_len(envelope_bytes);
+    let room = (delimited as u64)
+        .saturating_add(snapshot::framing_bytes_max(header, chunk_count))
         .saturating_add(chunk_bytes);
     // The counts come from a record on disk: a damaged one must not make
     // the leader reserve more than any peer would accept (it then grows

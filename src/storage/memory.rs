@@ -233,14 +233,7 @@ impl LogStore for MemStore {
         snapshot: &SnapshotRecord,
         chunks: &[&[u8]],
     ) -> Result<(), StoreError> {
-        if chunks.len() as u64 != snapshot.chunk_count {
-            return Err(StoreError::Corrupt(format!(
-                "snapshot {}: {} chunks for a record of {}",
-                snapshot.meta.index,
-                chunks.len(),
-                snapshot.chunk_count
-            )));
-        }
+        snapshot.check_chunks(chunks)?;
         self.cache.install(&snapshot.meta);
         self.members = snapshot.members.clone();
         let mut owned = Vec::with_capacity(chunks.len());

@@ -653,16 +653,7 @@ impl LogStore for RocksStore {
         chunks: &[&[u8]],
     ) -> Result<(), StoreError> {
         let meta = &snapshot.meta;
-        if chunks.len() as u64 != snapshot.chunk_count {
-            return Err(corrupt(
-                "snapshot",
-                format!(
-                    "{} chunks for a record of {}",
-                    chunks.len(),
-                    snapshot.chunk_count
-                ),
-            ));
-        }
+        snapshot.check_chunks(chunks)?;
         put_chunks(&mut *self.chunk_writer(), meta.index, chunks)?;
         let mut batch = WriteBatch::default();
         self.put_snapshot(&mut batch, snapshot)?;
