@@ -100,5 +100,12 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// Largest snapshot a node accepts from a peer.
 pub const SNAPSHOT_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 
+/// Longest a node waits for the next part of a snapshot it is receiving.
+/// The sender streams from memory, so a gap this long means it stalled;
+/// the stream is dropped, with the buffer reserved for it, so a stalled
+/// peer cannot hold a snapshot's memory (or the one receiving slot) for
+/// ever. Raft-rs on the leader is told and sends again later.
+pub const SNAPSHOT_PART_WAIT_MS_MAX: u64 = 30_000;
+
 /// Most operations of one `Stream` call running at once.
 pub const STREAM_IN_FLIGHT_MAX: usize = 1_024;

@@ -1,23 +1,35 @@
 //! The receiving side of the peer transport (`stockraft.internal.v1.Peer`).
 
+use std::time::Duration;
+
 use protobuf::Message as _;
 use raft::eraftpb::Message;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::node::NodeHandle;
 use super::transport::Faults;
-use crate::limits::SNAPSHOT_BYTES_MAX;
+use crate::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_WAIT_MS_MAX};
 use crate::proto::internal as pb;
 use crate::proto::internal::peer_server::Peer;
 
 pub struct PeerService {
     node: NodeHandle,
     faults: Faults,
+    /// Held while a snapshot is being received (see `send_snapshot`).
+    receiving: tokio::sync::Mutex<()>,
+    /// How long to wait for each part of a snapshot.
+    part_wait: Duration,
 }
 
 impl PeerService {
     pub fn new(node: NodeHandle, faults: Faults) -> PeerService {
-        PeerService { node, faults }
+        PeerService {
+            node,
+            faults,
+            receiving: tokio::sync::Mutex::new(()),
+            part_wait: Duration::from_millis(SNAPSHOT_PART_WAIT_MS_MAX),
+        }
     }
 }
 
@@ -50,8 +62,18 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<pb::SnapshotPart>>,
     ) -> Result<Response<pb::PeerAck>, Status> {
+        // One snapshot at a time: each may reserve up to SNAPSHOT_BYTES_MAX,
+        // and only the leader has a reason to send one. A second stream
+        // (a leader's retry while a stalled stream is still held, or a
+        // stale leader) is told to come back later; raft-rs on its side
+        // hears that the send failed and sends again.
+        let Ok(_receiving) = self.receiving.try_lock() else {
+            return Err(Status::unavailable(
+                "already receiving a snapshot from a peer; send again later",
+            ));
+        };
         let mut stream = request.into_inner();
-        let Some(first) = stream.message().await? else {
+        let Some(first) = next_part(&mut stream, self.part_wait).await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         if self.faults.is_isolated(first.from) {
@@ -59,32 +81,11 @@ impl Peer for PeerService {
                 "isolated from this peer (fault injection)",
             ));
         }
-        if first.total_bytes > SNAPSHOT_BYTES_MAX {
-            return Err(Status::resource_exhausted(format!(
-                "snapshot of {} bytes is over the {SNAPSHOT_BYTES_MAX} byte limit",
-                first.total_bytes
-            )));
-        }
-        let mut message = Message::parse_from_bytes(&first.message)
-            .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))?;
-        let mut data = Vec::with_capacity(first.total_bytes as usize);
-        while let Some(part) = stream.message().await? {
-            if (data.len() + part.data.len()) as u64 > first.total_bytes {
-                return Err(Status::invalid_argument(
-                    "snapshot is longer than announced",
-                ));
-            }
-            data.extend_from_slice(&part.data);
-        }
-        if data.len() as u64 != first.total_bytes {
-            return Err(Status::invalid_argument(
-                "snapshot is shorter than announced",
-            ));
-        }
-        message.mut_snapshot().data = data.into();
+        let from = first.from;
+        let message = receive_snapshot(first, &mut stream, self.part_wait).await?;
         tracing::info!(
-            from = first.from,
-            bytes = first.total_bytes,
+            from,
+            bytes = message.get_snapshot().get_data().len(),
             "received a snapshot"
         );
         self.node.step(message);
@@ -104,5 +105,204 @@ impl Peer for PeerService {
         tracing::warn!(isolated = ?faults.isolate_from, "fault injection: isolating peers");
         self.faults.set(faults.isolate_from);
         Ok(Response::new(pb::PeerAck {}))
+    }
+}
+
+/// The next part of a snapshot stream, or `None` at its end. A sender that
+/// sends nothing for `part_wait` is dropped (see `SNAPSHOT_PART_WAIT_MS_MAX`).
+async fn next_part<S>(
+    stream: &mut S,
+    part_wait: Duration,
+) -> Result<Option<pb::SnapshotPart>, Status>
+where
+    S: Stream<Item = Result<pb::SnapshotPart, Status>> + Unpin,
+{
+    match tokio::time::timeout(part_wait, stream.next()).await {
+        Ok(Some(part)) => part.map(Some),
+        Ok(None) => Ok(None),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no part of the snapshot arrived for {} ms; dropped it",
+            part_wait.as_millis()
+        ))),
+    }
+}
+
+/// Reserves the buffer a snapshot of `total_bytes` is received into.
+///
+/// The size is the sender's word, checked against `bytes_max`
+/// (`SNAPSHOT_BYTES_MAX` in the server).
+/// Reserving it whole keeps the image in one buffer that is never copied
+/// as it grows (one image's worth of memory, not up to three). The
+/// reservation is fallible: a machine that cannot give that much address
+/// space answers RESOURCE_EXHAUSTED instead of aborting the process.
+fn snapshot_buffer(total_bytes: u64, bytes_max: u64) -> Result<Vec<u8>, Status> {
+    if total_bytes > bytes_max {
+        return Err(Status::resource_exhausted(format!(
+            "snapshot of {total_bytes} bytes is over the {bytes_max} byte limit"
+        )));
+    }
+    let bytes = usize::try_from(total_bytes).map_err(|_| {
+        Status::resource_exhausted(format!(
+            "snapshot of {total_bytes} bytes does not fit this machine's address space"
+        ))
+    })?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(bytes).map_err(|e| {
+        Status::resource_exhausted(format!(
+            "cannot reserve {total_bytes} bytes to receive a snapshot: {e}"
+        ))
+    })?;
+    Ok(data)
+}
+
+/// Receives the data of a snapshot whose first part is `first` and returns
+/// the raft message it belongs to, with the data in place.
+///
+/// Every refusal (over the limit, longer or shorter than announced, not a
+/// raft message, a stalled sender) drops what was received: raft-rs is
+/// stepped with a snapshot only when it arrived whole.
+async fn receive_snapshot<S>(
+    first: pb::SnapshotPart,
+    stream: &mut S,
+    part_wait: Duration,
+) -> Result<Message, Status>
+where
+    S: Stream<Item = Result<pb::SnapshotPart, Status>> + Unpin,
+{
+    let total_bytes = first.total_bytes;
+    let mut data = snapshot_buffer(total_bytes, SNAPSHOT_BYTES_MAX)?;
+    let mut message = Message::parse_from_bytes(&first.message)
+        .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))?;
+    // The first part may carry data too; it is taken like the others.
+    let mut part = Some(first);
+    while let Some(received) = part {
+        // `total_bytes` is at most SNAPSHOT_BYTES_MAX and `data` never
+        // grows past it, so the sum cannot wrap.
+        if (data.len() + received.data.len()) as u64 > total_bytes {
+            return Err(Status::invalid_argument(
+                "snapshot is longer than announced",
+            ));
+        }
+        data.extend_from_slice(&received.data);
+        part = next_part(stream, part_wait).await?;
+    }
+    if data.len() as u64 != total_bytes {
+        return Err(Status::invalid_argument(format!(
+            "snapshot is shorter than announced: {} of {total_bytes} bytes",
+            data.len()
+        )));
+    }
+    message.mut_snapshot().data = data.into();
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::MessageType;
+
+    const WAIT: Duration = Duration::from_millis(50);
+
+    fn first_part(total_bytes: u64, data: &[u8]) -> pb::SnapshotPart {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgSnapshot);
+        message.from = 1;
+        message.to = 2;
+        message.mut_snapshot().mut_metadata().index = 7;
+        pb::SnapshotPart {
+            from: 1,
+            message: message.write_to_bytes().expect("encodes"),
+            data: data.to_vec(),
+            total_bytes,
+        }
+    }
+
+    fn data_part(data: &[u8]) -> Result<pb::SnapshotPart, Status> {
+        Ok(pb::SnapshotPart {
+            from: 1,
+            message: Vec::new(),
+            data: data.to_vec(),
+            total_bytes: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_arrives_whole_with_its_message() {
+        let mut rest =
+            tokio_stream::iter(vec![data_part(b"defg"), data_part(b""), data_part(b"hi")]);
+        let message = receive_snapshot(first_part(9, b"abc"), &mut rest, WAIT)
+            .await
+            .expect("received");
+        assert_eq!(message.get_snapshot().get_metadata().index, 7);
+        assert_eq!(message.to, 2);
+        assert_eq!(message.get_snapshot().get_data(), b"abcdefghi");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_longer_or_shorter_than_announced_is_refused() {
+        let mut longer = tokio_stream::iter(vec![data_part(b"abcd"), data_part(b"e")]);
+        let status = receive_snapshot(first_part(4, b""), &mut longer, WAIT)
+            .await
+            .expect_err("longer than announced");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("longer"), "{}", status.message());
+
+        let mut shorter = tokio_stream::iter(vec![data_part(b"abc")]);
+        let status = receive_snapshot(first_part(4, b""), &mut shorter, WAIT)
+            .await
+            .expect_err("shorter than announced");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("3 of 4 bytes"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_over_the_limit_is_refused_before_anything_is_read() {
+        // The stream after the first part never ends: a refusal that read
+        // on would wait for the part timeout and answer DEADLINE_EXCEEDED.
+        let mut rest = tokio_stream::pending();
+        let status = receive_snapshot(first_part(SNAPSHOT_BYTES_MAX + 1, b""), &mut rest, WAIT)
+            .await
+            .expect_err("over the limit");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn a_reservation_the_machine_cannot_give_is_an_answer_not_an_abort() {
+        // Past isize::MAX no allocator can give it; `Vec::with_capacity`
+        // would panic (or abort, for a size the allocator refuses).
+        let status = snapshot_buffer(u64::MAX / 2 + 1, u64::MAX).expect_err("cannot reserve");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("cannot reserve"),
+            "{}",
+            status.message()
+        );
+        let buffer = snapshot_buffer(4096, SNAPSHOT_BYTES_MAX).expect("small reservation");
+        assert!(buffer.is_empty());
+        assert!(buffer.capacity() >= 4096);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_sender_is_dropped() {
+        let mut rest = tokio_stream::iter(vec![data_part(b"ab")]).chain(tokio_stream::pending());
+        let status = receive_snapshot(first_part(4, b""), &mut rest, WAIT)
+            .await
+            .expect_err("stalled");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[tokio::test]
+    async fn a_first_part_that_is_not_a_raft_message_is_refused() {
+        let mut rest = tokio_stream::iter(Vec::new());
+        let mut first = first_part(0, b"");
+        first.message = vec![0xff; 3];
+        let status = receive_snapshot(first, &mut rest, WAIT)
+            .await
+            .expect_err("not a raft message");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 }
