@@ -59,13 +59,30 @@ pub trait Named: Clone {
 }
 
 /// One bucket: entries by the hash of their name ([`key_of`]).
-pub type Bucket<V> = HashMap<u128, Arc<V>, FastHash>;
+pub type Bucket<V> = HashMap<Key, Arc<V>, FastHash>;
 
 type Lock<V> = RwLock<Arc<Bucket<V>>>;
 
-/// The key a name is kept under: its 128-bit XXH3 hash.
-fn key_of(name: &str) -> u128 {
-    xxhash_rust::xxh3::xxh3_128(name.as_bytes())
+/// The key a name is kept under: its 128-bit XXH3 hash, as two words.
+///
+/// Not a `u128`: that is aligned to 16 bytes, so a bucket's slot (key and
+/// `Arc` pointer) would take 32 bytes where these take 24. Measured with
+/// two million open holds (`examples/hold_memory.rs`): 336 to 305 bytes a
+/// hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key([u64; 2]);
+
+impl std::hash::Hash for Key {
+    /// Both words, without the length an array's hash writes first.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+        state.write_u64(self.0[1]);
+    }
+}
+
+fn key_of(name: &str) -> Key {
+    let hash = xxhash_rust::xxh3::xxh3_128(name.as_bytes());
+    Key([(hash >> 64) as u64, hash as u64])
 }
 
 /// Entries by name, in buckets shared copy-on-write with frozen images.
@@ -101,7 +118,7 @@ impl<V: Named> CowTable<V> {
         }
     }
 
-    fn at(&self, key: u128) -> usize {
+    fn at(&self, key: Key) -> usize {
         let hash = self.spread.hash_one(key);
         (hash >> (u64::BITS - BUCKET_BITS)) as usize
     }
@@ -140,7 +157,7 @@ impl<V: Named> CowTable<V> {
 
     /// The lock of `key`'s bucket, for the writer (the only thread that
     /// sets `big`, so it cannot change under it).
-    fn lock_of(&self, key: u128) -> &Lock<V> {
+    fn lock_of(&self, key: Key) -> &Lock<V> {
         match self.big.get() {
             Some(big) => &big[self.at(key)],
             None => &self.small,
@@ -154,7 +171,7 @@ impl<V: Named> CowTable<V> {
     /// writes (`&mut self` on [`super::Inventory`] guarantees one writer),
     /// and only it freezes, so the bucket cannot change, nor be shared
     /// anew, between the copy and the swap.
-    fn write<T>(&self, key: u128, change: impl FnOnce(&mut Bucket<V>) -> T) -> T {
+    fn write<T>(&self, key: Key, change: impl FnOnce(&mut Bucket<V>) -> T) -> T {
         let lock = self.lock_of(key);
         let mut bucket = lock.write().unwrap_or_else(PoisonError::into_inner);
         if Arc::strong_count(&bucket) > 1 {

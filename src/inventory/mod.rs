@@ -41,7 +41,7 @@ pub use answer::{
 };
 pub use command::{AdjustReason, Batch, Command, InvalidInput, Line};
 pub use cow_table::CowTable;
-pub use reservation::{HeldLine, Reservation, ReservationState, TimedId};
+pub use reservation::{HeldLine, HeldLines, Reservation, ReservationState, TimedId};
 pub use stock::{SkuAvailability, StockLevel, StockTable};
 
 use crate::limits::{COUNTER_MAX, ID_RETAINED_MAX, RESERVATIONS_OPEN_MAX};
@@ -337,7 +337,7 @@ impl Inventory {
             });
         }
         // Every counter exists (available >= qty >= 1) and has room.
-        let mut held = Vec::with_capacity(c.lines.len());
+        let mut held = HeldLines::with_capacity(c.lines.len());
         for line in &c.lines {
             let Some((sku, node)) = self.shared.stock.hold(&line.sku, &line.node, line.qty) else {
                 panic!("checked counter vanished");

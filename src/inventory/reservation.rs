@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::cow_table::Named;
 
 /// The life of a reservation. Open until exactly one of the three endings.
@@ -48,11 +50,19 @@ pub struct HeldLine {
     pub qty: i64,
 }
 
+/// A reservation's lines. A hold of one line (a one-item cart, a flash
+/// sale's unit) keeps it inside the reservation: one allocation a hold
+/// fewer, and no pointer to follow to check a retry or to return the
+/// stock. Longer ones go to the heap as a `Vec`'s would. Measured with two
+/// million one-line holds (`examples/hold_memory.rs`): 305 to 273 bytes a
+/// hold.
+pub type HeldLines = SmallVec<[HeldLine; 1]>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub id: Arc<str>,
     /// One line per (sku, node), sorted.
-    pub lines: Vec<HeldLine>,
+    pub lines: HeldLines,
     /// The TTL it was made with, kept to recognise a retried request.
     pub ttl_ms: u64,
     pub state: ReservationState,

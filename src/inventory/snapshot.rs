@@ -14,7 +14,7 @@ use thiserror::Error;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::cow_table;
-use super::reservation::{HeldLine, Reservation, ReservationState, TimedId};
+use super::reservation::{HeldLine, HeldLines, Reservation, ReservationState, TimedId};
 use super::retained::{FrozenTxns, RetainedTxn};
 use super::stock::{intern, NodeStock, SkuStock, StockLevel};
 use super::{Inventory, TxnKey, TxnRecord};
@@ -615,7 +615,7 @@ impl Rebuild {
         let state = ReservationState::from_code(r.state)
             .ok_or_else(|| SnapshotError::Invalid(format!("reservation state {}", r.state)))?;
         let id: Arc<str> = Arc::from(r.reservation_id.as_str());
-        let mut lines = Vec::with_capacity(r.lines.len());
+        let mut lines = HeldLines::with_capacity(r.lines.len());
         for l in r.lines {
             let sku = inventory
                 .shared
