@@ -173,6 +173,14 @@ where
     let mut data = snapshot_buffer(total_bytes, SNAPSHOT_BYTES_MAX)?;
     let mut message = Message::parse_from_bytes(&first.message)
         .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))?;
+    // As `send` checks each message of a batch: the sender the stream
+    // names (which fault injection isolates by) is the message's own.
+    if message.from != first.from {
+        return Err(Status::invalid_argument(format!(
+            "snapshot message from node {} in a stream from node {}",
+            message.from, first.from
+        )));
+    }
     // The first part may carry data too; it is taken like the others.
     let mut part = Some(first);
     while let Some(received) = part {
@@ -293,6 +301,24 @@ mod tests {
             .await
             .expect_err("stalled");
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_whose_message_names_another_sender_is_refused() {
+        let mut rest = tokio_stream::iter(Vec::new());
+        let mut first = first_part(0, b"");
+        first.from = 3;
+        let status = receive_snapshot(first, &mut rest, WAIT)
+            .await
+            .expect_err("another sender");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("from node 1 in a stream from node 3"),
+            "{}",
+            status.message()
+        );
     }
 
     #[tokio::test]
