@@ -111,9 +111,12 @@ async fn main() -> Result<()> {
             // tokio's listener sets SO_REUSEADDR: a rerun binds at once.
             let listener = tokio::net::TcpListener::bind(&addr).await.context("binding")?;
             tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(CeilingServer::new(Service::default()))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .serve_with_incoming(
+                    // Nagle off, as stockraft's server sets it (the builder's
+                    // flag is ignored for a listener handed in).
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                )
                 .await?;
             Ok(())
         }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::limits::{PEER_MESSAGE_BYTES_MAX, REQUEST_BYTES_MAX};
@@ -253,8 +253,8 @@ pub async fn serve(
                 .await;
         }
     };
+    let incoming = accept_nodelay(listener);
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health_service)
@@ -263,7 +263,7 @@ pub async fn serve(
         .add_service(inventory)
         .add_service(cluster)
         .add_service(peer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal);
+        .serve_with_incoming_shutdown(incoming, shutdown_signal);
     // Calls in flight get a grace period to finish; then connections that
     // are still open (a client that ignores GOAWAY) are dropped.
     let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -285,6 +285,16 @@ pub async fn serve(
     node.stop();
     tracing::info!("stopped");
     result.map_err(ServeError::from)
+}
+
+/// The connections `listener` accepts, each with Nagle's algorithm off.
+/// The tonic builder's own `tcp_nodelay` applies only to listeners tonic
+/// binds itself and is ignored for one handed in, as the server does (to
+/// fail fast on a taken port and learn the port bound). Left on, a
+/// response longer than one segment waited for the client's delayed ACK:
+/// 40 ms per 1,000-SKU availability read, measured.
+fn accept_nodelay(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
@@ -368,4 +378,21 @@ async fn bootstrap(
     store.bootstrap(&first)?;
     tracing::info!(node_id = id, dir = %config.data_dir.display(), "created a new one-node cluster");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    /// A connection the server accepts has Nagle's algorithm off.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = accept_nodelay(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }
