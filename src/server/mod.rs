@@ -385,9 +385,16 @@ mod tests {
     use super::*;
     use tokio_stream::StreamExt;
 
-    /// A connection the server accepts has Nagle's algorithm off.
+    /// A connection the server accepts has Nagle's algorithm off, where a
+    /// plain accept (what the server did before) leaves it on.
     #[tokio::test]
     async fn accepted_connections_have_nodelay() {
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain_addr = plain.local_addr().unwrap();
+        let _plain_client = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
+        let (plain_accepted, _) = plain.accept().await.unwrap();
+        assert!(!plain_accepted.nodelay().unwrap());
+
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut incoming = accept_nodelay(listener);
