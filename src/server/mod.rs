@@ -22,6 +22,7 @@ pub mod meters;
 pub mod node;
 pub mod peer_service;
 pub mod rebuild;
+pub mod snapshot_thread;
 pub mod status;
 pub mod transport;
 

@@ -607,10 +607,8 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
             return;
         };
         assert!(self.snapshot_job.is_none(), "two snapshots at once");
-        let mut writer = self.replica.store().chunk_writer();
-        let spawned = std::thread::Builder::new()
-            .name("snapshot".into())
-            .spawn(move || task.run(&mut *writer));
+        let writer = self.replica.store().chunk_writer();
+        let spawned = super::snapshot_thread::spawn(task, writer);
         match spawned {
             Ok(handle) => self.snapshot_job = Some(handle),
             Err(e) => stop_fatal(&format!("cannot start the snapshot thread: {e}")),

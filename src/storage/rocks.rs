@@ -82,8 +82,13 @@ const KEY_SNAPSHOT: &[u8] = b"s";
 const PREFIX_LOG: u8 = b'l';
 const PREFIX_CHUNK: u8 = b'S';
 
-/// Snapshot chunk bytes per unsynced write ahead of the snapshot's record.
-const CHUNK_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Snapshot chunk bytes per unsynced write ahead of the snapshot's record:
+/// a synced append of client entries queued in RocksDB behind one of these
+/// waits for all of it, and the sync after it carries it to disk. Snapshot
+/// log lines here show about 45 ms of writing for 18 MB of chunks: about
+/// 10 ms per batch of 4 MiB (the size before stop 19), under 1 ms per
+/// 256 KiB.
+const CHUNK_BATCH_BYTES_MAX: usize = 256 * 1024;
 
 fn log_key(index: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
