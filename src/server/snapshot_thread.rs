@@ -193,9 +193,12 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Chunks as a writer saw them: index, number, bytes.
+    type Seen = Arc<Mutex<Vec<(u64, u32, Vec<u8>)>>>;
+
     /// Records what it is handed; fails at chunk `fail_at` if set.
     struct Recorder {
-        seen: Arc<Mutex<Vec<(u64, u32, Vec<u8>)>>>,
+        seen: Seen,
         flushed: Arc<Mutex<bool>>,
         fail_at: Option<u32>,
     }
@@ -217,8 +220,6 @@ mod tests {
             Ok(())
         }
     }
-
-    type Seen = Arc<Mutex<Vec<(u64, u32, Vec<u8>)>>>;
 
     /// A queue whose writer thread writes into a [`Recorder`]; returns what
     /// that recorder saw and whether it was flushed.
