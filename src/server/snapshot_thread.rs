@@ -117,8 +117,14 @@ fn set_idle(idle: bool) -> std::io::Result<()> {
 fn can_yield() -> bool {
     static CAN_YIELD: OnceLock<bool> = OnceLock::new();
     *CAN_YIELD.get_or_init(|| {
-        let probe = std::thread::spawn(|| set_idle(true).is_ok() && set_idle(false).is_ok());
-        let able = probe.join().unwrap_or(false);
+        let probe = std::thread::Builder::new()
+            .name("snapshot-probe".into())
+            .spawn(|| set_idle(true).is_ok() && set_idle(false).is_ok());
+        // A probe that cannot start counts as "no": normal priority.
+        let able = match probe {
+            Ok(handle) => handle.join().unwrap_or(false),
+            Err(_) => false,
+        };
         if !able {
             tracing::info!(
                 "snapshots encode at normal priority: going back from idle priority needs CAP_SYS_NICE"
