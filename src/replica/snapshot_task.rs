@@ -108,6 +108,9 @@ pub struct WrittenSnapshot {
     pub(super) log_bytes: u64,
     pub(super) freeze_time: Duration,
     pub(super) encode_time: Duration,
+    /// Time the encoder spent in the writer's calls. When the writer hands
+    /// chunks to a thread of its own (the server's), this is the time the
+    /// encoder waited for that thread, not the time the writes took.
     pub(super) write_time: Duration,
 }
 
