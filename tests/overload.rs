@@ -53,6 +53,8 @@ async fn without_a_leader_writes_and_linearizable_reads_are_unavailable() {
             startup_commit_index: 0,
             queue_max: 16,
         },
+        // Answers completed by the replication thread itself.
+        None,
     )
     .unwrap();
     assert!(!node.handle().is_ready());
@@ -188,6 +190,8 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_it_accepted()
             startup_commit_index: 0,
             queue_max: 4,
         },
+        // Answers relayed through a task on this runtime, as the server does.
+        Some(tokio::runtime::Handle::current()),
     )
     .unwrap();
     let forwarder = Arc::new(Forwarder::new(node.handle(), Duration::from_millis(300)));

@@ -157,6 +157,7 @@ pub async fn serve(
             startup_commit_index,
             queue_max: crate::limits::QUEUE_REQUESTS_MAX,
         },
+        Some(tokio::runtime::Handle::current()),
     )
     .map_err(ServeError::Thread)?;
     let handle = node.handle();
