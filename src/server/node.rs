@@ -541,30 +541,51 @@ struct Loop<S: LogStore, T: Transport> {
     relay: Option<tokio::sync::mpsc::UnboundedSender<Vec<Relayed>>>,
 }
 
-/// A caller's oneshot and its answer, relayed by a task on the runtime.
+/// An answer relayed by a task on the runtime: one caller's, or a group's.
 ///
-/// Completing a oneshot from this thread wakes its caller's task from
-/// outside the runtime: the task goes on the runtime's shared queue, often
-/// with a futex or eventfd wake-up of a parked worker, once per caller (a
-/// turn answers about 20 unary calls at 64 clients). Handing the turn's
-/// answers to one task costs one such wake-up; that task completes the
-/// oneshots from inside the runtime, where a wake-up is a push on the
-/// worker's own queue. Measured in unary runs at 64 clients
-/// (BENCHMARKS.md, stop 19): futex calls per call down from 0.36-0.37 to
-/// 0.30-0.31, and 27,131 against 26,198 calls/s on average over eleven
-/// alternated pairs: a small gain, within the spread of single runs.
-type Relayed = (
-    oneshot::Sender<Result<Applied, ProposeError>>,
-    Result<Applied, ProposeError>,
-);
+/// Completing a oneshot (or sending a group's answers) from this thread
+/// wakes its caller's task from outside the runtime: the task goes on the
+/// runtime's shared queue, often with a futex or eventfd wake-up of a
+/// parked worker, once per caller (a turn answers about 20 unary calls at
+/// 64 clients, or one group of each of up to 64 streams). Handing the
+/// turn's answers to one task costs one such wake-up; that task completes
+/// them from inside the runtime, where a wake-up is a push on the worker's
+/// own queue. Measured in unary runs at 64 clients (BENCHMARKS.md, stop
+/// 19): futex calls per call down from 0.36-0.37 to 0.30-0.31, and 27,131
+/// against 26,198 calls/s on average over eleven alternated pairs: a small
+/// gain, within the spread of single runs. Groups: stop 20.
+enum Relayed {
+    One(
+        oneshot::Sender<Result<Applied, ProposeError>>,
+        Result<Applied, ProposeError>,
+    ),
+    Group(GroupReply, Vec<Result<Applied, ProposeError>>),
+}
 
-/// The relay task: completes every oneshot it is handed, in order. Ends
+impl Relayed {
+    /// Hands the answer to its caller. The caller may have given up
+    /// (deadline, a closed stream); that is fine.
+    fn complete(self) {
+        match self {
+            Relayed::One(reply, answer) => {
+                let _ = reply.send(answer);
+            }
+            Relayed::Group(reply, answers) => {
+                let _ = reply.tx.send(GroupAnswer {
+                    id: reply.id,
+                    answers,
+                });
+            }
+        }
+    }
+}
+
+/// The relay task: completes every answer it is handed, in order. Ends
 /// when the replication thread drops its sender.
 async fn relay_answers(mut batches: tokio::sync::mpsc::UnboundedReceiver<Vec<Relayed>>) {
     while let Some(batch) = batches.recv().await {
-        for (reply, answer) in batch {
-            // The caller may have given up (deadline); that is fine.
-            let _ = reply.send(answer);
+        for relayed in batch {
+            relayed.complete();
         }
     }
 }
@@ -697,30 +718,25 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
                 Some(Waiter::Command(_)) => Some(answer),
                 _ => continue,
             };
-            match (self.waiters.remove(&token), complete) {
-                (Some(Waiter::Command(reply)), Some(answer)) => {
-                    if self.relay.is_some() {
-                        relayed.push((reply, answer));
-                    } else {
-                        // The caller may have given up (deadline); that is fine.
-                        let _ = reply.send(answer);
-                    }
-                }
+            let answered = match (self.waiters.remove(&token), complete) {
+                (Some(Waiter::Command(reply)), Some(answer)) => Relayed::One(reply, answer),
                 (Some(Waiter::Group { reply, answers, .. }), None) => {
-                    let _ = reply.tx.send(GroupAnswer {
-                        id: reply.id,
-                        answers,
-                    });
+                    Relayed::Group(reply, answers)
                 }
-                _ => {}
+                _ => continue,
+            };
+            if self.relay.is_some() {
+                relayed.push(answered);
+            } else {
+                answered.complete();
             }
         }
         if !relayed.is_empty() {
             if let Some(relay) = &self.relay {
                 // The runtime is gone (shutdown): answer from here.
                 if let Err(returned) = relay.send(relayed) {
-                    for (reply, answer) in returned.0 {
-                        let _ = reply.send(answer);
+                    for answered in returned.0 {
+                        answered.complete();
                     }
                 }
             }
