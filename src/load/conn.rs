@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,11 +17,14 @@ use pb::stream_request::Op;
 use pb::stream_response::Result as R;
 
 /// Calls in flight on one stream, by id: where to send the answer, and
-/// when the call was sent (a sweep fails the calls that outlive the
-/// timeout, instead of a timer per call).
+/// the sweep that was last when the call was sent (a sweep every
+/// [`SWEEP_INTERVAL`] fails the calls that outlive the timeout: no timer
+/// and no clock read per call).
 #[derive(Default)]
 struct Pending {
-    waiters: HashMap<u64, (oneshot::Sender<Result<R, Status>>, Instant)>,
+    waiters: HashMap<u64, (oneshot::Sender<Result<R, Status>>, u64)>,
+    /// Sweeps so far.
+    sweeps: u64,
     /// The stream ended: new calls fail at once.
     closed: bool,
 }
@@ -87,7 +90,8 @@ impl StreamConn {
             if pending.closed {
                 return Err(closed());
             }
-            pending.waiters.insert(id, (reply, Instant::now()));
+            let sweeps = pending.sweeps;
+            pending.waiters.insert(id, (reply, sweeps));
         }
         let request = pb::StreamRequest { id, op: Some(op) };
         if self.tx.send(request).await.is_err() {
@@ -113,16 +117,28 @@ fn answer(response: pb::StreamResponse) -> Result<R, Status> {
     }
 }
 
-/// Fails the calls sent more than `timeout` ago.
+/// Sweeps a call must outlive to be sure it is `timeout` old: one more
+/// than the timeout's length in sweeps, as a call can be sent just before
+/// a sweep. Sweeps run late under load, never early, so a call fails at
+/// `timeout` or a little after.
+fn sweeps_to_expire(timeout: Duration) -> u64 {
+    let interval_us = SWEEP_INTERVAL.as_micros().max(1);
+    let sweeps = timeout.as_micros().div_ceil(interval_us);
+    u64::try_from(sweeps).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+/// One sweep: fails the calls sent more than `timeout` ago.
 fn expire(pending: &Shared, timeout: Duration) {
     let Ok(mut p) = pending.lock() else {
         return;
     };
-    let now = Instant::now();
+    p.sweeps += 1;
+    let now = p.sweeps;
+    let age_max = sweeps_to_expire(timeout);
     let late: Vec<u64> = p
         .waiters
         .iter()
-        .filter(|(_, (_, sent))| now.duration_since(*sent) >= timeout)
+        .filter(|(_, (_, sent))| now.saturating_sub(*sent) >= age_max)
         .map(|(id, _)| *id)
         .collect();
     for id in late {
@@ -179,4 +195,37 @@ impl Conn {
         pb::GetAvailabilityResponse,
         GetAvailability
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_fails_only_once_it_is_surely_past_its_timeout() {
+        // 250 ms is 2.5 sweeps; a call sent just before a sweep is a
+        // sweep younger than the count says, so it takes 3 + 1.
+        assert_eq!(sweeps_to_expire(Duration::from_millis(250)), 4);
+        assert_eq!(sweeps_to_expire(Duration::from_millis(300)), 4);
+        assert_eq!(sweeps_to_expire(Duration::ZERO), 1);
+        assert_eq!(sweeps_to_expire(Duration::MAX), u64::MAX);
+
+        let pending: Shared = Arc::new(Mutex::new(Pending::default()));
+        let (reply, mut answer) = oneshot::channel();
+        pending
+            .lock()
+            .expect("fresh lock")
+            .waiters
+            .insert(7, (reply, 0));
+        let timeout = Duration::from_millis(250);
+        for _ in 0..3 {
+            expire(&pending, timeout);
+            assert!(answer.try_recv().is_err(), "failed before its timeout");
+        }
+        expire(&pending, timeout);
+        let failed = answer.try_recv().expect("failed at its timeout");
+        let status = failed.expect_err("a timeout is an error");
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert!(pending.lock().expect("lock").waiters.is_empty());
+    }
 }
