@@ -2,6 +2,7 @@
 //! services around them.
 //!
 //! Start-up, in order:
+//! 0. Turn transparent huge pages off for the process ([`huge_pages`]).
 //! 1. Open the RocksDB store in the data dir; a brand-new one gets the
 //!    initial membership (this node as the single voter).
 //! 2. Load the latest snapshot, then let raft-rs replay the committed log
@@ -17,6 +18,7 @@
 
 pub mod cluster_service;
 pub mod forward;
+pub mod huge_pages;
 pub mod inventory_service;
 pub mod meters;
 pub mod node;
@@ -111,6 +113,12 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     if let Some(addr) = config.metrics_listen {
         install_metrics(addr)?;
+    }
+    if !huge_pages::disable() {
+        tracing::warn!(
+            "cannot turn transparent huge pages off for this process; \
+             new memory may stall the replication thread while the kernel zeroes it"
+        );
     }
 
     let advertise = config
