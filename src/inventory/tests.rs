@@ -860,11 +860,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Random batches: every answer equals the model's, every counter and
-    /// hold matches it, the invariants hold after every batch, and no
-    /// reserve ever took available below zero.
+    /// hold matches it, the invariants hold after every batch, no reserve
+    /// ever took available below zero, and a replica applying the same
+    /// batches without gathering answers (a follower) is in the same state.
     #[test]
     fn the_state_machine_agrees_with_the_model(batches in arb_batches()) {
         let mut inventory = Inventory::new();
+        let mut follower = Inventory::new();
         let mut model = Model::default();
         let mut stamp = 0u64;
         for (index, (step, commands)) in (1u64..).zip(batches) {
@@ -878,6 +880,8 @@ proptest! {
             let real = inventory.apply_batch(index, &batch);
             let expected = model.apply(index, stamp, 2_000, &commands);
             prop_assert_eq!(&real, &expected);
+            follower.apply_batch_unanswered(index, &batch);
+            prop_assert_eq!(follower.digest(), inventory.digest());
             prop_assert_eq!(inventory.check_invariants(), Ok(()));
             for (command, answer) in commands.iter().zip(&real) {
                 if let (Command::Reserve(r), Applied::Reserve(Ok(a))) = (command, answer) {

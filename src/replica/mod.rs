@@ -853,11 +853,18 @@ impl<S: LogStore> Replica<S> {
                         None => codec::decode_batch(&entry.data)
                             .map_err(|error| Fatal::Decode { index, error })?,
                     };
-                    let answers = self.inventory.apply_batch(index, &batch);
+                    // Answers are gathered only when a caller here waits
+                    // for this entry: on the leader that proposed it.
+                    let result = if self.waiting.contains_key(&index) {
+                        EntryResult::Commands(self.inventory.apply_batch(index, &batch))
+                    } else {
+                        self.inventory.apply_batch_unanswered(index, &batch);
+                        EntryResult::Nothing
+                    };
                     // Crash point: applied in memory, answers not yet sent,
                     // applied index recorded nowhere durable.
                     fail::fail_point!("apply::after_batch");
-                    self.answer(index, entry.term, EntryResult::Commands(answers), out);
+                    self.answer(index, entry.term, result, out);
                 }
                 EntryType::EntryConfChange => {
                     let change = ConfChange::parse_from_bytes(&entry.data)?;
