@@ -838,7 +838,13 @@ impl<S: LogStore> Replica<S> {
                     self.answer(index, entry.term, EntryResult::Nothing, out);
                 }
                 EntryType::EntryNormal => {
-                    let batch = match self.proposed_batch(index, entry.term) {
+                    // A batch comes back from `proposed_batch` only to the
+                    // leader that proposed this very entry (same index and
+                    // term), whose callers wait for it: the only place
+                    // where answers are gathered. Everywhere else (a
+                    // follower; a caller whose entry was replaced, which
+                    // `answer` fails either way) nobody would read them.
+                    let (batch, delivered) = match self.proposed_batch(index, entry.term) {
                         Some(batch) => {
                             // Tests and the simulator (debug builds) check
                             // that the copy applied here is what the log
@@ -848,14 +854,15 @@ impl<S: LogStore> Replica<S> {
                                 Some(&batch),
                                 "the proposed batch differs from entry {index}"
                             );
-                            batch
+                            (batch, true)
                         }
-                        None => codec::decode_batch(&entry.data)
-                            .map_err(|error| Fatal::Decode { index, error })?,
+                        None => {
+                            let decoded = codec::decode_batch(&entry.data)
+                                .map_err(|error| Fatal::Decode { index, error })?;
+                            (decoded, false)
+                        }
                     };
-                    // Answers are gathered only when a caller here waits
-                    // for this entry: on the leader that proposed it.
-                    let result = if self.waiting.contains_key(&index) {
+                    let result = if delivered {
                         EntryResult::Commands(self.inventory.apply_batch(index, &batch))
                     } else {
                         self.inventory.apply_batch_unanswered(index, &batch);
