@@ -42,7 +42,9 @@
 //! on a single node, committed means synced to disk: nothing acknowledged can
 //! be lost. A command whose entry is overwritten (leadership changed) is
 //! answered [`ProposeError::Unknown`]; clients retry with the same id, which
-//! is safe because the state machine applies each id at most once.
+//! is safe because the state machine applies each id at most once. A
+//! command that gets no answer comes back with its error ([`Unanswered`]),
+//! so a caller retries it without keeping a copy of everything it proposes.
 
 pub mod log_store;
 mod logger;
@@ -168,6 +170,37 @@ pub enum ProposeError {
     Dropped(String),
 }
 
+/// A command that got no answer from the state machine: why, and the
+/// command itself when this replica still held it. Callers retry a failed
+/// command (its id makes that safe); handing it back spares them a copy of
+/// every command they propose, which cost the `Stream` call about 1.5% of
+/// the server's samples (BENCHMARKS.md, stop 22). Only a command whose
+/// batch was already applied is not handed back, and the state machine
+/// always answers those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered {
+    pub error: ProposeError,
+    pub command: Option<Command>,
+}
+
+impl Unanswered {
+    /// Fails `command`, handing it back.
+    pub fn with(error: ProposeError, command: Command) -> Unanswered {
+        Unanswered {
+            error,
+            command: Some(command),
+        }
+    }
+
+    /// Fails a command this replica no longer holds.
+    pub fn without(error: ProposeError) -> Unanswered {
+        Unanswered {
+            error,
+            command: None,
+        }
+    }
+}
+
 /// Why a linearizable read could not be confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ReadError {
@@ -199,8 +232,8 @@ pub enum Fatal {
 pub struct Output {
     /// Messages for peers, to send in order.
     pub messages: Vec<Message>,
-    /// Answers to commands, by token.
-    pub answers: Vec<(Token, Result<Applied, ProposeError>)>,
+    /// Answers to commands, by token; a failed one hands its command back.
+    pub answers: Vec<(Token, Result<Applied, Unanswered>)>,
     /// The log index each successful answer came from, by token (for
     /// checkers that compare answers with the log; the server ignores it).
     pub answered_at: Vec<(Token, u64)>,
@@ -622,8 +655,9 @@ impl<S: LogStore> Replica<S> {
                 0 => ProposeError::NoLeader,
                 leader => ProposeError::NotLeader { leader },
             };
-            for (token, _) in commands {
-                out.answers.push((token, Err(error.clone())));
+            for (token, command) in commands {
+                out.answers
+                    .push((token, Err(Unanswered::with(error.clone(), command))));
             }
             return;
         }
@@ -642,8 +676,9 @@ impl<S: LogStore> Replica<S> {
         let data = codec::encode_batch(&batch);
         if let Err(e) = self.raw.propose(Vec::new(), data) {
             let error = ProposeError::Dropped(e.to_string());
-            for token in tokens {
-                out.answers.push((token, Err(error.clone())));
+            for (token, command) in tokens.into_iter().zip(batch.commands) {
+                out.answers
+                    .push((token, Err(Unanswered::with(error.clone(), command))));
             }
             return;
         }
@@ -1172,12 +1207,22 @@ fn snapshot_log_due(image_bytes: u64, floor: u64) -> u64 {
     (image_bytes / 4).max(image_bytes.min(floor))
 }
 
-/// Tells every caller waiting on an entry that its outcome is unknown here.
+/// Tells every caller waiting on an entry that its outcome is unknown here,
+/// handing back the commands of a batch that was not applied.
 fn fail_waiting(waiting: Waiting, out: &mut Output) {
-    for token in waiting.tokens {
-        match waiting.kind {
-            WaitKind::Commands => out.answers.push((token, Err(ProposeError::Unknown))),
-            WaitKind::Membership => out.membership.push((token, Err(ProposeError::Unknown))),
+    if waiting.kind == WaitKind::Membership {
+        for token in waiting.tokens {
+            out.membership.push((token, Err(ProposeError::Unknown)));
         }
+        return;
+    }
+    let mut commands = waiting.batch.map(|batch| batch.commands.into_iter());
+    for token in waiting.tokens {
+        let command = commands.as_mut().and_then(|c| c.next());
+        let unanswered = Unanswered {
+            error: ProposeError::Unknown,
+            command,
+        };
+        out.answers.push((token, Err(unanswered)));
     }
 }

@@ -244,7 +244,8 @@ fn a_follower_refuses_proposals_and_reads_with_a_reason() {
     let mut out = Output::default();
     replica.propose(1, vec![(7, set("t", 1))], &mut out);
     replica.read(vec![8], &mut out);
-    assert_eq!(out.answers, vec![(7, Err(ProposeError::NoLeader))]);
+    let refused = Unanswered::with(ProposeError::NoLeader, set("t", 1));
+    assert_eq!(out.answers, vec![(7, Err(refused))]);
     assert_eq!(out.reads, vec![(8, Err(ReadError::NoLeader))]);
 }
 
@@ -252,7 +253,7 @@ fn a_follower_refuses_proposals_and_reads_with_a_reason() {
 struct Group {
     replicas: Vec<Replica<MemStore>>,
     queue: VecDeque<Message>,
-    answers: Vec<(Token, Result<Applied, ProposeError>)>,
+    answers: Vec<(Token, Result<Applied, Unanswered>)>,
     reads: Vec<(Token, Result<u64, ReadError>)>,
     /// Snapshots handed out (by replica id), for the test to run.
     tasks: Vec<(u64, SnapshotTask)>,
@@ -368,6 +369,69 @@ fn three_replicas_agree_and_answer_only_committed_entries() {
 /// membership by replaying the log, not just the change that added it
 /// (which once left it believing it was the only voter, and able to lead
 /// alone: two leaders in one term).
+/// A leader cut off from the others proposes; the others elect a new
+/// leader and the old one, on hearing of it, steps down. Its proposals
+/// were never committed, so their outcome is unknown, and each comes back
+/// with its own command for the caller to retry.
+#[test]
+fn a_deposed_leader_hands_back_the_commands_it_could_not_answer() {
+    let mut group = Group::new();
+    let mut out = Output::default();
+    group.replicas[0].campaign(&mut out).unwrap();
+    group.queue.extend(out.messages);
+    group.settle();
+    assert_eq!(group.leader(), 0);
+    group.cut = Some(1);
+    let mut out = Output::default();
+    group.replicas[0].propose(
+        5_000,
+        vec![(1, set("t", 4)), (2, reserve("o", 3))],
+        &mut out,
+    );
+    group.queue.extend(out.messages);
+    group.settle();
+    assert!(group.answers.is_empty(), "{:?}", group.answers);
+    // The other two stop hearing from the leader, time out and elect one
+    // of themselves.
+    let mut elected = None;
+    for tick in 0..1_000 {
+        for i in 1..3 {
+            let mut out = Output::default();
+            group.replicas[i].tick(5_000 + tick * 100, &mut out);
+            group.queue.extend(out.messages);
+        }
+        group.settle();
+        elected = (1..3).find(|i| group.replicas[*i].is_leader());
+        if elected.is_some() {
+            break;
+        }
+    }
+    let new_leader = elected.expect("a new leader among the two");
+    // The old leader hears of the new term (a heartbeat) and steps down.
+    group.cut = None;
+    let mut out = Output::default();
+    group.replicas[new_leader].propose(200_000, vec![(3, set("u", 1))], &mut out);
+    for tick in 0..10 {
+        group.replicas[new_leader].tick(200_000 + tick * 100, &mut out);
+    }
+    group.queue.extend(out.messages);
+    group.settle();
+    assert!(!group.replicas[0].is_leader());
+    let mut failed: Vec<(Token, Unanswered)> = Vec::new();
+    for (token, answer) in group.answers.drain(..) {
+        if let Err(unanswered) = answer {
+            failed.push((token, unanswered));
+        }
+    }
+    assert_eq!(
+        failed,
+        vec![
+            (1, Unanswered::with(ProposeError::Unknown, set("t", 4))),
+            (2, Unanswered::with(ProposeError::Unknown, reserve("o", 3))),
+        ]
+    );
+}
+
 #[test]
 fn a_joining_replica_learns_the_full_membership() {
     let mut group = Group::new();

@@ -31,7 +31,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::forward::{Forwarder, Route};
 use super::meters::{Meters, Method};
-use super::node::{GroupAnswer, GroupReply, NodeHandle, SubmitError};
+use super::node::{GroupAnswer, GroupReply, NodeHandle, Refused, SubmitError};
 use super::status;
 use crate::inventory::command::{
     check_id, check_name, reservation_ref, resolve_ttl, Adjust, AdjustReason, Extend, Line,
@@ -42,7 +42,7 @@ use crate::limits::{NODES_PER_READ_MAX, SKUS_PER_READ_MAX, STREAM_IN_FLIGHT_MAX}
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use crate::proto::v1::inventory_server::Inventory;
-use crate::replica::ProposeError;
+use crate::replica::Unanswered;
 use pb::stream_request::Op;
 use pb::stream_response::Result as R;
 
@@ -101,7 +101,7 @@ impl InventoryService {
         } else {
             Some(body.clone())
         };
-        let command = build(body)?;
+        let mut command = build(body)?;
         loop {
             if let Route::Leader { id, channel } = self.forwarder.route(forwarded, deadline).await?
             {
@@ -122,13 +122,19 @@ impl InventoryService {
                     Err(e) => return Err(e),
                 }
             }
-            match self.node.submit(command.clone()).await {
+            // The command goes to the replication thread; a failed proposal
+            // hands it back for the retry.
+            match self.node.submit(command).await {
                 Ok(applied) => return answer(applied),
-                Err(SubmitError::Propose(e)) if Instant::now() < deadline => {
+                Err(Refused {
+                    error: SubmitError::Propose(e),
+                    command: Some(returned),
+                }) if Instant::now() < deadline => {
                     tracing::debug!("retrying a proposal: {e}");
+                    command = returned;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err(e) => return Err(status::submit(e)),
+                Err(refused) => return Err(status::submit(refused.error)),
             }
         }
     }
@@ -632,21 +638,25 @@ async fn run_stream_op(
     }
 }
 
+/// Turns a grouped write's answer into the response of its kind.
+type Shape = fn(&Meters, Applied) -> R;
+
 /// What one message of a stream turned into.
 enum Step {
     /// Answered at once (bad input, a LOCAL read).
     Answered(R),
-    /// A write that can go into this turn's group.
-    Write(Command),
-    /// Must run alone (see [`run_stream_op`]).
-    Alone,
+    /// A write that can go into this turn's group, built from the message
+    /// (which is not kept: a failed proposal hands the command back).
+    Write(Command, Shape),
+    /// Must run alone (see [`run_stream_op`]); the operation, given back.
+    Alone(Option<Op>),
 }
 
 /// Sorts one operation of a stream: the writes go into a group when this
 /// node leads, LOCAL reads are answered here, the rest runs alone.
-fn stream_step(service: &InventoryService, leading: bool, op: &Option<Op>) -> Step {
+fn stream_step(service: &InventoryService, leading: bool, op: Option<Op>) -> Step {
     let api = service.api;
-    let built = match op {
+    let built: Result<(Command, Shape), Status> = match op {
         None => {
             return Step::Answered(stream_error(Status::invalid_argument(
                 "a stream request needs an operation",
@@ -654,52 +664,78 @@ fn stream_step(service: &InventoryService, leading: bool, op: &Option<Op>) -> St
         }
         Some(Op::GetAvailability(r)) => {
             if r.consistency != pb::Consistency::Local as i32 {
-                return Step::Alone;
+                return Step::Alone(Some(Op::GetAvailability(r)));
             }
             let answer =
-                checked_availability_request(r).and_then(|()| service.read_availability(r));
+                checked_availability_request(&r).and_then(|()| service.read_availability(&r));
             return Step::Answered(stream_result(answer, R::GetAvailability));
         }
         Some(Op::GetReservation(r)) => {
             if r.consistency != pb::Consistency::Local as i32 {
-                return Step::Alone;
+                return Step::Alone(Some(Op::GetReservation(r)));
             }
             let answer = check_id("reservation_id", &r.reservation_id)
                 .map_err(status::invalid)
-                .map(|()| service.read_reservation(r.reservation_id.clone()));
+                .map(|()| service.read_reservation(r.reservation_id));
             return Step::Answered(stream_result(answer, R::GetReservation));
         }
-        Some(_) if !leading => return Step::Alone,
-        Some(Op::Reserve(r)) => reserve_command(api, r.clone()),
-        Some(Op::Commit(r)) => commit_command(r.clone()),
-        Some(Op::Release(r)) => release_command(r.clone()),
-        Some(Op::Extend(r)) => extend_command(api, r.clone()),
-        Some(Op::Sell(r)) => sell_command(r.clone()),
-        Some(Op::Adjust(r)) => adjust_command(r.clone()),
-        Some(Op::SetOnHand(r)) => set_on_hand_command(r.clone()),
-        Some(Op::SetSafetyStock(r)) => set_safety_stock_command(r.clone()),
+        Some(write) if !leading => return Step::Alone(Some(write)),
+        Some(Op::Reserve(r)) => reserve_command(api, r).map(|c| (c, shape_reserve as Shape)),
+        Some(Op::Commit(r)) => commit_command(r).map(|c| (c, shape_commit as Shape)),
+        Some(Op::Release(r)) => release_command(r).map(|c| (c, shape_release as Shape)),
+        Some(Op::Extend(r)) => extend_command(api, r).map(|c| (c, shape_extend as Shape)),
+        Some(Op::Sell(r)) => sell_command(r).map(|c| (c, shape_sell as Shape)),
+        Some(Op::Adjust(r)) => adjust_command(r).map(|c| (c, shape_adjust as Shape)),
+        Some(Op::SetOnHand(r)) => set_on_hand_command(r).map(|c| (c, shape_set_on_hand as Shape)),
+        Some(Op::SetSafetyStock(r)) => {
+            set_safety_stock_command(r).map(|c| (c, shape_set_safety_stock as Shape))
+        }
     };
     match built {
-        Ok(command) => Step::Write(command),
+        Ok((command, shape)) => Step::Write(command, shape),
         Err(status) => Step::Answered(stream_error(status)),
     }
 }
 
-/// The response of a grouped write, shaped by the operation it answers.
-fn stream_answer(m: &Meters, op: &Option<Op>, applied: Applied) -> R {
-    match op {
-        Some(Op::Reserve(_)) => stream_result(reserve_answer(m, applied), R::Reserve),
-        Some(Op::Commit(_)) => stream_result(commit_answer(m, applied), R::Commit),
-        Some(Op::Release(_)) => stream_result(release_answer(m, applied), R::Release),
-        Some(Op::Extend(_)) => stream_result(extend_answer(m, applied), R::Extend),
-        Some(Op::Sell(_)) => stream_result(sell_answer(m, applied), R::Sell),
-        Some(Op::Adjust(_)) => stream_result(adjust_answer(m, applied), R::Adjust),
-        Some(Op::SetOnHand(_)) => stream_result(set_on_hand_answer(m, applied), R::SetOnHand),
-        Some(Op::SetSafetyStock(_)) => {
-            stream_result(set_safety_stock_answer(m, applied), R::SetSafetyStock)
-        }
-        _ => stream_error(mismatch(applied)),
-    }
+// The response of each kind of grouped write ([`Shape`]).
+
+fn shape_reserve(m: &Meters, applied: Applied) -> R {
+    stream_result(reserve_answer(m, applied), R::Reserve)
+}
+
+fn shape_commit(m: &Meters, applied: Applied) -> R {
+    stream_result(commit_answer(m, applied), R::Commit)
+}
+
+fn shape_release(m: &Meters, applied: Applied) -> R {
+    stream_result(release_answer(m, applied), R::Release)
+}
+
+fn shape_extend(m: &Meters, applied: Applied) -> R {
+    stream_result(extend_answer(m, applied), R::Extend)
+}
+
+fn shape_sell(m: &Meters, applied: Applied) -> R {
+    stream_result(sell_answer(m, applied), R::Sell)
+}
+
+fn shape_adjust(m: &Meters, applied: Applied) -> R {
+    stream_result(adjust_answer(m, applied), R::Adjust)
+}
+
+fn shape_set_on_hand(m: &Meters, applied: Applied) -> R {
+    stream_result(set_on_hand_answer(m, applied), R::SetOnHand)
+}
+
+fn shape_set_safety_stock(m: &Meters, applied: Applied) -> R {
+    stream_result(set_safety_stock_answer(m, applied), R::SetSafetyStock)
+}
+
+/// A write of a group in flight: what its answer needs, without the
+/// operation itself (its command went to the replication thread).
+struct GroupOp {
+    id: u64,
+    shape: Shape,
 }
 
 /// Polls a future once: its output if it is ready now. Used to take the
@@ -736,7 +772,7 @@ async fn session(
     let permits = Arc::new(Semaphore::new(STREAM_IN_FLIGHT_MAX));
     let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<GroupAnswer>();
     // Groups in flight: their operations, in the order of their commands.
-    let mut groups: HashMap<u64, Vec<pb::StreamRequest>> = HashMap::new();
+    let mut groups: HashMap<u64, Vec<GroupOp>> = HashMap::new();
     let mut next_group = 0u64;
     let mut reading = true;
     while reading || !groups.is_empty() {
@@ -819,24 +855,25 @@ async fn start(
     permits: &Arc<Semaphore>,
     tx: &Outbound,
     received: Vec<pb::StreamRequest>,
-) -> Option<(Vec<pb::StreamRequest>, Vec<Command>)> {
+) -> Option<(Vec<GroupOp>, Vec<Command>)> {
     let leading = service.node.status().is_leader;
     let mut ops = Vec::with_capacity(received.len());
     let mut commands = Vec::with_capacity(received.len());
     for request in received {
-        match stream_step(service, leading, &request.op) {
+        let id = request.id;
+        match stream_step(service, leading, request.op) {
             Step::Answered(result) => {
                 let response = pb::StreamResponse {
-                    id: request.id,
+                    id,
                     result: Some(result),
                 };
                 tx.send(Ok(response)).await.ok()?;
             }
-            Step::Write(command) => {
-                ops.push(request);
+            Step::Write(command, shape) => {
+                ops.push(GroupOp { id, shape });
                 commands.push(command);
             }
-            Step::Alone => alone(service, permits, tx, request)?,
+            Step::Alone(op) => alone(service, permits, tx, pb::StreamRequest { id, op })?,
         }
     }
     Some((ops, commands))
@@ -866,8 +903,8 @@ async fn finish_group(
     service: &InventoryService,
     permits: &Arc<Semaphore>,
     tx: &Outbound,
-    ops: Vec<pb::StreamRequest>,
-    answers: Vec<Result<Applied, ProposeError>>,
+    ops: Vec<GroupOp>,
+    answers: Vec<Result<Applied, Unanswered>>,
 ) -> bool {
     if answers.len() != ops.len() {
         tracing::error!(
@@ -879,15 +916,29 @@ async fn finish_group(
     let mut answers = answers.into_iter();
     for op in ops {
         let result = match answers.next() {
-            Some(Ok(applied)) => stream_answer(&service.meters, &op.op, applied),
+            Some(Ok(applied)) => (op.shape)(&service.meters, applied),
             // Leadership changed under the proposal, or this node stopped
-            // leading: retry alone, as the unary call would.
-            Some(Err(_)) => {
-                if alone(service, permits, tx, op).is_none() {
+            // leading: retry alone, as the unary call would, with the
+            // operation rebuilt from the command handed back (the same
+            // command again: see `request_of`).
+            Some(Err(Unanswered {
+                command: Some(command),
+                ..
+            })) => {
+                let request = pb::StreamRequest {
+                    id: op.id,
+                    op: Some(op_of(&command)),
+                };
+                if alone(service, permits, tx, request).is_none() {
                     return false;
                 }
                 continue;
             }
+            // Only at shutdown: the node no longer holds the command.
+            Some(Err(Unanswered {
+                error,
+                command: None,
+            })) => stream_error(status::submit(SubmitError::Propose(error))),
             None => stream_error(Status::internal(
                 "internal error: an operation of the stream got no answer",
             )),

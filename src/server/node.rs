@@ -48,7 +48,7 @@ use crate::limits::{
 };
 use crate::replica::{
     LogStore, Members, MembershipAnswer, MembershipChange, Output, ProposeError, ReadError,
-    Replica, ReplicaStatus, StoreError, Syncer, Token, WrittenSnapshot,
+    Replica, ReplicaStatus, StoreError, Syncer, Token, Unanswered, WrittenSnapshot,
 };
 
 /// Why a request to the replication thread got no answer from the state
@@ -63,6 +63,23 @@ pub enum SubmitError {
     Propose(#[from] ProposeError),
     #[error(transparent)]
     Read(#[from] ReadError),
+}
+
+/// Why [`NodeHandle::submit`] got no answer, and the command itself when
+/// it came back (see [`Unanswered`]): retrying it needs no copy kept.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: SubmitError,
+    pub command: Option<Command>,
+}
+
+impl Refused {
+    fn without(error: SubmitError) -> Refused {
+        Refused {
+            error,
+            command: None,
+        }
+    }
 }
 
 /// Sends raft messages to peers. Called on the replication thread; must not
@@ -110,13 +127,13 @@ pub struct GroupReply {
 #[derive(Debug)]
 pub struct GroupAnswer {
     pub id: u64,
-    pub answers: Vec<Result<Applied, ProposeError>>,
+    pub answers: Vec<Result<Applied, Unanswered>>,
 }
 
 enum ClientInput {
     Propose {
         command: Command,
-        reply: oneshot::Sender<Result<Applied, ProposeError>>,
+        reply: oneshot::Sender<Result<Applied, Unanswered>>,
     },
     ProposeGroup {
         commands: Vec<Command>,
@@ -145,13 +162,13 @@ enum PeerInput {
 }
 
 enum Waiter {
-    Command(oneshot::Sender<Result<Applied, ProposeError>>),
+    Command(oneshot::Sender<Result<Applied, Unanswered>>),
     /// A group's commands all carry one token; raft answers a token's
     /// commands in the order they were proposed (entry by entry, each in
     /// order), so the answers gather here in the group's order.
     Group {
         reply: GroupReply,
-        answers: Vec<Result<Applied, ProposeError>>,
+        answers: Vec<Result<Applied, Unanswered>>,
         expected: usize,
     },
     Read(oneshot::Sender<Result<u64, ReadError>>),
@@ -186,13 +203,25 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     /// Proposes one command and waits until it is committed and applied.
-    pub async fn submit(&self, command: Command) -> Result<Applied, SubmitError> {
+    /// A refusal hands the command back when it still can, for a retry.
+    pub async fn submit(&self, command: Command) -> Result<Applied, Refused> {
         let (reply, answer) = oneshot::channel();
-        self.reserve_room(1)?;
-        self.send_queued(ClientInput::Propose { command, reply }, 1)?;
+        if let Err(error) = self.reserve_room(1) {
+            return Err(Refused {
+                error,
+                command: Some(command),
+            });
+        }
+        if let Err(error) = self.send_queued(ClientInput::Propose { command, reply }, 1) {
+            return Err(Refused::without(error));
+        }
         match answer.await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(SubmitError::Stopped),
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(unanswered)) => Err(Refused {
+                error: SubmitError::Propose(unanswered.error),
+                command: unanswered.command,
+            }),
+            Err(_) => Err(Refused::without(SubmitError::Stopped)),
         }
     }
 
@@ -556,10 +585,10 @@ struct Loop<S: LogStore, T: Transport> {
 /// gain, within the spread of single runs. Groups: stop 20.
 enum Relayed {
     One(
-        oneshot::Sender<Result<Applied, ProposeError>>,
-        Result<Applied, ProposeError>,
+        oneshot::Sender<Result<Applied, Unanswered>>,
+        Result<Applied, Unanswered>,
     ),
-    Group(GroupReply, Vec<Result<Applied, ProposeError>>),
+    Group(GroupReply, Vec<Result<Applied, Unanswered>>),
 }
 
 impl Relayed {
@@ -777,14 +806,15 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
         for (_, waiter) in self.waiters.drain() {
             match waiter {
                 Waiter::Command(reply) => {
-                    let _ = reply.send(Err(ProposeError::Unknown));
+                    let _ = reply.send(Err(Unanswered::without(ProposeError::Unknown)));
                 }
                 Waiter::Group {
                     reply,
                     mut answers,
                     expected,
                 } => {
-                    answers.resize(expected, Err(ProposeError::Unknown));
+                    answers
+                        .resize_with(expected, || Err(Unanswered::without(ProposeError::Unknown)));
                     let _ = reply.tx.send(GroupAnswer {
                         id: reply.id,
                         answers,

@@ -244,6 +244,18 @@ impl Client {
         Some((op.id, op.kind.clone(), hint))
     }
 
+    /// The command of write `op`, while it is this client's current one.
+    pub fn write_command(&self, op: u64) -> Option<&Command> {
+        let current = self.current.as_ref()?;
+        if current.id != op {
+            return None;
+        }
+        match &current.kind {
+            OpKind::Write(command) => Some(command),
+            OpKind::Read { .. } => None,
+        }
+    }
+
     pub fn attempt_failed(&mut self, op: u64, now_ms: u64, hint: Option<u64>) {
         let Some(current) = self.current.as_mut() else {
             return;

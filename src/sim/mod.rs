@@ -636,8 +636,18 @@ impl Sim {
                         &mut self.checker,
                     );
                 }
-                Err(error) => {
-                    let hint = match error {
+                Err(unanswered) => {
+                    // A command handed back must be the one proposed: the
+                    // server retries what it gets back, not what was sent.
+                    let sent = self.clients[ticket.client].write_command(ticket.op);
+                    if let (Some(sent), Some(returned)) = (sent, &unanswered.command) {
+                        if sent != returned {
+                            self.checker.note_failure(format!(
+                                "node {node_id} handed back {returned:?} for a proposal of {sent:?}"
+                            ));
+                        }
+                    }
+                    let hint = match unanswered.error {
                         ProposeError::NotLeader { leader } => Some(leader),
                         _ => None,
                     };
