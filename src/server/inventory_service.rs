@@ -697,39 +697,28 @@ fn stream_step(service: &InventoryService, leading: bool, op: Option<Op>) -> Ste
     }
 }
 
-// The response of each kind of grouped write ([`Shape`]).
-
-fn shape_reserve(m: &Meters, applied: Applied) -> R {
-    stream_result(reserve_answer(m, applied), R::Reserve)
+/// Defines the [`Shape`] of one kind of grouped write: its answer, as the
+/// response of its kind.
+macro_rules! shape {
+    ($name:ident, $answer:ident, $kind:ident) => {
+        fn $name(m: &Meters, applied: Applied) -> R {
+            stream_result($answer(m, applied), R::$kind)
+        }
+    };
 }
 
-fn shape_commit(m: &Meters, applied: Applied) -> R {
-    stream_result(commit_answer(m, applied), R::Commit)
-}
-
-fn shape_release(m: &Meters, applied: Applied) -> R {
-    stream_result(release_answer(m, applied), R::Release)
-}
-
-fn shape_extend(m: &Meters, applied: Applied) -> R {
-    stream_result(extend_answer(m, applied), R::Extend)
-}
-
-fn shape_sell(m: &Meters, applied: Applied) -> R {
-    stream_result(sell_answer(m, applied), R::Sell)
-}
-
-fn shape_adjust(m: &Meters, applied: Applied) -> R {
-    stream_result(adjust_answer(m, applied), R::Adjust)
-}
-
-fn shape_set_on_hand(m: &Meters, applied: Applied) -> R {
-    stream_result(set_on_hand_answer(m, applied), R::SetOnHand)
-}
-
-fn shape_set_safety_stock(m: &Meters, applied: Applied) -> R {
-    stream_result(set_safety_stock_answer(m, applied), R::SetSafetyStock)
-}
+shape!(shape_reserve, reserve_answer, Reserve);
+shape!(shape_commit, commit_answer, Commit);
+shape!(shape_release, release_answer, Release);
+shape!(shape_extend, extend_answer, Extend);
+shape!(shape_sell, sell_answer, Sell);
+shape!(shape_adjust, adjust_answer, Adjust);
+shape!(shape_set_on_hand, set_on_hand_answer, SetOnHand);
+shape!(
+    shape_set_safety_stock,
+    set_safety_stock_answer,
+    SetSafetyStock
+);
 
 /// A write of a group in flight: what its answer needs, without the
 /// operation itself (its command went to the replication thread).
