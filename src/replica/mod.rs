@@ -174,10 +174,13 @@ pub enum ProposeError {
 /// command itself when this replica still held it. Callers retry a failed
 /// command (its id makes that safe); handing it back spares them a copy of
 /// every command they propose, which cost the `Stream` call about 1.5% of
-/// the server's samples (BENCHMARKS.md, stop 22). Only a command whose
+/// the server's samples (BENCHMARKS.md, stop 23). Only a command whose
 /// batch was already applied is not handed back, and the state machine
 /// always answers those.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Not `Clone`: it carries a command on its way back to the one caller
+/// who retries it, and a copy is what it exists to avoid.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Unanswered {
     pub error: ProposeError,
     pub command: Option<Command>,

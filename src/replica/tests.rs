@@ -313,6 +313,15 @@ impl Group {
         panic!("group did not settle");
     }
 
+    /// Replica 1 campaigns and wins, as every test here begins.
+    fn elect_first(&mut self) {
+        let mut out = Output::default();
+        self.replicas[0].campaign(&mut out).unwrap();
+        self.queue.extend(out.messages);
+        self.settle();
+        assert_eq!(self.leader(), 0);
+    }
+
     fn leader(&self) -> usize {
         self.replicas
             .iter()
@@ -324,12 +333,8 @@ impl Group {
 #[test]
 fn three_replicas_agree_and_answer_only_committed_entries() {
     let mut group = Group::new();
-    let mut out = Output::default();
-    group.replicas[0].campaign(&mut out).unwrap();
-    group.queue.extend(out.messages);
-    group.settle();
+    group.elect_first();
     let leader = group.leader();
-    assert_eq!(leader, 0);
     let mut out = Output::default();
     group.replicas[leader].propose(
         5_000,
@@ -376,11 +381,7 @@ fn three_replicas_agree_and_answer_only_committed_entries() {
 #[test]
 fn a_deposed_leader_hands_back_the_commands_it_could_not_answer() {
     let mut group = Group::new();
-    let mut out = Output::default();
-    group.replicas[0].campaign(&mut out).unwrap();
-    group.queue.extend(out.messages);
-    group.settle();
-    assert_eq!(group.leader(), 0);
+    group.elect_first();
     group.cut = Some(1);
     let mut out = Output::default();
     group.replicas[0].propose(
@@ -435,10 +436,7 @@ fn a_deposed_leader_hands_back_the_commands_it_could_not_answer() {
 #[test]
 fn a_joining_replica_learns_the_full_membership() {
     let mut group = Group::new();
-    let mut out = Output::default();
-    group.replicas[0].campaign(&mut out).unwrap();
-    group.queue.extend(out.messages);
-    group.settle();
+    group.elect_first();
     let mut out = Output::default();
     group.replicas[0].propose_membership(
         77,
@@ -492,10 +490,7 @@ fn a_snapshot_handed_back_after_an_install_from_the_leader_is_dropped() {
         })
         .collect();
     let mut group = Group::with_configs(configs);
-    let mut out = Output::default();
-    group.replicas[0].campaign(&mut out).unwrap();
-    group.queue.extend(out.messages);
-    group.settle();
+    group.elect_first();
     let mut next = 0u64;
     let mut propose = |group: &mut Group| {
         let mut out = Output::default();
@@ -637,11 +632,7 @@ fn with_async_persistence_only_synced_entries_are_answered_and_survive() {
 fn with_async_persistence_responses_and_answers_wait_for_the_sync() {
     use raft::eraftpb::MessageType;
     let mut group = Group::with_configs((1..=3).map(async_config).collect());
-    let mut out = Output::default();
-    group.replicas[0].campaign(&mut out).unwrap();
-    group.queue.extend(out.messages);
-    group.settle();
-    assert_eq!(group.leader(), 0);
+    group.elect_first();
     let mut out = Output::default();
     group.replicas[0].propose(5_000, vec![(1, set("t", 4))], &mut out);
     group.replicas[0].advance(&mut out).unwrap();
