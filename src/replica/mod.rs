@@ -168,6 +168,10 @@ pub enum ProposeError {
     Unknown,
     #[error("the leader refused the proposal ({0}); retry shortly")]
     Dropped(String),
+    /// Given by the server's node (never by the replica) to the callers
+    /// still waiting when it stops: their commands stay behind with it.
+    #[error("the node shut down before the operation was confirmed; it may or may not have been applied, so retry with the same id on another node or after restart")]
+    ShuttingDown,
 }
 
 /// A command that got no answer from the state machine: why, and the
@@ -175,8 +179,9 @@ pub enum ProposeError {
 /// command (its id makes that safe); handing it back spares them a copy of
 /// every command they propose, which cost the `Stream` call about 1.5% of
 /// the server's samples (BENCHMARKS.md, stop 23). Only a command whose
-/// batch was already applied is not handed back, and the state machine
-/// always answers those.
+/// batch was already applied is not handed back (the state machine always
+/// answers those), nor one still waiting when the server's node stops
+/// ([`ProposeError::ShuttingDown`]).
 ///
 /// Not `Clone`: it carries a command on its way back to the one caller
 /// who retries it, and a copy is what it exists to avoid.

@@ -923,7 +923,8 @@ async fn finish_group(
                 }
                 continue;
             }
-            // Only at shutdown: the node no longer holds the command.
+            // Only at shutdown (`ProposeError::ShuttingDown`): the command
+            // stayed behind with the node.
             Some(Err(Unanswered {
                 error,
                 command: None,

@@ -806,15 +806,16 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
         for (_, waiter) in self.waiters.drain() {
             match waiter {
                 Waiter::Command(reply) => {
-                    let _ = reply.send(Err(Unanswered::without(ProposeError::Unknown)));
+                    let _ = reply.send(Err(Unanswered::without(ProposeError::ShuttingDown)));
                 }
                 Waiter::Group {
                     reply,
                     mut answers,
                     expected,
                 } => {
-                    answers
-                        .resize_with(expected, || Err(Unanswered::without(ProposeError::Unknown)));
+                    answers.resize_with(expected, || {
+                        Err(Unanswered::without(ProposeError::ShuttingDown))
+                    });
                     let _ = reply.tx.send(GroupAnswer {
                         id: reply.id,
                         answers,
