@@ -127,26 +127,28 @@ async fn a_mixed_run_reports_and_verifies() {
 }
 
 /// The `reserve` workload (the unit of benches/compare.sh) over the Stream
-/// call with several operations in flight per stream, seeding over the
-/// streams too.
+/// call with several operations in flight per stream.
 #[tokio::test]
 async fn reserve_over_streams_seeds_reserves_and_verifies() {
+    reserve_seeds_reserves_and_verifies(&["--clients", "2", "--in-flight", "8", "--stream"]).await;
+}
+
+/// The same over unary calls: the seed goes over streams of its own
+/// whatever the run uses, and must set every counter all the same.
+#[tokio::test]
+async fn reserve_over_unary_calls_seeds_reserves_and_verifies() {
+    reserve_seeds_reserves_and_verifies(&["--clients", "4"]).await;
+}
+
+async fn reserve_seeds_reserves_and_verifies(mode: &[&str]) {
     let mut server = Server::start(&[]);
     server.wait_ready().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
     let out = Command::new(BIN)
+        .args(["load", "--server", &server.addr, "--ops", "500"])
+        .args(mode)
         .args([
-            "load",
-            "--server",
-            &server.addr,
-            "--ops",
-            "500",
-            "--clients",
-            "2",
-            "--in-flight",
-            "8",
-            "--stream",
             "--skus",
             "30",
             "--nodes",

@@ -3,7 +3,8 @@
 //! A run, in order:
 //! 1. Connect to every `--server` (an unreachable one is an error, named).
 //! 2. Seed stock (`--skus` x `--nodes` counters with `--stock` units, plus
-//!    the flash-sale SKUs), or read what is there with `--no-seed`.
+//!    the flash-sale SKUs; over `Stream` calls of its own, whatever the run
+//!    uses), or read what is there with `--no-seed`.
 //! 3. Drive the workload mix with `--clients` connections (to the leader,
 //!    followed through a failover, or spread: see [`Route`]), each with
 //!    `--in-flight` operations at once, closed loop (as fast as answers
@@ -798,11 +799,17 @@ impl Worker {
     }
 }
 
-/// The clients' connections, and with `--route leader` what moves them to
-/// a new leader after a failover.
-async fn connect(
-    config: &LoadConfig,
-) -> Result<(Vec<Arc<Conn>>, Option<Arc<LeaderRoute>>), LoadError> {
+/// The clients' connections, where they go, and with `--route leader`
+/// what moves them to a new leader after a failover.
+struct Connected {
+    conns: Vec<Arc<Conn>>,
+    /// The addresses the clients' connections were opened to (the leader
+    /// alone on the leader route): the seed goes there too.
+    targets: Vec<String>,
+    route: Option<Arc<LeaderRoute>>,
+}
+
+async fn connect(config: &LoadConfig) -> Result<Connected, LoadError> {
     // Every server named must answer before the run starts: a typo in
     // --server is a clear error, not a run with fewer endpoints.
     for addr in &config.servers {
@@ -817,10 +824,15 @@ async fn connect(
             })?;
     }
     match config.route {
-        Route::Spread => Ok((open_conns(config, &config.servers).await?, None)),
+        Route::Spread => Ok(Connected {
+            conns: open_conns(config, &config.servers).await?,
+            targets: config.servers.clone(),
+            route: None,
+        }),
         Route::Leader => {
             let found = find_leader(&config.servers, config.call_timeout).await?;
-            let conns = open_conns(config, std::slice::from_ref(&found.leader)).await?;
+            let targets = vec![found.leader.clone()];
+            let conns = open_conns(config, &targets).await?;
             let mut known = config.servers.clone();
             for addr in found.members.iter().cloned() {
                 if !known.contains(&addr) {
@@ -838,7 +850,11 @@ async fn connect(
                 }),
                 moves: AtomicU64::new(0),
             };
-            Ok((conns, Some(Arc::new(route))))
+            Ok(Connected {
+                conns,
+                targets,
+                route: Some(Arc::new(route)),
+            })
         }
     }
 }
@@ -1045,8 +1061,14 @@ fn counters(config: &LoadConfig) -> Vec<Key> {
     keys
 }
 
-/// Tasks seeding at once, at most: enough to fill group commits.
-const SEED_TASKS_MAX: usize = 256;
+/// Streams the seed goes over, and calls in flight on each. Seeding is one
+/// SetOnHand per counter; it runs over `Stream` calls whatever the run
+/// itself uses, because over unary calls (one per client connection, as it
+/// did) 100,000 counters took 18 s of a 64-client unary run's start on this
+/// project's machine (BENCHMARKS.md, stop 24). 256 calls in flight fill
+/// group commits as the streaming runs do.
+const SEED_STREAMS: usize = 16;
+const SEED_IN_FLIGHT: usize = 16;
 
 /// Most calls with an unknown outcome one worker keeps for resolving.
 const UNKNOWN_MAX: usize = 4_096;
@@ -1058,16 +1080,33 @@ const RESOLVE_ATTEMPTS_MAX: u32 = 20;
 /// at least three call timeouts.
 const RESOLVE_BUDGET_MIN: Duration = Duration::from_secs(10);
 
-/// Sets every counter's stock, many calls in flight (over streams when the
-/// run uses them, as many per stream as `--in-flight`).
-async fn seed(config: &LoadConfig, conns: &[Arc<Conn>], keys: &[Key]) -> Result<(), LoadError> {
+/// Sets every counter's stock, over [`SEED_STREAMS`] streams of its own to
+/// the run's targets, [`SEED_IN_FLIGHT`] calls in flight on each. The
+/// streams close when the seed is done.
+async fn seed(config: &LoadConfig, targets: &[String], keys: &[Key]) -> Result<(), LoadError> {
+    if keys.is_empty() || targets.is_empty() {
+        return Ok(());
+    }
+    let mut streams = Vec::with_capacity(SEED_STREAMS);
+    for i in 0..SEED_STREAMS {
+        let addr = &targets[i % targets.len()];
+        let unreachable = |reason: String| LoadError::Unreachable {
+            addr: addr.clone(),
+            reason,
+        };
+        let channel = crate::client::channel(addr, config.call_timeout)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let stream = StreamConn::open(channel, config.call_timeout)
+            .await
+            .map_err(|s| unreachable(s.message().to_string()))?;
+        streams.push(Arc::new(Conn::Stream(stream)));
+    }
     let next = Arc::new(AtomicU64::new(0));
     let keys = Arc::new(keys.to_vec());
-    let per_conn = if config.stream { config.in_flight } else { 1 };
-    let task_count = (conns.len() * per_conn).clamp(1, SEED_TASKS_MAX);
     let mut tasks = Vec::new();
-    for i in 0..task_count {
-        let conn = conns[i % conns.len()].clone();
+    for i in 0..SEED_STREAMS * SEED_IN_FLIGHT {
+        let conn = streams[i % streams.len()].clone();
         let keys = keys.clone();
         let next = next.clone();
         let config = config.clone();
@@ -1258,13 +1297,17 @@ pub async fn run(
         config.zipf,
     )
     .map_err(LoadError::Config)?;
-    let (conns, route) = connect(&config).await?;
+    let Connected {
+        conns,
+        targets,
+        route,
+    } = connect(&config).await?;
     let keys = counters(&config);
     if config.seed {
         if config.progress {
             eprintln!("seeding {} counters...", keys.len());
         }
-        seed(&config, &conns, &keys).await?;
+        seed(&config, &targets, &keys).await?;
     }
     warm_up(&conns, &keys).await;
     // Where every counter starts: seeded stock, or what is there, including
