@@ -24,7 +24,7 @@ pub mod report;
 pub mod stats;
 pub mod workload;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -1197,7 +1197,7 @@ async fn read_levels_anywhere(
     config: &LoadConfig,
     conn: &Conn,
     keys: &[Key],
-) -> Result<HashMap<Key, pb::NodeAvailability>, String> {
+) -> Result<Levels, String> {
     let mut reasons = Vec::new();
     match read_levels(conn, keys).await {
         Ok(levels) => return Ok(levels),
@@ -1222,23 +1222,31 @@ async fn read_levels_anywhere(
     Err(reasons.join("; "))
 }
 
+/// Counters' levels as read from the server, by (sku, node). Hashed fast:
+/// a run over a million counters reads them twice (before and after),
+/// and with the standard library's SipHash the hashing alone was the
+/// largest part of the harness's start (BENCHMARKS.md, stop 24).
+type Levels = FastMap<Key, pb::NodeAvailability>;
+
 /// Reads the current levels of counters (linearizable), by SKU.
-async fn read_levels(
-    conn: &Conn,
-    keys: &[Key],
-) -> Result<HashMap<Key, pb::NodeAvailability>, Status> {
-    let mut by_sku: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (sku, node) in keys {
-        by_sku.entry(sku.clone()).or_default().push(node.clone());
+async fn read_levels(conn: &Conn, keys: &[Key]) -> Result<Levels, Status> {
+    // Each SKU once, in the order the keys name them.
+    let mut seen: std::collections::HashSet<&str, foldhash::fast::RandomState> =
+        std::collections::HashSet::default();
+    let mut skus: Vec<&str> = Vec::new();
+    for (sku, _) in keys {
+        if seen.insert(sku.as_str()) {
+            skus.push(sku.as_str());
+        }
     }
-    let mut out = HashMap::new();
-    let skus: Vec<String> = by_sku.keys().cloned().collect();
+    let mut out = Levels::default();
+    out.reserve(keys.len());
     for chunk in skus.chunks(crate::limits::SKUS_PER_READ_MAX) {
         let mut attempts = 0;
         let response = loop {
             match conn
                 .get_availability(pb::GetAvailabilityRequest {
-                    skus: chunk.to_vec(),
+                    skus: chunk.iter().map(|sku| sku.to_string()).collect(),
                     nodes: vec![],
                     consistency: pb::Consistency::Linearizable as i32,
                 })
@@ -1315,19 +1323,18 @@ pub async fn run(
     let levels = read_levels(&conns[0], &keys)
         .await
         .map_err(|s| LoadError::NoLeader(s.message().to_string()))?;
-    let base: HashMap<Key, (i64, i64)> = keys
+    // On hand and reserved at the start, by the key's position in `keys`.
+    let base: Vec<(i64, i64)> = keys
         .iter()
         .map(|k| {
             let level = levels.get(k);
             (
-                k.clone(),
-                (
-                    level.map(|l| l.on_hand).unwrap_or(0),
-                    level.map(|l| l.reserved).unwrap_or(0),
-                ),
+                level.map(|l| l.on_hand).unwrap_or(0),
+                level.map(|l| l.reserved).unwrap_or(0),
             )
         })
         .collect();
+    drop(levels);
 
     let stop = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -1523,7 +1530,7 @@ async fn verify(
     config: &LoadConfig,
     conn: &Conn,
     keys: &[Key],
-    base: &HashMap<Key, (i64, i64)>,
+    base: &[(i64, i64)],
     ledger: &Ledger,
     resolved_by_retry: usize,
     elapsed: Duration,
@@ -1538,6 +1545,11 @@ async fn verify(
             "{untracked} calls named counters the harness did not seed or read (a harness bug)"
         ));
     }
+    // All three are by the key's position: built from `keys` in one order.
+    assert!(
+        base.len() == keys.len() && ledger.accounts.len() == keys.len(),
+        "the verification's counters are out of step"
+    );
     let levels = match read_levels_anywhere(config, conn, keys).await {
         Ok(levels) => levels,
         Err(reason) => {
@@ -1547,7 +1559,7 @@ async fn verify(
     };
     // Holds could have expired if the run outlived their TTL.
     let holds_checkable = elapsed.as_millis() < u128::from(config.ttl_ms);
-    for (key, cell) in keys.iter().zip(&ledger.accounts) {
+    for ((key, cell), start) in keys.iter().zip(&ledger.accounts).zip(base) {
         let a = cell.read();
         let Some(level) = levels.get(key) else {
             continue;
@@ -1558,7 +1570,7 @@ async fn verify(
             continue;
         }
         let held = a.held;
-        let (base_on_hand, base_reserved) = base.get(key).copied().unwrap_or((0, 0));
+        let (base_on_hand, base_reserved) = *start;
         if holds_checkable {
             result.reserved_checked += 1;
             // Holds left by earlier runs may expire during this one.
