@@ -1063,10 +1063,10 @@ fn counters(config: &LoadConfig) -> Vec<Key> {
 
 /// Streams the seed goes over, and calls in flight on each. Seeding is one
 /// SetOnHand per counter; it runs over `Stream` calls whatever the run
-/// itself uses, because over unary calls (one per client connection, as it
-/// did) 100,000 counters took 18 s of a 64-client unary run's start on this
-/// project's machine (BENCHMARKS.md, stop 24). 256 calls in flight fill
-/// group commits as the streaming runs do.
+/// itself uses: over unary calls (one in flight per client connection, as
+/// it did) a 64-client unary run of 1 s over 100,000 counters took 12-15 s
+/// in all on this project's machine, and 2.7-3.0 s seeding this way
+/// (BENCHMARKS.md, stop 24).
 const SEED_STREAMS: usize = 16;
 const SEED_IN_FLIGHT: usize = 16;
 
@@ -1087,21 +1087,15 @@ async fn seed(config: &LoadConfig, targets: &[String], keys: &[Key]) -> Result<(
     if keys.is_empty() || targets.is_empty() {
         return Ok(());
     }
-    let mut streams = Vec::with_capacity(SEED_STREAMS);
-    for i in 0..SEED_STREAMS {
-        let addr = &targets[i % targets.len()];
-        let unreachable = |reason: String| LoadError::Unreachable {
-            addr: addr.clone(),
-            reason,
-        };
-        let channel = crate::client::channel(addr, config.call_timeout)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let stream = StreamConn::open(channel, config.call_timeout)
-            .await
-            .map_err(|s| unreachable(s.message().to_string()))?;
-        streams.push(Arc::new(Conn::Stream(stream)));
-    }
+    let streams = open_conns(
+        &LoadConfig {
+            clients: SEED_STREAMS,
+            stream: true,
+            ..config.clone()
+        },
+        targets,
+    )
+    .await?;
     let next = Arc::new(AtomicU64::new(0));
     let keys = Arc::new(keys.to_vec());
     let mut tasks = Vec::new();
