@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side reservation throughput on this machine, in one run:
-#   - the transport's ceiling: a trivial tonic service (examples/ceiling.rs);
+#   - the transport's ceiling: a trivial tonic service (examples/ceiling.rs),
+#     and the same service made durable (each call synced before its
+#     answer, group-committed): the floor of durability on this machine;
 #   - Redis with a Lua reserve script, appendonly (fsync every second, and
 #     fsync always), 64 clients, spread keys, one hot key, 16 pipelined;
 #   - PostgreSQL (UPDATE ... WHERE available >= 1 plus an INSERT,
@@ -60,6 +62,19 @@ read -r _ _ _ _ _ R[ceil_p99_half] _ _ _ ceil_failed < <("$target/examples/ceili
 if [ "${ceil_failed:-1}" != 0 ]; then echo "the ceiling's open-loop run had failed calls: ${ceil_failed:-no answer}" >&2; exit 1; fi
 say "tonic ceiling, unary, open loop at $ceil_half/s: p99 ms" "${R[ceil_p99_half]}"
 kill "${pids[-1]}"; unset 'pids[-1]'
+# The same trivial service made durable: every bump synced (group commit,
+# one fdatasync per batch) before it is answered. What any server that
+# syncs before it answers gets here with this transport and nothing else,
+# so the table can tell the cost of durability itself from stockraft's own.
+mkdir -p "$work/durable"
+"$target/examples/ceiling" serve-durable 127.0.0.1:26091 "$work/durable" & pids+=($!)
+sleep 1
+R[dur_unary]=$("$target/examples/ceiling" unary 127.0.0.1:26091 64 "$secs" | awk '{print $2}')
+say "durable trivial service, unary, 64 clients" "${R[dur_unary]}"
+R[dur_stream64]=$("$target/examples/ceiling" stream 127.0.0.1:26091 64 16 "$secs" | awk '{print $2}')
+say "durable trivial service, streams, 64 x 16 in flight" "${R[dur_stream64]}"
+kill "${pids[-1]}"; unset 'pids[-1]'
+rm -rf "$work/durable"
 # How steady the CPU is with nothing else running: a fixed slice of
 # arithmetic, its p1 / p50 / p99 / max in ms (close together on a machine
 # of its own, spread on a shared host).
@@ -167,16 +182,20 @@ cluster/local.sh stop >/dev/null
 python3 - "${R[ceil_unary]}" "${R[ceil_stream]}" "${R[redis_spread]}" "${R[redis_hot]}" "${R[redis_pipe]}" \
   "${R[redis_always]}" "${R[pg_spread]}" "${R[pg_hot]}" "${R[sr1_unary]}" "${R[sr1_stream]}" "${R[sr1_hot]}" \
   "${R[sr1_p99_half]}" "${R[sr3_unary]}" "${R[sr3_stream]}" "${R[ceil_p99_half]}" "${R[sr1_over5_half]}" \
-  "${R[sr1_stream64]}" <<'PY'
+  "${R[sr1_stream64]}" "${R[dur_unary]}" "${R[dur_stream64]}" <<'PY'
 import sys
 (ceil_u, ceil_s, r_spread, r_hot, r_pipe, r_always, pg_spread, pg_hot,
- s1u, s1s, s1hot, p99half, s3u, s3s, ceil_p99half, over5half, s1s64) = [float(x) for x in sys.argv[1:]]
+ s1u, s1s, s1hot, p99half, s3u, s3s, ceil_p99half, over5half, s1s64,
+ dur_u, dur_s64) = [float(x) for x in sys.argv[1:]]
 rows = [
   ("1 node unary vs tonic ceiling", s1u / ceil_u, ">= 0.85"),
+  ("  durable trivial service, unary, vs tonic ceiling", dur_u / ceil_u, "(the floor of durability)"),
+  ("  1 node unary vs the durable trivial service", s1u / dur_u, "(reference)"),
   ("1 node unary vs Redis fsync always", s1u / r_always, "~1.4 implied"),
   ("1 node unary vs PostgreSQL spread", s1u / pg_spread, "~3 implied"),
   ("1 node Stream vs Redis pipelined (fsync every second)", s1s / r_pipe, ">= 2"),
   ("  the same, 64 x 16 in flight as Redis's 64 x 16 pipelined", s1s64 / r_pipe, ">= 2"),
+  ("  durable trivial service, 64 x 16 streams, vs Redis pipelined", dur_s64 / r_pipe, "(reference)"),
   ("3 nodes unary vs 1 node unary", s3u / s1u, ">= 0.7"),
   ("3 nodes Stream vs 1 node Stream", s3s / s1s, ">= 0.7"),
   ("hot SKU vs spread (1 node unary)", s1hot / s1u, ">= 0.9"),

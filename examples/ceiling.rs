@@ -3,6 +3,7 @@
 //! driving it, unary or over bidirectional streams.
 //!
 //!   ceiling serve ADDR
+//!   ceiling serve-durable ADDR DIR
 //!   ceiling unary ADDR CLIENTS SECONDS
 //!   ceiling stream ADDR CLIENTS IN_FLIGHT SECONDS
 //!   ceiling rate ADDR CLIENTS CALLS_PER_S SECONDS
@@ -13,6 +14,14 @@
 //! `stockraft load --rate` counts it) adds `p50_ms`, `p99_ms`, `max_ms` and
 //! `failed` (calls that failed, left out of the latencies; the command then
 //! exits with an error).
+//! `serve-durable` serves the same calls durably: every bump is appended to
+//! a log file in DIR and answered only after an `fdatasync` that covers it,
+//! group-committed by one thread (take every bump waiting, write them, sync
+//! once, answer them all: what Redis does with `appendfsync always`). It is
+//! the floor any server that syncs before it answers meets on this machine
+//! with this transport, with nothing else of stockraft's (no Raft, no
+//! RocksDB, no state machine), so compare.sh can tell what durability
+//! itself costs here from what stockraft adds to it.
 //! `probe` measures how steady this machine's CPU is with nothing else
 //! running: one thread repeats a fixed slice of arithmetic and prints the
 //! slices' p1, p50, p99 and max in ms. On a machine of its own the four
@@ -21,6 +30,7 @@
 //! inherits those bursts.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,6 +95,131 @@ impl Ceiling for Service {
     }
 }
 
+/// Where a durable bump's answer goes once its sync returned.
+enum Answer {
+    Unary(tokio::sync::oneshot::Sender<u64>),
+    Stream(
+        u64,
+        tokio::sync::mpsc::UnboundedSender<Result<BumpReply, Status>>,
+    ),
+}
+
+/// A bump waiting for the log thread.
+struct Pending {
+    key: String,
+    answer: Answer,
+}
+
+/// The trivial service made durable (see `serve-durable` above): handlers
+/// hand each bump to the log thread and wait for its answer.
+#[derive(Clone)]
+struct Durable(crossbeam_channel::Sender<Pending>);
+
+/// Bumps written and synced at most at once, as stockraft's batches are
+/// bounded.
+const DURABLE_BATCH_MAX: usize = 4_096;
+
+/// The log thread: takes every bump waiting, appends them to the log in one
+/// write, syncs once, then applies and answers them all.
+fn log_thread(
+    mut file: std::fs::File,
+    requests: crossbeam_channel::Receiver<Pending>,
+) -> Result<()> {
+    let mut map: HashMap<String, u64> = HashMap::new();
+    let mut batch: Vec<Pending> = Vec::with_capacity(DURABLE_BATCH_MAX);
+    let mut record: Vec<u8> = Vec::new();
+    while let Ok(first) = requests.recv() {
+        batch.push(first);
+        while batch.len() < DURABLE_BATCH_MAX {
+            let Ok(next) = requests.try_recv() else {
+                break;
+            };
+            batch.push(next);
+        }
+        record.clear();
+        for pending in &batch {
+            record.extend_from_slice(&(pending.key.len() as u32).to_le_bytes());
+            record.extend_from_slice(pending.key.as_bytes());
+        }
+        file.write_all(&record).context("writing the log")?;
+        file.sync_data().context("syncing the log")?;
+        for pending in batch.drain(..) {
+            let value = map.entry(pending.key).or_default();
+            *value += 1;
+            match pending.answer {
+                Answer::Unary(reply) => {
+                    let _ = reply.send(*value);
+                }
+                Answer::Stream(id, replies) => {
+                    let _ = replies.send(Ok(BumpReply { id, value: *value }));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Ceiling for Durable {
+    async fn bump(&self, request: Request<BumpRequest>) -> Result<Response<BumpReply>, Status> {
+        let r = request.into_inner();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            key: r.key,
+            answer: Answer::Unary(reply),
+        };
+        if self.0.send(pending).is_err() {
+            return Err(Status::unavailable("the log thread stopped"));
+        }
+        let value = answer
+            .await
+            .map_err(|_| Status::unavailable("the log thread stopped"))?;
+        Ok(Response::new(BumpReply { id: r.id, value }))
+    }
+
+    type BumpStreamStream =
+        tokio_stream::wrappers::UnboundedReceiverStream<Result<BumpReply, Status>>;
+
+    async fn bump_stream(
+        &self,
+        request: Request<Streaming<BumpRequest>>,
+    ) -> Result<Response<Self::BumpStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let log = self.0.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                let pending = Pending {
+                    key: r.key,
+                    answer: Answer::Stream(r.id, tx.clone()),
+                };
+                if log.send(pending).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        ))
+    }
+}
+
+/// Serves `service` on `addr` with Nagle off, as stockraft's server does
+/// (the builder's flag is ignored for a listener handed in).
+async fn serve<S: Ceiling>(addr: &str, service: S) -> Result<()> {
+    // tokio's listener sets SO_REUSEADDR: a rerun binds at once.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .context("binding")?;
+    tonic::transport::Server::builder()
+        .add_service(CeilingServer::new(service))
+        .serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
+        .await?;
+    Ok(())
+}
+
 /// The map key client `c` bumps with its `n`th call: spread over 100,000
 /// keys, as stockraft's spread runs are over 100,000 SKUs.
 fn key(c: usize, n: u64) -> String {
@@ -107,18 +242,26 @@ async fn main() -> Result<()> {
         .cloned()
         .unwrap_or_else(|| "127.0.0.1:50099".into());
     match mode {
-        "serve" => {
-            // tokio's listener sets SO_REUSEADDR: a rerun binds at once.
-            let listener = tokio::net::TcpListener::bind(&addr).await.context("binding")?;
-            tonic::transport::Server::builder()
-                .add_service(CeilingServer::new(Service::default()))
-                .serve_with_incoming(
-                    // Nagle off, as stockraft's server sets it (the builder's
-                    // flag is ignored for a listener handed in).
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                )
-                .await?;
-            Ok(())
+        "serve" => serve(&addr, Service::default()).await,
+        "serve-durable" => {
+            let dir = std::path::PathBuf::from(args.get(3).ok_or_else(|| anyhow!("missing DIR"))?);
+            std::fs::create_dir_all(&dir).context("creating DIR")?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("ceiling.log"))
+                .context("opening the log")?;
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let log = std::thread::Builder::new()
+                .name("log".into())
+                .spawn(move || log_thread(file, rx))?;
+            tokio::select! {
+                served = serve(&addr, Durable(tx)) => served,
+                stopped = tokio::task::spawn_blocking(move || log.join()) => match stopped {
+                    Ok(Ok(result)) => result,
+                    _ => Err(anyhow!("the log thread panicked")),
+                },
+            }
         }
         "unary" => {
             let clients: usize = arg(&args, 3, "clients")?;
@@ -277,7 +420,7 @@ async fn main() -> Result<()> {
             Ok(())
         }
         _ => Err(anyhow!(
-            "usage: ceiling serve ADDR | unary ADDR CLIENTS SECONDS | stream ADDR CLIENTS IN_FLIGHT SECONDS | rate ADDR CLIENTS CALLS_PER_S SECONDS | probe SECONDS"
+            "usage: ceiling serve ADDR | serve-durable ADDR DIR | unary ADDR CLIENTS SECONDS | stream ADDR CLIENTS IN_FLIGHT SECONDS | rate ADDR CLIENTS CALLS_PER_S SECONDS | probe SECONDS"
         )),
     }
 }
