@@ -32,19 +32,22 @@ struct Pending {
 type Shared = Arc<Mutex<Pending>>;
 
 /// How often the stream's calls are checked against their timeout.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Operations in flight on one stream, sent in order, answered by id.
 pub struct StreamConn {
     tx: mpsc::Sender<pb::StreamRequest>,
     pending: Shared,
     next_id: AtomicU64,
+    /// The connection the stream runs on, for more streams on it (the run's
+    /// stream driver opens its own: `drive.rs`).
+    channel: Channel,
 }
 
 impl StreamConn {
     pub async fn open(channel: Channel, timeout: Duration) -> Result<StreamConn, Status> {
         let (tx, rx) = mpsc::channel::<pb::StreamRequest>(1_024);
-        let mut client = InventoryClient::new(channel);
+        let mut client = InventoryClient::new(channel.clone());
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         let pending: Shared = Arc::new(Mutex::new(Pending::default()));
         let demux = pending.clone();
@@ -77,6 +80,7 @@ impl StreamConn {
             tx,
             pending,
             next_id: AtomicU64::new(1),
+            channel,
         })
     }
 
@@ -109,7 +113,7 @@ fn closed() -> Status {
 }
 
 /// A stream response as the result of its call.
-fn answer(response: pb::StreamResponse) -> Result<R, Status> {
+pub fn answer(response: pb::StreamResponse) -> Result<R, Status> {
     match response.result {
         Some(R::Error(e)) => Err(Status::new(Code::from_i32(e.code), e.message)),
         Some(result) => Ok(result),
@@ -121,7 +125,7 @@ fn answer(response: pb::StreamResponse) -> Result<R, Status> {
 /// than the timeout's length in sweeps, as a call can be sent just before
 /// a sweep. Sweeps run late under load, never early, so a call fails at
 /// `timeout` or a little after.
-fn sweeps_to_expire(timeout: Duration) -> u64 {
+pub fn sweeps_to_expire(timeout: Duration) -> u64 {
     let interval_us = SWEEP_INTERVAL.as_micros().max(1);
     let sweeps = timeout.as_micros().div_ceil(interval_us);
     u64::try_from(sweeps).unwrap_or(u64::MAX).saturating_add(1)
@@ -177,7 +181,49 @@ macro_rules! call {
     };
 }
 
+/// Wraps a unary call's response as the matching stream answer.
+macro_rules! unary {
+    ($client:expr, $name:ident, $request:expr, $kind:ident) => {
+        $client
+            .$name($request)
+            .await
+            .map(|r| R::$kind(r.into_inner()))
+    };
+}
+
 impl Conn {
+    /// Sends `op` and waits for its answer, whichever way this connection
+    /// carries calls; a unary response comes back as the stream's answer
+    /// of its kind.
+    pub async fn call(&self, op: Op) -> Result<R, Status> {
+        match self {
+            Conn::Stream(stream) => stream.call(op).await,
+            Conn::Unary(client) => {
+                let mut client = client.clone();
+                match op {
+                    Op::Reserve(r) => unary!(client, reserve, r, Reserve),
+                    Op::Commit(r) => unary!(client, commit, r, Commit),
+                    Op::Release(r) => unary!(client, release, r, Release),
+                    Op::Extend(r) => unary!(client, extend, r, Extend),
+                    Op::Sell(r) => unary!(client, sell, r, Sell),
+                    Op::Adjust(r) => unary!(client, adjust, r, Adjust),
+                    Op::SetOnHand(r) => unary!(client, set_on_hand, r, SetOnHand),
+                    Op::SetSafetyStock(r) => unary!(client, set_safety_stock, r, SetSafetyStock),
+                    Op::GetAvailability(r) => unary!(client, get_availability, r, GetAvailability),
+                    Op::GetReservation(r) => unary!(client, get_reservation, r, GetReservation),
+                }
+            }
+        }
+    }
+
+    /// The connection a stream runs on; None for unary calls.
+    pub fn stream_channel(&self) -> Option<Channel> {
+        match self {
+            Conn::Stream(stream) => Some(stream.channel.clone()),
+            Conn::Unary(_) => None,
+        }
+    }
+
     call!(reserve, pb::ReserveRequest, pb::ReserveResponse, Reserve);
     call!(commit, pb::CommitRequest, pb::CommitResponse, Commit);
     call!(release, pb::ReleaseRequest, pb::ReleaseResponse, Release);

@@ -10,8 +10,11 @@
 //!    `--in-flight` operations at once, closed loop (as fast as answers
 //!    come) or open loop at `--rate` (latency counted from the intended send
 //!    time, so a stall is not hidden by the clients slowing down), for
-//!    `--duration` or `--ops`. A progress line shows elapsed time, ops/s,
-//!    errors and p99. Ctrl-C stops early and still reports.
+//!    `--duration` or `--ops`. Each operation in flight is a client
+//!    (`flow.rs`: what to send, what the answer means); `drive.rs` carries
+//!    their calls, unary or over one `Stream` call per connection. A
+//!    progress line shows elapsed time, ops/s, errors and p99. Ctrl-C stops
+//!    early and still reports.
 //! 4. Resolve every call whose outcome is unknown (a timeout, an election)
 //!    by retrying it with the same id: ids make that safe, and afterwards
 //!    every operation's fate is known.
@@ -20,24 +23,28 @@
 //! 6. Report: text, `--json FILE`, `--report FILE.html` (charts).
 
 pub mod conn;
+mod drive;
+mod flow;
 pub mod report;
 pub mod stats;
 pub mod workload;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rand::SeedableRng;
 use thiserror::Error;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_client::ClusterClient;
 use conn::{Conn, StreamConn};
+use drive::{drive_stream, Run, Worker};
+use flow::{Client, Tally};
 use stats::Stats;
 use workload::{hot_sku_name, node_name, sku_name, Chooser, Workload, HOT_NODE};
 
@@ -297,33 +304,9 @@ impl Ledger {
             self.add(&l.sku, &l.node, |a| &a.held, l.qty);
         }
     }
-
-    /// [`Ledger::consumed`], with each line's place already known.
-    fn consumed_at(&self, places: &[Place], lines: &[pb::Line]) {
-        for (place, l) in places.iter().zip(lines) {
-            self.add_at(*place, |a| &a.committed, l.qty);
-        }
-    }
-
-    /// [`Ledger::held`], with each line's place already known.
-    fn held_at(&self, places: &[Place], lines: &[pb::Line]) {
-        for (place, l) in places.iter().zip(lines) {
-            self.add_at(*place, |a| &a.held, l.qty);
-        }
-    }
 }
 
 type Key = (String, String);
-
-/// A call whose outcome is not known yet.
-#[derive(Debug, Clone)]
-enum Unknown {
-    Reserve(pb::ReserveRequest),
-    Commit(String, Vec<pb::Line>),
-    Release(String, Vec<pb::Line>),
-    Sell(pb::SellRequest),
-    Adjust(pb::AdjustRequest),
-}
 
 /// The outcome of a run.
 pub struct Outcome {
@@ -376,427 +359,6 @@ fn outcome_name(code: i32) -> &'static str {
 
 fn code_name(status: &Status) -> &'static str {
     crate::server::status::code_label(status.code())
-}
-
-/// A worker: one connection's share of the work.
-struct Worker {
-    conn: Arc<Conn>,
-    /// Which client's connection this worker uses, and from which of the
-    /// leader route's moves (see [`LeaderRoute`]); no route when spread.
-    slot: usize,
-    epoch: u64,
-    route: Option<Arc<LeaderRoute>>,
-    /// A call failed UNAVAILABLE since the last look: the connection may
-    /// be to a server that is gone.
-    unavailable: AtomicBool,
-    chooser: Chooser,
-    config: LoadConfig,
-    rng: rand::rngs::StdRng,
-    stats: Arc<Mutex<Stats>>,
-    ledger: Arc<Ledger>,
-    /// Calls whose outcome is not known yet, retried at the end.
-    unknown: Vec<Unknown>,
-    started: Instant,
-    name: String,
-    next: u64,
-    calls: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
-}
-
-impl Worker {
-    fn note_failure(&self, status: &Status) {
-        if status.code() == Code::Unavailable {
-            self.unavailable.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// After a call failed UNAVAILABLE, on the leader route: takes the
-    /// connection to the leader as it is now (see [`LeaderRoute`]).
-    async fn follow_leader(&mut self) {
-        // A plain load first: this runs after every operation.
-        if !self.unavailable.load(Ordering::Relaxed)
-            || !self.unavailable.swap(false, Ordering::Relaxed)
-        {
-            return;
-        }
-        let Some(route) = self.route.clone() else {
-            return;
-        };
-        let (epoch, conn) = route.after_failure(self.slot, self.epoch).await;
-        self.epoch = epoch;
-        if let Some(conn) = conn {
-            self.conn = conn;
-        }
-    }
-
-    fn id(&mut self, kind: &str) -> String {
-        self.next += 1;
-        let mut id = String::with_capacity(self.name.len() + kind.len() + 20);
-        id.push_str(&self.name);
-        id.push_str(kind);
-        let _ = write!(id, "{}", self.next);
-        id
-    }
-
-    fn record<T>(
-        &self,
-        call: &'static str,
-        intended: Instant,
-        result: &Result<T, Status>,
-        outcome: impl Fn(&T) -> &'static str,
-    ) {
-        // One clock read for both (a read is not free in a VM).
-        let now = Instant::now();
-        let latency = now.saturating_duration_since(intended);
-        let second = now.saturating_duration_since(self.started).as_secs() as usize;
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut stats) = self.stats.lock() {
-            match result {
-                Ok(value) => stats.record(call, latency, Ok(outcome(value)), second),
-                Err(status) => {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                    self.note_failure(status);
-                    stats.record(call, latency, Err(code_name(status)), second);
-                }
-            }
-        }
-    }
-
-    async fn step(&mut self, intended: Instant) {
-        match self.chooser.workload(&mut self.rng) {
-            Workload::Checkout => {
-                let count = self.rng.random_range(1..=5);
-                let mut lines = Vec::with_capacity(count);
-                let mut places = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let sku = self.chooser.sku(&mut self.rng);
-                    let node = self.chooser.node(&mut self.rng);
-                    places.push(self.ledger.spread_account(sku, node));
-                    lines.push(pb::Line {
-                        sku: sku_name(sku),
-                        node: node_name(node),
-                        qty: self.rng.random_range(1..=2),
-                    });
-                }
-                let roll = self.rng.random_range(0..100);
-                let then = if roll < 70 {
-                    'c'
-                } else if roll < 85 {
-                    'r'
-                } else {
-                    'a'
-                };
-                self.reservation(intended, lines, places, then).await;
-            }
-            Workload::Reserve => {
-                let sku = self.chooser.sku(&mut self.rng);
-                let node = self.chooser.node(&mut self.rng);
-                let places = vec![self.ledger.spread_account(sku, node)];
-                let lines = vec![pb::Line {
-                    sku: sku_name(sku),
-                    node: node_name(node),
-                    qty: 1,
-                }];
-                self.reservation(intended, lines, places, 'a').await;
-            }
-            Workload::FlashSale => {
-                let hot = self.rng.random_range(0..self.chooser.hot_skus);
-                let places = vec![self.ledger.hot_account(hot)];
-                let lines = vec![pb::Line {
-                    sku: hot_sku_name(hot),
-                    node: HOT_NODE.into(),
-                    qty: 1,
-                }];
-                let roll = self.rng.random_range(0..100);
-                let then = if roll < 80 {
-                    'c'
-                } else if roll < 90 {
-                    'r'
-                } else {
-                    'a'
-                };
-                self.reservation(intended, lines, places, then).await;
-            }
-            Workload::Pos => {
-                let sku = self.chooser.sku(&mut self.rng);
-                let node = self.chooser.node(&mut self.rng);
-                let request = pb::SellRequest {
-                    txn_id: self.id("s"),
-                    sku: sku_name(sku),
-                    node: node_name(node),
-                    qty: self.rng.random_range(1..=2),
-                };
-                let result = self.conn.sell(request.clone()).await;
-                self.record("sell", intended, &result, |r| outcome_name(r.outcome));
-                match result {
-                    Ok(_) => self.ledger.add_at(
-                        self.ledger.spread_account(sku, node),
-                        |a| &a.sold,
-                        request.qty,
-                    ),
-                    Err(_) => self.remember(Unknown::Sell(request)),
-                }
-            }
-            Workload::Browse => {
-                let count = self.rng.random_range(1..=3);
-                let skus = (0..count)
-                    .map(|_| sku_name(self.chooser.sku(&mut self.rng)))
-                    .collect();
-                let local = self.rng.random_range(0..100) < 80;
-                let request = pb::GetAvailabilityRequest {
-                    skus,
-                    nodes: vec![],
-                    consistency: if local {
-                        pb::Consistency::Local as i32
-                    } else {
-                        pb::Consistency::Linearizable as i32
-                    },
-                };
-                let result = self.conn.get_availability(request).await;
-                let call = if local {
-                    "availability_local"
-                } else {
-                    "availability_linearizable"
-                };
-                self.record(call, intended, &result, |_| "OK");
-            }
-            Workload::Restock => {
-                let sku = sku_name(self.chooser.sku(&mut self.rng));
-                let node = node_name(self.chooser.node(&mut self.rng));
-                if self.rng.random_range(0..100) < 90 {
-                    let request = pb::AdjustRequest {
-                        txn_id: self.id("a"),
-                        sku: sku.clone(),
-                        node: node.clone(),
-                        delta: self.rng.random_range(1..=20),
-                        reason: pb::AdjustReason::Receive as i32,
-                    };
-                    let result = self.conn.adjust(request.clone()).await;
-                    self.record("adjust", intended, &result, |r| outcome_name(r.outcome));
-                    match result {
-                        Ok(_) => self.ledger.add(&sku, &node, |a| &a.received, request.delta),
-                        Err(_) => self.remember(Unknown::Adjust(request)),
-                    }
-                } else {
-                    let read = self
-                        .conn
-                        .get_availability(pb::GetAvailabilityRequest {
-                            skus: vec![sku.clone()],
-                            nodes: vec![node.clone()],
-                            consistency: pb::Consistency::Linearizable as i32,
-                        })
-                        .await;
-                    self.record("availability_linearizable", intended, &read, |_| "OK");
-                    let Some(current) = read.ok().and_then(|r| {
-                        r.skus
-                            .first()
-                            .and_then(|s| s.nodes.first())
-                            .map(|n| n.on_hand)
-                    }) else {
-                        return;
-                    };
-                    let request = pb::SetOnHandRequest {
-                        txn_id: self.id("c"),
-                        sku: sku.clone(),
-                        node: node.clone(),
-                        on_hand: current.max(0) + self.rng.random_range(0..=5),
-                        expected_on_hand: Some(current),
-                    };
-                    self.ledger.flag(&sku, &node, |a| &a.absolute);
-                    let result = self.conn.set_on_hand(request).await;
-                    self.record("set_on_hand", intended, &result, |r| {
-                        outcome_name(r.outcome)
-                    });
-                }
-            }
-        }
-    }
-
-    /// Reserve, then commit ('c'), release ('r') or abandon ('a').
-    /// `places` are the lines' places in the ledger, in the same order.
-    async fn reservation(
-        &mut self,
-        intended: Instant,
-        lines: Vec<pb::Line>,
-        places: Vec<Place>,
-        then: char,
-    ) {
-        let id = self.id("r");
-        let request = pb::ReserveRequest {
-            reservation_id: id.clone(),
-            lines: lines.clone(),
-            ttl_ms: self.config.ttl_ms,
-        };
-        let result = self.conn.reserve(request).await;
-        self.record("reserve", intended, &result, |r| outcome_name(r.outcome));
-        let reply = match result {
-            Ok(reply) => reply,
-            Err(_) => {
-                // Rebuilt rather than kept: a call that fails is rare, and a
-                // copy of every request would cost each call an allocation.
-                self.remember(Unknown::Reserve(pb::ReserveRequest {
-                    reservation_id: id,
-                    lines,
-                    ttl_ms: self.config.ttl_ms,
-                }));
-                return;
-            }
-        };
-        if reply.outcome != pb::Outcome::Reserved as i32 {
-            return;
-        }
-        let sent = Instant::now();
-        match then {
-            'c' => {
-                let result = self
-                    .conn
-                    .commit(pb::CommitRequest {
-                        reservation_id: id.clone(),
-                    })
-                    .await;
-                self.record("commit", sent, &result, |r| outcome_name(r.outcome));
-                match result {
-                    Ok(r) if r.outcome == pb::Outcome::Committed as i32 => {
-                        self.ledger.consumed_at(&places, &lines)
-                    }
-                    Ok(_) => {}
-                    Err(_) => self.remember(Unknown::Commit(id, lines)),
-                }
-            }
-            'r' => {
-                let result = self
-                    .conn
-                    .release(pb::ReleaseRequest {
-                        reservation_id: id.clone(),
-                    })
-                    .await;
-                self.record("release", sent, &result, |r| outcome_name(r.outcome));
-                if result.is_err() {
-                    self.remember(Unknown::Release(id, lines));
-                }
-            }
-            _ => self.ledger.held_at(&places, &lines),
-        }
-    }
-
-    /// Keeps a call whose outcome is unknown for [`Worker::resolve`], up to
-    /// [`UNKNOWN_MAX`] of them: beyond that (a dead server fails every call
-    /// at once) its counters are marked uncertain straight away, so memory
-    /// and the time spent resolving stay bounded.
-    fn remember(&mut self, item: Unknown) {
-        if self.unknown.len() >= UNKNOWN_MAX {
-            self.flag_uncertain(&item);
-            return;
-        }
-        self.unknown.push(item);
-    }
-
-    /// Marks the counters a call touched as uncertain: the verification
-    /// cannot know whether it took effect.
-    fn flag_uncertain(&self, item: &Unknown) {
-        let flag = |sku: &str, node: &str| self.ledger.flag(sku, node, |a| &a.uncertain);
-        match item {
-            Unknown::Reserve(r) => r.lines.iter().for_each(|l| flag(&l.sku, &l.node)),
-            Unknown::Commit(_, lines) | Unknown::Release(_, lines) => {
-                lines.iter().for_each(|l| flag(&l.sku, &l.node))
-            }
-            Unknown::Sell(r) => flag(&r.sku, &r.node),
-            Unknown::Adjust(r) => flag(&r.sku, &r.node),
-        }
-    }
-
-    /// Retries every call with an unknown outcome (same id) until it
-    /// answers, so the ledger knows every operation's fate; a call still
-    /// unanswered after [`RESOLVE_ATTEMPTS_MAX`] tries, or once
-    /// `deadline` has passed, leaves its counters uncertain. Returns how
-    /// many calls were resolved by an answer.
-    async fn resolve(&mut self, deadline: Instant) -> usize {
-        let unknown = std::mem::take(&mut self.unknown);
-        let mut resolved = 0;
-        for item in unknown {
-            let mut attempts = 0;
-            loop {
-                if Instant::now() >= deadline || attempts >= RESOLVE_ATTEMPTS_MAX {
-                    self.flag_uncertain(&item);
-                    break;
-                }
-                attempts += 1;
-                if self.retry(&item).await {
-                    resolved += 1;
-                    break;
-                }
-                self.follow_leader().await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        resolved
-    }
-
-    /// One retry of a call with an unknown outcome; true once it answered
-    /// (the ledger then records what it did).
-    async fn retry(&self, item: &Unknown) -> bool {
-        match item {
-            Unknown::Reserve(request) => match self.conn.reserve(request.clone()).await {
-                Ok(r) => {
-                    if r.outcome == pb::Outcome::Reserved as i32 {
-                        self.ledger.held(&request.lines);
-                    }
-                    true
-                }
-                Err(status) => {
-                    self.note_failure(&status);
-                    false
-                }
-            },
-            Unknown::Commit(id, lines) => match self
-                .conn
-                .commit(pb::CommitRequest {
-                    reservation_id: id.clone(),
-                })
-                .await
-            {
-                Ok(r) => {
-                    if r.outcome == pb::Outcome::Committed as i32 {
-                        self.ledger.consumed(lines);
-                    }
-                    true
-                }
-                Err(status) => {
-                    self.note_failure(&status);
-                    false
-                }
-            },
-            Unknown::Release(id, _) => self
-                .conn
-                .release(pb::ReleaseRequest {
-                    reservation_id: id.clone(),
-                })
-                .await
-                .is_ok(),
-            Unknown::Sell(request) => match self.conn.sell(request.clone()).await {
-                Ok(_) => {
-                    self.ledger
-                        .add(&request.sku, &request.node, |a| &a.sold, request.qty);
-                    true
-                }
-                Err(status) => {
-                    self.note_failure(&status);
-                    false
-                }
-            },
-            Unknown::Adjust(request) => match self.conn.adjust(request.clone()).await {
-                Ok(_) => {
-                    self.ledger
-                        .add(&request.sku, &request.node, |a| &a.received, request.delta);
-                    true
-                }
-                Err(status) => {
-                    self.note_failure(&status);
-                    false
-                }
-            },
-        }
-    }
 }
 
 /// The clients' connections, where they go, and with `--route leader`
@@ -1070,12 +632,6 @@ fn counters(config: &LoadConfig) -> Vec<Key> {
 const SEED_STREAMS: usize = 16;
 const SEED_IN_FLIGHT: usize = 16;
 
-/// Most calls with an unknown outcome one worker keeps for resolving.
-const UNKNOWN_MAX: usize = 4_096;
-
-/// Most retries of one call with an unknown outcome.
-const RESOLVE_ATTEMPTS_MAX: u32 = 20;
-
 /// The least time given to resolving unknown outcomes after the run; it is
 /// at least three call timeouts.
 const RESOLVE_BUDGET_MIN: Duration = Duration::from_secs(10);
@@ -1341,16 +897,14 @@ pub async fn run(
             stop.store(true, Ordering::Relaxed);
         });
     }
-    let calls = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let business_ops = Arc::new(AtomicU64::new(0));
-    let workers_total = config.clients * config.in_flight;
+    let tally = Arc::new(Tally::default());
+    let clients_total = config.clients * config.in_flight;
     let interval = config
         .rate
-        .map(|rate| Duration::from_secs_f64(workers_total as f64 / rate.max(1e-6)));
+        .map(|rate| Duration::from_secs_f64(clients_total as f64 / rate.max(1e-6)));
     let mut all_stats = Vec::new();
     let mut tasks = Vec::new();
-    // Everything the workers need is built before the clock starts: with a
+    // Everything the clients need is built before the clock starts: with a
     // hundred thousand counters the ledger alone takes tens of
     // milliseconds, which an open-loop run would count as latency.
     let ledger = Arc::new(Ledger::new(
@@ -1359,87 +913,77 @@ pub async fn run(
         chooser.nodes,
         chooser.hot_skus,
     ));
-    // One Stats per connection, shared by its workers: a histogram is a
+    // One Stats per connection, shared by its clients: a histogram is a
     // few hundred kilobytes, and the progress line merges every Stats each
-    // second, so one per worker (1,024 of them at 64 streams x 16 in
+    // second, so one per client (1,024 of them at 64 streams x 16 in
     // flight) cost the harness a tenth of its CPU in merging alone.
     for _ in 0..conns.len().max(1) {
         all_stats.push(Arc::new(Mutex::new(Stats::for_calls(&config.mix))));
     }
-    let mut workers = Vec::with_capacity(workers_total);
-    for w in 0..workers_total {
-        let stats = all_stats[w % all_stats.len()].clone();
-        workers.push(Worker {
-            conn: conns[w % conns.len()].clone(),
-            slot: w % conns.len(),
-            epoch: 0,
-            route: route.clone(),
-            unavailable: AtomicBool::new(false),
-            chooser: chooser.clone(),
-            config: config.clone(),
-            rng: rand::rngs::StdRng::seed_from_u64(w as u64 ^ 0x5eed),
-            stats,
-            ledger: ledger.clone(),
-            unknown: Vec::new(),
-            started: Instant::now(),
-            // Every id this worker makes starts with this.
-            name: format!("{}-w{w}-", config.run_id),
-            next: 0,
-            calls: calls.clone(),
-            errors: errors.clone(),
-        });
+    // Client `c` uses connection `c % conns`.
+    let mut by_conn: Vec<Vec<(usize, Client)>> =
+        (0..conns.len().max(1)).map(|_| Vec::new()).collect();
+    let conns_len = by_conn.len();
+    for c in 0..clients_total {
+        by_conn[c % conns_len].push((
+            c,
+            Client::new(
+                chooser.clone(),
+                rand::rngs::StdRng::seed_from_u64(c as u64 ^ 0x5eed),
+                ledger.clone(),
+                config.ttl_ms,
+                // Every id this client makes starts with this.
+                format!("{}-w{c}-", config.run_id),
+            ),
+        ));
     }
-    let resolve_budget = RESOLVE_BUDGET_MIN.max(config.call_timeout * 3);
     let started = Instant::now();
-    for (w, mut worker) in workers.into_iter().enumerate() {
-        worker.started = started;
-        let stop = stop.clone();
-        let business_ops = business_ops.clone();
-        let ops_limit = config.ops;
-        let deadline = config.duration.map(|d| started + d);
-        tasks.push(tokio::spawn(async move {
-            // Open loop: this worker's sends are due at a fixed pace,
-            // staggered across workers.
-            let offset = interval.map(|i| i.mul_f64(w as f64 / workers_total as f64));
-            let mut k = 0u32;
-            loop {
-                // One clock read for the deadline and a closed loop's send
-                // time (a read is not free in a VM).
-                let now = Instant::now();
-                if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d) {
-                    break;
-                }
-                if let Some(limit) = ops_limit {
-                    if business_ops.fetch_add(1, Ordering::Relaxed) >= limit {
-                        break;
-                    }
-                }
-                let intended = match (interval, offset) {
-                    (Some(i), Some(o)) => {
-                        let due = started + o + i * k;
-                        k += 1;
-                        if due > now {
-                            tokio::time::sleep_until(due.into()).await;
-                        }
-                        due
-                    }
-                    _ => now,
+    let run = Arc::new(Run {
+        stop: stop.clone(),
+        deadline: config.duration.map(|d| started + d),
+        ops_limit: config.ops,
+        business_ops: AtomicU64::new(0),
+        started,
+        interval,
+        clients_total,
+        tally: tally.clone(),
+        call_timeout: config.call_timeout,
+        // Every client resolves within the same budget after the run,
+        // which does not count in the run's elapsed time.
+        resolve_budget: RESOLVE_BUDGET_MIN.max(config.call_timeout * 3),
+    });
+    for (slot, clients) in by_conn.into_iter().enumerate() {
+        let conn = conns[slot].clone();
+        let stats = all_stats[slot].clone();
+        let route = route.clone();
+        let run = run.clone();
+        if config.stream {
+            tasks.push(tokio::spawn(drive_stream(
+                clients, conn, slot, route, stats, run,
+            )));
+            continue;
+        }
+        // Unary: a task per client, as each waits for its call in turn.
+        let group: FuturesUnordered<_> = clients
+            .into_iter()
+            .map(|(c, client)| {
+                let worker = Worker {
+                    client,
+                    conn: conn.clone(),
+                    slot,
+                    epoch: 0,
+                    route: route.clone(),
+                    stats: stats.clone(),
                 };
-                worker.step(intended).await;
-                worker.follow_leader().await;
-            }
-            // Every worker resolves within the same budget after the run,
-            // which does not count in the run's elapsed time.
-            let run_end = Instant::now();
-            let resolved = worker.resolve(run_end + resolve_budget).await;
-            (run_end, resolved)
-        }));
+                worker.run_unary(run.clone(), c)
+            })
+            .collect();
+        tasks.push(tokio::spawn(group.collect::<Vec<_>>()));
     }
 
     // Progress, once a second.
     let progress = if config.progress {
-        let calls = calls.clone();
-        let errors = errors.clone();
+        let tally = tally.clone();
         let stop = stop.clone();
         let all_stats = all_stats.clone();
         Some(tokio::spawn(async move {
@@ -1448,7 +992,7 @@ pub async fn run(
             tick.tick().await;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let now = calls.load(Ordering::Relaxed);
+                let now = tally.calls.load(Ordering::Relaxed);
                 let mut merged = Stats::default();
                 for s in &all_stats {
                     if let Ok(s) = s.lock() {
@@ -1461,7 +1005,7 @@ pub async fn run(
                     started.elapsed().as_secs_f64(),
                     now - last,
                     now,
-                    errors.load(Ordering::Relaxed),
+                    tally.errors.load(Ordering::Relaxed),
                     p99
                 );
                 last = now;
@@ -1475,7 +1019,7 @@ pub async fn run(
     let mut resolved_by_retry = 0;
     let mut run_end = started;
     for task in tasks {
-        if let Ok((end, resolved)) = task.await {
+        for (end, resolved) in task.await.unwrap_or_default() {
             resolved_by_retry += resolved;
             run_end = run_end.max(end);
         }
@@ -1699,14 +1243,7 @@ mod tests {
         assert_eq!(ledger.hot_account(2), None);
         ledger.add_at(None, |a| &a.held, 1);
         assert_eq!(ledger.untracked.load(Ordering::Relaxed), 1);
-        ledger.held_at(
-            &[ledger.spread_account(2, 1)],
-            &[pb::Line {
-                sku: sku_name(2),
-                node: node_name(1),
-                qty: 3,
-            }],
-        );
+        ledger.add_at(ledger.spread_account(2, 1), |a| &a.held, 3);
         let i = ledger.place(&sku_name(2), &node_name(1)).unwrap();
         assert_eq!(ledger.accounts[i].read().held, 3);
     }
