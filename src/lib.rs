@@ -35,10 +35,13 @@
 //! - [`sim`]: the deterministic simulator and its checkers (replicas, disks,
 //!   network, clocks and clients in one process, driven by one seed).
 //! - [`limits`]: every bound, in one place.
+//! - [`chunked`]: a streaming call's messages handed over a group at a time
+//!   (the server's `Stream` answers, the harness's calls).
 //! - [`proto`]: generated protobuf code.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod chunked;
 pub mod client;
 pub mod inventory;
 pub mod limits;

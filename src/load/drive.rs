@@ -22,8 +22,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Status;
 
@@ -31,6 +29,7 @@ use super::conn::{answer, sweeps_to_expire, Conn, SWEEP_INTERVAL};
 use super::flow::{is_unavailable, Answer, Client, Flow, Tally, Unknown};
 use super::stats::Stats;
 use super::LeaderRoute;
+use crate::chunked::{chunked, ChunkSender};
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use pb::stream_request::Op;
@@ -264,18 +263,17 @@ struct Slot {
     done: bool,
 }
 
-/// A `Stream` call of the driver's own.
+/// A `Stream` call of the driver's own. Its calls go a burst at a time
+/// (see [`crate::chunked`]); they are bounded by the clients' one call
+/// each in flight.
 struct Open {
-    tx: mpsc::Sender<pb::StreamRequest>,
+    tx: ChunkSender<pb::StreamRequest>,
     inbound: tonic::Streaming<pb::StreamResponse>,
 }
 
-async fn open_stream(channel: Channel, capacity: usize) -> Result<Open, Status> {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let inbound = InventoryClient::new(channel)
-        .stream(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+async fn open_stream(channel: Channel) -> Result<Open, Status> {
+    let (tx, rx) = chunked(None);
+    let inbound = InventoryClient::new(channel).stream(rx).await?.into_inner();
     Ok(Open { tx, inbound })
 }
 
@@ -289,6 +287,8 @@ struct Driver {
     epoch: u64,
     route: Option<Arc<LeaderRoute>>,
     stream: Option<Open>,
+    /// Calls made since the last burst was handed to the stream.
+    outbox: Vec<pb::StreamRequest>,
     /// Calls sent (ids are `sequence * clients + client`).
     sequence: u64,
     sweeps: u64,
@@ -340,8 +340,9 @@ impl Driver {
         }
     }
 
-    /// Sends client `i`'s call, due at `due`. A stream that cannot take it
-    /// answers it at once as closed.
+    /// Makes client `i`'s call, due at `due`; it goes with the rest of
+    /// the burst ([`Driver::flush`]). Without a stream it is answered at
+    /// once as closed.
     fn send(
         &mut self,
         i: usize,
@@ -358,15 +359,26 @@ impl Driver {
         slot.call = id;
         slot.sent = due;
         slot.sent_sweep = self.sweeps;
-        let request = pb::StreamRequest { id, op: Some(op) };
+        if self.stream.is_none() {
+            self.answer(i, id, Err(closed()), now, stats);
+            return;
+        }
+        self.outbox.push(pb::StreamRequest { id, op: Some(op) });
+    }
+
+    /// Hands the burst of calls made to the stream, in one chunk. A stream
+    /// whose reader is gone fails every call in flight.
+    fn flush(&mut self, stats: &mut Stats) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let burst = std::mem::take(&mut self.outbox);
         let sent = match &self.stream {
-            // Room for every client's call: never full while it is open.
-            Some(open) => open.tx.try_send(request).is_ok(),
+            Some(open) => open.tx.try_send(burst).is_ok(),
             None => false,
         };
         if !sent {
-            self.stream = None;
-            self.answer(i, id, Err(closed()), now, stats);
+            self.fail_in_flight(Instant::now(), stats);
         }
     }
 
@@ -432,6 +444,7 @@ impl Driver {
     /// The stream ended: every call in flight on it is answered as closed.
     fn fail_in_flight(&mut self, now: Instant, stats: &mut Stats) {
         self.stream = None;
+        self.outbox.clear();
         for i in 0..self.slots.len() {
             if self.slots[i].flow.is_some() {
                 let id = self.slots[i].call;
@@ -459,10 +472,13 @@ impl Driver {
         }
         if self.stream.is_none() {
             if let Some(channel) = self.conn.stream_channel() {
-                self.stream = open_stream(channel, self.slots.len()).await.ok();
+                self.stream = open_stream(channel).await.ok();
             }
         }
-        self.locked(|d, stats| d.start_due(Instant::now(), stats));
+        self.locked(|d, stats| {
+            d.start_due(Instant::now(), stats);
+            d.flush(stats);
+        });
     }
 
     /// Runs `f` with the connection's statistics locked (never across an
@@ -517,7 +533,7 @@ pub async fn drive_stream(
 ) -> Vec<(Instant, usize)> {
     let now = Instant::now();
     let stream = match conn.stream_channel() {
-        Some(channel) => open_stream(channel, clients.len()).await.ok(),
+        Some(channel) => open_stream(channel).await.ok(),
         None => None,
     };
     let mut driver = Driver {
@@ -542,6 +558,7 @@ pub async fn drive_stream(
         epoch: 0,
         route,
         stream,
+        outbox: Vec::new(),
         sequence: 0,
         sweeps: 0,
         unavailable: false,
@@ -550,6 +567,7 @@ pub async fn drive_stream(
         for i in 0..d.slots.len() {
             d.next_operation(i, now, stats);
         }
+        d.flush(stats);
     });
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -574,6 +592,7 @@ pub async fn drive_stream(
                                 let id = response.id;
                                 d.answer((id % clients) as usize, id, answer(response), now, stats);
                             }
+                            d.flush(stats);
                         });
                     }
                     Ok(None) | Err(_) => {
@@ -584,7 +603,10 @@ pub async fn drive_stream(
             }
             _ = sweep.tick() => {
                 let now = Instant::now();
-                driver.locked(|d, stats| d.sweep(now, stats));
+                driver.locked(|d, stats| {
+                    d.sweep(now, stats);
+                    d.flush(stats);
+                });
                 driver.retire_waiting(now);
                 // A stream that could not be opened again is tried again.
                 if driver.stream.is_none() && !driver.finished() {
@@ -592,7 +614,10 @@ pub async fn drive_stream(
                 }
             }
             _ = tokio::time::sleep_until(due.unwrap_or(now).into()), if due.is_some() && open => {
-                driver.locked(|d, stats| d.start_due(Instant::now(), stats));
+                driver.locked(|d, stats| {
+                    d.start_due(Instant::now(), stats);
+                    d.flush(stats);
+                });
             }
         }
         if driver.unavailable {

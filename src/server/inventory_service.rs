@@ -33,6 +33,7 @@ use super::forward::{Forwarder, Route};
 use super::meters::{Meters, Method};
 use super::node::{GroupAnswer, GroupReply, NodeHandle, Refused, SubmitError};
 use super::status;
+use crate::chunked::{chunked, ChunkSender, Chunked};
 use crate::inventory::command::{
     check_id, check_name, reservation_ref, resolve_ttl, Adjust, AdjustReason, Extend, Line,
     Reserve, Sell, SetOnHand, SetSafetyStock,
@@ -738,7 +739,9 @@ fn ready_now<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
-type Outbound = mpsc::Sender<Result<pb::StreamResponse, Status>>;
+/// Where a session's answers go: a group's answers at a time (see
+/// [`crate::chunked`]), at most [`STREAM_IN_FLIGHT_MAX`] waiting unsent.
+type Outbound = ChunkSender<Result<pb::StreamResponse, Status>>;
 
 /// One `Stream` call, until the client closes its side and every
 /// operation is answered. A turn:
@@ -783,7 +786,7 @@ async fn session(
                     Ok(Some(request)) => received.push(request),
                     Ok(None) => reading = false,
                     Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                        let _ = tx.send_one(Err(status)).await;
                         return;
                     }
                 }
@@ -792,7 +795,7 @@ async fn session(
                         Some(Ok(Some(request))) => received.push(request),
                         Some(Ok(None)) => reading = false,
                         Some(Err(status)) => {
-                            let _ = tx.send(Err(status)).await;
+                            let _ = tx.send_one(Err(status)).await;
                             return;
                         }
                         None => break,
@@ -821,11 +824,12 @@ async fn session(
                     Err(e) => {
                         permits.add_permits(ops.len());
                         let status = status::submit(e);
-                        for op in ops {
-                            let response = pb::StreamResponse { id: op.id, result: Some(stream_error(status.clone())) };
-                            if tx.send(Ok(response)).await.is_err() {
-                                return;
-                            }
+                        let responses = ops
+                            .into_iter()
+                            .map(|op| Ok(pb::StreamResponse { id: op.id, result: Some(stream_error(status.clone())) }))
+                            .collect();
+                        if tx.send(responses).await.is_err() {
+                            return;
                         }
                     }
                 }
@@ -848,16 +852,14 @@ async fn start(
     let leading = service.node.status().is_leader;
     let mut ops = Vec::with_capacity(received.len());
     let mut commands = Vec::with_capacity(received.len());
+    let mut answered = Vec::new();
     for request in received {
         let id = request.id;
         match stream_step(service, leading, request.op) {
-            Step::Answered(result) => {
-                let response = pb::StreamResponse {
-                    id,
-                    result: Some(result),
-                };
-                tx.send(Ok(response)).await.ok()?;
-            }
+            Step::Answered(result) => answered.push(Ok(pb::StreamResponse {
+                id,
+                result: Some(result),
+            })),
             Step::Write(command, shape) => {
                 ops.push(GroupOp { id, shape });
                 commands.push(command);
@@ -865,6 +867,7 @@ async fn start(
             Step::Alone(op) => alone(service, permits, tx, pb::StreamRequest { id, op })?,
         }
     }
+    tx.send(answered).await.ok()?;
     Some((ops, commands))
 }
 
@@ -880,7 +883,7 @@ fn alone(
     let tx = tx.clone();
     tokio::spawn(async move {
         let response = run_stream_op(service, request).await;
-        let _ = tx.send(Ok(response)).await;
+        let _ = tx.send_one(Ok(response)).await;
         drop(permit);
     });
     Some(())
@@ -903,6 +906,7 @@ async fn finish_group(
         );
     }
     let mut answers = answers.into_iter();
+    let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let result = match answers.next() {
             Some(Ok(applied)) => (op.shape)(&service.meters, applied),
@@ -933,20 +937,17 @@ async fn finish_group(
                 "internal error: an operation of the stream got no answer",
             )),
         };
-        let response = pb::StreamResponse {
+        responses.push(Ok(pb::StreamResponse {
             id: op.id,
             result: Some(result),
-        };
-        if tx.send(Ok(response)).await.is_err() {
-            return false;
-        }
+        }));
     }
-    true
+    tx.send(responses).await.is_ok()
 }
 
 #[tonic::async_trait]
 impl Inventory for InventoryService {
-    type StreamStream = tokio_stream::wrappers::ReceiverStream<Result<pb::StreamResponse, Status>>;
+    type StreamStream = Chunked<Result<pb::StreamResponse, Status>>;
 
     async fn stream(
         &self,
@@ -955,11 +956,9 @@ impl Inventory for InventoryService {
         let inbound = request.into_inner();
         // Room for every operation in flight: answering never waits on the
         // client unless it stops reading.
-        let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT_MAX);
+        let (tx, rx) = chunked(Some(STREAM_IN_FLIGHT_MAX));
         tokio::spawn(session(self.clone(), inbound, tx));
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        Ok(Response::new(rx))
     }
 
     async fn reserve(
