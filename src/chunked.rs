@@ -1,6 +1,9 @@
-//! A stream of messages handed over in chunks: the sending side passes a
-//! whole group of messages with one channel operation, the receiving side
-//! (tonic, encoding a streaming call's messages) takes them one by one.
+//! A streaming call's messages a group at a time. Handed over in chunks:
+//! the sending side passes a whole group of messages with one channel
+//! operation, the receiving side (tonic, encoding a streaming call's
+//! messages) takes them one by one. And taken as they are: [`ready_now`]
+//! takes the messages a stream has already received without waiting for
+//! more, so a reader handles them as one group.
 //!
 //! A `Stream` session answers a group of writes at once, and the load
 //! harness sends a burst of calls after each burst of answers. Through a
@@ -15,9 +18,10 @@
 //! taken, so a peer that stops reading holds back its own answers and no
 //! more.
 
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use thiserror::Error;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -104,19 +108,16 @@ impl<T> ChunkSender<T> {
             return Ok(());
         }
         let room = match &self.room {
-            Some(semaphore) => {
-                // At most room_max, which fits a semaphore's permits.
-                let count = u32::try_from(items.len()).map_err(|_| Closed)?;
-                let permit = semaphore
+            Some(semaphore) => Some(
+                semaphore
                     .clone()
-                    .acquire_many_owned(count)
+                    .acquire_many_owned(count(&items)?)
                     .await
-                    .map_err(|_| Closed)?;
-                Some(permit)
-            }
+                    .map_err(|_| Closed)?,
+            ),
             None => None,
         };
-        self.tx.send(Chunk { items, room }).map_err(|_| Closed)
+        self.deliver(items, room)
     }
 
     /// Hands `items` over without waiting; only for an unbounded stream
@@ -127,19 +128,25 @@ impl<T> ChunkSender<T> {
             return Ok(());
         }
         let room = match &self.room {
-            Some(semaphore) => {
-                let count = u32::try_from(items.len()).map_err(|_| Closed)?;
-                Some(
-                    semaphore
-                        .clone()
-                        .try_acquire_many_owned(count)
-                        .map_err(|_| Closed)?,
-                )
-            }
+            Some(semaphore) => Some(
+                semaphore
+                    .clone()
+                    .try_acquire_many_owned(count(&items)?)
+                    .map_err(|_| Closed)?,
+            ),
             None => None,
         };
+        self.deliver(items, room)
+    }
+
+    fn deliver(&self, items: Vec<T>, room: Option<OwnedSemaphorePermit>) -> Result<(), Closed> {
         self.tx.send(Chunk { items, room }).map_err(|_| Closed)
     }
+}
+
+/// A chunk's messages as permits: at most `room_max`, which fits.
+fn count<T>(items: &[T]) -> Result<u32, Closed> {
+    u32::try_from(items.len()).map_err(|_| Closed)
 }
 
 impl<T: Unpin> Stream for Chunked<T> {
@@ -161,6 +168,17 @@ impl<T: Unpin> Stream for Chunked<T> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+/// Polls a future once: its output if it is ready now. Used to take the
+/// messages a stream has already received without waiting for more.
+pub fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
     }
 }
 
@@ -210,6 +228,12 @@ mod tests {
         tx.send((0..7).collect()).await.unwrap();
         drop(tx);
         assert_eq!(reader.await.unwrap(), (0..7).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn ready_now_takes_only_what_is_ready() {
+        assert_eq!(ready_now(async { 7 }), Some(7));
+        assert_eq!(ready_now(std::future::pending::<u8>()), None);
     }
 
     #[tokio::test]

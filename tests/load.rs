@@ -140,35 +140,35 @@ async fn reserve_over_unary_calls_seeds_reserves_and_verifies() {
     reserve_seeds_reserves_and_verifies(&["--clients", "4"]).await;
 }
 
+/// Runs `stockraft load --workload reserve` against `addr` with `args`,
+/// its report written to `json`; fails the test with the run's output
+/// when the run fails.
+fn run_reserve(addr: &str, args: &[&str], json: &std::path::Path) {
+    let out = Command::new(BIN)
+        .args(["load", "--server", addr, "--workload", "reserve", "--quiet"])
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn reserve_seeds_reserves_and_verifies(mode: &[&str]) {
     let mut server = Server::start(&[]);
     server.wait_ready().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
-    let out = Command::new(BIN)
-        .args(["load", "--server", &server.addr, "--ops", "500"])
-        .args(mode)
-        .args([
-            "--skus",
-            "30",
-            "--nodes",
-            "2",
-            "--stock",
-            "5",
-            "--workload",
-            "reserve",
-            "--quiet",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec![
+        "--ops", "500", "--skus", "30", "--nodes", "2", "--stock", "5",
+    ];
+    args.extend(mode);
+    run_reserve(&server.addr, &args, &json);
     let report = report_at(&json);
     assert_eq!(report["verification"]["passed"], true, "{report}");
     assert!(report["calls"]["reserve"]["count"].as_u64().unwrap_or(0) >= 500);
@@ -202,28 +202,25 @@ async fn a_run_after_another_verifies_against_holds_left_behind() {
     let dir = tempfile::tempdir().unwrap();
     for (stock, ops) in [("10", "100"), ("5", "50")] {
         let json = dir.path().join(format!("report-{stock}.json"));
-        let out = Command::new(BIN)
-            .args(["load", "--server", &server.addr, "--ops", ops])
-            .args(["--skus", "2", "--nodes", "1", "--stock", stock])
-            .args(["--clients", "2", "--in-flight", "4", "--stream"])
-            .args(["--workload", "reserve", "--quiet", "--json"])
-            .arg(&json)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "stock {stock}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let args = [
+            "--ops",
+            ops,
+            "--skus",
+            "2",
+            "--nodes",
+            "1",
+            "--stock",
+            stock,
+            "--clients",
+            "2",
+            "--in-flight",
+            "4",
+            "--stream",
+        ];
+        run_reserve(&server.addr, &args, &json);
         let report = report_at(&json);
         assert_eq!(report["verification"]["passed"], true, "{report}");
-        assert!(
-            report["verification"]["oversell_checked"]
-                .as_u64()
-                .unwrap_or(0)
-                == 2
-        );
+        assert_eq!(report["verification"]["oversell_checked"], 2, "{report}");
     }
     // The first run held all 20 units; the second seeded 5 per counter
     // under 10 held, so none of its reserves could be granted.

@@ -15,11 +15,8 @@
 //! Both end when the run does (Ctrl-C, `--duration` or `--ops`), once the
 //! operations begun are done; then each client retries its unknown calls.
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -29,7 +26,7 @@ use super::conn::{answer, sweeps_to_expire, Conn, SWEEP_INTERVAL};
 use super::flow::{is_unavailable, Answer, Client, Flow, Tally, Unknown};
 use super::stats::Stats;
 use super::LeaderRoute;
-use crate::chunked::{chunked, ChunkSender};
+use crate::chunked::{chunked, ready_now, ChunkSender};
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use pb::stream_request::Op;
@@ -506,16 +503,6 @@ impl Driver {
 
 fn closed() -> Status {
     Status::unavailable("the stream to the server closed")
-}
-
-/// Polls a future once: its output if it is ready now.
-fn ready_now<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
 }
 
 /// Drives `clients` (each with its number in the run) over one `Stream`

@@ -22,7 +22,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
@@ -33,7 +32,7 @@ use super::forward::{Forwarder, Route};
 use super::meters::{Meters, Method};
 use super::node::{GroupAnswer, GroupReply, NodeHandle, Refused, SubmitError};
 use super::status;
-use crate::chunked::{chunked, ChunkSender, Chunked};
+use crate::chunked::{chunked, ready_now, ChunkSender, Chunked};
 use crate::inventory::command::{
     check_id, check_name, reservation_ref, resolve_ttl, Adjust, AdjustReason, Extend, Line,
     Reserve, Sell, SetOnHand, SetSafetyStock,
@@ -728,17 +727,6 @@ struct GroupOp {
     shape: Shape,
 }
 
-/// Polls a future once: its output if it is ready now. Used to take the
-/// messages a stream has already received without waiting for more.
-fn ready_now<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
-}
-
 /// Where a session's answers go: a group's answers at a time (see
 /// [`crate::chunked`]), at most [`STREAM_IN_FLIGHT_MAX`] waiting unsent.
 type Outbound = ChunkSender<Result<pb::StreamResponse, Status>>;
@@ -1233,11 +1221,5 @@ mod tests {
         };
         assert_eq!(r.ttl_ms, 60_000);
         assert_eq!(r.lines.len(), 2);
-    }
-
-    #[test]
-    fn ready_now_takes_only_what_is_ready() {
-        assert_eq!(ready_now(async { 7 }), Some(7));
-        assert_eq!(ready_now(std::future::pending::<u8>()), None);
     }
 }
