@@ -301,11 +301,10 @@ impl Driver {
     /// Client `i` begins its next operation if the run has not ended: now,
     /// or once due (open loop), or once the stream is open again.
     fn next_operation(&mut self, i: usize, now: Instant, stats: &mut Stats) {
-        let run = self.run.clone();
         let slot = &mut self.slots[i];
-        let intended = run.intended(slot.index, slot.k, now);
+        let intended = self.run.intended(slot.index, slot.k, now);
         slot.k += 1;
-        if !run.may_begin(intended.max(now)) {
+        if !self.run.may_begin(intended.max(now)) {
             slot.done = true;
             return;
         }
