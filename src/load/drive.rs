@@ -1,8 +1,8 @@
 //! The drivers that carry the clients' calls (see `flow.rs`) to a server,
 //! and the retries of calls whose outcome stayed unknown.
 //!
-//! - **Unary** ([`Worker::run_unary`]): one task per client, each call
-//!   awaited in turn.
+//! - **Unary** ([`Worker::run_unary`]): each client awaits its calls in
+//!   turn; a connection's clients are polled by one task.
 //! - **Stream** ([`drive_stream`]): one task per connection drives every
 //!   client of that connection over one `Stream` call of its own. A call's
 //!   id names its client (`id % clients`); an answer goes straight to that
@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tonic::transport::Channel;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::conn::{answer, sweeps_to_expire, Conn, SWEEP_INTERVAL};
 use super::flow::{is_unavailable, Answer, Client, Flow, Tally, Unknown};
@@ -175,20 +176,25 @@ impl Worker {
                     break;
                 }
                 attempts += 1;
-                if self.retry(&item).await {
-                    resolved += 1;
-                    break;
+                let failed = match self.retry(&item).await {
+                    Ok(()) => {
+                        resolved += 1;
+                        break;
+                    }
+                    Err(status) => status,
+                };
+                if failed.code() == Code::Unavailable {
+                    self.follow_leader().await;
                 }
-                self.follow_leader().await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
         resolved
     }
 
-    /// One retry of a call with an unknown outcome; true once it answered
-    /// (the ledger then records what it did).
-    async fn retry(&self, item: &Unknown) -> bool {
+    /// One retry of a call with an unknown outcome; Ok once it answered
+    /// (the ledger then records what it did), else why it did not.
+    async fn retry(&self, item: &Unknown) -> Result<(), Status> {
         let ledger = self.client.ledger();
         match item {
             Unknown::Reserve(request) => match self.conn.reserve(request.clone()).await {
@@ -196,9 +202,9 @@ impl Worker {
                     if r.outcome == pb::Outcome::Reserved as i32 {
                         ledger.held(&request.lines);
                     }
-                    true
+                    Ok(())
                 }
-                Err(_) => false,
+                Err(status) => Err(status),
             },
             Unknown::Commit(id, lines) => match self
                 .conn
@@ -211,9 +217,9 @@ impl Worker {
                     if r.outcome == pb::Outcome::Committed as i32 {
                         ledger.consumed(lines);
                     }
-                    true
+                    Ok(())
                 }
-                Err(_) => false,
+                Err(status) => Err(status),
             },
             Unknown::Release(id, _) => self
                 .conn
@@ -221,20 +227,20 @@ impl Worker {
                     reservation_id: id.clone(),
                 })
                 .await
-                .is_ok(),
+                .map(|_| ()),
             Unknown::Sell(request) => match self.conn.sell(request.clone()).await {
                 Ok(_) => {
                     ledger.add(&request.sku, &request.node, |a| &a.sold, request.qty);
-                    true
+                    Ok(())
                 }
-                Err(_) => false,
+                Err(status) => Err(status),
             },
             Unknown::Adjust(request) => match self.conn.adjust(request.clone()).await {
                 Ok(_) => {
                     ledger.add(&request.sku, &request.node, |a| &a.received, request.delta);
-                    true
+                    Ok(())
                 }
-                Err(_) => false,
+                Err(status) => Err(status),
             },
         }
     }
@@ -256,8 +262,9 @@ struct Slot {
     /// Waiting to begin its next operation: at this time (open loop), or
     /// once the stream is open again.
     waiting: Option<Instant>,
-    /// The run ended for this client.
-    done: bool,
+    /// When the run ended for this client: it begins nothing more, and
+    /// has no call in flight.
+    ended: Option<Instant>,
 }
 
 /// A `Stream` call of the driver's own. Its calls go a burst at a time
@@ -295,7 +302,7 @@ struct Driver {
 
 impl Driver {
     fn finished(&self) -> bool {
-        self.slots.iter().all(|s| s.done && s.flow.is_none())
+        self.slots.iter().all(|s| s.ended.is_some())
     }
 
     /// Client `i` begins its next operation if the run has not ended: now,
@@ -305,7 +312,7 @@ impl Driver {
         let intended = self.run.intended(slot.index, slot.k, now);
         slot.k += 1;
         if !self.run.may_begin(intended.max(now)) {
-            slot.done = true;
+            slot.ended = Some(now);
             return;
         }
         if intended > now || self.stream.is_none() {
@@ -494,7 +501,7 @@ impl Driver {
         }
         for slot in &mut self.slots {
             if slot.waiting.take().is_some() {
-                slot.done = true;
+                slot.ended = Some(now);
             }
         }
     }
@@ -534,7 +541,7 @@ pub async fn drive_stream(
                 sent: now,
                 sent_sweep: 0,
                 waiting: None,
-                done: false,
+                ended: None,
             })
             .collect(),
         run: run.clone(),
@@ -557,7 +564,6 @@ pub async fn drive_stream(
     });
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ends = vec![None; driver.slots.len()];
     while !driver.finished() {
         let due = driver.slots.iter().filter_map(|s| s.waiting).min();
         let open = driver.stream.is_some();
@@ -609,29 +615,27 @@ pub async fn drive_stream(
         if driver.unavailable {
             driver.follow().await;
         }
-        let now = Instant::now();
-        for (end, slot) in ends.iter_mut().zip(&driver.slots) {
-            if end.is_none() && slot.done && slot.flow.is_none() {
-                *end = Some(now);
-            }
-        }
     }
     // The stream closes; each client's unknown calls are retried over the
-    // connection as it is now.
+    // connection as it is now, all at once (one client's retries waiting
+    // out a dead server must not use up the others' budget).
     drop(driver.stream.take());
     let deadline = Instant::now() + run.resolve_budget;
-    let mut results = Vec::with_capacity(driver.slots.len());
-    for (slot, end) in driver.slots.into_iter().zip(ends) {
-        let mut worker = Worker {
-            client: slot.client,
-            conn: driver.conn.clone(),
-            slot: driver.slot,
-            epoch: driver.epoch,
-            route: driver.route.clone(),
-            stats: driver.stats.clone(),
-        };
-        let resolved = worker.resolve(deadline).await;
-        results.push((end.unwrap_or_else(Instant::now), resolved));
-    }
-    results
+    let retries: FuturesUnordered<_> = driver
+        .slots
+        .into_iter()
+        .map(|slot| {
+            let mut worker = Worker {
+                client: slot.client,
+                conn: driver.conn.clone(),
+                slot: driver.slot,
+                epoch: driver.epoch,
+                route: driver.route.clone(),
+                stats: driver.stats.clone(),
+            };
+            let ended = slot.ended.unwrap_or_else(Instant::now);
+            async move { (ended, worker.resolve(deadline).await) }
+        })
+        .collect();
+    retries.collect().await
 }

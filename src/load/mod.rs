@@ -963,7 +963,8 @@ pub async fn run(
             )));
             continue;
         }
-        // Unary: a task per client, as each waits for its call in turn.
+        // Unary: each client waits for its call in turn; one task polls
+        // the clients of a connection.
         let group: FuturesUnordered<_> = clients
             .into_iter()
             .map(|(c, client)| {
