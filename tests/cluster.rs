@@ -181,6 +181,129 @@ async fn growing_to_five_and_back_to_three_under_load() {
     }
 }
 
+/// The longest a write may wait when the leader is removed: one election
+/// at the servers' default timing (a randomised timeout of at most twice
+/// `--election-ticks` 10 x `--tick` 100 ms). Removing the leader hands
+/// leadership over first, so no election timeout is waited out at all.
+const ELECTION_BOUND_MS: u64 = 2 * 10 * 100;
+
+/// `stockraft cluster remove <leader>` under load (issue 27): the leader
+/// hands leadership to another voter first, which removes it; no process
+/// aborts, every call is answered within one election, nothing
+/// acknowledged is lost or oversold, and the two left converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_the_leader_under_load_hands_leadership_over_first() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    seed(&cluster, leader).await;
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let addrs: Vec<String> = (1..=3).map(|id| cluster.addr(id)).collect();
+    let tasks = start_clients(addrs, 6, ledger.clone(), stop.clone(), Instant::now());
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    let before = ledger.acks.load(Ordering::Relaxed);
+    ledger.slowest_call_ms.store(0, Ordering::Relaxed);
+    let output = tokio::process::Command::new(common::BIN)
+        .args(["cluster", "remove", &leader.to_string(), "--json"])
+        .args(["--server", &cluster.addr(leader)])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cluster remove failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        cluster.all_logs()
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let moved_to = answer["leadership_moved_to"].as_u64().unwrap_or(0);
+    assert!(
+        moved_to != 0 && moved_to != leader,
+        "the answer does not say where leadership went: {answer}"
+    );
+    let members: Vec<u64> = answer["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node_id"].as_u64().unwrap())
+        .collect();
+    assert!(!members.contains(&leader), "{answer}");
+    // The removed node learnt it from the answer it relayed: it refuses at
+    // once, so callers move on instead of waiting for a leader.
+    let asked = Instant::now();
+    let refused = cluster
+        .client(leader)
+        .await
+        .reserve(pb::ReserveRequest {
+            reservation_id: "to-the-removed-node".into(),
+            lines: vec![pb::Line {
+                sku: "SKU-0".into(),
+                node: "dc".into(),
+                qty: 1,
+            }],
+            ttl_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("removed"), "{refused:?}");
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    // The removed node still runs (it forwards to the new leader) until
+    // the operator stops it.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        cluster.wait_exit(leader, Duration::ZERO).is_none(),
+        "the removed leader exited:\n{}",
+        cluster.logs(leader)
+    );
+    cluster.kill9(leader);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let remaining: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for id in &remaining {
+        assert!(
+            cluster.wait_exit(*id, Duration::ZERO).is_none(),
+            "node {id} exited:\n{}",
+            cluster.logs(*id)
+        );
+    }
+    for id in 1..=3 {
+        assert!(
+            !cluster.logs(id).contains("panicked"),
+            "node {id} panicked:\n{}",
+            cluster.logs(id)
+        );
+    }
+    let after = ledger.acks.load(Ordering::Relaxed);
+    let slowest_ms = ledger.slowest_call_ms.load(Ordering::Relaxed);
+    eprintln!(
+        "leader {leader} removed; leadership moved to {moved_to}; reserves acknowledged {before} before, {after} in all; slowest call from the removal on {slowest_ms} ms"
+    );
+    assert!(
+        after > before,
+        "no write was acknowledged after the removal"
+    );
+    assert!(
+        slowest_ms < ELECTION_BOUND_MS,
+        "a call waited {slowest_ms} ms, more than one election ({ELECTION_BOUND_MS} ms)"
+    );
+    let new_leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    assert_ne!(new_leader, leader);
+    cluster
+        .wait_converged(&remaining, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let status = cluster.status(new_leader, false).await.unwrap();
+    assert_eq!(status.members.len(), 2, "{status:?}");
+    for id in remaining {
+        check_node(&cluster, id, &ledger).await;
+    }
+}
+
 /// Leadership moves on request, and writes keep working through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leadership_can_be_handed_over() {

@@ -4,6 +4,8 @@
 //!
 //!   stockraft-sim --seeds 100000 [--first 0] [--ops 2000] [--threads 2]
 //!   stockraft-sim --seed 1234 [--bug fsync-lies|skip-read-index]
+//!   stockraft-sim --seed 60538492796 --no-leader-removals   (a seed found
+//!   before leader removals were drawn on purpose, replayed as it ran)
 
 use std::time::Instant;
 
@@ -35,6 +37,10 @@ struct Args {
     /// Inject a known bug (to see the checkers catch it).
     #[arg(long, value_parser = ["fsync-lies", "skip-read-index"])]
     bug: Option<String>,
+    /// The fault mix before membership changes removed the leader on
+    /// purpose: replays seeds found then exactly as they ran.
+    #[arg(long)]
+    no_leader_removals: bool,
 }
 
 fn main() -> Result<()> {
@@ -44,12 +50,12 @@ fn main() -> Result<()> {
         Some("skip-read-index") => Some(Bug::SkipReadIndex),
         _ => None,
     };
+    let template = SimConfig {
+        leader_removals: !args.no_leader_removals,
+        ..SimConfig::new(args.first, args.ops, bug)
+    };
     if let Some(seed) = args.seed {
-        return match run(&SimConfig {
-            seed,
-            ops: args.ops,
-            bug,
-        }) {
+        return match run(&SimConfig { seed, ..template }) {
             Ok(report) => {
                 println!("{report:#?}");
                 Ok(())
@@ -64,19 +70,23 @@ fn main() -> Result<()> {
     let mut acked = 0usize;
     let mut crashes = 0u64;
     let mut partitions = 0u64;
+    let mut leader_removals = 0u64;
+    let mut step_downs = 0u64;
     // In chunks, so progress shows on long hunts.
     while first < end {
         let count = (end - first).min(200);
         let reports =
-            run_seeds(first, count, args.ops, bug, args.threads).map_err(|v| anyhow!("{v}"))?;
+            run_seeds(first, count, &template, args.threads).map_err(|v| anyhow!("{v}"))?;
         done += reports.len() as u64;
         acked += reports.iter().map(|r| r.ops_acked).sum::<usize>();
         crashes += reports.iter().map(|r| r.crashes).sum::<u64>();
         partitions += reports.iter().map(|r| r.partitions).sum::<u64>();
+        leader_removals += reports.iter().map(|r| r.leader_removals).sum::<u64>();
+        step_downs += reports.iter().map(|r| r.removed_step_downs).sum::<u64>();
         first += count;
         let elapsed = started.elapsed().as_secs_f64();
         eprintln!(
-            "{done} seeds passed in {elapsed:.1} s ({:.2} seeds/s): {acked} acknowledged writes, {crashes} crashes, {partitions} partitions",
+            "{done} seeds passed in {elapsed:.1} s ({:.2} seeds/s): {acked} acknowledged writes, {crashes} crashes, {partitions} partitions, {leader_removals} leader removals, {step_downs} removed leaders stepped down",
             done as f64 / elapsed
         );
     }

@@ -237,7 +237,8 @@ pub enum ClusterCommand {
     },
     /// Add a node as a voter; then start it with `--join` (any member).
     Add { node_id: u64, address: String },
-    /// Remove a node.
+    /// Remove a node, then stop it. Removing the leader first hands
+    /// leadership to the most caught-up other voter, which removes it.
     Remove { node_id: u64 },
     /// Hand leadership to another voter.
     TransferLeader { node_id: u64 },
@@ -975,8 +976,18 @@ fn print_members(client: &ClientArgs, r: &pb::MembershipResponse) {
             .iter()
             .map(|m| json!({"node_id": m.node_id, "address": m.address, "role": m.role}))
             .collect();
-        println!("{}", json!({"members": members, "index": r.index}));
+        let mut out = json!({"members": members, "index": r.index});
+        if r.leadership_moved_to != 0 {
+            out["leadership_moved_to"] = json!(r.leadership_moved_to);
+        }
+        println!("{out}");
         return;
+    }
+    if r.leadership_moved_to != 0 {
+        println!(
+            "the node removed was leading: it handed leadership to node {} first, which removed it",
+            r.leadership_moved_to
+        );
     }
     for m in &r.members {
         println!("node {:<4} {:<24} {}", m.node_id, m.address, m.role);

@@ -52,6 +52,8 @@ pub mod membership;
 pub mod snapshot_task;
 
 #[cfg(test)]
+mod removal_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -168,6 +170,11 @@ pub enum ProposeError {
     Unknown,
     #[error("the leader refused the proposal ({0}); retry shortly")]
     Dropped(String),
+    /// A leader asked to remove itself: leadership must move to another
+    /// voter first ([`Replica::hand_over_leadership`]), and the removal be
+    /// proposed by the new leader (the Cluster service does both).
+    #[error("this node leads and cannot remove itself: leadership must move to another voter first, then the new leader removes it")]
+    RemovesLeader,
     /// Given by the server's node (never by the replica) to the callers
     /// still waiting when it stops: their commands stay behind with it.
     #[error("the node shut down before the operation was confirmed; it may or may not have been applied, so retry with the same id on another node or after restart")]
@@ -300,6 +307,9 @@ pub struct ReplicaStatus {
     pub snapshot_index: u64,
     pub open_reservations: u64,
     pub role: Role,
+    /// This replica applied its own removal from the group (and no later
+    /// re-addition): it gets no more entries, so it serves nothing.
+    pub removed: bool,
 }
 
 /// A replica's Raft role.
@@ -387,6 +397,10 @@ pub struct Replica<S: LogStore> {
     unsynced: VecDeque<(u64, Vec<Message>)>,
     /// The number of the last Ready written (`persist_async`).
     written_number: u64,
+    /// See [`Replica::removed_step_downs`].
+    removed_step_downs: u64,
+    /// See [`ReplicaStatus::removed`].
+    removed: bool,
 }
 
 impl<S: LogStore> Replica<S> {
@@ -464,6 +478,8 @@ impl<S: LogStore> Replica<S> {
             members,
             unsynced: VecDeque::new(),
             written_number: 0,
+            removed_step_downs: 0,
+            removed: false,
         })
     }
 
@@ -501,6 +517,7 @@ impl<S: LogStore> Replica<S> {
                 StateRole::PreCandidate => Role::PreCandidate,
                 StateRole::Follower => Role::Follower,
             },
+            removed: self.removed,
         }
     }
 
@@ -526,7 +543,50 @@ impl<S: LogStore> Replica<S> {
 
     /// Asks raft-rs to hand leadership to `target` (a caught-up voter).
     pub fn transfer_leader(&mut self, target: u64) {
+        self.step_down_if_removed();
         self.raw.transfer_leader(target);
+    }
+
+    /// The voter other than this one that should lead after it: on the
+    /// leader, the most caught-up one (highest match index), preferring
+    /// those heard from within the last election timeout, the lowest id on
+    /// a tie (so the choice is deterministic). None elsewhere, or when
+    /// this is the only voter.
+    pub fn successor(&self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let prs = self.raw.raft.prs();
+        let voters = prs.conf().voters();
+        // The key orders candidates whatever order the progress map
+        // iterates in: active first, then match index, then lowest id.
+        let mut best: Option<(bool, u64, std::cmp::Reverse<u64>)> = None;
+        for (id, progress) in prs.iter() {
+            if *id == self.config.id || !voters.contains(*id) {
+                continue;
+            }
+            let key = (
+                progress.recent_active,
+                progress.matched,
+                std::cmp::Reverse(*id),
+            );
+            if best.is_none_or(|b| key > b) {
+                best = Some(key);
+            }
+        }
+        best.map(|(_, _, std::cmp::Reverse(id))| id)
+    }
+
+    /// Hands leadership to [`Self::successor`], as a leader about to be
+    /// removed must (etcd's server does the same): a leader never
+    /// proposes its own removal. Returns the voter asked to take over, or
+    /// None when this node does not lead or no other voter exists. The
+    /// caller watches the leader change; raft-rs abandons a transfer that
+    /// did not finish within an election timeout.
+    pub fn hand_over_leadership(&mut self) -> Option<u64> {
+        let target = self.successor()?;
+        self.transfer_leader(target);
+        Some(target)
     }
 
     /// The transport could not reach `peer`: raft-rs probes it again later.
@@ -553,6 +613,15 @@ impl<S: LogStore> Replica<S> {
                 leader => ProposeError::NotLeader { leader },
             };
             out.membership.push((token, Err(error)));
+            return;
+        }
+        if change
+            == (MembershipChange::Remove {
+                node_id: self.config.id,
+            })
+        {
+            out.membership
+                .push((token, Err(ProposeError::RemovesLeader)));
             return;
         }
         let (single, context) = match &change {
@@ -613,13 +682,96 @@ impl<S: LogStore> Replica<S> {
     /// Hands a message from a peer to raft-rs. A message raft-rs refuses
     /// (from an unknown peer, say) is dropped; the error says why.
     pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        self.step_down_if_removed();
         self.raw.step(message)
+    }
+
+    /// Whether raft-rs has this replica leading a group it is no longer a
+    /// voter of. raft-rs's `post_conf_change` leaves a leader that applied
+    /// its own removal leading, without a progress entry for itself, and
+    /// then unwraps that missing entry when an append response or its own
+    /// persisted write would advance the commit index.
+    fn leads_while_removed(&self) -> bool {
+        self.is_leader() && !self.raw.raft.prs().conf().voters().contains(self.config.id)
+    }
+
+    /// Applying a removal of the leader steps it down at once
+    /// ([`Self::step_down_removed`]), so this never finds anything to do;
+    /// it guards every entry into raft-rs (a message, a tick, a persisted
+    /// write, a transfer) so that no path reaches raft-rs's unwrap of the
+    /// leader's own missing progress, whatever state it was left in.
+    fn step_down_if_removed(&mut self) {
+        if !self.leads_while_removed() {
+            return;
+        }
+        tracing::error!(
+            id = self.config.id,
+            term = self.raw.raft.term,
+            "found leading a group it is not a voter of; stepping down"
+        );
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+    }
+
+    /// A leader that has just applied its own removal steps down at once
+    /// (etcd's raft does the same with `StepDownOnRemoval`; raft-rs does
+    /// not), first telling the most caught-up remaining voter to campaign
+    /// now (MsgTimeoutNow, the message that ends a leadership transfer), so
+    /// the group waits for no election timeout. It steps down within its
+    /// term, not into the next as etcd does: this runs between raft-rs's
+    /// Ready and its advance, which asserts that the hard state did not
+    /// change meanwhile; the successor's campaign moves the term on, and
+    /// having voted for itself in this term it can vote for no one else in
+    /// it. Nothing it proposed is lost: what is committed is applied and
+    /// answered, the rest fails as Unknown and is retried with its id. This
+    /// happens only when a removal proposed by an earlier leader commits
+    /// under this one.
+    fn step_down_removed(&mut self, out: &mut Output) {
+        let term = self.raw.raft.term;
+        let successor = self.successor();
+        if let Some(to) = successor {
+            let mut timeout_now = Message::default();
+            timeout_now.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
+            timeout_now.to = to;
+            timeout_now.from = self.config.id;
+            timeout_now.term = term;
+            out.messages.push(timeout_now);
+        }
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+        self.removed_step_downs += 1;
+        metrics::counter!("stockraft_removed_leader_step_downs_total").increment(1);
+        tracing::warn!(
+            id = self.config.id,
+            term,
+            successor = successor.unwrap_or(0),
+            "this leader applied its own removal: stepped down"
+        );
+    }
+
+    /// The leader answered that this replica was removed from the group (a
+    /// change it may never apply itself: the leader sends a removed member
+    /// nothing more, often not even the commit index of its removal). It
+    /// serves nothing from now on ([`ReplicaStatus::removed`]) and no
+    /// longer ticks raft-rs, so it does not campaign for a group it is not
+    /// in (pre-vote keeps such campaigns harmless, but each would cost its
+    /// callers a wait for a leader it will never hear from).
+    pub fn note_removed(&mut self) {
+        self.removed = true;
+    }
+
+    /// How many times this replica, leading, applied its own removal and
+    /// stepped down (for the simulator's report and tests).
+    pub fn removed_step_downs(&self) -> u64 {
+        self.removed_step_downs
     }
 
     /// Advances raft-rs's logical clock by one tick and, on the leader,
     /// proposes an expiry when a hold came due.
     pub fn tick(&mut self, now_ms: u64, out: &mut Output) {
-        self.raw.tick();
+        self.step_down_if_removed();
+        if !self.removed {
+            self.raw.tick();
+        }
         let mut timed_out = Vec::new();
         for read in self.reads_unconfirmed.iter_mut() {
             read.ticks += 1;
@@ -833,6 +985,7 @@ impl<S: LogStore> Replica<S> {
             "persisted({number}) beyond the last Ready written ({})",
             self.written_number
         );
+        self.step_down_if_removed();
         while let Some((held, _)) = self.unsynced.front() {
             if *held > number {
                 break;
@@ -958,6 +1111,9 @@ impl<S: LogStore> Replica<S> {
         out: &mut Output,
     ) -> Result<MembershipAnswer, Fatal> {
         let conf_state = self.raw.apply_conf_change(change)?;
+        if self.leads_while_removed() {
+            self.step_down_removed(out);
+        }
         let named = membership::decode_change_context(context);
         for single in change.get_changes() {
             match single.get_change_type() {
@@ -965,9 +1121,15 @@ impl<S: LogStore> Replica<S> {
                     if let Some(named) = named.as_ref().filter(|n| n.node_id == single.node_id) {
                         self.members.insert(single.node_id, named.address.clone());
                     }
+                    if single.node_id == self.config.id {
+                        self.removed = false;
+                    }
                 }
                 ConfChangeType::RemoveNode => {
                     self.members.remove(&single.node_id);
+                    if single.node_id == self.config.id {
+                        self.removed = true;
+                    }
                 }
             }
         }

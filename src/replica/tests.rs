@@ -10,11 +10,11 @@ use crate::inventory::command::{Line, Reserve, SetOnHand};
 use crate::inventory::{Outcome, ReserveAnswer};
 use crate::storage::MemStore;
 
-fn logger() -> slog::Logger {
+pub(super) fn logger() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
 
-fn set(txn: &str, on_hand: i64) -> Command {
+pub(super) fn set(txn: &str, on_hand: i64) -> Command {
     Command::SetOnHand(SetOnHand::new(txn.into(), "S".into(), "N".into(), on_hand, None).unwrap())
 }
 
@@ -250,23 +250,23 @@ fn a_follower_refuses_proposals_and_reads_with_a_reason() {
 }
 
 /// Three replicas in memory; messages delivered by hand, in order.
-struct Group {
-    replicas: Vec<Replica<MemStore>>,
-    queue: VecDeque<Message>,
-    answers: Vec<(Token, Result<Applied, Unanswered>)>,
+pub(super) struct Group {
+    pub(super) replicas: Vec<Replica<MemStore>>,
+    pub(super) queue: VecDeque<Message>,
+    pub(super) answers: Vec<(Token, Result<Applied, Unanswered>)>,
     reads: Vec<(Token, Result<u64, ReadError>)>,
     /// Snapshots handed out (by replica id), for the test to run.
     tasks: Vec<(u64, SnapshotTask)>,
     /// A replica whose messages, to and from, are dropped.
-    cut: Option<u64>,
+    pub(super) cut: Option<u64>,
 }
 
 impl Group {
-    fn new() -> Group {
+    pub(super) fn new() -> Group {
         Group::with_configs((1..=3).map(ReplicaConfig::new).collect())
     }
 
-    fn with_configs(configs: Vec<ReplicaConfig>) -> Group {
+    pub(super) fn with_configs(configs: Vec<ReplicaConfig>) -> Group {
         let replicas = configs
             .into_iter()
             .map(|config| Replica::new(config, MemStore::new(&[1, 2, 3]), &logger()).unwrap())
@@ -281,7 +281,7 @@ impl Group {
         }
     }
 
-    fn settle(&mut self) {
+    pub(super) fn settle(&mut self) {
         for _ in 0..1_000 {
             for replica in self.replicas.iter_mut() {
                 let mut out = Output::default();
@@ -314,7 +314,7 @@ impl Group {
     }
 
     /// Replica 1 campaigns and wins, as every test here begins.
-    fn elect_first(&mut self) {
+    pub(super) fn elect_first(&mut self) {
         let mut out = Output::default();
         self.replicas[0].campaign(&mut out).unwrap();
         self.queue.extend(out.messages);

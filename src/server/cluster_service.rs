@@ -63,17 +63,89 @@ impl ClusterService {
                         return Ok(pb::MembershipResponse {
                             members: self.members(),
                             index: 0,
+                            leadership_moved_to: 0,
                         });
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(SubmitError::Propose(ProposeError::Dropped(reason))) => {
-                    return Err(Status::failed_precondition(format!(
-                        "the leader refused the change: {reason}; retry when it is done"
-                    )))
+                    // raft-rs refuses a change while another is unapplied
+                    // or leadership is moving, and a new leader refuses
+                    // one until it applied its first entry (just after a
+                    // hand-over, say): usually over within a round trip.
+                    if Instant::now() >= deadline {
+                        return Err(Status::failed_precondition(format!(
+                            "the leader refused the change: {reason}; retry when it is done"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(SubmitError::Propose(ProposeError::RemovesLeader)) => {
+                    // Leadership came back to the node being removed
+                    // between its hand-over and this proposal.
+                    return Err(Status::unavailable(
+                        "the node to remove leads again; retry, and it will hand leadership over first",
+                    ));
                 }
                 Err(e) => return Err(status::submit(e)),
             }
+        }
+    }
+}
+
+impl ClusterService {
+    /// A node can be removed when it is a member and not the last voter.
+    fn check_removable(&self, node_id: u64) -> Result<(), Status> {
+        let view = self.node.members();
+        let is_voter = view.conf_state.voters.contains(&node_id);
+        if !is_voter && !view.conf_state.learners.contains(&node_id) {
+            return Err(Status::not_found(format!("node {node_id} is not a member")));
+        }
+        if is_voter && view.conf_state.voters.len() == 1 {
+            return Err(Status::failed_precondition(
+                "it is the last voter; a cluster cannot remove its only voter",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands this leader's leadership to its most caught-up voter and
+    /// waits until it leads no more. Asked again every half second: raft-rs
+    /// abandons a transfer that did not finish within an election timeout
+    /// (the voter chosen was down, say), and the next ask may choose
+    /// another.
+    async fn hand_over(&self, deadline: Instant) -> Result<(), Status> {
+        let mut watch = self.node.status_watch();
+        loop {
+            if !watch.borrow_and_update().is_leader {
+                return Ok(());
+            }
+            let asked = match self
+                .node
+                .hand_over_leadership()
+                .await
+                .map_err(status::submit)?
+            {
+                Some(target) => target,
+                None if self.node.status().is_leader => {
+                    return Err(Status::failed_precondition(
+                        "this node leads and no other voter can take over",
+                    ))
+                }
+                None => return Ok(()),
+            };
+            tracing::info!(
+                to = asked,
+                "handing leadership over before this node is removed"
+            );
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                return Err(Status::unavailable(format!(
+                    "leadership did not move to node {asked} in time, so this leader was not removed; retry"
+                )));
+            }
+            let _ =
+                tokio::time::timeout(wait.min(Duration::from_millis(500)), watch.changed()).await;
         }
     }
 }
@@ -95,6 +167,7 @@ fn membership_response(answer: MembershipAnswer) -> pb::MembershipResponse {
     pb::MembershipResponse {
         members,
         index: answer.index,
+        leadership_moved_to: 0,
     }
 }
 
@@ -168,6 +241,7 @@ impl Cluster for ClusterService {
                 return Ok(Response::new(pb::MembershipResponse {
                     members: self.members(),
                     index: 0,
+                    leadership_moved_to: 0,
                 }));
             }
             return Err(Status::already_exists(format!(
@@ -184,35 +258,48 @@ impl Cluster for ClusterService {
         Ok(Response::new(answer))
     }
 
+    /// A leader never removes itself (raft-rs would leave it leading a
+    /// group it is not in). Removing the leader hands leadership to the
+    /// most caught-up other voter first, then forwards the removal to it,
+    /// as etcd's server does: writes pause for a leadership transfer (no
+    /// election timeout), not for an election.
     async fn remove_member(
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let forwarded = Forwarder::is_forwarded(request.metadata());
         let r = request.into_inner();
+        let node_id = r.node_id;
         let deadline = Instant::now() + self.forwarder.budget;
-        if let Route::Leader { channel, .. } = self.forwarder.route(forwarded, deadline).await? {
-            let mut call = Request::new(r);
-            Forwarder::mark(&mut call, deadline);
-            return ClusterClient::new(channel).remove_member(call).await;
+        // Whether this node, the one to remove, led and handed over.
+        let mut handed_over = false;
+        loop {
+            // After its own hand-over this node sends the call on to the
+            // new leader even if it came forwarded: that is one more hop
+            // it chose, not two stale views bouncing a call.
+            let route = self.forwarder.route(forwarded && !handed_over, deadline);
+            if let Route::Leader { id, channel } = route.await? {
+                let mut call = Request::new(r);
+                Forwarder::mark(&mut call, deadline);
+                let mut answer = ClusterClient::new(channel).remove_member(call).await?;
+                if handed_over {
+                    answer.get_mut().leadership_moved_to = id;
+                }
+                if node_id == self.node.status().id {
+                    // The new leader will send this node nothing more, not
+                    // even the commit of its removal: it learns it here.
+                    self.node.note_removed().map_err(status::submit)?;
+                }
+                return Ok(answer);
+            }
+            self.check_removable(node_id)?;
+            if node_id != self.node.status().id {
+                let answer = self.change(MembershipChange::Remove { node_id }).await?;
+                return Ok(Response::new(answer));
+            }
+            self.hand_over(deadline).await?;
+            handed_over = true;
         }
-        let view = self.node.members();
-        let is_voter = view.conf_state.voters.contains(&r.node_id);
-        if !is_voter && !view.conf_state.learners.contains(&r.node_id) {
-            return Err(Status::not_found(format!(
-                "node {} is not a member",
-                r.node_id
-            )));
-        }
-        if is_voter && view.conf_state.voters.len() == 1 {
-            return Err(Status::failed_precondition(
-                "it is the last voter; a cluster cannot remove its only voter",
-            ));
-        }
-        let answer = self
-            .change(MembershipChange::Remove { node_id: r.node_id })
-            .await?;
-        Ok(Response::new(answer))
     }
 
     async fn transfer_leader(

@@ -65,6 +65,9 @@ impl Forwarder {
     /// `deadline`. A call already forwarded once is never sent on again.
     pub async fn route(&self, forwarded: bool, deadline: Instant) -> Result<Route, Status> {
         let status = self.node.status();
+        if status.removed {
+            return Err(super::status::removed());
+        }
         if status.is_leader {
             return Ok(Route::Here);
         }

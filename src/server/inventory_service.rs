@@ -152,6 +152,9 @@ impl InventoryService {
                 }))
             }
         }
+        if self.node.status().removed {
+            return Err(status::removed());
+        }
         let deadline = Instant::now() + self.forwarder.budget;
         loop {
             match self.node.read_barrier().await {

@@ -149,6 +149,10 @@ enum ClientInput {
     TransferLeader {
         target: u64,
     },
+    HandOver {
+        reply: oneshot::Sender<Option<u64>>,
+    },
+    NoteRemoved,
     Digest {
         reply: oneshot::Sender<(u64, u64)>,
     },
@@ -298,6 +302,22 @@ impl NodeHandle {
         self.send(ClientInput::TransferLeader { target })
     }
 
+    /// Asks the leader (this node) to hand leadership to its most
+    /// caught-up voter ([`crate::replica::Replica::hand_over_leadership`]).
+    /// Returns that voter, or None when this node does not lead or no
+    /// other voter exists; the caller watches for the leader to change.
+    pub async fn hand_over_leadership(&self) -> Result<Option<u64>, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(ClientInput::HandOver { reply })?;
+        answer.await.map_err(|_| SubmitError::Stopped)
+    }
+
+    /// The leader answered that this node was removed from the cluster
+    /// ([`crate::replica::Replica::note_removed`]).
+    pub fn note_removed(&self) -> Result<(), SubmitError> {
+        self.send(ClientInput::NoteRemoved)
+    }
+
     /// The state digest and the applied index it was taken at.
     pub async fn digest(&self) -> Result<(u64, u64), SubmitError> {
         let (reply, answer) = oneshot::channel();
@@ -359,10 +379,13 @@ impl NodeHandle {
     }
 
     /// True once a leader is known and the log present at startup has been
-    /// applied: the node can answer.
+    /// applied: the node can answer. A node removed from the cluster never
+    /// is again (it gets no more entries).
     pub fn is_ready(&self) -> bool {
         let status = self.status();
-        status.leader_id != 0 && status.applied_index >= self.startup_commit_index
+        status.leader_id != 0
+            && status.applied_index >= self.startup_commit_index
+            && !status.removed
     }
 
     /// Waits until a leader is known, up to `timeout`. Returns its id.
@@ -927,6 +950,10 @@ fn run<S: LogStore, T: Transport>(
                 ClientInput::TransferLeader { target } => {
                     state.replica.transfer_leader(target);
                 }
+                ClientInput::HandOver { reply } => {
+                    let _ = reply.send(state.replica.hand_over_leadership());
+                }
+                ClientInput::NoteRemoved => state.replica.note_removed(),
                 ClientInput::Digest { reply } => {
                     let inventory = state.replica.inventory();
                     let _ = reply.send((inventory.digest(), inventory.applied_index()));

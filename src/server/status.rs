@@ -24,6 +24,15 @@ pub fn submit(error: SubmitError) -> Status {
     Status::new(code, error.to_string())
 }
 
+/// A node removed from the cluster gets no more entries: it forwards no
+/// call and serves no read it cannot keep current, so callers move on at
+/// once instead of waiting for a leader it will never hear from.
+pub fn removed() -> Status {
+    Status::unavailable(
+        "this node was removed from the cluster and serves nothing more; call another member",
+    )
+}
+
 pub fn capacity(error: CapacityError) -> Status {
     Status::resource_exhausted(error.to_string())
 }

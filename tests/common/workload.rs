@@ -40,6 +40,9 @@ pub struct Ledger {
     pub errors: AtomicU64,
     /// Milliseconds since the run started of the last acknowledgement.
     pub last_ack_ms: AtomicU64,
+    /// The longest a call took from its first attempt to its answer,
+    /// retries included, in milliseconds (reset by a test to time a window).
+    pub slowest_call_ms: AtomicU64,
 }
 
 impl Ledger {
@@ -87,10 +90,15 @@ where
     F: FnMut(InventoryClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
+    let first_attempt = Instant::now();
     loop {
         let client = InventoryClient::new(channel(&addrs[*at % addrs.len()]));
         match call(client).await {
-            Ok(value) => return Some(value),
+            Ok(value) => {
+                let took_ms = first_attempt.elapsed().as_millis() as u64;
+                ledger.slowest_call_ms.fetch_max(took_ms, Ordering::Relaxed);
+                return Some(value);
+            }
             Err(status) => {
                 ledger.errors.fetch_add(1, Ordering::Relaxed);
                 assert!(
