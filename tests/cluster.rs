@@ -156,6 +156,10 @@ async fn growing_to_five_and_back_to_three_under_load() {
             .unwrap()
             .into_inner();
         assert!(!removed.members.iter().any(|m| m.node_id == id));
+        assert_eq!(removed.leadership_moved_to, 0);
+        // The removed node learns its removal (the last message it gets
+        // carries the commit) and refuses calls from then on.
+        refused_as_removed(&cluster, id, Duration::from_secs(5)).await;
         cluster.kill9(id);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -178,6 +182,34 @@ async fn growing_to_five_and_back_to_three_under_load() {
     );
     for id in 1..=3 {
         check_node(&cluster, id, &ledger).await;
+    }
+}
+
+/// Waits until node `id` refuses calls as a removed member (UNAVAILABLE,
+/// saying so), as it must once it applied its own removal.
+async fn refused_as_removed(cluster: &Cluster, id: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut client = cluster.client(id).await;
+    loop {
+        let answer = client
+            .get_availability(pb::GetAvailabilityRequest {
+                skus: vec!["SKU-0".into()],
+                nodes: Vec::new(),
+                consistency: pb::Consistency::Linearizable as i32,
+            })
+            .await;
+        match answer {
+            Err(status) if status.message().contains("removed") => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                return;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "node {id} does not refuse as removed: {other:?}\n{}",
+                cluster.logs(id)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

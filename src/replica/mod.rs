@@ -225,6 +225,11 @@ pub enum ReadError {
     NotLeader { leader: u64 },
     #[error("the leader could not confirm its leadership in time; retry shortly")]
     TimedOut,
+    /// This replica was removed from the group: it gets no more entries,
+    /// so no read index it is given would ever be applied here. Given by
+    /// the server's node (the replica lets such reads time out).
+    #[error("this node was removed from the cluster and serves nothing more; call another member")]
+    Removed,
 }
 
 /// An error the replica cannot recover from: the caller must stop the node.
@@ -757,6 +762,11 @@ impl<S: LogStore> Replica<S> {
     /// callers a wait for a leader it will never hear from).
     pub fn note_removed(&mut self) {
         self.removed = true;
+    }
+
+    /// See [`ReplicaStatus::removed`].
+    pub fn is_removed(&self) -> bool {
+        self.removed
     }
 
     /// How many times this replica, leading, applied its own removal and

@@ -42,7 +42,7 @@ use crate::limits::{NODES_PER_READ_MAX, SKUS_PER_READ_MAX, STREAM_IN_FLIGHT_MAX}
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use crate::proto::v1::inventory_server::Inventory;
-use crate::replica::Unanswered;
+use crate::replica::{ReadError, Unanswered};
 use pb::stream_request::Op;
 use pb::stream_response::Result as R;
 
@@ -142,23 +142,25 @@ impl InventoryService {
     /// Waits until a linearizable read may be served here (ReadIndex, on a
     /// follower through the leader), retrying through elections.
     async fn barrier(&self, consistency: i32) -> Result<(), Status> {
-        match pb::Consistency::try_from(consistency) {
-            Ok(pb::Consistency::Linearizable) => {}
-            Ok(pb::Consistency::Local) => return Ok(()),
-            Err(_) => {
-                return Err(status::invalid(InvalidInput::UnknownEnum {
-                    field: "consistency",
-                    value: consistency,
-                }))
-            }
-        }
+        let Ok(consistency) = pb::Consistency::try_from(consistency) else {
+            return Err(status::invalid(InvalidInput::UnknownEnum {
+                field: "consistency",
+                value: consistency,
+            }));
+        };
+        // A removed node's state stops where its removal was: even a LOCAL
+        // read would lag without bound.
         if self.node.status().removed {
             return Err(status::removed());
+        }
+        if consistency == pb::Consistency::Local {
+            return Ok(());
         }
         let deadline = Instant::now() + self.forwarder.budget;
         loop {
             match self.node.read_barrier().await {
                 Ok(_) => return Ok(()),
+                Err(SubmitError::Read(ReadError::Removed)) => return Err(status::removed()),
                 Err(SubmitError::Read(e)) if Instant::now() < deadline => {
                     tracing::debug!("retrying a read barrier: {e}");
                     let wait = deadline.saturating_duration_since(Instant::now());
@@ -840,13 +842,19 @@ async fn start(
     tx: &Outbound,
     received: Vec<pb::StreamRequest>,
 ) -> Option<(Vec<GroupOp>, Vec<Command>)> {
-    let leading = service.node.status().is_leader;
+    let status = service.node.status();
     let mut ops = Vec::with_capacity(received.len());
     let mut commands = Vec::with_capacity(received.len());
     let mut answered = Vec::new();
     for request in received {
         let id = request.id;
-        match stream_step(service, leading, request.op) {
+        let step = if status.removed {
+            // Not even a LOCAL read: the state stopped at the removal.
+            Step::Answered(stream_error(status::removed()))
+        } else {
+            stream_step(service, status.is_leader, request.op)
+        };
+        match step {
             Step::Answered(result) => answered.push(Ok(pb::StreamResponse {
                 id,
                 result: Some(result),

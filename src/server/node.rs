@@ -86,7 +86,9 @@ impl Refused {
 /// block.
 pub trait Transport: Send + 'static {
     fn send(&mut self, messages: Vec<Message>);
-    /// The members (and their addresses) changed.
+    /// The members (and their addresses) changed. Called before the
+    /// turn's messages are sent, which must still reach a member this
+    /// change removed: among them may be the commit of its own removal.
     fn set_members(&mut self, members: &Members);
 }
 
@@ -798,6 +800,9 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
                 let _ = reply.send(answer);
             }
         }
+        if self.replica.is_removed() {
+            self.fail_reads_removed();
+        }
         for (token, answer) in self.out.membership.drain(..) {
             if let Some(Waiter::Membership(reply)) = self.waiters.remove(&token) {
                 let _ = reply.send(answer);
@@ -822,6 +827,23 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
             *current = status;
             true
         });
+    }
+
+    /// A removed node gets no more entries: a read waiting for its read
+    /// index to be confirmed or applied here would only time out, so it is
+    /// failed now and its caller moves to another member.
+    fn fail_reads_removed(&mut self) {
+        let reads: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, waiter)| matches!(waiter, Waiter::Read(_)))
+            .map(|(token, _)| *token)
+            .collect();
+        for token in reads {
+            if let Some(Waiter::Read(reply)) = self.waiters.remove(&token) {
+                let _ = reply.send(Err(ReadError::Removed));
+            }
+        }
     }
 
     /// Callers still waiting at shutdown get an error, never a hang.

@@ -66,6 +66,11 @@ pub struct GrpcTransport {
     node: NodeHandle,
     members: Members,
     links: HashMap<u64, Link>,
+    /// Links to members just removed (or moved), closed once the messages
+    /// of the turn that removed them went out: the last of those may
+    /// carry the commit of a member's own removal, the only way it learns
+    /// it (the leader sends a removed member nothing after that).
+    closing: HashMap<u64, Link>,
     faults: Faults,
 }
 
@@ -82,6 +87,7 @@ impl GrpcTransport {
             node,
             members: Members::new(),
             links: HashMap::new(),
+            closing: HashMap::new(),
             faults,
         }
     }
@@ -124,26 +130,48 @@ impl Transport for GrpcTransport {
                 ));
                 continue;
             }
-            let Some(link) = self.link(to) else {
-                tracing::debug!(peer = to, "no address for peer; dropping message");
-                self.node.report_unreachable(to);
-                continue;
+            let link = match self.closing.get(&to) {
+                Some(closing) if !self.members.contains_key(&to) => closing,
+                _ => match self.link(to) {
+                    Some(link) => link,
+                    None => {
+                        tracing::debug!(peer = to, "no address for peer; dropping message");
+                        self.node.report_unreachable(to);
+                        continue;
+                    }
+                },
             };
             if link.queue.try_send(message).is_err() {
                 metrics::counter!("stockraft_peer_messages_dropped_total", "reason" => "send_queue_full")
                     .increment(1);
             }
         }
+        // Dropping a link closes its queue: its task sends what is queued,
+        // ends its stream and stops.
+        self.closing.clear();
     }
 
     fn set_members(&mut self, members: &Members) {
-        // Links to removed members or changed addresses are dropped; their
-        // tasks end when their queue closes, and new ones start on demand.
-        self.links
-            .retain(|id, link| members.get(id).is_some_and(|a| *a == link.address));
+        // Links to removed members or changed addresses close after this
+        // turn's messages; new ones start on demand.
+        let ids: Vec<u64> = self.links.keys().copied().collect();
+        for id in ids {
+            if members
+                .get(&id)
+                .is_some_and(|a| self.links[&id].address == *a)
+            {
+                continue;
+            }
+            if let Some(link) = self.links.remove(&id) {
+                self.closing.insert(id, link);
+            }
+        }
         self.members = members.clone();
     }
 }
+
+/// How long a closed link waits for its last batches to be delivered.
+const LINK_FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 fn endpoint(address: &str) -> Option<Endpoint> {
     Endpoint::from_shared(crate::client::endpoint_uri(address))
@@ -196,7 +224,12 @@ async fn run_link(
                 }
                 first = queue.recv() => {
                     let Some(first) = first else {
-                        call.abort();
+                        // The link was closed: what was queued is on its way;
+                        // end the stream so it is delivered, not cut off.
+                        drop(batches);
+                        if tokio::time::timeout(LINK_FLUSH_WAIT, &mut call).await.is_err() {
+                            call.abort();
+                        }
                         return;
                     };
                     let batch = collect_batch(self_id, first, &mut queue, &faults);
