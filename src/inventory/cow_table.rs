@@ -21,13 +21,19 @@
 //!   An entry changed while frozen is itself copied on write (each entry is
 //!   an `Arc` of its own).
 //! - **Growing** rehashes one small bucket at a time, never one big table.
-//! - **Keys** are the names' 128-bit XXH3 hashes, not their text: a copied
+//! - **Keys** are the names' 128-bit hashes, not their text: a copied
 //!   bucket copies plain numbers, and only the entry's `Arc` count is
 //!   touched (one cache miss per entry instead of two). Each entry keeps
-//!   its name ([`Named`]), and a lookup checks it. Two names kept at once
-//!   sharing a hash has a probability near 1e-22 at thirty million; should
-//!   it happen, the second name's insert finds the first's entry and the
-//!   node stops (the callers assert) rather than confuse the two.
+//!   its name ([`Named`]), and every lookup compares it: the key only
+//!   finds where to look. The hash is SipHash-1-3 under a key drawn at
+//!   random per table ([`Keys`]): names are chosen by clients, and with an
+//!   unkeyed hash they could choose names that share a key. Two names
+//!   that do share one anyway (a chance near 1e-22 at thirty million
+//!   names) are both kept: the second goes to a small spill map beside the
+//!   buckets, which every lookup that meets a key held by another name
+//!   searches. Nothing on the replicas' shared path depends on the keys,
+//!   which differ from replica to replica: snapshots and digests go by
+//!   name.
 //!
 //! Buckets are chosen by a hash with its own random seed, independent of
 //! the hash inside each bucket's map (so a bucket's entries do not all share
@@ -58,12 +64,13 @@ pub trait Named: Clone {
     fn name(&self) -> &str;
 }
 
-/// One bucket: entries by the hash of their name ([`key_of`]).
+/// One bucket: entries by the hash of their name ([`Keys`]).
 pub type Bucket<V> = HashMap<Key, Arc<V>, FastHash>;
 
 type Lock<V> = RwLock<Arc<Bucket<V>>>;
 
-/// The key a name is kept under: its 128-bit XXH3 hash, as two words.
+/// The key a name is kept under: its 128-bit hash ([`Keys`]), as two
+/// words.
 ///
 /// Not a `u128`: that is aligned to 16 bytes, so a bucket's slot (key and
 /// `Arc` pointer) would take 32 bytes where these take 24. Measured with
@@ -80,10 +87,51 @@ impl std::hash::Hash for Key {
     }
 }
 
-fn key_of(name: &str) -> Key {
-    let hash = xxhash_rust::xxh3::xxh3_128(name.as_bytes());
-    Key([(hash >> 64) as u64, hash as u64])
+/// How a table turns names into keys: SipHash-1-3 with a 128-bit output
+/// under a random key of its own, so no client can find names that share
+/// a key without first learning it.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    sip: siphasher::sip128::SipHasher13,
+    /// Test builds only: every name gets the same key, so every lookup
+    /// goes through the spill map.
+    #[cfg(test)]
+    colliding: bool,
 }
+
+impl Keys {
+    /// A random key.
+    pub fn random() -> Keys {
+        let key: [u8; 16] = rand::random();
+        Keys {
+            sip: siphasher::sip128::SipHasher13::new_with_key(&key),
+            #[cfg(test)]
+            colliding: false,
+        }
+    }
+
+    /// Every name shares one key: tests that names, not hashes, are keys.
+    #[cfg(test)]
+    pub fn colliding() -> Keys {
+        Keys {
+            colliding: true,
+            ..Keys::random()
+        }
+    }
+
+    fn of(&self, name: &str) -> Key {
+        #[cfg(test)]
+        if self.colliding {
+            return Key([7, 7]);
+        }
+        let hash = self.sip.hash(name.as_bytes());
+        Key([hash.h1, hash.h2])
+    }
+}
+
+/// Entries whose key another name's entry holds in its bucket, by key:
+/// almost always empty (see the module's doc).
+type Spill<V> = HashMap<Key, Vec<Arc<V>>, FastHash>;
 
 /// Entries by name, in buckets shared copy-on-write with frozen images.
 #[derive(Debug)]
@@ -93,6 +141,10 @@ pub struct CowTable<V> {
     small: Lock<V>,
     /// The buckets, once the table outgrew `small`. Set once, never unset.
     big: OnceLock<Box<[Lock<V>]>>,
+    /// Names sharing a key with a name kept in a bucket, shared
+    /// copy-on-write with frozen images like a bucket.
+    spill: RwLock<Arc<Spill<V>>>,
+    keys: Keys,
     /// Chooses the bucket. Seeded apart from the buckets' own hasher.
     spread: FastHash,
     /// Every bucket map's hasher (a copied bucket keeps it: `Clone`).
@@ -108,10 +160,16 @@ impl<V: Named> Default for CowTable<V> {
 
 impl<V: Named> CowTable<V> {
     pub fn new() -> CowTable<V> {
+        CowTable::with_keys(Keys::random())
+    }
+
+    pub fn with_keys(keys: Keys) -> CowTable<V> {
         let hasher = FastHash::default();
         CowTable {
             small: RwLock::new(Arc::new(Bucket::with_hasher(hasher.clone()))),
             big: OnceLock::new(),
+            spill: RwLock::new(Arc::new(Spill::with_hasher(FastHash::default()))),
+            keys,
             spread: FastHash::default(),
             hasher,
             len: AtomicUsize::new(0),
@@ -132,21 +190,34 @@ impl<V: Named> CowTable<V> {
         self.len() == 0
     }
 
-    /// Runs `look` on the entry named `name`, under its bucket's read lock.
+    /// Runs `look` on the entry named `name`, under its bucket's read lock
+    /// (or the spill map's, for a name whose key another name holds).
     pub fn read<T>(&self, name: &str, look: impl FnOnce(&Arc<V>) -> T) -> Option<T> {
-        let key = key_of(name);
-        let found = |bucket: &Bucket<V>| bucket.get(&key).filter(|v| v.name() == name).map(look);
-        if let Some(big) = self.big.get() {
-            return found(&read(&big[self.at(key)]));
+        let key = self.keys.of(name);
+        let in_bucket = match self.big.get() {
+            Some(big) => look_in(&read(&big[self.at(key)]), key, name, look),
+            None => {
+                let small = read(&self.small);
+                // The table may have spread while this reader waited for the
+                // lock: `grow` sets `big` before it lets go of `small`'s
+                // write lock.
+                match self.big.get() {
+                    Some(big) => {
+                        drop(small);
+                        look_in(&read(&big[self.at(key)]), key, name, look)
+                    }
+                    None => look_in(&small, key, name, look),
+                }
+            }
+        };
+        match in_bucket {
+            Ok(answer) => answer,
+            Err(look) => {
+                let spill = read_spill(&self.spill);
+                let v = spill.get(&key)?.iter().find(|v| v.name() == name)?;
+                Some(look(v))
+            }
         }
-        let small = read(&self.small);
-        // The table may have spread while this reader waited for the lock:
-        // `grow` sets `big` before it lets go of `small`'s write lock.
-        if let Some(big) = self.big.get() {
-            drop(small);
-            return found(&read(&big[self.at(key)]));
-        }
-        found(&small)
     }
 
     /// The entry named `name`, if kept. The `Arc` is the table's own: a
@@ -183,11 +254,40 @@ impl<V: Named> CowTable<V> {
         change(Arc::make_mut(&mut bucket))
     }
 
+    /// Runs `change` on the spill map, copying it first if a frozen image
+    /// shares it (as [`Self::write`] does a bucket).
+    fn write_spill<T>(&self, change: impl FnOnce(&mut Spill<V>) -> T) -> T {
+        let mut spill = self.spill.write().unwrap_or_else(PoisonError::into_inner);
+        change(Arc::make_mut(&mut spill))
+    }
+
     /// Adds an entry under its name. Returns the one it replaced, if any
-    /// (callers treat that as a broken invariant or a damaged snapshot).
+    /// (the same name: callers treat that as a broken invariant or a
+    /// damaged snapshot). A name whose key another name holds goes to the
+    /// spill map.
     pub fn insert(&self, entry: Arc<V>) -> Option<Arc<V>> {
-        let key = key_of(entry.name());
-        let replaced = self.write(key, |bucket| bucket.insert(key, entry));
+        let key = self.keys.of(entry.name());
+        let placed = self.write(key, |bucket| match bucket.get_mut(&key) {
+            Some(v) if v.name() == entry.name() => Ok(Some(std::mem::replace(v, entry))),
+            Some(_) => Err(entry),
+            None => {
+                bucket.insert(key, entry);
+                Ok(None)
+            }
+        });
+        let replaced = match placed {
+            Ok(replaced) => replaced,
+            Err(entry) => self.write_spill(|spill| {
+                let names = spill.entry(key).or_default();
+                match names.iter_mut().find(|v| v.name() == entry.name()) {
+                    Some(v) => Some(std::mem::replace(v, entry)),
+                    None => {
+                        names.push(entry);
+                        None
+                    }
+                }
+            }),
+        };
         if replaced.is_none() {
             let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
             if len > SMALL_MAX && self.big.get().is_none() {
@@ -220,27 +320,72 @@ impl<V: Named> CowTable<V> {
     /// Changes the entry named `name` in place (copying it first if a
     /// frozen image or a reader shares it). None if it is not kept.
     pub fn update<T>(&self, name: &str, change: impl FnOnce(&mut V) -> T) -> Option<T> {
-        let key = key_of(name);
-        self.write(key, |bucket| {
-            let v = bucket.get_mut(&key).filter(|v| v.name() == name)?;
-            Some(change(Arc::make_mut(v)))
-        })
+        let key = self.keys.of(name);
+        // Ok(answer) when found in its bucket; Err(change) to look in the
+        // spill map, when another name holds the key.
+        let in_bucket = self.write(key, |bucket| match bucket.get_mut(&key) {
+            Some(v) if v.name() == name => Ok(Some(change(Arc::make_mut(v)))),
+            Some(_) => Err(change),
+            None => Ok(None),
+        });
+        match in_bucket {
+            Ok(answer) => answer,
+            Err(change) => self.write_spill(|spill| {
+                let v = spill.get_mut(&key)?.iter_mut().find(|v| v.name() == name)?;
+                Some(change(Arc::make_mut(v)))
+            }),
+        }
     }
 
-    /// Forgets the entry named `name`.
+    /// Forgets the entry named `name`. When it held its key in a bucket
+    /// and other names with that key wait in the spill map, one of them
+    /// takes its place.
     pub fn remove(&self, name: &str) -> Option<Arc<V>> {
-        let key = key_of(name);
-        let removed = self.write(key, |bucket| {
-            let found = bucket.get(&key).is_some_and(|v| v.name() == name);
-            if !found {
-                return None;
-            }
-            bucket.remove(&key)
+        let key = self.keys.of(name);
+        // Ok(removed) from the bucket; Err(()) when another name holds the
+        // key there, so `name` can only be in the spill map.
+        let in_bucket = self.write(key, |bucket| match bucket.get(&key) {
+            Some(v) if v.name() == name => Ok(bucket.remove(&key)),
+            Some(_) => Err(()),
+            None => Ok(None),
         });
+        let removed = match in_bucket {
+            Ok(Some(removed)) => {
+                self.refill(key);
+                Some(removed)
+            }
+            Ok(None) => None,
+            Err(()) => self.write_spill(|spill| {
+                let names = spill.get_mut(&key)?;
+                let at = names.iter().position(|v| v.name() == name)?;
+                let removed = names.swap_remove(at);
+                if names.is_empty() {
+                    spill.remove(&key);
+                }
+                Some(removed)
+            }),
+        };
         if removed.is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
         removed
+    }
+
+    /// Moves a spilled entry of `key`, if any, into the bucket slot just
+    /// freed: a lookup searches the spill map only when it meets another
+    /// name in the bucket.
+    fn refill(&self, key: Key) {
+        let moved = self.write_spill(|spill| {
+            let names = spill.get_mut(&key)?;
+            let moved = names.pop();
+            if names.is_empty() {
+                spill.remove(&key);
+            }
+            moved
+        });
+        if let Some(entry) = moved {
+            self.write(key, |bucket| bucket.insert(key, entry));
+        }
     }
 
     /// The locks holding entries now: the buckets, or the small map.
@@ -259,9 +404,13 @@ impl<V: Named> CowTable<V> {
                 visit(v);
             }
         }
+        for names in read_spill(&self.spill).values() {
+            names.iter().for_each(&mut visit);
+        }
     }
 
-    /// The table as it is now, for a snapshot: a reference to each bucket.
+    /// The table as it is now, for a snapshot: a reference to each bucket
+    /// and to the spill map.
     pub fn freeze(&self) -> FrozenTable<V> {
         let locks = self.locks();
         let mut buckets = Vec::with_capacity(locks.len());
@@ -271,9 +420,36 @@ impl<V: Named> CowTable<V> {
             count += bucket.len();
             buckets.push(Arc::clone(&bucket));
         }
+        let spill = Arc::clone(&read_spill(&self.spill));
+        count += spill.values().map(Vec::len).sum::<usize>();
         assert_eq!(count, self.len(), "table count out of step");
-        FrozenTable { buckets, count }
+        FrozenTable {
+            buckets,
+            spill,
+            count,
+        }
     }
+}
+
+/// Runs `look` on the entry named `name` if `bucket` holds it under `key`.
+/// Err(look) when another name holds `key` there: `name` can then only be
+/// in the spill map.
+fn look_in<V: Named, T, F: FnOnce(&Arc<V>) -> T>(
+    bucket: &Bucket<V>,
+    key: Key,
+    name: &str,
+    look: F,
+) -> Result<Option<T>, F> {
+    match bucket.get(&key) {
+        Some(v) if v.name() == name => Ok(Some(look(v))),
+        Some(_) => Err(look),
+        None => Ok(None),
+    }
+}
+
+/// The spill map's read lock, taken as [`read`] takes a bucket's.
+fn read_spill<V>(lock: &RwLock<Arc<Spill<V>>>) -> RwLockReadGuard<'_, Arc<Spill<V>>> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A bucket's read lock. A poisoned lock is taken as it is: a panic while
@@ -288,6 +464,7 @@ fn read<V>(lock: &Lock<V>) -> RwLockReadGuard<'_, Arc<Bucket<V>>> {
 #[derive(Debug)]
 pub struct FrozenTable<V> {
     buckets: Vec<Arc<Bucket<V>>>,
+    spill: Arc<Spill<V>>,
     count: usize,
 }
 
@@ -295,6 +472,7 @@ impl<V> Default for FrozenTable<V> {
     fn default() -> Self {
         FrozenTable {
             buckets: Vec::new(),
+            spill: Arc::new(Spill::with_hasher(FastHash::default())),
             count: 0,
         }
     }
@@ -311,7 +489,8 @@ impl<V> FrozenTable<V> {
 
     /// Every frozen entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<V>> {
-        self.buckets.iter().flat_map(|b| b.values())
+        let spilled = self.spill.values().flatten();
+        self.buckets.iter().flat_map(|b| b.values()).chain(spilled)
     }
 }
 
@@ -438,6 +617,52 @@ mod tests {
         let mut visited = 0;
         table.for_each(|_| visited += 1);
         assert_eq!(visited, SMALL_MAX + 1);
+    }
+
+    /// Every name sharing one key (a forced collision of hashes): each is
+    /// still kept, found, changed, frozen and forgotten by its own name, in
+    /// a small table and a spread one.
+    #[test]
+    fn names_sharing_a_key_are_kept_apart() {
+        for count in [5, SMALL_MAX + 10] {
+            let table = CowTable::with_keys(Keys::colliding());
+            let plain = CowTable::new();
+            for i in 0..count {
+                assert!(table.insert(entry(&format!("n{i}"), i as u64)).is_none());
+                plain.insert(entry(&format!("n{i}"), i as u64));
+            }
+            assert_eq!(table.len(), count);
+            assert_eq!(value(&table, "n3"), Some(3));
+            assert_eq!(value(&table, "missing"), None);
+            // The same name again replaces, wherever it was kept.
+            assert_eq!(table.insert(entry("n4", 40)).map(|e| e.value), Some(4));
+            assert_eq!(table.update("n2", |e| e.value = 20), Some(()));
+            assert_eq!(table.update("missing", |e| e.value = 1), None);
+            let frozen = table.freeze();
+            // Forget the one holding the key in its bucket, and others.
+            let holder = table.read("n0", |e| e.value).map(|_| "n0");
+            assert!(holder.is_some());
+            for name in ["n0", "n1", "n4"] {
+                assert!(table.remove(name).is_some(), "{name} not removed");
+                assert!(table.get(name).is_none(), "{name} still found");
+            }
+            assert!(table.remove("n0").is_none());
+            assert_eq!(table.len(), count - 3);
+            for i in 5..count {
+                assert_eq!(value(&table, &format!("n{i}")), Some(i as u64), "n{i} lost");
+            }
+            assert_eq!(value(&table, "n2"), Some(20));
+            let mut visited = 0;
+            table.for_each(|_| visited += 1);
+            assert_eq!(visited, count - 3);
+            // The image taken before the removals still has them all.
+            assert_eq!(frozen.len(), count);
+            let image = names(&frozen);
+            assert_eq!(image.len(), count);
+            assert!(image.contains(&("n4".to_string(), 40)));
+            assert!(image.contains(&("n0".to_string(), 0)));
+            assert_eq!(plain.len(), count);
+        }
     }
 
     #[test]

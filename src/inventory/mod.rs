@@ -143,6 +143,22 @@ impl Inventory {
         }
     }
 
+    /// An inventory in which every SKU name shares one key and every
+    /// reservation id another (see [`cow_table::Keys::colliding`]): it must
+    /// behave exactly as any other, names being the keys.
+    #[cfg(test)]
+    pub(crate) fn with_colliding_keys() -> Inventory {
+        let shared = Shared {
+            stock: StockTable::with_keys(cow_table::Keys::colliding()),
+            reservations: CowTable::with_keys(cow_table::Keys::colliding()),
+            ..Shared::default()
+        };
+        Inventory {
+            shared: Arc::new(shared),
+            ..Inventory::new()
+        }
+    }
+
     /// The read side, for gRPC handlers.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()

@@ -103,6 +103,15 @@ impl StockTable {
         StockTable::default()
     }
 
+    /// A table whose SKUs are keyed by `keys` (tests force collisions).
+    #[cfg(test)]
+    pub(crate) fn with_keys(keys: cow_table::Keys) -> StockTable {
+        StockTable {
+            skus: CowTable::with_keys(keys),
+            counters: AtomicUsize::new(0),
+        }
+    }
+
     /// Number of (sku, node) counters.
     pub fn counter_count(&self) -> usize {
         self.counters.load(Ordering::Relaxed)
