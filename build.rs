@@ -1,5 +1,12 @@
 //! Compiles the protobuf contracts with a vendored protoc, so a fresh machine
 //! needs no protoc of its own.
+//!
+//! Apart, so that what a server advertises and what it links stay apart:
+//! the public API (`stockraft.v1`, whose descriptors reflection serves),
+//! the internal formats (`stockraft.internal.v1`: log, snapshots, peers;
+//! never advertised), raft-rs's wire format described again for prost
+//! (`stockraft.internal.raft.v1`), and the benchmark-only ceiling service
+//! (`stockraft.bench.v1`), compiled only with the `bench` feature.
 
 use std::path::PathBuf;
 
@@ -11,17 +18,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("stockraft_descriptor.bin"))
+        .file_descriptor_set_path(out_dir.join("stockraft_public_descriptor.bin"))
         .compile_protos(
             &[
                 "proto/stockraft/v1/inventory.proto",
                 "proto/stockraft/v1/cluster.proto",
-                "proto/stockraft/internal/v1/log.proto",
-                "proto/stockraft/internal/v1/peer.proto",
-                "proto/stockraft/bench/v1/ceiling.proto",
             ],
             &["proto"],
         )?;
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/stockraft/internal/v1/log.proto",
+            "proto/stockraft/internal/v1/peer.proto",
+        ],
+        &["proto"],
+    )?;
+    // raft-rs's wire format, decoded with prost; `bytes` fields share the
+    // buffer they were read from (entries' data are not copied).
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_protos(&["proto/stockraft/internal/raft/v1/wire.proto"], &["proto"])?;
+    if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        tonic_prost_build::configure()
+            .compile_protos(&["proto/stockraft/bench/v1/ceiling.proto"], &["proto"])?;
+    }
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -41,7 +41,7 @@ pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 
 echo "building (release)..." >&2
 make -s deps >&2
-cargo build -q --release --bin stockraft --example ceiling
+cargo build -q --release --features bench --bin stockraft --example ceiling
 target="${CARGO_TARGET_DIR:-target}/release"
 sr="$target/stockraft"
 

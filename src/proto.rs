@@ -6,19 +6,30 @@ pub mod v1 {
     tonic::include_proto!("stockraft.v1");
 }
 
-/// The log and snapshot formats, package `stockraft.internal.v1`.
+/// The log, snapshot and peer formats, package `stockraft.internal.v1`.
+/// Never advertised by reflection.
 pub mod internal {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("stockraft.internal.v1");
 }
 
+/// raft-rs's wire format (`eraftpb`), described again for prost, package
+/// `stockraft.internal.raft.v1`: see `replica::wire`.
+pub mod raft_wire {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("stockraft.internal.raft.v1");
+}
+
 /// The transport-ceiling bench service (benches/compare.sh), package
-/// `stockraft.bench.v1`.
+/// `stockraft.bench.v1`: only in builds with the `bench` feature.
+#[cfg(feature = "bench")]
 pub mod bench {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("stockraft.bench.v1");
 }
 
-/// Every proto's descriptors, served by gRPC reflection so grpcurl, grpcui
-/// and Postman work without the .proto files.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("stockraft_descriptor");
+/// The public API's descriptors, served by gRPC reflection so grpcurl,
+/// grpcui and Postman work without the .proto files. The internal
+/// services are left out: they are for members only.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("stockraft_public_descriptor");

@@ -500,6 +500,13 @@ async fn health_and_reflection_work_without_the_proto_files() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
+    // Members' services are for members: not advertised.
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with("stockraft.internal") && !n.starts_with("stockraft.bench")),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]

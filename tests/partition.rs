@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use stockraft::proto::internal::peer_client::PeerClient;
+use stockraft::proto::internal::fault_injection_client::FaultInjectionClient;
 use stockraft::proto::internal::Faults;
 use stockraft::proto::v1 as pb;
 
@@ -16,7 +16,7 @@ async fn isolate(cluster: &Cluster, id: u64, from: Vec<u64>) {
     let channel = stockraft::client::channel(&cluster.addr(id), Duration::from_secs(5))
         .await
         .unwrap();
-    PeerClient::new(channel)
+    FaultInjectionClient::new(channel)
         .set_faults(Faults { isolate_from: from })
         .await
         .unwrap();

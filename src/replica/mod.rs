@@ -46,11 +46,15 @@
 //! command that gets no answer comes back with its error ([`Unanswered`]),
 //! so a caller retries it without keeping a copy of everything it proposes.
 
+pub mod admission;
 pub mod log_store;
 mod logger;
 pub mod membership;
 pub mod snapshot_task;
+pub mod wire;
 
+#[cfg(test)]
+mod admission_tests;
 #[cfg(test)]
 mod removal_tests;
 #[cfg(test)]
@@ -59,10 +63,8 @@ mod tests;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType, Message, Snapshot,
-    SnapshotMetadata,
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, EntryType, Message, Snapshot, SnapshotMetadata,
 };
 use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use thiserror::Error;
@@ -232,6 +234,15 @@ pub enum ReadError {
     Removed,
 }
 
+/// Why a peer message was dropped instead of stepped.
+#[derive(Debug, Error)]
+pub enum StepError {
+    #[error("refused before raft-rs: {}", .0.label())]
+    Refused(admission::Refusal),
+    #[error("raft-rs refused it: {0}")]
+    Raft(raft::Error),
+}
+
 /// An error the replica cannot recover from: the caller must stop the node.
 #[derive(Debug, Error)]
 pub enum Fatal {
@@ -245,6 +256,8 @@ pub enum Fatal {
     Raft(#[from] raft::Error),
     #[error("raft state cannot be decoded: {0}")]
     Protobuf(#[from] protobuf::ProtobufError),
+    #[error("a committed membership change cannot be decoded: {0}")]
+    Wire(#[from] wire::WireError),
 }
 
 /// What one call produced for the caller to deliver.
@@ -406,6 +419,9 @@ pub struct Replica<S: LogStore> {
     removed_step_downs: u64,
     /// See [`ReplicaStatus::removed`].
     removed: bool,
+    /// A snapshot from the leader read whole when it was stepped, for its
+    /// install (see [`Replica::check_snapshot`]).
+    snapshot_checked: Option<ReadSnapshot>,
 }
 
 impl<S: LogStore> Replica<S> {
@@ -485,6 +501,7 @@ impl<S: LogStore> Replica<S> {
             written_number: 0,
             removed_step_downs: 0,
             removed: false,
+            snapshot_checked: None,
         })
     }
 
@@ -684,11 +701,48 @@ impl<S: LogStore> Replica<S> {
         Ok(())
     }
 
-    /// Hands a message from a peer to raft-rs. A message raft-rs refuses
-    /// (from an unknown peer, say) is dropped; the error says why.
-    pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+    /// Hands a message from a peer to raft-rs, unless [`admission`]
+    /// refuses it (it would stop raft-rs, or let its sender change the
+    /// group): then it is dropped and counted. A message raft-rs itself
+    /// refuses (a response from an unknown peer, say) is dropped too; the
+    /// error says why.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         self.step_down_if_removed();
-        self.raw.step(message)
+        let mut refused = admission::refusal(&self.raw.raft, &self.members, &message);
+        if refused.is_none() && message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            refused = self.check_snapshot(message.get_snapshot()).err();
+        }
+        if let Some(refusal) = refused {
+            metrics::counter!("stockraft_peer_messages_refused_total", "reason" => refusal.label())
+                .increment(1);
+            return Err(StepError::Refused(refusal));
+        }
+        self.raw.step(message).map_err(StepError::Raft)
+    }
+
+    /// Reads a snapshot from the leader whole before raft-rs takes it, so
+    /// that one that cannot be read is refused instead of stopping this
+    /// replica once raft-rs has taken it; the state read is kept for
+    /// [`Self::install_snapshot`], so it is read once. A snapshot raft-rs
+    /// will not install (at or below the commit index) is not read.
+    fn check_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), admission::Refusal> {
+        let meta = snapshot.get_metadata();
+        if meta.index <= self.raw.raft.raft_log.committed {
+            return Ok(());
+        }
+        match read_snapshot_image(snapshot) {
+            Ok(read) => {
+                self.snapshot_checked = Some(read);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(
+                    index = meta.index,
+                    "refused a snapshot from a peer: {error}"
+                );
+                Err(admission::Refusal::Malformed)
+            }
+        }
     }
 
     /// Whether raft-rs has this replica leading a group it is no longer a
@@ -1080,7 +1134,7 @@ impl<S: LogStore> Replica<S> {
                     self.answer(index, entry.term, result, out);
                 }
                 EntryType::EntryConfChange => {
-                    let change = ConfChange::parse_from_bytes(&entry.data)?;
+                    let change = wire::decode_conf_change(&entry.data)?;
                     let single = ConfChangeSingle {
                         change_type: change.get_change_type(),
                         node_id: change.node_id,
@@ -1092,7 +1146,7 @@ impl<S: LogStore> Replica<S> {
                     self.answer(index, entry.term, EntryResult::Membership(answer), out);
                 }
                 EntryType::EntryConfChangeV2 => {
-                    let change = ConfChangeV2::parse_from_bytes(&entry.data)?;
+                    let change = wire::decode_conf_change_v2(&entry.data)?;
                     let answer = self.apply_membership(index, &change, &entry.context, out)?;
                     self.answer(index, entry.term, EntryResult::Membership(answer), out);
                 }
@@ -1244,14 +1298,20 @@ impl<S: LogStore> Replica<S> {
         // The chunks stay in the message's buffer: rebuilt from it and
         // stored from it, never copied beside it.
         let (members, header, chunks) = membership::split_snapshot_data(&snapshot.data)?;
-        // Check the image fully before it replaces anything.
-        let mut reader = snapshot::ImageReader::new(&header, chunks.len() as u64)?;
-        let mut image_bytes = 0u64;
-        for chunk in &chunks {
-            reader.chunk(chunk);
-            image_bytes += chunk.len() as u64;
-        }
-        let inventory = reader.finish(meta.index)?;
+        // Read whole when it was stepped (`check_snapshot`); again only if
+        // raft-rs hands out another one than that.
+        let checked = self
+            .snapshot_checked
+            .take()
+            .filter(|c| c.index == meta.index && c.term == meta.term);
+        let ReadSnapshot {
+            inventory,
+            image_bytes,
+            ..
+        } = match checked {
+            Some(read) => read,
+            None => read_snapshot_image(&snapshot)?,
+        };
         let record = SnapshotRecord {
             meta,
             members,
@@ -1383,6 +1443,32 @@ impl<S: LogStore> Replica<S> {
 /// Bytes of log a snapshot waits for after one of `image_bytes` (see
 /// [`ReplicaConfig::snapshot_entries`]): the image's size up to `floor`,
 /// and a quarter of it beyond.
+/// A snapshot's state, read and checked whole.
+#[derive(Debug)]
+struct ReadSnapshot {
+    index: u64,
+    term: u64,
+    inventory: Inventory,
+    image_bytes: u64,
+}
+
+fn read_snapshot_image(snapshot: &Snapshot) -> Result<ReadSnapshot, SnapshotError> {
+    let meta = snapshot.get_metadata();
+    let (_, header, chunks) = membership::split_snapshot_data(&snapshot.data)?;
+    let mut reader = snapshot::ImageReader::new(&header, chunks.len() as u64)?;
+    let mut image_bytes = 0u64;
+    for chunk in &chunks {
+        reader.chunk(chunk);
+        image_bytes += chunk.len() as u64;
+    }
+    Ok(ReadSnapshot {
+        index: meta.index,
+        term: meta.term,
+        inventory: reader.finish(meta.index)?,
+        image_bytes,
+    })
+}
+
 fn snapshot_log_due(image_bytes: u64, floor: u64) -> u64 {
     (image_bytes / 4).max(image_bytes.min(floor))
 }

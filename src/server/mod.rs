@@ -264,7 +264,7 @@ pub async fn serve(
         }
     };
     let incoming = accept_nodelay(listener);
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health_service)
@@ -272,8 +272,14 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(inventory)
         .add_service(cluster)
-        .add_service(peer)
-        .serve_with_incoming_shutdown(incoming, shutdown_signal);
+        .add_service(peer);
+    #[cfg(feature = "fault-injection")]
+    let router = router.add_service(
+        crate::proto::internal::fault_injection_server::FaultInjectionServer::new(
+            peer_service::FaultService::new(faults.clone()),
+        ),
+    );
+    let server = router.serve_with_incoming_shutdown(incoming, shutdown_signal);
     // Calls in flight get a grace period to finish; then connections that
     // are still open (a client that ignores GOAWAY) are dropped.
     let grace = Duration::from_millis(config.shutdown_grace_ms);

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
@@ -12,6 +11,7 @@ use super::transport::Faults;
 use crate::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_WAIT_MS_MAX};
 use crate::proto::internal as pb;
 use crate::proto::internal::peer_server::Peer;
+use crate::replica::wire;
 
 pub struct PeerService {
     node: NodeHandle,
@@ -45,7 +45,7 @@ impl Peer for PeerService {
                 continue;
             }
             for bytes in batch.messages {
-                let message = Message::parse_from_bytes(&bytes)
+                let message = wire::decode_message(bytes::Bytes::from(bytes))
                     .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))?;
                 if message.from != batch.from {
                     return Err(Status::invalid_argument(
@@ -91,16 +91,29 @@ impl Peer for PeerService {
         self.node.step(message);
         Ok(Response::new(pb::PeerAck {}))
     }
+}
 
+/// Test builds only (the `fault-injection` feature): partitions made on
+/// purpose. A server built without the feature never serves it.
+#[cfg(feature = "fault-injection")]
+pub struct FaultService {
+    faults: Faults,
+}
+
+#[cfg(feature = "fault-injection")]
+impl FaultService {
+    pub fn new(faults: Faults) -> FaultService {
+        FaultService { faults }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+#[tonic::async_trait]
+impl crate::proto::internal::fault_injection_server::FaultInjection for FaultService {
     async fn set_faults(
         &self,
         request: Request<pb::Faults>,
     ) -> Result<Response<pb::PeerAck>, Status> {
-        if !cfg!(feature = "fault-injection") {
-            return Err(Status::unimplemented(
-                "fault injection is only in test builds (cargo feature fault-injection)",
-            ));
-        }
         let faults = request.into_inner();
         tracing::warn!(isolated = ?faults.isolate_from, "fault injection: isolating peers");
         self.faults.set(faults.isolate_from);
@@ -162,7 +175,7 @@ fn snapshot_buffer(total_bytes: u64, bytes_max: u64) -> Result<Vec<u8>, Status> 
 /// raft message, a stalled sender) drops what was received: raft-rs is
 /// stepped with a snapshot only when it arrived whole.
 async fn receive_snapshot<S>(
-    first: pb::SnapshotPart,
+    mut first: pb::SnapshotPart,
     stream: &mut S,
     part_wait: Duration,
 ) -> Result<Message, Status>
@@ -171,7 +184,8 @@ where
 {
     let total_bytes = first.total_bytes;
     let mut data = snapshot_buffer(total_bytes, SNAPSHOT_BYTES_MAX)?;
-    let mut message = Message::parse_from_bytes(&first.message)
+    let header = std::mem::take(&mut first.message);
+    let mut message = wire::decode_message(bytes::Bytes::from(header))
         .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))?;
     // As `send` checks each message of a batch: the sender the stream
     // names (which fault injection isolates by) is the message's own.
@@ -206,6 +220,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use protobuf::Message as _;
+
     use super::*;
     use raft::eraftpb::MessageType;
 

@@ -104,6 +104,8 @@ pub struct SimReport {
     pub leader_removals: u64,
     /// Leaders that applied their own removal and stepped down.
     pub removed_step_downs: u64,
+    /// Peer messages refused before raft-rs, by reason.
+    pub refused: std::collections::BTreeMap<&'static str, u64>,
     pub elections: u64,
     pub messages: u64,
     pub dropped: u64,
@@ -514,9 +516,14 @@ impl Sim {
             let id = self.nodes[i].id;
             if let Some(replica) = self.nodes[i].replica.as_mut() {
                 // A message a replica refuses is dropped, as the server does.
-                guard(id, || {
-                    let _ = replica.step(message);
-                })?;
+                let shown = show_refused().then(|| format!("{message:?}"));
+                let stepped = guard(id, || replica.step(message))?;
+                if let Err(crate::replica::StepError::Refused(refusal)) = stepped {
+                    *self.report.refused.entry(refusal.label()).or_default() += 1;
+                    if let Some(shown) = shown {
+                        eprintln!("node {id} refused ({}): {shown}", refusal.label());
+                    }
+                }
             }
         }
         Ok(())
@@ -822,6 +829,13 @@ impl Sim {
             }
         }
     }
+}
+
+/// Whether to print every peer message a replica refuses
+/// (`STOCKRAFT_SIM_SHOW_REFUSED=1`), to look into a seed.
+fn show_refused() -> bool {
+    static SHOW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SHOW.get_or_init(|| std::env::var_os("STOCKRAFT_SIM_SHOW_REFUSED").is_some())
 }
 
 /// Runs replica code; a panic (a broken invariant, in raft-rs or in

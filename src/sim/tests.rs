@@ -63,26 +63,30 @@ fn simulation() {
     );
 }
 
-/// Regression (issue 27): in this seed a removal proposed by one leader
-/// commits under the node it removes, which led by then; raft-rs left it
-/// leading without its own progress and the next append response aborted
-/// it (`Option::unwrap()` on `None` in `Raft::maybe_commit`). Replayed
-/// with the fault mix it was found with; the removed leader must step
-/// down and the run pass every check.
+/// Regression (issue 27): in this seed, as it ran when it was found, a
+/// removal proposed by one leader committed under the node it removed,
+/// which led by then; raft-rs left it leading without its own progress and
+/// the next append response aborted it (`Option::unwrap()` on `None` in
+/// `Raft::maybe_commit`). With the fault mix it was found with it
+/// reproduced that abort until the fix, and passed after it. A seed's run
+/// follows the code, so a later change to what replicas do (refusing
+/// messages from members already removed, before raft-rs sees them) moved
+/// this one off that path: the path itself is held by the replica test that commits a
+/// leader's own removal with responses in flight, and by the CI seeds,
+/// whose operator moves leadership onto nodes being removed and which
+/// must see removed leaders step down (`simulation`). Here the seed must
+/// pass, in both fault mixes.
 #[test]
-fn a_leader_that_applies_its_own_removal_steps_down() {
-    let config = SimConfig {
-        leader_removals: false,
-        ..SimConfig::new(60538492796, OPS, None)
-    };
-    let report = match run(&config) {
-        Ok(report) => report,
-        Err(violation) => panic!("{violation}"),
-    };
-    assert!(
-        report.removed_step_downs > 0,
-        "the seed no longer has a leader apply its own removal: {report:?}"
-    );
+fn seed_60538492796_passes() {
+    for leader_removals in [false, true] {
+        let config = SimConfig {
+            leader_removals,
+            ..SimConfig::new(60538492796, OPS, None)
+        };
+        if let Err(violation) = run(&config) {
+            panic!("{violation}");
+        }
+    }
 }
 
 /// With a disk whose fsync lies (so a node acknowledges writes a crash

@@ -59,7 +59,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message as _;
-use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -70,6 +69,7 @@ use crate::proto::internal as pb;
 use crate::replica::membership::{
     from_records, start_snapshot_data, to_records, Bootstrap, Members,
 };
+use crate::replica::wire;
 use crate::replica::{
     put_chunks, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
 };
@@ -227,7 +227,7 @@ impl RocksStore {
             .map_err(|e| io("reading hard state", e))?
         {
             cache.hard_state =
-                HardState::parse_from_bytes(&bytes).map_err(|e| corrupt("hard state", e))?;
+                wire::decode_hard_state(&bytes).map_err(|e| corrupt("hard state", e))?;
             fresh = false;
         }
         if let Some(bytes) = db
@@ -235,7 +235,7 @@ impl RocksStore {
             .map_err(|e| io("reading conf state", e))?
         {
             cache.conf_state =
-                ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt("conf state", e))?;
+                wire::decode_conf_state(&bytes).map_err(|e| corrupt("conf state", e))?;
             fresh = false;
         }
         let mut members = Members::new();
@@ -267,7 +267,7 @@ impl RocksStore {
         {
             let stored = pb::StoredSnapshot::decode(bytes.as_slice())
                 .map_err(|e| corrupt("snapshot record", e))?;
-            let meta = SnapshotMetadata::parse_from_bytes(&stored.raft_metadata)
+            let meta = wire::decode_snapshot_metadata(&stored.raft_metadata)
                 .map_err(|e| corrupt("snapshot metadata", e))?;
             cache.snapshot_meta = Some(meta);
         }
@@ -279,7 +279,7 @@ impl RocksStore {
             if key.first() != Some(&PREFIX_LOG) {
                 break;
             }
-            let entry = Entry::parse_from_bytes(&value).map_err(|e| corrupt("log entry", e))?;
+            let entry = wire::decode_entry(&value).map_err(|e| corrupt("log entry", e))?;
             let expected = cache.truncated_index + 1 + entries.len() as u64;
             if entry.index != expected || key.as_ref() != log_key(entry.index) {
                 return Err(corrupt(
@@ -438,7 +438,7 @@ impl RocksStore {
         };
         let stored = pb::StoredSnapshot::decode(bytes.as_slice())
             .map_err(|e| corrupt("snapshot record", e))?;
-        let meta = SnapshotMetadata::parse_from_bytes(&stored.raft_metadata)
+        let meta = wire::decode_snapshot_metadata(&stored.raft_metadata)
             .map_err(|e| corrupt("snapshot metadata", e))?;
         Ok(Some((stored, meta)))
     }
