@@ -124,20 +124,31 @@ async fn growing_to_five_and_back_to_three_under_load() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     for id in [4u64, 5] {
-        let addr = cluster.add_joining(id, 1);
+        // Node 5 listens for peers on a port of its own.
+        let (addr, peer_address) = if id == 5 {
+            cluster.add_joining_with_peer_port(id, 1)
+        } else {
+            (cluster.add_joining(id, 1), String::new())
+        };
         let mut admin = cluster.cluster_client(2).await;
         let added = admin
             .add_member(pb::AddMemberRequest {
                 node_id: id,
-                address: addr,
+                address: addr.clone(),
+                peer_address: peer_address.clone(),
             })
             .await
             .unwrap()
             .into_inner();
+        let expected_peer = if peer_address.is_empty() {
+            addr
+        } else {
+            peer_address
+        };
         assert!(added
             .members
             .iter()
-            .any(|m| m.node_id == id && m.role == "VOTER"));
+            .any(|m| m.node_id == id && m.role == "VOTER" && m.peer_address == expected_peer));
         cluster.spawn(id);
         cluster
             .wait_caught_up(id, 1, Duration::from_secs(30))
@@ -334,6 +345,70 @@ async fn removing_the_leader_under_load_hands_leadership_over_first() {
     for id in remaining {
         check_node(&cluster, id, &ledger).await;
     }
+}
+
+/// Members listening for peers on ports of their own (`--peer-listen`,
+/// `--peers ID=CLIENT/PEER`): Raft traffic flows between the peer ports,
+/// a leader killed is replaced, and each port serves only its own
+/// services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_on_ports_of_their_own() {
+    let (mut cluster, peer_addrs) = Cluster::start_with_peer_ports(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let status = cluster.status(leader, false).await.unwrap();
+    for member in &status.members {
+        assert_eq!(
+            member.peer_address, peer_addrs[&member.node_id],
+            "{status:?}"
+        );
+        assert_ne!(member.peer_address, member.address);
+    }
+    seed(&cluster, leader).await;
+    cluster.kill9(leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let next = loop {
+        let next = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+        if next != leader {
+            break next;
+        }
+        assert!(Instant::now() < deadline, "no new leader after the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut c = cluster.client(next).await;
+    c.set_on_hand(pb::SetOnHandRequest {
+        txn_id: "after-kill".into(),
+        sku: "SKU-0".into(),
+        node: "dc".into(),
+        on_hand: 7,
+        expected_on_hand: None,
+    })
+    .await
+    .unwrap();
+    // The client port has no Peer service; the peer port no Inventory.
+    let channel = stockraft::client::channel(&cluster.addr(next), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let batch = stockraft::proto::internal::PeerBatch {
+        from: leader,
+        messages: Vec::new(),
+    };
+    let refused = stockraft::proto::internal::peer_client::PeerClient::new(channel)
+        .send(tokio_stream::iter(vec![batch]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    let peer_channel = stockraft::client::channel(&peer_addrs[&next], Duration::from_secs(5))
+        .await
+        .unwrap();
+    let refused = stockraft::proto::v1::inventory_client::InventoryClient::new(peer_channel)
+        .get_availability(pb::GetAvailabilityRequest {
+            skus: vec!["SKU-0".into()],
+            nodes: Vec::new(),
+            consistency: pb::Consistency::Local as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
 }
 
 /// Leadership moves on request, and writes keep working through it.

@@ -17,6 +17,7 @@ use stockraft::client::{self, parse_counter_arg};
 use stockraft::limits;
 use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::cluster_client::ClusterClient;
+use stockraft::replica::membership::Member;
 use stockraft::replica::{Members, ReplicaConfig};
 use stockraft::server::inventory_service::ApiConfig;
 use stockraft::server::ServeConfig;
@@ -236,7 +237,15 @@ pub enum ClusterCommand {
         digest: bool,
     },
     /// Add a node as a voter; then start it with `--join` (any member).
-    Add { node_id: u64, address: String },
+    Add {
+        node_id: u64,
+        /// Where clients reach the new node (HOST:PORT).
+        address: String,
+        /// Where members reach it for Raft traffic, when it listens for
+        /// peers on a port of its own (--peer-listen).
+        #[arg(long)]
+        peer_address: Option<String>,
+    },
     /// Remove a node, then stop it. Removing the leader first hands
     /// leadership to the most caught-up other voter, which removes it.
     Remove { node_id: u64 },
@@ -276,17 +285,29 @@ pub struct ServeArgs {
     /// This node's id in the cluster (a positive integer).
     #[arg(long, env = "STOCKRAFT_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub node_id: u64,
-    /// Address for clients (and, in a cluster, peers).
+    /// Address for clients (and, in a cluster, peers, unless
+    /// --peer-listen gives them a port of their own).
     #[arg(long, env = "STOCKRAFT_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address for other members' Raft traffic, apart from clients
+    /// (default: peers share --listen).
+    #[arg(long, env = "STOCKRAFT_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
     /// Where the node keeps its Raft log and snapshots.
     #[arg(long, env = "STOCKRAFT_DATA_DIR", default_value = "./stockraft-data")]
     pub data_dir: PathBuf,
-    /// The address other nodes use to reach this one (default: --listen).
+    /// The address clients and other nodes use to reach this one
+    /// (default: --listen).
     #[arg(long, env = "STOCKRAFT_ADVERTISE")]
     pub advertise: Option<String>,
+    /// The address other members send Raft traffic to (default:
+    /// --peer-listen, else the advertised address).
+    #[arg(long, env = "STOCKRAFT_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
     /// The members of a NEW cluster, the same on every node:
-    /// 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT. Ignored once the data dir exists.
+    /// 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT, or ID=CLIENT_ADDR/PEER_ADDR
+    /// for members listening for peers on a port of their own. Ignored once
+    /// the data dir exists.
     #[arg(long, env = "STOCKRAFT_PEERS", conflicts_with = "join")]
     pub peers: Option<String>,
     /// Join a running cluster through any member (HOST:PORT), after
@@ -394,6 +415,8 @@ impl ServeArgs {
         };
         Ok(ServeConfig {
             advertise: self.advertise,
+            peer_listen: self.peer_listen,
+            advertise_peer: self.advertise_peer,
             peers,
             join: self.join,
             leader_wait_ms: millis(self.leader_wait),
@@ -412,23 +435,29 @@ impl ServeArgs {
     }
 }
 
-/// Parses `1=HOST:PORT,2=HOST:PORT,...`.
+/// Parses `1=HOST:PORT,2=HOST:PORT,...`, each address optionally
+/// `CLIENT_HOST:PORT/PEER_HOST:PORT`.
 pub fn parse_peers(text: &str) -> Result<Members> {
     let mut members = Members::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, address) = item
+        let (id, addresses) = item
             .split_once('=')
             .ok_or_else(|| anyhow!("--peers item {item:?} is not ID=HOST:PORT"))?;
         let id: u64 =
             id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
                 anyhow!("--peers item {item:?}: the id must be a positive integer")
             })?;
-        if !address.contains(':') {
+        let (address, peer_address) = match addresses.split_once('/') {
+            Some((client, peer)) => (client.trim(), peer.trim()),
+            None => (addresses.trim(), addresses.trim()),
+        };
+        if !address.contains(':') || !peer_address.contains(':') {
             return Err(anyhow!(
-                "--peers item {item:?}: the address must be HOST:PORT"
+                "--peers item {item:?}: each address must be HOST:PORT"
             ));
         }
-        if members.insert(id, address.trim().to_string()).is_some() {
+        let member = Member::of(address, peer_address);
+        if members.insert(id, member).is_some() {
             return Err(anyhow!("--peers lists node {id} twice"));
         }
     }
@@ -935,9 +964,17 @@ async fn run_cluster(command: ClusterCommand, client: ClientArgs) -> Result<()> 
             }
             Ok(())
         }
-        ClusterCommand::Add { node_id, address } => {
+        ClusterCommand::Add {
+            node_id,
+            address,
+            peer_address,
+        } => {
             let r = api
-                .add_member(pb::AddMemberRequest { node_id, address })
+                .add_member(pb::AddMemberRequest {
+                    node_id,
+                    address,
+                    peer_address: peer_address.unwrap_or_default(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();

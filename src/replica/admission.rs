@@ -125,6 +125,12 @@ pub fn refusal<S: Storage>(raft: &Raft<S>, members: &Members, m: &Message) -> Op
 /// An append, heartbeat or snapshot: from the one leader of its term, and
 /// well formed.
 fn from_leader<S: Storage>(raft: &Raft<S>, m: &Message) -> Option<Refusal> {
+    if m.term < raft.term {
+        // raft-rs reads nothing of it but its term: it answers that the
+        // sender's term is over, which is how a deposed leader (or one
+        // whose follower was rebuilt at a higher term) learns to step down.
+        return None;
+    }
     if m.term == raft.term && raft.leader_id != 0 && m.from != raft.leader_id {
         // One leader per term: this member already follows another.
         return Some(Refusal::NotTheLeader);

@@ -1,9 +1,12 @@
 //! Who is in the group and where to reach them.
 //!
 //! raft-rs tracks membership as node ids (the conf state); stockraft also
-//! needs each member's address. Addresses travel with the ids: in the context
-//! of each membership-change entry, in every snapshot, and in the store next
-//! to the conf state, so a restarted node needs nothing but its data dir.
+//! needs each member's addresses: where clients reach it, and where other
+//! members send it Raft traffic (the same port unless it listens for peers
+//! on a port of its own, `--peer-listen`). Addresses travel with the ids: in
+//! the context of each membership-change entry, in every snapshot, and in
+//! the store next to the conf state, so a restarted node needs nothing but
+//! its data dir.
 
 use std::collections::BTreeMap;
 
@@ -17,13 +20,46 @@ use crate::inventory::snapshot::{self, Image, SnapshotError};
 use crate::limits::SNAPSHOT_BYTES_MAX;
 use crate::proto::internal as pb;
 
-/// Node id to address (HOST:PORT).
-pub type Members = BTreeMap<u64, String>;
+/// Where a member is reached, each as HOST:PORT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Clients, and members forwarding a client's call.
+    pub address: String,
+    /// Other members' Raft traffic.
+    pub peer_address: String,
+}
+
+impl Member {
+    /// A member serving clients and peers on one port.
+    pub fn at(address: &str) -> Member {
+        Member {
+            address: address.to_string(),
+            peer_address: address.to_string(),
+        }
+    }
+
+    /// From a record or a request: an empty peer address (written before
+    /// members had one of their own, or not given) is the client address.
+    pub fn of(address: &str, peer_address: &str) -> Member {
+        let peer = if peer_address.is_empty() {
+            address
+        } else {
+            peer_address
+        };
+        Member {
+            address: address.to_string(),
+            peer_address: peer.to_string(),
+        }
+    }
+}
+
+/// Node id to its addresses.
+pub type Members = BTreeMap<u64, Member>;
 
 /// A change of membership asked by an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
-    Add { node_id: u64, address: String },
+    Add { node_id: u64, member: Member },
     Remove { node_id: u64 },
 }
 
@@ -44,7 +80,7 @@ pub struct Bootstrap {
 
 pub fn bootstrap(members: &Members) -> Result<Bootstrap, protobuf::ProtobufError> {
     let mut entries = Vec::with_capacity(members.len());
-    for (i, (id, address)) in members.iter().enumerate() {
+    for (i, (id, member)) in members.iter().enumerate() {
         let mut change = ConfChangeV2::default();
         change.set_changes(
             vec![ConfChangeSingle {
@@ -61,7 +97,7 @@ pub fn bootstrap(members: &Members) -> Result<Bootstrap, protobuf::ProtobufError
         };
         entry.set_entry_type(EntryType::EntryConfChangeV2);
         entry.data = change.write_to_bytes()?.into();
-        entry.context = encode_change_context(*id, address).into();
+        entry.context = encode_change_context(*id, Some(member)).into();
         entries.push(entry);
     }
     let hard_state = HardState {
@@ -85,9 +121,10 @@ pub fn bootstrap(members: &Members) -> Result<Bootstrap, protobuf::ProtobufError
 pub fn to_records(members: &Members) -> Vec<pb::MemberRecord> {
     members
         .iter()
-        .map(|(id, address)| pb::MemberRecord {
+        .map(|(id, member)| pb::MemberRecord {
             node_id: *id,
-            address: address.clone(),
+            address: member.address.clone(),
+            peer_address: member.peer_address.clone(),
         })
         .collect()
 }
@@ -95,7 +132,7 @@ pub fn to_records(members: &Members) -> Vec<pb::MemberRecord> {
 pub fn from_records(records: &[pb::MemberRecord]) -> Members {
     records
         .iter()
-        .map(|r| (r.node_id, r.address.clone()))
+        .map(|r| (r.node_id, Member::of(&r.address, &r.peer_address)))
         .collect()
 }
 
@@ -157,17 +194,26 @@ pub fn split_snapshot_data(
     Ok((from_records(&envelope.members), header, chunks))
 }
 
-/// The context of a membership-change entry.
-pub fn encode_change_context(node_id: u64, address: &str) -> Vec<u8> {
+/// The context of a membership-change entry: the member added (None for
+/// a removal).
+pub fn encode_change_context(node_id: u64, member: Option<&Member>) -> Vec<u8> {
+    let (address, peer_address) = match member {
+        Some(m) => (m.address.clone(), m.peer_address.clone()),
+        None => (String::new(), String::new()),
+    };
     pb::MemberChange {
         node_id,
-        address: address.to_string(),
+        address,
+        peer_address,
     }
     .encode_to_vec()
 }
 
-pub fn decode_change_context(context: &[u8]) -> Option<pb::MemberChange> {
-    pb::MemberChange::decode(context).ok()
+/// The member an entry's context names, if it names one.
+pub fn decode_change_context(context: &[u8]) -> Option<(u64, Member)> {
+    let change = pb::MemberChange::decode(context).ok()?;
+    let member = Member::of(&change.address, &change.peer_address);
+    Some((change.node_id, member))
 }
 
 #[cfg(test)]
@@ -178,7 +224,7 @@ mod tests {
 
     #[test]
     fn snapshot_data_round_trips() {
-        let members: Members = [(1, "a:1".to_string()), (2, "b:2".to_string())].into();
+        let members: Members = [(1, Member::at("a:1")), (2, Member::of("b:2", "b:3"))].into();
         for image in [
             snapshot::write(&Inventory::new()),
             snapshot::write(&inventory_of(3 * snapshot::CHUNK_RECORDS_MAX)),
@@ -193,7 +239,7 @@ mod tests {
 
     #[test]
     fn snapshot_data_built_chunk_by_chunk_fits_the_room_reserved() {
-        let members: Members = [(1, "a:1".to_string())].into();
+        let members: Members = [(1, Member::at("a:1"))].into();
         let image = snapshot::write(&inventory_of(3 * snapshot::CHUNK_RECORDS_MAX));
         assert!(image.chunks.len() >= 3, "want several chunks");
         let count = image.chunks.len() as u64;
@@ -225,7 +271,7 @@ mod tests {
 
     #[test]
     fn snapshot_data_cut_short_is_refused() {
-        let members: Members = [(1, "a:1".to_string())].into();
+        let members: Members = [(1, Member::at("a:1"))].into();
         let image = snapshot::write(&inventory_of(10));
         let data = encode_snapshot_data(&members, &image);
         let err = split_snapshot_data(&data[..data.len() - 1]).unwrap_err();

@@ -647,13 +647,13 @@ impl<S: LogStore> Replica<S> {
             return;
         }
         let (single, context) = match &change {
-            MembershipChange::Add { node_id, address } => (
+            MembershipChange::Add { node_id, member } => (
                 ConfChangeSingle {
                     change_type: ConfChangeType::AddNode,
                     node_id: *node_id,
                     ..Default::default()
                 },
-                membership::encode_change_context(*node_id, address),
+                membership::encode_change_context(*node_id, Some(member)),
             ),
             MembershipChange::Remove { node_id } => (
                 ConfChangeSingle {
@@ -661,7 +661,7 @@ impl<S: LogStore> Replica<S> {
                     node_id: *node_id,
                     ..Default::default()
                 },
-                membership::encode_change_context(*node_id, ""),
+                membership::encode_change_context(*node_id, None),
             ),
         };
         let mut v2 = ConfChangeV2::default();
@@ -1182,8 +1182,8 @@ impl<S: LogStore> Replica<S> {
         for single in change.get_changes() {
             match single.get_change_type() {
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                    if let Some(named) = named.as_ref().filter(|n| n.node_id == single.node_id) {
-                        self.members.insert(single.node_id, named.address.clone());
+                    if let Some((_, member)) = named.as_ref().filter(|n| n.0 == single.node_id) {
+                        self.members.insert(single.node_id, member.clone());
                     }
                     if single.node_id == self.config.id {
                         self.removed = false;

@@ -442,7 +442,7 @@ fn a_joining_replica_learns_the_full_membership() {
         77,
         MembershipChange::Add {
             node_id: 4,
-            address: "node-4".into(),
+            member: membership::Member::at("node-4"),
         },
         &mut out,
     );

@@ -11,6 +11,7 @@ use super::status;
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::Cluster;
+use crate::replica::membership::Member;
 use crate::replica::{MembershipAnswer, MembershipChange, ProposeError};
 
 pub struct ClusterService {
@@ -26,7 +27,7 @@ impl ClusterService {
     fn members(&self) -> Vec<pb::Member> {
         let view = self.node.members();
         let mut out = Vec::new();
-        for (id, address) in &view.members {
+        for (id, member) in &view.members {
             let role = if view.conf_state.voters.contains(id) {
                 "VOTER"
             } else if view.conf_state.learners.contains(id) {
@@ -36,8 +37,9 @@ impl ClusterService {
             };
             out.push(pb::Member {
                 node_id: *id,
-                address: address.clone(),
+                address: member.address.clone(),
                 role: role.into(),
+                peer_address: member.peer_address.clone(),
             });
         }
         out
@@ -154,14 +156,15 @@ fn membership_response(answer: MembershipAnswer) -> pb::MembershipResponse {
     let members = answer
         .members
         .iter()
-        .map(|(id, address)| pb::Member {
+        .map(|(id, member)| pb::Member {
             node_id: *id,
-            address: address.clone(),
+            address: member.address.clone(),
             role: if answer.voters.contains(id) {
                 "VOTER".into()
             } else {
                 "LEARNER".into()
             },
+            peer_address: member.peer_address.clone(),
         })
         .collect();
     pb::MembershipResponse {
@@ -229,15 +232,19 @@ impl Cluster for ClusterService {
             return Err(Status::invalid_argument("node_id must be positive"));
         }
         check_address(&r.address)?;
+        if !r.peer_address.is_empty() {
+            check_address(&r.peer_address)?;
+        }
         let deadline = Instant::now() + self.forwarder.budget;
         if let Route::Leader { channel, .. } = self.forwarder.route(forwarded, deadline).await? {
             let mut call = Request::new(r);
             Forwarder::mark(&mut call, deadline);
             return ClusterClient::new(channel).add_member(call).await;
         }
+        let member = Member::of(&r.address, &r.peer_address);
         let view = self.node.members();
         if view.conf_state.voters.contains(&r.node_id) {
-            if view.members.get(&r.node_id) == Some(&r.address) {
+            if view.members.get(&r.node_id) == Some(&member) {
                 return Ok(Response::new(pb::MembershipResponse {
                     members: self.members(),
                     index: 0,
@@ -245,14 +252,14 @@ impl Cluster for ClusterService {
                 }));
             }
             return Err(Status::already_exists(format!(
-                "node {} is already a member at another address; remove it first",
+                "node {} is already a member at other addresses; remove it first",
                 r.node_id
             )));
         }
         let answer = self
             .change(MembershipChange::Add {
                 node_id: r.node_id,
-                address: r.address,
+                member,
             })
             .await?;
         Ok(Response::new(answer))

@@ -92,7 +92,13 @@ impl Forwarder {
                 "this node is not the leader (node {leader} is) and the call was already forwarded once; retry with the same id"
             )));
         }
-        let Some(address) = self.node.members().members.get(&leader).cloned() else {
+        let Some(address) = self
+            .node
+            .members()
+            .members
+            .get(&leader)
+            .map(|m| m.address.clone())
+        else {
             return Err(Status::unavailable(format!(
                 "the leader is node {leader} but its address is not known here yet; retry shortly"
             )));

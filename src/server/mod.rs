@@ -43,6 +43,7 @@ use crate::proto::internal::peer_server::PeerServer;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::inventory_server::InventoryServer;
+use crate::replica::membership::Member;
 use crate::replica::{
     membership, tracing_logger, Fatal, Members, Replica, ReplicaConfig, StoreError,
 };
@@ -62,9 +63,15 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Where Prometheus scrapes metrics; None to not serve them.
     pub metrics_listen: Option<SocketAddr>,
-    /// The address peers and forwarding nodes use to reach this node
+    /// Where other members' Raft traffic is served apart from clients;
+    /// None: on `listen`.
+    pub peer_listen: Option<SocketAddr>,
+    /// The address clients and forwarding nodes use to reach this node
     /// (defaults to `listen`; set it when listening on 0.0.0.0).
     pub advertise: Option<String>,
+    /// The address members send Raft traffic to (defaults to
+    /// `peer_listen`, else `advertise`).
+    pub advertise_peer: Option<String>,
     /// The members of a new cluster (`--peers`), the same list on every node.
     pub peers: Option<Members>,
     /// Any member of an existing cluster, to learn its members from
@@ -121,10 +128,7 @@ pub async fn serve(
         );
     }
 
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| config.listen.to_string());
+    let advertise = advertised(&config);
     let opening = std::time::Instant::now();
     let mut store = match RocksStore::open(&config.data_dir) {
         Ok(store) => {
@@ -184,6 +188,14 @@ pub async fn serve(
         addr: config.listen,
         error,
     })?;
+    let peer_listener = match config.peer_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|error| ServeError::Listen { addr, error })?,
+        ),
+        None => None,
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -264,6 +276,11 @@ pub async fn serve(
         }
     };
     let incoming = accept_nodelay(listener);
+    // Peers on the client port unless they have one of their own.
+    let (peer_here, peers_apart) = match peer_listener {
+        Some(listener) => (None, Some((listener, peer))),
+        None => (Some(peer), None),
+    };
     let router = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -272,13 +289,20 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(inventory)
         .add_service(cluster)
-        .add_service(peer);
+        .add_optional_service(peer_here);
     #[cfg(feature = "fault-injection")]
     let router = router.add_service(
         crate::proto::internal::fault_injection_server::FaultInjectionServer::new(
             peer_service::FaultService::new(faults.clone()),
         ),
     );
+    let (peers_stop_tx, peers_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let peer_server = peers_apart.map(|(listener, peer)| {
+        let stop = async move {
+            let _ = peers_stop_rx.await;
+        };
+        tokio::spawn(serve_peers(listener, peer, faults.clone(), stop))
+    });
     let server = router.serve_with_incoming_shutdown(incoming, shutdown_signal);
     // Calls in flight get a grace period to finish; then connections that
     // are still open (a client that ignores GOAWAY) are dropped.
@@ -298,9 +322,41 @@ pub async fn serve(
         }
     };
     let _ = health_task.await;
+    // Raft traffic goes on until the node stops: the followers' last
+    // answers and the leader's last commits are what the grace was for.
     node.stop();
+    let _ = peers_stop_tx.send(());
+    if let Some(peer_server) = peer_server {
+        if let Ok(Err(error)) = peer_server.await {
+            tracing::warn!("the peer listener stopped with an error: {error}");
+        }
+    }
     tracing::info!("stopped");
     result.map_err(ServeError::from)
+}
+
+/// Serves other members' Raft traffic on a listener of its own
+/// (`--peer-listen`) until `stop` completes.
+async fn serve_peers(
+    listener: tokio::net::TcpListener,
+    peer: PeerServer<PeerService>,
+    faults: Faults,
+    stop: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(peer);
+    #[cfg(feature = "fault-injection")]
+    let router = router.add_service(
+        crate::proto::internal::fault_injection_server::FaultInjectionServer::new(
+            peer_service::FaultService::new(faults),
+        ),
+    );
+    #[cfg(not(feature = "fault-injection"))]
+    drop(faults);
+    router
+        .serve_with_incoming_shutdown(accept_nodelay(listener), stop)
+        .await
 }
 
 /// The connections `listener` accepts, each with Nagle's algorithm off.
@@ -340,6 +396,23 @@ fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Metrics(e.to_string()))
 }
 
+/// This node's addresses, as it tells the others.
+fn advertised(config: &ServeConfig) -> Member {
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.listen.to_string());
+    let peer_address = match (&config.advertise_peer, config.peer_listen) {
+        (Some(peer), _) => peer.clone(),
+        (None, Some(listen)) => listen.to_string(),
+        (None, None) => address.clone(),
+    };
+    Member {
+        address,
+        peer_address,
+    }
+}
+
 /// Writes the first Raft state of a brand-new data dir.
 ///
 /// - `--peers`: a new cluster; every node starts with the same voters.
@@ -349,7 +422,7 @@ fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
 /// - neither: a new one-node cluster.
 async fn bootstrap(
     config: &ServeConfig,
-    advertise: &str,
+    advertise: &Member,
     store: &mut RocksStore,
 ) -> Result<(), ServeError> {
     let id = config.node_id;
@@ -380,16 +453,16 @@ async fn bootstrap(
         let mut members: Members = status
             .members
             .iter()
-            .map(|m| (m.node_id, m.address.clone()))
+            .map(|m| (m.node_id, Member::of(&m.address, &m.peer_address)))
             .collect();
-        members.insert(id, advertise.to_string());
+        members.insert(id, advertise.clone());
         // No log and no vote: this node waits for the leader to send it the
         // log (or a snapshot), which carries the membership.
         store.bootstrap_joining(&members, None)?;
         tracing::info!(node_id = id, through = %addr, "joining an existing cluster; waiting for the leader");
         return Ok(());
     }
-    let first = membership::bootstrap(&[(id, advertise.to_string())].into())
+    let first = membership::bootstrap(&[(id, advertise.clone())].into())
         .map_err(|e| ServeError::Config(e.to_string()))?;
     store.bootstrap(&first)?;
     tracing::info!(node_id = id, dir = %config.data_dir.display(), "created a new one-node cluster");

@@ -29,6 +29,7 @@ use raft::eraftpb::HardState;
 use super::{ServeConfig, ServeError};
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::ClusterStatusRequest;
+use crate::replica::membership::Member;
 use crate::replica::Members;
 use crate::storage::RocksStore;
 
@@ -50,7 +51,7 @@ async fn status(address: &str) -> Option<crate::proto::v1::ClusterStatusResponse
 /// the cluster safely. `damage` says what was found.
 pub async fn rebuild(
     config: &ServeConfig,
-    advertise: &str,
+    advertise: &Member,
     damage: &str,
 ) -> Result<RocksStore, ServeError> {
     let id = config.node_id;
@@ -60,7 +61,7 @@ pub async fn rebuild(
             peers
                 .iter()
                 .filter(|(p, _)| **p != id)
-                .map(|(_, a)| a.clone()),
+                .map(|(_, m)| m.address.clone()),
         );
     }
     if let Some(join) = &config.join {
@@ -84,7 +85,7 @@ pub async fn rebuild(
                 found = Some(
                     s.members
                         .iter()
-                        .map(|m| (m.node_id, m.address.clone()))
+                        .map(|m| (m.node_id, Member::of(&m.address, &m.peer_address)))
                         .collect(),
                 );
                 break;
@@ -103,7 +104,8 @@ pub async fn rebuild(
 
     // The highest term any other member has seen; every one must answer.
     let mut highest = 0u64;
-    for (peer, address) in members.iter().filter(|(p, _)| **p != id) {
+    for (peer, member) in members.iter().filter(|(p, _)| **p != id) {
+        let address = &member.address;
         let term = loop {
             if let Some(s) = status(address).await {
                 break s.term;
@@ -134,7 +136,7 @@ pub async fn rebuild(
 
     let mut store = RocksStore::open(&config.data_dir)?;
     let mut all = members;
-    all.insert(id, advertise.to_string());
+    all.insert(id, advertise.clone());
     let hard_state = HardState {
         term: highest + 1,
         vote: id,

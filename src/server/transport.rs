@@ -94,7 +94,7 @@ impl GrpcTransport {
 
     fn link(&mut self, peer: u64) -> Option<&Link> {
         if !self.links.contains_key(&peer) {
-            let address = self.members.get(&peer)?.clone();
+            let address = self.members.get(&peer)?.peer_address.clone();
             let (queue, receiver) = mpsc::channel(PEER_SEND_QUEUE_MAX);
             self.runtime.spawn(run_link(
                 self.self_id,
@@ -118,7 +118,7 @@ impl Transport for GrpcTransport {
                 continue;
             }
             if message.get_msg_type() == MessageType::MsgSnapshot {
-                let Some(address) = self.members.get(&to).cloned() else {
+                let Some(address) = self.members.get(&to).map(|m| m.peer_address.clone()) else {
                     self.node.report_snapshot(to, false);
                     continue;
                 };
@@ -158,7 +158,7 @@ impl Transport for GrpcTransport {
         for id in ids {
             if members
                 .get(&id)
-                .is_some_and(|a| self.links[&id].address == *a)
+                .is_some_and(|m| self.links[&id].address == m.peer_address)
             {
                 continue;
             }

@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::{Sim, SimNode};
+use crate::replica::membership::Member;
 use crate::replica::{MembershipChange, Output, ProposeError};
 use crate::sim::disk::SimDisk;
 use crate::storage::MemStore;
@@ -81,12 +82,13 @@ impl Sim {
             return;
         };
         let mut members = leader.members().clone();
-        members.insert(id, format!("node-{id}"));
+        let member = Member::at(&format!("node-{id}"));
+        members.insert(id, member.clone());
         leader.propose_membership(
             0,
             MembershipChange::Add {
                 node_id: id,
-                address: format!("node-{id}"),
+                member,
             },
             &mut out,
         );

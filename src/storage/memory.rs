@@ -9,7 +9,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::log_cache::LogCache;
 use crate::inventory::snapshot::Image;
-use crate::replica::membership::{encode_snapshot_data, Members};
+use crate::replica::membership::{encode_snapshot_data, Member, Members};
 use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer};
 
 /// Chunks written ahead of their snapshot's record, by snapshot index.
@@ -74,7 +74,7 @@ impl MemStore {
     pub fn new(voters: &[u64]) -> MemStore {
         let members: Members = voters
             .iter()
-            .map(|id| (*id, format!("node-{id}")))
+            .map(|id| (*id, Member::at(&format!("node-{id}"))))
             .collect();
         let mut store = MemStore::default();
         // Encoding a conf change into memory cannot fail.

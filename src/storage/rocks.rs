@@ -758,7 +758,7 @@ mod tests {
         let mut store = RocksStore::open(dir.path()).unwrap();
         let inventory = inventory_of(3 * snapshot::CHUNK_RECORDS_MAX);
         let image = snapshot::write(&inventory);
-        let members: Members = [(1, "127.0.0.1:1".to_string())].into();
+        let members: Members = [(1, crate::replica::membership::Member::at("127.0.0.1:1"))].into();
         let data = encode_snapshot_data(&members, &image);
         let (got_members, header, chunks) = split_snapshot_data(&data).unwrap();
         let record = SnapshotRecord {

@@ -85,6 +85,58 @@ impl Cluster {
         addr
     }
 
+    /// Like [`Self::add_joining`], for a node that listens for peers on a
+    /// port of its own: returns its client and peer addresses.
+    pub fn add_joining_with_peer_port(&mut self, id: u64, via: u64) -> (String, String) {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let peer_addr = format!("127.0.0.1:{}", free_port());
+        let via_addr = self.nodes[&via].addr.clone();
+        let flags = vec![
+            "--join".into(),
+            via_addr,
+            "--peer-listen".into(),
+            peer_addr.clone(),
+        ];
+        self.add_proc(id, addr.clone(), flags);
+        (addr, peer_addr)
+    }
+
+    /// Starts `n` founding nodes, each listening for peers on a port of its
+    /// own (`--peer-listen`). Returns the cluster and the peer addresses.
+    pub fn start_with_peer_ports(n: u64, extra: &[&str]) -> (Cluster, BTreeMap<u64, String>) {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Cluster {
+            nodes: BTreeMap::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            temp,
+        };
+        let addrs: Vec<(u64, String, String)> = (1..=n)
+            .map(|id| {
+                let client = format!("127.0.0.1:{}", free_port());
+                (id, client, format!("127.0.0.1:{}", free_port()))
+            })
+            .collect();
+        let peers = addrs
+            .iter()
+            .map(|(id, client, peer)| format!("{id}={client}/{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (id, client, peer) in &addrs {
+            let flags = vec![
+                "--peers".into(),
+                peers.clone(),
+                "--peer-listen".into(),
+                peer.clone(),
+            ];
+            cluster.add_proc(*id, client.clone(), flags);
+        }
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        let peer_addrs = addrs.into_iter().map(|(id, _, peer)| (id, peer)).collect();
+        (cluster, peer_addrs)
+    }
+
     pub fn spawn(&mut self, id: u64) {
         let extra = self.extra.clone();
         let node = self.nodes.get_mut(&id).expect("known node");
