@@ -38,9 +38,12 @@
 //! - [`chunked`]: a streaming call's messages handed over a group at a time
 //!   (the server's `Stream` answers, the harness's calls).
 //! - [`proto`]: generated protobuf code.
+//! - [`tls`]: TLS settings from files, and members named in certificates.
+//! - [`certs`]: `stockraft certs`, a CA and a cluster's certificates.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod certs;
 pub mod chunked;
 pub mod client;
 pub mod inventory;
@@ -51,3 +54,4 @@ pub mod replica;
 pub mod server;
 pub mod sim;
 pub mod storage;
+pub mod tls;

@@ -58,7 +58,11 @@ async fn without_a_leader_writes_and_linearizable_reads_are_unavailable() {
     )
     .unwrap();
     assert!(!node.handle().is_ready());
-    let forwarder = Arc::new(Forwarder::new(node.handle(), Duration::from_millis(300)));
+    let forwarder = Arc::new(Forwarder::new(
+        node.handle(),
+        Duration::from_millis(300),
+        None,
+    ));
     let service = InventoryService::new(node.handle(), API, forwarder);
     let status = service.reserve(reserve_request("o")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
@@ -194,7 +198,11 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_it_accepted()
         Some(tokio::runtime::Handle::current()),
     )
     .unwrap();
-    let forwarder = Arc::new(Forwarder::new(node.handle(), Duration::from_millis(300)));
+    let forwarder = Arc::new(Forwarder::new(
+        node.handle(),
+        Duration::from_millis(300),
+        None,
+    ));
     let service = Arc::new(InventoryService::new(node.handle(), API, forwarder));
     service
         .set_on_hand(Request::new(pb::SetOnHandRequest {

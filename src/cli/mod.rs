@@ -17,10 +17,12 @@ use stockraft::client::{self, parse_counter_arg};
 use stockraft::limits;
 use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::cluster_client::ClusterClient;
+use stockraft::proto::v1::inventory_client::InventoryClient;
 use stockraft::replica::membership::Member;
 use stockraft::replica::{Members, ReplicaConfig};
 use stockraft::server::inventory_service::ApiConfig;
 use stockraft::server::ServeConfig;
+use stockraft::tls::{ClientPortTls, ClientTls, KeyPair, PeerTls};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a server node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Hold stock for an order: `stockraft reserve ORDER-1 SKU-1@store-7:2 SKU-2@dc-1:1`.
     Reserve {
         /// The reservation id (your order or cart id).
@@ -122,6 +124,10 @@ pub enum Command {
     /// Drive a workload against a server or cluster and report throughput,
     /// latency, outcomes, and a verification of the final counters.
     Load(LoadArgs),
+    /// Make a CA and the certificates a cluster runs TLS with: one per
+    /// member (naming it, for mutual TLS between members; it serves the
+    /// client port too) and one per client name.
+    Certs(CertsArgs),
     /// Exit 0 if the server reports SERVING on the gRPC health service
     /// (a leader is known and its log is applied), 1 otherwise.
     Health {
@@ -263,6 +269,28 @@ pub enum Reason {
 }
 
 #[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Where to write them (ca.pem, ca.key, member-ID.pem/.key,
+    /// client-NAME.pem/.key).
+    #[arg(long, default_value = "./stockraft-certs")]
+    pub dir: PathBuf,
+    /// Member ids to make certificates for: 1,2,3.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub members: Vec<u64>,
+    /// Host names and IP addresses in every member's certificate; {id} is
+    /// the member's id (stockraft-{id}, say).
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    pub hosts: Vec<String>,
+    /// Client certificates to make, by name: ops,checkout.
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Vec<String>,
+    /// Sign with the CA already in --dir (for a member or client added
+    /// later) instead of making a new one.
+    #[arg(long)]
+    pub add: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The server to call.
     #[arg(
@@ -278,6 +306,58 @@ pub struct ClientArgs {
     /// Give up on a call after this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+    /// Call over TLS, trusting the server's certificate when this CA (PEM)
+    /// signed it.
+    #[arg(long, env = "STOCKRAFT_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for servers that ask for one (with
+    /// --tls-client-key and --tls-ca).
+    #[arg(long, env = "STOCKRAFT_TLS_CLIENT_CERT", global = true, requires_all = ["tls_client_key", "tls_ca"])]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The key of --tls-client-cert (PEM).
+    #[arg(
+        long,
+        env = "STOCKRAFT_TLS_CLIENT_KEY",
+        global = true,
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// TLS as the flags ask for it: None for plaintext.
+    pub fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let identity = match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => Some(KeyPair {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let tls = ClientTls {
+            ca: ca.clone(),
+            identity,
+        };
+        Ok(Some(tls.config()?))
+    }
+
+    /// A channel to `address` with these settings.
+    pub async fn channel_to(&self, address: &str) -> Result<tonic::transport::Channel> {
+        Ok(client::channel_with(address, self.timeout, self.tls()?).await?)
+    }
+
+    /// A channel to --server.
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        self.channel_to(&self.server).await
+    }
+
+    /// An Inventory client of --server.
+    pub async fn connect(&self) -> Result<InventoryClient<tonic::transport::Channel>> {
+        Ok(InventoryClient::new(self.channel().await?))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +429,26 @@ pub struct ServeArgs {
     /// How long calls in flight may take to finish on shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Serve clients over TLS with this certificate (PEM; with --tls-key).
+    #[arg(long, env = "STOCKRAFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "STOCKRAFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require clients to present a certificate signed by this CA (PEM).
+    #[arg(long, env = "STOCKRAFT_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// This member's certificate for mutual TLS with the others, naming it
+    /// (member-ID.stockraft; `stockraft certs` makes one). Needs
+    /// --peer-listen, --peer-key and --peer-ca.
+    #[arg(long, env = "STOCKRAFT_PEER_CERT", requires_all = ["peer_key", "peer_ca", "peer_listen"])]
+    pub peer_cert: Option<PathBuf>,
+    /// The key of --peer-cert (PEM).
+    #[arg(long, env = "STOCKRAFT_PEER_KEY", requires = "peer_cert")]
+    pub peer_key: Option<PathBuf>,
+    /// The CA that signs every member's certificate (PEM).
+    #[arg(long, env = "STOCKRAFT_PEER_CA", requires = "peer_cert")]
+    pub peer_ca: Option<PathBuf>,
     /// Applied log entries between snapshots, at least: a snapshot also
     /// waits until the log held in memory is as large as the last snapshot,
     /// or --snapshot-log-floor-mib when the snapshot is larger (and a quarter
@@ -413,7 +513,23 @@ impl ServeArgs {
             Some(text) => Some(parse_peers(text)?),
             None => None,
         };
+        let client_tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(ClientPortTls {
+                server: KeyPair { cert, key },
+                client_ca: self.client_ca,
+            }),
+            _ => None,
+        };
+        let peer_tls = match (self.peer_cert, self.peer_key, self.peer_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(PeerTls {
+                member: KeyPair { cert, key },
+                ca,
+            }),
+            _ => None,
+        };
         Ok(ServeConfig {
+            client_tls,
+            peer_tls,
             advertise: self.advertise,
             peer_listen: self.peer_listen,
             advertise_peer: self.advertise_peer,
@@ -541,7 +657,7 @@ pub async fn run_client(command: Command) -> Result<()> {
                     qty: c.number,
                 });
             }
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .reserve(pb::ReserveRequest {
                     reservation_id: id.clone(),
@@ -581,7 +697,7 @@ pub async fn run_client(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Commit { id, client } => {
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .commit(pb::CommitRequest {
                     reservation_id: id.clone(),
@@ -593,7 +709,7 @@ pub async fn run_client(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Release { id, client } => {
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .release(pb::ReleaseRequest {
                     reservation_id: id.clone(),
@@ -605,7 +721,7 @@ pub async fn run_client(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Extend { id, ttl, client } => {
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .extend(pb::ExtendRequest {
                     reservation_id: id.clone(),
@@ -629,7 +745,7 @@ pub async fn run_client(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Get { id, local, client } => {
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .get_reservation(pb::GetReservationRequest {
                     reservation_id: id.clone(),
@@ -670,7 +786,7 @@ pub async fn run_client(command: Command) -> Result<()> {
         Command::Sell { line, txn, client } => {
             let c = parse_counter_arg(&line)?;
             let txn_id = txn.unwrap_or_else(new_txn_id);
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .sell(pb::SellRequest {
                     txn_id: txn_id.clone(),
@@ -701,7 +817,7 @@ pub async fn run_client(command: Command) -> Result<()> {
                 Reason::Shrink => pb::AdjustReason::Shrink,
                 Reason::Correction => pb::AdjustReason::Correction,
             };
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .adjust(pb::AdjustRequest {
                     txn_id: txn_id.clone(),
@@ -726,7 +842,7 @@ pub async fn run_client(command: Command) -> Result<()> {
         } => {
             let c = parse_counter_arg(&line)?;
             let txn_id = txn.unwrap_or_else(new_txn_id);
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .set_on_hand(pb::SetOnHandRequest {
                     txn_id: txn_id.clone(),
@@ -745,7 +861,7 @@ pub async fn run_client(command: Command) -> Result<()> {
         }
         Command::Safety { line, client } => {
             let c = parse_counter_arg(&line)?;
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .set_safety_stock(pb::SetSafetyStockRequest {
                     sku: c.sku.clone(),
@@ -760,9 +876,25 @@ pub async fn run_client(command: Command) -> Result<()> {
         }
         Command::Cluster { command, client } => run_cluster(command, client).await,
         Command::Load(args) => run_load(args).await,
+        Command::Certs(args) => {
+            if args.members.contains(&0) {
+                return Err(anyhow!("--members: ids are positive integers"));
+            }
+            let plan = stockraft::certs::Plan {
+                dir: args.dir,
+                members: args.members,
+                hosts: args.hosts,
+                clients: args.clients,
+                add: args.add,
+            };
+            for path in stockraft::certs::make(&plan)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Health { client } => {
             use tonic_health::pb::health_check_response::ServingStatus;
-            let channel = client::channel(&client.server, client.timeout).await?;
+            let channel = client.channel().await?;
             let response = tonic_health::pb::health_client::HealthClient::new(channel)
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
@@ -790,7 +922,7 @@ pub async fn run_client(command: Command) -> Result<()> {
             local,
             client,
         } => {
-            let mut api = client::connect(&client.server, client.timeout).await?;
+            let mut api = client.connect().await?;
             let r = api
                 .get_availability(pb::GetAvailabilityRequest {
                     skus,
@@ -880,7 +1012,7 @@ fn print_level(
 }
 
 async fn run_cluster(command: ClusterCommand, client: ClientArgs) -> Result<()> {
-    let channel = client::channel(&client.server, client.timeout).await?;
+    let channel = client.channel().await?;
     let mut api = ClusterClient::new(channel);
     match command {
         ClusterCommand::Status { digest } => {
@@ -894,7 +1026,7 @@ async fn run_cluster(command: ClusterCommand, client: ClientArgs) -> Result<()> 
             // Ask every member for its own view.
             let mut rows = Vec::new();
             for member in &first.members {
-                let row = match client::channel(&member.address, client.timeout).await {
+                let row = match client.channel_to(&member.address).await {
                     Ok(channel) => ClusterClient::new(channel)
                         .status(pb::ClusterStatusRequest {
                             with_digest: digest,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use thiserror::Error;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::v1::inventory_client::InventoryClient;
 
@@ -17,6 +17,11 @@ pub enum ClientError {
     BadAddress(String),
     #[error("cannot connect to {addr}: {error}; is a stockraft server running there?")]
     Connect {
+        addr: String,
+        error: tonic::transport::Error,
+    },
+    #[error("TLS settings for {addr} refused: {error}")]
+    Tls {
         addr: String,
         error: tonic::transport::Error,
     },
@@ -31,6 +36,25 @@ pub fn endpoint_uri(addr: &str) -> String {
     }
 }
 
+/// An endpoint at `addr`, over TLS when `tls` is given (`HOST:PORT`
+/// becomes an https URI).
+pub fn endpoint(addr: &str, tls: Option<ClientTlsConfig>) -> Result<Endpoint, ClientError> {
+    let uri = match (&tls, addr.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        (Some(_), None) if !addr.starts_with("https://") => format!("https://{addr}"),
+        _ => endpoint_uri(addr),
+    };
+    let endpoint =
+        Endpoint::from_shared(uri).map_err(|_| ClientError::BadAddress(addr.to_string()))?;
+    let Some(tls) = tls else {
+        return Ok(endpoint);
+    };
+    endpoint.tls_config(tls).map_err(|error| ClientError::Tls {
+        addr: addr.to_string(),
+        error,
+    })
+}
+
 /// Connects to a server, failing fast when nothing listens there.
 pub async fn connect(
     addr: &str,
@@ -42,8 +66,16 @@ pub async fn connect(
 
 /// A channel to a server, shared by clients of any of its services.
 pub async fn channel(addr: &str, call_timeout: Duration) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(endpoint_uri(addr))
-        .map_err(|_| ClientError::BadAddress(addr.to_string()))?
+    channel_with(addr, call_timeout, None).await
+}
+
+/// [`channel`], over TLS when `tls` is given.
+pub async fn channel_with(
+    addr: &str,
+    call_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, ClientError> {
+    let endpoint = endpoint(addr, tls)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(call_timeout)
         .tcp_nodelay(true);

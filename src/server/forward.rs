@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Status;
 
 use super::node::NodeHandle;
@@ -34,14 +34,17 @@ pub struct Forwarder {
     channels: Mutex<HashMap<String, Channel>>,
     /// How long a call may wait for a leader and retry.
     pub budget: Duration,
+    /// TLS to other members' client ports, when they serve it.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Forwarder {
-    pub fn new(node: NodeHandle, budget: Duration) -> Forwarder {
+    pub fn new(node: NodeHandle, budget: Duration, tls: Option<ClientTlsConfig>) -> Forwarder {
         Forwarder {
             node,
             channels: Mutex::new(HashMap::new()),
             budget,
+            tls,
         }
     }
 
@@ -117,8 +120,8 @@ impl Forwarder {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(crate::client::endpoint_uri(address))
-            .map_err(|_| Status::internal(format!("leader address {address:?} is not a URI")))?
+        let endpoint = crate::client::endpoint(address, self.tls.clone())
+            .map_err(|e| Status::internal(format!("cannot reach the leader at {address:?}: {e}")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();

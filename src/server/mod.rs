@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::ClientTlsConfig;
 use tonic_health::ServingStatus;
 
 use crate::limits::{PEER_MESSAGE_BYTES_MAX, REQUEST_BYTES_MAX};
@@ -72,6 +73,11 @@ pub struct ServeConfig {
     /// The address members send Raft traffic to (defaults to
     /// `peer_listen`, else `advertise`).
     pub advertise_peer: Option<String>,
+    /// TLS on the client port (`--tls-cert`, `--tls-key`, `--client-ca`).
+    pub client_tls: Option<crate::tls::ClientPortTls>,
+    /// Mutual TLS between members (`--peer-cert`, `--peer-key`,
+    /// `--peer-ca`), on the peer listener.
+    pub peer_tls: Option<crate::tls::PeerTls>,
     /// The members of a new cluster (`--peers`), the same list on every node.
     pub peers: Option<Members>,
     /// Any member of an existing cluster, to learn its members from
@@ -129,6 +135,7 @@ pub async fn serve(
     }
 
     let advertise = advertised(&config);
+    let to_client_ports = client_port_tls(&config)?;
     let opening = std::time::Instant::now();
     let mut store = match RocksStore::open(&config.data_dir) {
         Ok(store) => {
@@ -138,11 +145,13 @@ pub async fn serve(
             );
             store
         }
-        Err(StoreError::Corrupt(damage)) => rebuild::rebuild(&config, &advertise, &damage).await?,
+        Err(StoreError::Corrupt(damage)) => {
+            rebuild::rebuild(&config, &advertise, &damage, to_client_ports.as_ref()).await?
+        }
         Err(e) => return Err(e.into()),
     };
     if store.is_fresh() {
-        bootstrap(&config, &advertise, &mut store).await?;
+        bootstrap(&config, &advertise, to_client_ports.as_ref(), &mut store).await?;
     } else if config.peers.is_some() || config.join.is_some() {
         tracing::info!("data dir already holds a cluster's state; --peers and --join are ignored");
     }
@@ -161,9 +170,11 @@ pub async fn serve(
     let runtime = tokio::runtime::Handle::current();
     let node_id = config.node_id;
     let transport_faults = faults.clone();
+    let peer_tls = config.peer_tls.clone().map(Arc::new);
+    let transport_tls = peer_tls.clone();
     let node = Node::start(
         replica,
-        move |handle| GrpcTransport::new(node_id, runtime, handle, transport_faults),
+        move |handle| GrpcTransport::new(node_id, runtime, handle, transport_faults, transport_tls),
         NodeConfig {
             tick_ms: config.tick_ms,
             startup_commit_index,
@@ -176,6 +187,7 @@ pub async fn serve(
     let forwarder = Arc::new(Forwarder::new(
         handle.clone(),
         Duration::from_millis(config.leader_wait_ms),
+        to_client_ports.clone(),
     ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -222,8 +234,12 @@ pub async fn serve(
     ))
     .max_decoding_message_size(REQUEST_BYTES_MAX);
     let cluster = ClusterServer::new(ClusterService::new(handle.clone(), forwarder.clone()));
-    let peer = PeerServer::new(PeerService::new(handle.clone(), faults.clone()))
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let peer = PeerServer::new(PeerService::new(
+        handle.clone(),
+        faults.clone(),
+        config.peer_tls.is_some(),
+    ))
+    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
 
     // Health follows the replica: SERVING when it can answer.
     let (stop_health_tx, mut stop_health_rx) = tokio::sync::watch::channel(false);
@@ -281,7 +297,14 @@ pub async fn serve(
         Some(listener) => (None, Some((listener, peer))),
         None => (Some(peer), None),
     };
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.client_tls {
+        let tls = tls
+            .server_config()
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health_service)
@@ -297,11 +320,18 @@ pub async fn serve(
         ),
     );
     let (peers_stop_tx, peers_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let peer_tls = match &config.peer_tls {
+        Some(tls) => Some(
+            tls.server_config()
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
     let peer_server = peers_apart.map(|(listener, peer)| {
         let stop = async move {
             let _ = peers_stop_rx.await;
         };
-        tokio::spawn(serve_peers(listener, peer, faults.clone(), stop))
+        tokio::spawn(serve_peers(listener, peer, peer_tls, faults.clone(), stop))
     });
     let server = router.serve_with_incoming_shutdown(incoming, shutdown_signal);
     // Calls in flight get a grace period to finish; then connections that
@@ -340,10 +370,15 @@ pub async fn serve(
 async fn serve_peers(
     listener: tokio::net::TcpListener,
     peer: PeerServer<PeerService>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     faults: Faults,
     stop: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(peer);
     #[cfg(feature = "fault-injection")]
@@ -396,6 +431,22 @@ fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Metrics(e.to_string()))
 }
 
+/// What this node presents and trusts when it calls another member's
+/// client port (forwarding, joining, rebuilding): its member certificate
+/// and the members' CA, when the client ports serve TLS.
+fn client_port_tls(config: &ServeConfig) -> Result<Option<ClientTlsConfig>, ServeError> {
+    if config.client_tls.is_none() {
+        return Ok(None);
+    }
+    let Some(peer_tls) = &config.peer_tls else {
+        return Ok(None);
+    };
+    let tls = peer_tls
+        .to_client_port()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    Ok(Some(tls))
+}
+
 /// This node's addresses, as it tells the others.
 fn advertised(config: &ServeConfig) -> Member {
     let address = config
@@ -423,6 +474,7 @@ fn advertised(config: &ServeConfig) -> Member {
 async fn bootstrap(
     config: &ServeConfig,
     advertise: &Member,
+    tls: Option<&ClientTlsConfig>,
     store: &mut RocksStore,
 ) -> Result<(), ServeError> {
     let id = config.node_id;
@@ -442,7 +494,7 @@ async fn bootstrap(
             addr: addr.clone(),
             reason,
         };
-        let channel = crate::client::channel(addr, Duration::from_secs(5))
+        let channel = crate::client::channel_with(addr, Duration::from_secs(5), tls.cloned())
             .await
             .map_err(|e| join_error(e.to_string()))?;
         let status = ClusterClient::new(channel)

@@ -12,10 +12,14 @@ use crate::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_WAIT_MS_MAX};
 use crate::proto::internal as pb;
 use crate::proto::internal::peer_server::Peer;
 use crate::replica::wire;
+use crate::tls::member_of_certificate;
 
 pub struct PeerService {
     node: NodeHandle,
     faults: Faults,
+    /// Members talk over mutual TLS: every message must come from the
+    /// member its sender's certificate names.
+    identified: bool,
     /// Held while a snapshot is being received (see `send_snapshot`).
     receiving: tokio::sync::Mutex<()>,
     /// How long to wait for each part of a snapshot.
@@ -23,10 +27,52 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    pub fn new(node: NodeHandle, faults: Faults) -> PeerService {
+    /// The member the caller's certificate names, when members use mutual
+    /// TLS (None otherwise: nothing to check against).
+    fn sender<T>(&self, request: &Request<T>) -> Result<Option<u64>, Status> {
+        if !self.identified {
+            return Ok(None);
+        }
+        let named = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| member_of_certificate(c)));
+        match named {
+            Some(id) => Ok(Some(id)),
+            None => {
+                metrics::counter!("stockraft_peer_messages_refused_total", "reason" => "no_member_certificate")
+                    .increment(1);
+                Err(Status::permission_denied(
+                    "Raft traffic needs a member's certificate (one naming member-ID.stockraft)",
+                ))
+            }
+        }
+    }
+
+    /// Refuses traffic that claims to come from another member than the
+    /// caller's certificate names.
+    fn check_sender(&self, certified: Option<u64>, claimed: u64) -> Result<(), Status> {
+        match certified {
+            Some(id) if id != claimed => {
+                metrics::counter!("stockraft_peer_messages_refused_total", "reason" => "sender_not_certified")
+                    .increment(1);
+                tracing::warn!(
+                    certified = id,
+                    claimed,
+                    "refused Raft traffic claiming another member's id"
+                );
+                Err(Status::permission_denied(format!(
+                    "the certificate names member {id}, the traffic claims member {claimed}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn new(node: NodeHandle, faults: Faults, identified: bool) -> PeerService {
         PeerService {
             node,
             faults,
+            identified,
             receiving: tokio::sync::Mutex::new(()),
             part_wait: Duration::from_millis(SNAPSHOT_PART_WAIT_MS_MAX),
         }
@@ -39,8 +85,10 @@ impl Peer for PeerService {
         &self,
         request: Request<Streaming<pb::PeerBatch>>,
     ) -> Result<Response<pb::PeerAck>, Status> {
+        let sender = self.sender(&request)?;
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
+            self.check_sender(sender, batch.from)?;
             if self.faults.is_isolated(batch.from) {
                 continue;
             }
@@ -67,6 +115,7 @@ impl Peer for PeerService {
         // (a leader's retry while a stalled stream is still held, or a
         // stale leader) is told to come back later; raft-rs on its side
         // hears that the send failed and sends again.
+        let sender = self.sender(&request)?;
         let Ok(_receiving) = self.receiving.try_lock() else {
             return Err(Status::unavailable(
                 "already receiving a snapshot from a peer; send again later",
@@ -76,6 +125,7 @@ impl Peer for PeerService {
         let Some(first) = next_part(&mut stream, self.part_wait).await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
+        self.check_sender(sender, first.from)?;
         if self.faults.is_isolated(first.from) {
             return Err(Status::unavailable(
                 "isolated from this peer (fault injection)",

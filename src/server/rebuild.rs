@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use raft::eraftpb::HardState;
+use tonic::transport::ClientTlsConfig;
 
 use super::{ServeConfig, ServeError};
 use crate::proto::v1::cluster_client::ClusterClient;
@@ -36,8 +37,11 @@ use crate::storage::RocksStore;
 /// How long the rebuild waits for every other member to answer.
 const PEERS_WAIT: Duration = Duration::from_secs(60);
 
-async fn status(address: &str) -> Option<crate::proto::v1::ClusterStatusResponse> {
-    let channel = crate::client::channel(address, Duration::from_secs(2))
+async fn status(
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Option<crate::proto::v1::ClusterStatusResponse> {
+    let channel = crate::client::channel_with(address, Duration::from_secs(2), tls.cloned())
         .await
         .ok()?;
     ClusterClient::new(channel)
@@ -53,6 +57,7 @@ pub async fn rebuild(
     config: &ServeConfig,
     advertise: &Member,
     damage: &str,
+    tls: Option<&ClientTlsConfig>,
 ) -> Result<RocksStore, ServeError> {
     let id = config.node_id;
     let mut seeds: Vec<String> = Vec::new();
@@ -81,7 +86,7 @@ pub async fn rebuild(
     let members: Members = loop {
         let mut found = None;
         for seed in &seeds {
-            if let Some(s) = status(seed).await {
+            if let Some(s) = status(seed, tls).await {
                 found = Some(
                     s.members
                         .iter()
@@ -107,7 +112,7 @@ pub async fn rebuild(
     for (peer, member) in members.iter().filter(|(p, _)| **p != id) {
         let address = &member.address;
         let term = loop {
-            if let Some(s) = status(address).await {
+            if let Some(s) = status(address, tls).await {
                 break s.term;
             }
             if Instant::now() > deadline {

@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
+use crate::tls::PeerTls;
+
 use super::node::{NodeHandle, Transport};
 use crate::limits::{
     PEER_BATCH_BYTES_MAX, PEER_BATCH_MESSAGES_MAX, PEER_MESSAGE_BYTES_MAX, PEER_SEND_QUEUE_MAX,
@@ -66,6 +68,8 @@ pub struct GrpcTransport {
     node: NodeHandle,
     members: Members,
     links: HashMap<u64, Link>,
+    /// Mutual TLS between members, when they use it.
+    tls: Option<Arc<PeerTls>>,
     /// Links to members just removed (or moved), closed once the messages
     /// of the turn that removed them went out: the last of those may
     /// carry the commit of a member's own removal, the only way it learns
@@ -80,6 +84,7 @@ impl GrpcTransport {
         runtime: tokio::runtime::Handle,
         node: NodeHandle,
         faults: Faults,
+        tls: Option<Arc<PeerTls>>,
     ) -> GrpcTransport {
         GrpcTransport {
             self_id,
@@ -87,6 +92,7 @@ impl GrpcTransport {
             node,
             members: Members::new(),
             links: HashMap::new(),
+            tls,
             closing: HashMap::new(),
             faults,
         }
@@ -97,9 +103,12 @@ impl GrpcTransport {
             let address = self.members.get(&peer)?.peer_address.clone();
             let (queue, receiver) = mpsc::channel(PEER_SEND_QUEUE_MAX);
             self.runtime.spawn(run_link(
-                self.self_id,
-                peer,
-                address.clone(),
+                LinkTo {
+                    self_id: self.self_id,
+                    peer,
+                    address: address.clone(),
+                    tls: self.tls.clone(),
+                },
                 receiver,
                 self.node.clone(),
                 self.faults.clone(),
@@ -123,8 +132,12 @@ impl Transport for GrpcTransport {
                     continue;
                 };
                 self.runtime.spawn(send_snapshot(
-                    self.self_id,
-                    address,
+                    LinkTo {
+                        self_id: self.self_id,
+                        peer: to,
+                        address,
+                        tls: self.tls.clone(),
+                    },
                     message,
                     self.node.clone(),
                 ));
@@ -173,27 +186,47 @@ impl Transport for GrpcTransport {
 /// How long a closed link waits for its last batches to be delivered.
 const LINK_FLUSH_WAIT: Duration = Duration::from_secs(1);
 
-fn endpoint(address: &str) -> Option<Endpoint> {
-    Endpoint::from_shared(crate::client::endpoint_uri(address))
-        .ok()
-        .map(|e| {
-            e.connect_timeout(Duration::from_millis(500))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(5))
-        })
+/// The endpoint of member `peer` at `address`: over mutual TLS when
+/// members use it, its certificate required to name `peer`.
+fn endpoint(address: &str, peer: u64, tls: Option<&PeerTls>) -> Option<Endpoint> {
+    let config = match tls.map(|t| t.to_member(peer)) {
+        Some(Ok(config)) => Some(config),
+        Some(Err(e)) => {
+            tracing::error!(peer, "cannot load the member TLS files: {e}");
+            return None;
+        }
+        None => None,
+    };
+    crate::client::endpoint(address, config).ok().map(|e| {
+        e.connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+    })
+}
+
+/// Who a link sends from, and to whom and where.
+struct LinkTo {
+    self_id: u64,
+    peer: u64,
+    address: String,
+    tls: Option<Arc<PeerTls>>,
 }
 
 /// One peer's sending task: connect, stream batches, reconnect on failure.
 async fn run_link(
-    self_id: u64,
-    peer: u64,
-    address: String,
+    to: LinkTo,
     mut queue: mpsc::Receiver<Message>,
     node: NodeHandle,
     faults: Faults,
 ) {
-    let Some(endpoint) = endpoint(&address) else {
+    let LinkTo {
+        self_id,
+        peer,
+        address,
+        tls,
+    } = to;
+    let Some(endpoint) = endpoint(&address, peer, tls.as_deref()) else {
         tracing::warn!(peer, %address, "peer address is not usable");
         return;
     };
@@ -292,10 +325,10 @@ fn collect_batch(
 }
 
 /// Streams one snapshot to a peer in chunks and reports the outcome.
-async fn send_snapshot(self_id: u64, address: String, mut message: Message, node: NodeHandle) {
+async fn send_snapshot(to: LinkTo, mut message: Message, node: NodeHandle) {
     let peer = message.to;
     let data = message.mut_snapshot().take_data();
-    let delivered = match send_snapshot_parts(self_id, &address, &message, data).await {
+    let delivered = match send_snapshot_parts(&to, &message, data).await {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!(peer, "sending a snapshot failed: {e}");
@@ -306,12 +339,12 @@ async fn send_snapshot(self_id: u64, address: String, mut message: Message, node
 }
 
 async fn send_snapshot_parts(
-    self_id: u64,
-    address: &str,
+    to: &LinkTo,
     message: &Message,
     data: bytes::Bytes,
 ) -> Result<(), String> {
-    let endpoint = endpoint(address).ok_or("bad address")?;
+    let self_id = to.self_id;
+    let endpoint = endpoint(&to.address, to.peer, to.tls.as_deref()).ok_or("bad address")?;
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let mut client = PeerClient::new(channel);
     let header = message.write_to_bytes().map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Result};
 use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::cluster_client::ClusterClient;
 use stockraft::proto::v1::inventory_client::InventoryClient;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::{free_port, BIN};
 
@@ -30,6 +30,10 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeProc>,
     pub extra: Vec<String>,
     pub temp: tempfile::TempDir,
+    /// How the helpers reach the nodes' client ports: TLS when they serve it.
+    pub tls: Option<ClientTlsConfig>,
+    /// Peer listen addresses, of nodes that have ports of their own.
+    pub peer_addrs: BTreeMap<u64, String>,
 }
 
 impl Cluster {
@@ -40,6 +44,8 @@ impl Cluster {
             nodes: BTreeMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             temp,
+            tls: None,
+            peer_addrs: BTreeMap::new(),
         };
         let addrs: Vec<(u64, String)> = (1..=n)
             .map(|id| (id, format!("127.0.0.1:{}", free_port())))
@@ -85,6 +91,38 @@ impl Cluster {
         addr
     }
 
+    /// Starts `n` founding nodes secured as `stockraft certs` sets them up
+    /// (certificates made in `certs` first): clients over TLS, members over
+    /// mutual TLS on peer ports of their own. The helpers call over TLS.
+    pub fn start_secured(n: u64, certs: &std::path::Path, extra: &[&str]) -> Cluster {
+        let (mut cluster, peer_addrs) = Cluster::start_configured(n, extra, |id| {
+            let file = |ext: &str| {
+                certs
+                    .join(format!("member-{id}.{ext}"))
+                    .display()
+                    .to_string()
+            };
+            vec![
+                "--tls-cert".into(),
+                file("pem"),
+                "--tls-key".into(),
+                file("key"),
+                "--peer-cert".into(),
+                file("pem"),
+                "--peer-key".into(),
+                file("key"),
+                "--peer-ca".into(),
+                certs.join("ca.pem").display().to_string(),
+            ]
+        });
+        let ca = std::fs::read(certs.join("ca.pem")).expect("ca.pem");
+        cluster.tls = Some(
+            ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        );
+        cluster.peer_addrs = peer_addrs;
+        cluster
+    }
+
     /// Like [`Self::add_joining`], for a node that listens for peers on a
     /// port of its own: returns its client and peer addresses.
     pub fn add_joining_with_peer_port(&mut self, id: u64, via: u64) -> (String, String) {
@@ -104,11 +142,23 @@ impl Cluster {
     /// Starts `n` founding nodes, each listening for peers on a port of its
     /// own (`--peer-listen`). Returns the cluster and the peer addresses.
     pub fn start_with_peer_ports(n: u64, extra: &[&str]) -> (Cluster, BTreeMap<u64, String>) {
+        Cluster::start_configured(n, extra, |_| Vec::new())
+    }
+
+    /// Founding nodes with peer ports of their own, each also given the
+    /// flags `flags_of` returns for its id; not yet waited for.
+    fn start_configured(
+        n: u64,
+        extra: &[&str],
+        flags_of: impl Fn(u64) -> Vec<String>,
+    ) -> (Cluster, BTreeMap<u64, String>) {
         let temp = tempfile::tempdir().expect("temp dir");
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             temp,
+            tls: None,
+            peer_addrs: BTreeMap::new(),
         };
         let addrs: Vec<(u64, String, String)> = (1..=n)
             .map(|id| {
@@ -122,18 +172,21 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         for (id, client, peer) in &addrs {
-            let flags = vec![
+            let mut flags = vec![
                 "--peers".into(),
                 peers.clone(),
                 "--peer-listen".into(),
                 peer.clone(),
             ];
+            flags.extend(flags_of(*id));
             cluster.add_proc(*id, client.clone(), flags);
         }
         for id in 1..=n {
             cluster.spawn(id);
         }
-        let peer_addrs = addrs.into_iter().map(|(id, _, peer)| (id, peer)).collect();
+        let peer_addrs: BTreeMap<u64, String> =
+            addrs.into_iter().map(|(id, _, peer)| (id, peer)).collect();
+        cluster.peer_addrs = peer_addrs.clone();
         (cluster, peer_addrs)
     }
 
@@ -229,14 +282,18 @@ impl Cluster {
         out
     }
 
+    pub async fn channel(&self, id: u64) -> Result<Channel> {
+        let addr = self.addr(id);
+        let tls = self.tls.clone();
+        Ok(stockraft::client::channel_with(&addr, Duration::from_secs(10), tls).await?)
+    }
+
     pub async fn client(&self, id: u64) -> InventoryClient<Channel> {
-        stockraft::client::connect(&self.addr(id), Duration::from_secs(10))
-            .await
-            .expect("connect")
+        InventoryClient::new(self.channel(id).await.expect("connect"))
     }
 
     pub async fn status(&self, id: u64, with_digest: bool) -> Result<pb::ClusterStatusResponse> {
-        let channel = stockraft::client::channel(&self.addr(id), Duration::from_secs(10)).await?;
+        let channel = self.channel(id).await?;
         Ok(ClusterClient::new(channel)
             .status(pb::ClusterStatusRequest { with_digest })
             .await?
@@ -244,10 +301,7 @@ impl Cluster {
     }
 
     pub async fn cluster_client(&self, id: u64) -> ClusterClient<Channel> {
-        let channel = stockraft::client::channel(&self.addr(id), Duration::from_secs(10))
-            .await
-            .expect("connect");
-        ClusterClient::new(channel)
+        ClusterClient::new(self.channel(id).await.expect("connect"))
     }
 
     /// Waits until every running node is ready and they agree on a leader.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::inventory_client::InventoryClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::cluster::Cluster;
 
@@ -69,8 +69,8 @@ pub async fn seed(cluster: &Cluster, via: u64) {
     }
 }
 
-fn channel(addr: &str) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
+fn channel(addr: &str, tls: Option<&ClientTlsConfig>) -> Channel {
+    stockraft::client::endpoint(addr, tls.cloned())
         .expect("uri")
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_secs(8))
@@ -81,6 +81,7 @@ fn channel(addr: &str) -> Channel {
 /// failure) until it succeeds or `stop` is set. None when it gave up.
 async fn retry<T, F, Fut>(
     addrs: &[String],
+    tls: Option<&ClientTlsConfig>,
     at: &mut usize,
     stop: &AtomicBool,
     ledger: &Ledger,
@@ -92,7 +93,7 @@ where
 {
     let first_attempt = Instant::now();
     loop {
-        let client = InventoryClient::new(channel(&addrs[*at % addrs.len()]));
+        let client = InventoryClient::new(channel(&addrs[*at % addrs.len()], tls));
         match call(client).await {
             Ok(value) => {
                 let took_ms = first_attempt.elapsed().as_millis() as u64;
@@ -131,9 +132,22 @@ pub fn start_clients(
     stop: Arc<AtomicBool>,
     started: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    start_clients_with(addrs, None, clients, ledger, stop, started)
+}
+
+/// [`start_clients`], over TLS when `tls` is given.
+pub fn start_clients_with(
+    addrs: Vec<String>,
+    tls: Option<ClientTlsConfig>,
+    clients: usize,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for client_no in 0..clients {
         let addrs = addrs.clone();
+        let tls = tls.clone();
         let ledger = ledger.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -158,7 +172,7 @@ pub fn start_clients(
                     }],
                     ttl_ms: 600_000,
                 };
-                let Some(reply) = retry(&addrs, &mut at, &stop, &ledger, |mut c| {
+                let Some(reply) = retry(&addrs, tls.as_ref(), &mut at, &stop, &ledger, |mut c| {
                     let request = request.clone();
                     async move { c.reserve(request).await.map(|r| r.into_inner()) }
                 })
@@ -185,11 +199,12 @@ pub fn start_clients(
                     let request = pb::CommitRequest {
                         reservation_id: id.clone(),
                     };
-                    let Some(reply) = retry(&addrs, &mut at, &stop, &ledger, |mut c| {
-                        let request = request.clone();
-                        async move { c.commit(request).await.map(|r| r.into_inner()) }
-                    })
-                    .await
+                    let Some(reply) =
+                        retry(&addrs, tls.as_ref(), &mut at, &stop, &ledger, |mut c| {
+                            let request = request.clone();
+                            async move { c.commit(request).await.map(|r| r.into_inner()) }
+                        })
+                        .await
                     else {
                         return;
                     };
@@ -200,11 +215,12 @@ pub fn start_clients(
                     let request = pb::ReleaseRequest {
                         reservation_id: id.clone(),
                     };
-                    let Some(reply) = retry(&addrs, &mut at, &stop, &ledger, |mut c| {
-                        let request = request.clone();
-                        async move { c.release(request).await.map(|r| r.into_inner()) }
-                    })
-                    .await
+                    let Some(reply) =
+                        retry(&addrs, tls.as_ref(), &mut at, &stop, &ledger, |mut c| {
+                            let request = request.clone();
+                            async move { c.release(request).await.map(|r| r.into_inner()) }
+                        })
+                        .await
                     else {
                         return;
                     };
