@@ -99,12 +99,25 @@ pub struct ClientPortTls {
 }
 
 impl ClientPortTls {
-    pub fn server_config(&self) -> Result<ServerTlsConfig, TlsError> {
+    /// With `members_ca` (members use mutual TLS), a member may present
+    /// its certificate here too: optional unless `client_ca` requires
+    /// every client to present one (then either CA will do).
+    pub fn server_config(&self, members_ca: Option<&Path>) -> Result<ServerTlsConfig, TlsError> {
         let config = ServerTlsConfig::new().identity(self.server.identity()?);
-        let Some(ca) = &self.client_ca else {
+        let mut roots = Vec::new();
+        if let Some(ca) = &self.client_ca {
+            roots.extend(read(ca)?);
+        }
+        if let Some(ca) = members_ca {
+            roots.push(b'\n');
+            roots.extend(read(ca)?);
+        }
+        if roots.is_empty() {
             return Ok(config);
-        };
-        Ok(config.client_ca_root(Certificate::from_pem(read(ca)?)))
+        }
+        Ok(config
+            .client_ca_root(Certificate::from_pem(roots))
+            .client_auth_optional(self.client_ca.is_none()))
     }
 }
 

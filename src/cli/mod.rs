@@ -128,6 +128,18 @@ pub enum Command {
     /// member (naming it, for mutual TLS between members; it serves the
     /// client port too) and one per client name.
     Certs(CertsArgs),
+    /// Make a bearer token: prints the token (give it to the caller) and
+    /// the line to add to the server's --tokens file (which keeps only its
+    /// SHA-256).
+    Token {
+        /// read (availability and reservations), write (every change), or
+        /// admin (write and the Cluster service).
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        role: String,
+        /// Who it is for, kept beside it in the tokens file.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
     /// Exit 0 if the server reports SERVING on the gRPC health service
     /// (a leader is known and its log is applied), 1 otherwise.
     Health {
@@ -232,6 +244,8 @@ pub struct LoadArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +320,13 @@ pub struct ClientArgs {
     /// Give up on a call after this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// TLS and token settings of a client (the CLI, `stockraft load`).
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
     /// Call over TLS, trusting the server's certificate when this CA (PEM)
     /// signed it.
     #[arg(long, env = "STOCKRAFT_TLS_CA", global = true)]
@@ -322,9 +343,12 @@ pub struct ClientArgs {
         requires = "tls_client_cert"
     )]
     pub tls_client_key: Option<PathBuf>,
+    /// The bearer token to call with, for servers started with --tokens.
+    #[arg(long, env = "STOCKRAFT_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
-impl ClientArgs {
+impl SecurityArgs {
     /// TLS as the flags ask for it: None for plaintext.
     pub fn tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>> {
         let Some(ca) = &self.tls_ca else {
@@ -344,9 +368,16 @@ impl ClientArgs {
         Ok(Some(tls.config()?))
     }
 
+    pub fn bearer(&self) -> Result<client::Bearer> {
+        Ok(client::Bearer::new(self.token.as_deref())?)
+    }
+}
+
+impl ClientArgs {
     /// A channel to `address` with these settings.
     pub async fn channel_to(&self, address: &str) -> Result<tonic::transport::Channel> {
-        Ok(client::channel_with(address, self.timeout, self.tls()?).await?)
+        let tls = self.security.tls()?;
+        Ok(client::channel_with(address, self.timeout, tls).await?)
     }
 
     /// A channel to --server.
@@ -354,9 +385,18 @@ impl ClientArgs {
         self.channel_to(&self.server).await
     }
 
+    /// A channel to `address` whose calls carry --token.
+    pub async fn authed_to(&self, address: &str) -> Result<client::Authed> {
+        let bearer = self.security.bearer()?;
+        let channel = self.channel_to(address).await?;
+        Ok(tonic::service::interceptor::InterceptedService::new(
+            channel, bearer,
+        ))
+    }
+
     /// An Inventory client of --server.
-    pub async fn connect(&self) -> Result<InventoryClient<tonic::transport::Channel>> {
-        Ok(InventoryClient::new(self.channel().await?))
+    pub async fn connect(&self) -> Result<InventoryClient<client::Authed>> {
+        Ok(InventoryClient::new(self.authed_to(&self.server).await?))
     }
 }
 
@@ -429,6 +469,15 @@ pub struct ServeArgs {
     /// How long calls in flight may take to finish on shutdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Calls need a bearer token listed in this file (lines `ROLE
+    /// SHA256-OF-TOKEN [NAME]`, roles read, write, admin; `stockraft
+    /// token` makes one). Read again on SIGHUP.
+    #[arg(long, env = "STOCKRAFT_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// Serve a non-loopback address even without TLS, tokens or mutual
+    /// TLS between members (warned at every start).
+    #[arg(long)]
+    pub insecure: bool,
     /// Serve clients over TLS with this certificate (PEM; with --tls-key).
     #[arg(long, env = "STOCKRAFT_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -530,6 +579,8 @@ impl ServeArgs {
         Ok(ServeConfig {
             client_tls,
             peer_tls,
+            tokens: self.tokens,
+            insecure: self.insecure,
             advertise: self.advertise,
             peer_listen: self.peer_listen,
             advertise_peer: self.advertise_peer,
@@ -876,6 +927,16 @@ pub async fn run_client(command: Command) -> Result<()> {
         }
         Command::Cluster { command, client } => run_cluster(command, client).await,
         Command::Load(args) => run_load(args).await,
+        Command::Token { role, name } => {
+            if name.chars().any(char::is_whitespace) {
+                return Err(anyhow!("--name: one word, no spaces"));
+            }
+            let token = stockraft::server::auth::new_token();
+            println!("token: {token}");
+            let hash = stockraft::server::auth::hash_hex(&token);
+            println!("tokens file line: {role} {hash} {name}");
+            Ok(())
+        }
         Command::Certs(args) => {
             if args.members.contains(&0) {
                 return Err(anyhow!("--members: ids are positive integers"));
@@ -1012,8 +1073,7 @@ fn print_level(
 }
 
 async fn run_cluster(command: ClusterCommand, client: ClientArgs) -> Result<()> {
-    let channel = client.channel().await?;
-    let mut api = ClusterClient::new(channel);
+    let mut api = ClusterClient::new(client.authed_to(&client.server).await?);
     match command {
         ClusterCommand::Status { digest } => {
             let first = api
@@ -1026,7 +1086,7 @@ async fn run_cluster(command: ClusterCommand, client: ClientArgs) -> Result<()> 
             // Ask every member for its own view.
             let mut rows = Vec::new();
             for member in &first.members {
-                let row = match client.channel_to(&member.address).await {
+                let row = match client.authed_to(&member.address).await {
                     Ok(channel) => ClusterClient::new(channel)
                         .status(pb::ClusterStatusRequest {
                             with_digest: digest,
@@ -1204,6 +1264,8 @@ async fn run_load(args: LoadArgs) -> Result<()> {
         verify: !args.no_verify,
         run_id: format!("load-{:08x}", rand::random::<u32>()),
         progress: !args.quiet,
+        tls: args.security.tls()?,
+        bearer: args.security.bearer()?,
     };
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;

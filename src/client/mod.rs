@@ -20,12 +20,48 @@ pub enum ClientError {
         addr: String,
         error: tonic::transport::Error,
     },
+    #[error("a token is letters, digits and punctuation, on one line")]
+    BadToken,
     #[error("TLS settings for {addr} refused: {error}")]
     Tls {
         addr: String,
         error: tonic::transport::Error,
     },
 }
+
+/// A caller's token, sent with every call (`authorization: Bearer ...`);
+/// none when the server asks for none.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Bearer, ClientError> {
+        let Some(token) = token else {
+            return Ok(Bearer(None));
+        };
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| ClientError::BadToken)?;
+        Ok(Bearer(Some(value)))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry a [`Bearer`] token.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// Turns `HOST:PORT` into the URI tonic wants.
 pub fn endpoint_uri(addr: &str) -> String {

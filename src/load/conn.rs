@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::client::Authed;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::proto::v1 as pb;
@@ -41,11 +41,11 @@ pub struct StreamConn {
     next_id: AtomicU64,
     /// The connection the stream runs on, for more streams on it (the run's
     /// stream driver opens its own: `drive.rs`).
-    channel: Channel,
+    channel: Authed,
 }
 
 impl StreamConn {
-    pub async fn open(channel: Channel, timeout: Duration) -> Result<StreamConn, Status> {
+    pub async fn open(channel: Authed, timeout: Duration) -> Result<StreamConn, Status> {
         let (tx, rx) = mpsc::channel::<pb::StreamRequest>(1_024);
         let mut client = InventoryClient::new(channel.clone());
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
@@ -156,7 +156,7 @@ fn expire(pending: &Shared, timeout: Duration) {
 
 /// A connection to one server.
 pub enum Conn {
-    Unary(InventoryClient<Channel>),
+    Unary(InventoryClient<Authed>),
     Stream(StreamConn),
 }
 
@@ -217,7 +217,7 @@ impl Conn {
     }
 
     /// The connection a stream runs on; None for unary calls.
-    pub fn stream_channel(&self) -> Option<Channel> {
+    pub fn stream_channel(&self) -> Option<Authed> {
         match self {
             Conn::Stream(stream) => Some(stream.channel.clone()),
             Conn::Unary(_) => None,

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::client::Authed;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::conn::{answer, sweeps_to_expire, Conn, SWEEP_INTERVAL};
@@ -275,7 +275,7 @@ struct Open {
     inbound: tonic::Streaming<pb::StreamResponse>,
 }
 
-async fn open_stream(channel: Channel) -> Result<Open, Status> {
+async fn open_stream(channel: Authed) -> Result<Open, Status> {
     let (tx, rx) = chunked(None);
     let inbound = InventoryClient::new(channel).stream(rx).await?.into_inner();
     Ok(Open { tx, inbound })

@@ -112,6 +112,25 @@ pub struct LoadConfig {
     /// Prefix of every id this run makes, so runs never collide.
     pub run_id: String,
     pub progress: bool,
+    /// TLS to the servers, when they serve it.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// The token every call carries, for servers that ask for one.
+    pub bearer: crate::client::Bearer,
+}
+
+impl LoadConfig {
+    /// A connection to `addr` as this run calls: its TLS, its token.
+    async fn dial(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<crate::client::Authed, crate::client::ClientError> {
+        let channel = crate::client::channel_with(addr, timeout, self.tls.clone()).await?;
+        Ok(tonic::service::interceptor::InterceptedService::new(
+            channel,
+            self.bearer.clone(),
+        ))
+    }
 }
 
 #[derive(Debug, Error)]
@@ -375,7 +394,8 @@ async fn connect(config: &LoadConfig) -> Result<Connected, LoadError> {
     // Every server named must answer before the run starts: a typo in
     // --server is a clear error, not a run with fewer endpoints.
     for addr in &config.servers {
-        crate::client::channel(addr, config.call_timeout)
+        config
+            .dial(addr, config.call_timeout)
             .await
             .map_err(|e| LoadError::Unreachable {
                 addr: addr.clone(),
@@ -392,7 +412,7 @@ async fn connect(config: &LoadConfig) -> Result<Connected, LoadError> {
             route: None,
         }),
         Route::Leader => {
-            let found = find_leader(&config.servers, config.call_timeout).await?;
+            let found = find_leader(config, &config.servers, config.call_timeout).await?;
             let targets = vec![found.leader.clone()];
             let conns = open_conns(config, &targets).await?;
             let mut known = config.servers.clone();
@@ -427,12 +447,14 @@ async fn open_conns(config: &LoadConfig, targets: &[String]) -> Result<Vec<Arc<C
     for i in 0..config.clients {
         let addr = &targets[i % targets.len()];
         // One connection per client, as each client of a real fleet has.
-        let channel = crate::client::channel(addr, config.call_timeout)
-            .await
-            .map_err(|e| LoadError::Unreachable {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+        let channel =
+            config
+                .dial(addr, config.call_timeout)
+                .await
+                .map_err(|e| LoadError::Unreachable {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
         let conn = if config.stream {
             Conn::Stream(
                 StreamConn::open(channel, config.call_timeout)
@@ -495,7 +517,7 @@ impl LeaderRoute {
         let mut current = self.current.lock().await;
         if current.epoch == epoch {
             current.epoch += 1;
-            match find_leader(&self.known, self.config.call_timeout).await {
+            match find_leader(&self.config, &self.known, self.config.call_timeout).await {
                 Ok(found)
                     if found.leader == current.leader
                         && current.opened.elapsed() < LEADER_REOPEN_INTERVAL_MIN => {}
@@ -532,6 +554,14 @@ impl LeaderRoute {
     }
 }
 
+/// A call the server will not take from this caller, however often asked.
+fn is_refused(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+    )
+}
+
 /// A leader as a member of the cluster names it.
 struct FoundLeader {
     leader: String,
@@ -541,12 +571,16 @@ struct FoundLeader {
 
 /// The leader's address, as the first of `addrs` that answers knows it,
 /// waiting for an election up to `timeout`.
-async fn find_leader(addrs: &[String], timeout: Duration) -> Result<FoundLeader, LoadError> {
+async fn find_leader(
+    config: &LoadConfig,
+    addrs: &[String],
+    timeout: Duration,
+) -> Result<FoundLeader, LoadError> {
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no server answered the cluster status");
     loop {
         for addr in addrs {
-            let channel = match crate::client::channel(addr, timeout).await {
+            let channel = match config.dial(addr, timeout).await {
                 Ok(channel) => channel,
                 Err(e) => {
                     last = e.to_string();
@@ -559,6 +593,13 @@ async fn find_leader(addrs: &[String], timeout: Duration) -> Result<FoundLeader,
                 .await
             {
                 Ok(status) => status.into_inner(),
+                Err(e) if is_refused(&e) => {
+                    return Err(LoadError::NoLeader(format!(
+                        "{addr} refused the cluster status ({}): following the leader needs an \
+                         admin token; pass one, or --route spread",
+                        e.message()
+                    )))
+                }
                 Err(e) => {
                     last = format!("{addr}: {}", e.message());
                     continue;
@@ -576,7 +617,7 @@ async fn find_leader(addrs: &[String], timeout: Duration) -> Result<FoundLeader,
                 // Just after the leader died its followers still name it,
                 // until their election timeout: keep asking until the one
                 // named answers.
-                Some(leader) => match crate::client::channel(&leader.address, timeout).await {
+                Some(leader) => match config.dial(&leader.address, timeout).await {
                     Ok(_) => {
                         return Ok(FoundLeader {
                             leader: leader.address.clone(),
@@ -754,7 +795,7 @@ async fn read_levels_anywhere(
         Err(status) => reasons.push(format!("the first client's server: {}", status.message())),
     }
     for addr in &config.servers {
-        let channel = match crate::client::channel(addr, config.call_timeout).await {
+        let channel = match config.dial(addr, config.call_timeout).await {
             Ok(channel) => channel,
             Err(e) => {
                 reasons.push(format!("{addr}: {e}"));
@@ -1221,6 +1262,8 @@ mod tests {
             verify: true,
             run_id: String::new(),
             progress: false,
+            tls: None,
+            bearer: crate::client::Bearer::default(),
         })
     }
 

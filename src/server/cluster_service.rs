@@ -226,7 +226,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let forwarded = Forwarder::is_forwarded(request.metadata());
+        let origin = Forwarder::origin(request.metadata(), None);
         let r = request.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument("node_id must be positive"));
@@ -236,9 +236,11 @@ impl Cluster for ClusterService {
             check_address(&r.peer_address)?;
         }
         let deadline = Instant::now() + self.forwarder.budget;
-        if let Route::Leader { channel, .. } = self.forwarder.route(forwarded, deadline).await? {
+        if let Route::Leader { channel, .. } =
+            self.forwarder.route(origin.forwarded, deadline).await?
+        {
             let mut call = Request::new(r);
-            Forwarder::mark(&mut call, deadline);
+            Forwarder::mark(&mut call, deadline, &origin);
             return ClusterClient::new(channel).add_member(call).await;
         }
         let member = Member::of(&r.address, &r.peer_address);
@@ -274,7 +276,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let forwarded = Forwarder::is_forwarded(request.metadata());
+        let origin = Forwarder::origin(request.metadata(), None);
         let r = request.into_inner();
         let node_id = r.node_id;
         let deadline = Instant::now() + self.forwarder.budget;
@@ -284,10 +286,12 @@ impl Cluster for ClusterService {
             // After its own hand-over this node sends the call on to the
             // new leader even if it came forwarded: that is one more hop
             // it chose, not two stale views bouncing a call.
-            let route = self.forwarder.route(forwarded && !handed_over, deadline);
+            let route = self
+                .forwarder
+                .route(origin.forwarded && !handed_over, deadline);
             if let Route::Leader { id, channel } = route.await? {
                 let mut call = Request::new(r);
-                Forwarder::mark(&mut call, deadline);
+                Forwarder::mark(&mut call, deadline, &origin);
                 let mut answer = ClusterClient::new(channel).remove_member(call).await?;
                 if handed_over {
                     answer.get_mut().leadership_moved_to = id;
@@ -313,12 +317,14 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        let forwarded = Forwarder::is_forwarded(request.metadata());
+        let origin = Forwarder::origin(request.metadata(), None);
         let r = request.into_inner();
         let deadline = Instant::now() + self.forwarder.budget;
-        if let Route::Leader { channel, .. } = self.forwarder.route(forwarded, deadline).await? {
+        if let Route::Leader { channel, .. } =
+            self.forwarder.route(origin.forwarded, deadline).await?
+        {
             let mut call = Request::new(r);
-            Forwarder::mark(&mut call, deadline);
+            Forwarder::mark(&mut call, deadline, &origin);
             return ClusterClient::new(channel).transfer_leader(call).await;
         }
         if !self.node.members().conf_state.voters.contains(&r.node_id) {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Status;
 
@@ -19,6 +19,17 @@ use super::node::NodeHandle;
 
 /// Metadata key marking a call forwarded by another node.
 pub const FORWARDED: &str = "x-stockraft-forwarded";
+
+/// The header that carries a caller's token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Where a call comes from: forwarded by another member or not, and the
+/// caller's token, which a forwarded call carries on.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub forwarded: bool,
+    authorization: Option<AsciiMetadataValue>,
+}
 
 /// Where a leader-only call must run.
 pub enum Route {
@@ -48,15 +59,23 @@ impl Forwarder {
         }
     }
 
-    pub fn is_forwarded(metadata: &MetadataMap) -> bool {
-        metadata.contains_key(FORWARDED)
+    /// Where a call comes from, as its metadata says; `session` is the
+    /// caller's token of the stream the call runs in, if any.
+    pub fn origin(metadata: &MetadataMap, session: Option<&AsciiMetadataValue>) -> Origin {
+        Origin {
+            forwarded: metadata.contains_key(FORWARDED),
+            authorization: metadata.get(AUTHORIZATION).or(session).cloned(),
+        }
     }
 
-    /// Marks a request as forwarded and gives it what is left of the budget.
-    pub fn mark<T>(request: &mut tonic::Request<T>, deadline: Instant) {
-        request
-            .metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    /// Marks a request as forwarded, carries its caller's token (the leader
+    /// checks it again), and gives it what is left of the budget.
+    pub fn mark<T>(request: &mut tonic::Request<T>, deadline: Instant, origin: &Origin) {
+        let metadata = request.metadata_mut();
+        metadata.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        if let Some(token) = &origin.authorization {
+            metadata.insert(AUTHORIZATION, token.clone());
+        }
         request.set_timeout(
             deadline
                 .saturating_duration_since(Instant::now())

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
@@ -59,6 +60,9 @@ pub struct InventoryService {
     api: ApiConfig,
     forwarder: Arc<Forwarder>,
     meters: Arc<Meters>,
+    /// In a `Stream` session's copy: the caller's token, for the
+    /// operations it runs alone (and may forward).
+    session_token: Option<AsciiMetadataValue>,
 }
 
 /// A call of the same method on the leader.
@@ -71,6 +75,7 @@ impl InventoryService {
             api,
             forwarder,
             meters: Arc::new(Meters::new()),
+            session_token: None,
         }
     }
 
@@ -90,7 +95,7 @@ impl InventoryService {
         Req: Clone + FromCommand + Send + 'static,
     {
         let deadline = Instant::now() + self.forwarder.budget;
-        let forwarded = Forwarder::is_forwarded(request.metadata());
+        let origin = Forwarder::origin(request.metadata(), self.session_token.as_ref());
         let body = request.into_inner();
         // A follower forwards the request as it came; the leader, which
         // almost always runs it itself, keeps no copy, and should it lose
@@ -103,14 +108,15 @@ impl InventoryService {
         };
         let mut command = build(body)?;
         loop {
-            if let Route::Leader { id, channel } = self.forwarder.route(forwarded, deadline).await?
+            if let Route::Leader { id, channel } =
+                self.forwarder.route(origin.forwarded, deadline).await?
             {
                 let body = match &kept {
                     Some(body) => body.clone(),
                     None => request_of(&command),
                 };
                 let mut call = Request::new(body);
-                Forwarder::mark(&mut call, deadline);
+                Forwarder::mark(&mut call, deadline, &origin);
                 metrics::counter!("stockraft_forwarded_total").increment(1);
                 match forward(InventoryClient::new(channel), call).await {
                     Ok(response) => return Ok(response.into_inner()),
@@ -952,11 +958,16 @@ impl Inventory for InventoryService {
         &self,
         request: Request<tonic::Streaming<pb::StreamRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut service = self.clone();
+        service.session_token = request
+            .metadata()
+            .get(crate::server::forward::AUTHORIZATION)
+            .cloned();
         let inbound = request.into_inner();
         // Room for every operation in flight: answering never waits on the
         // client unless it stops reading.
         let (tx, rx) = chunked(Some(STREAM_IN_FLIGHT_MAX));
-        tokio::spawn(session(self.clone(), inbound, tx));
+        tokio::spawn(session(service, inbound, tx));
         Ok(Response::new(rx))
     }
 

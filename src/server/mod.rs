@@ -16,6 +16,7 @@
 //! gRPC server stops accepting and waits for calls in flight, then the
 //! replication thread finishes its batch (durable and answered) and stops.
 
+pub mod auth;
 pub mod cluster_service;
 pub mod forward;
 pub mod huge_pages;
@@ -78,6 +79,10 @@ pub struct ServeConfig {
     /// Mutual TLS between members (`--peer-cert`, `--peer-key`,
     /// `--peer-ca`), on the peer listener.
     pub peer_tls: Option<crate::tls::PeerTls>,
+    /// Bearer tokens and their roles (`--tokens`); None: no token asked.
+    pub tokens: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or tokens (`--insecure`).
+    pub insecure: bool,
     /// The members of a new cluster (`--peers`), the same list on every node.
     pub peers: Option<Members>,
     /// Any member of an existing cluster, to learn its members from
@@ -134,6 +139,17 @@ pub async fn serve(
         );
     }
 
+    check_exposure(&config)?;
+    let tokens = match &config.tokens {
+        Some(path) => {
+            let loaded = auth::Tokens::load(path).map_err(|e| ServeError::Config(e.to_string()))?;
+            tracing::info!(tokens = loaded.len(), "calls need a token");
+            let shared = Arc::new(arc_swap::ArcSwap::from_pointee(loaded));
+            auth::reload_on_sighup(path.clone(), shared.clone());
+            Some(shared)
+        }
+        None => None,
+    };
     let advertise = advertised(&config);
     let to_client_ports = client_port_tls(&config)?;
     let opening = std::time::Instant::now();
@@ -299,12 +315,14 @@ pub async fn serve(
     };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.client_tls {
+        let members_ca = config.peer_tls.as_ref().map(|p| p.ca.as_path());
         let tls = tls
-            .server_config()
+            .server_config(members_ca)
             .map_err(|e| ServeError::Config(e.to_string()))?;
         builder = builder.tls_config(tls)?;
     }
     let router = builder
+        .layer(auth::AuthLayer::new(tokens))
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health_service)
@@ -429,6 +447,48 @@ fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
         })
         .and_then(|b| b.install())
         .map_err(|e| ServeError::Metrics(e.to_string()))
+}
+
+/// Refuses to serve a non-loopback address open to anyone: clients need
+/// TLS and tokens there, members mutual TLS on a port of their own.
+/// `--insecure` overrides, and says so at every start.
+fn check_exposure(config: &ServeConfig) -> Result<(), ServeError> {
+    let mut missing = Vec::new();
+    if !config.listen.ip().is_loopback() {
+        if config.client_tls.is_none() {
+            missing.push("--tls-cert and --tls-key (clients over TLS)");
+        }
+        if config.tokens.is_none() {
+            missing.push("--tokens (who may call what)");
+        }
+        let clustered = config.peers.is_some() || config.join.is_some();
+        if clustered && config.peer_listen.is_none() {
+            missing.push("--peer-listen (members apart from clients)");
+        }
+    }
+    let peers_exposed = config
+        .peer_listen
+        .is_some_and(|addr| !addr.ip().is_loopback());
+    if peers_exposed && config.peer_tls.is_none() {
+        missing.push("--peer-cert, --peer-key and --peer-ca (mutual TLS between members)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if config.insecure {
+        tracing::warn!(
+            missing = ?missing,
+            "--insecure: serving a non-loopback address without all of its protections"
+        );
+        return Ok(());
+    }
+    Err(ServeError::Config(format!(
+        "refusing to serve {} without {}; `stockraft certs` makes certificates and \
+         `stockraft token` tokens (see the README's Security section), or pass --insecure \
+         on a network you trust",
+        config.listen,
+        missing.join(", ")
+    )))
 }
 
 /// What this node presents and trusts when it calls another member's
