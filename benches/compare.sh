@@ -8,7 +8,9 @@
 #   - PostgreSQL (UPDATE ... WHERE available >= 1 plus an INSERT,
 #     synchronous commit), 64 clients, spread rows and one hot row;
 #   - stockraft: one node and a 3-node loopback cluster, unary and Stream,
-#     spread and hot, and p99 at half of peak (open loop).
+#     spread and hot, and p99 at half of peak (open loop); then the same
+#     one node and three secured (clients over TLS with tokens, members
+#     over mutual TLS), unary and Stream.
 # Every operation is a reservation of 1 unit. Prints one table with the
 # targets of issue "Peak-planning load harness and throughput".
 #
@@ -169,24 +171,83 @@ PY
 stop_last; say "stockraft 1 node, unary, open loop at $half/s: p99 ms" "${R[sr1_p99_half]}"
 say "  the same run, server's histogram: Reserve calls over 5 ms (%)" "${R[sr1_over5_half]}"
 
-export STOCKRAFT_BIN="$sr" STOCKRAFT_CLUSTER_DIR="$work/three"
-three="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
-cluster/local.sh start >/dev/null
+# Three plaintext nodes on loopback (see three_tls below for secured ones).
+three_nodes() {
+  local i peers="1=127.0.0.1:26061,2=127.0.0.1:26062,3=127.0.0.1:26063"
+  for i in 1 2 3; do
+    rm -rf "$work/three-$i"
+    "$sr" serve --node-id "$i" --data-dir "$work/three-$i" --listen "127.0.0.1:2606$i" \
+      --peers "$peers" --metrics-listen off >/dev/null 2>&1 & pids+=($!)
+  done
+  for _ in $(seq 1 100); do
+    "$sr" cluster status --server 127.0.0.1:26061 --json 2>/dev/null | grep -q '"leader_id":[1-9]' && break
+    sleep 0.2
+  done
+}
+stop_three() { stop_last; stop_last; stop_last; }
+
+three="127.0.0.1:26061,127.0.0.1:26062,127.0.0.1:26063"
+three_nodes
 read -r R[sr3_unary] _ < <(sr_load "$three" --clients 64 --skus 100000 --stock 1000000000)
 say "stockraft 3 nodes, unary, 64 clients on the leader, spread" "${R[sr3_unary]}"
 read -r R[sr3_stream] _ < <(sr_load "$three" --clients 16 --in-flight 16 --stream --skus 100000 --stock 1000000000)
 say "stockraft 3 nodes, Stream, 16 x 16 on the leader, spread" "${R[sr3_stream]}"
-cluster/local.sh stop >/dev/null
+stop_three
+
+# --- stockraft secured: TLS and tokens --------------------------------------------
+# The same runs with clients over TLS presenting a bearer token (an admin
+# one: following the leader reads the cluster's status) and, on three
+# nodes, members over mutual TLS: what security costs.
+certs="$work/certs"
+"$sr" certs --dir "$certs" --members 1,2,3 >/dev/null
+made=$("$sr" token --role admin --name bench)
+token=$(awk '/^token:/ {print $2}' <<<"$made")
+sed -n 's/^tokens file line: //p' <<<"$made" >"$work/tokens"
+tls_client=(--tls-ca "$certs/ca.pem" --token "$token")
+tls_server=(--tls-cert "$certs/member-1.pem" --tls-key "$certs/member-1.key" --tokens "$work/tokens")
+one_tls() {
+  rm -rf "$work/one"
+  "$sr" serve --data-dir "$work/one" --listen 127.0.0.1:26051 --metrics-listen off "${tls_server[@]}" >/dev/null 2>&1 & pids+=($!)
+  for _ in $(seq 1 50); do "$sr" health --server 127.0.0.1:26051 "${tls_client[@]}" >/dev/null 2>&1 && break; sleep 0.2; done
+}
+one_tls; read -r R[tls1_unary] _ < <(sr_load 127.0.0.1:26051 "${tls_client[@]}" --clients 64 --skus 100000 --stock 1000000000)
+stop_last; say "stockraft 1 node, TLS + token, unary, 64 clients, spread" "${R[tls1_unary]}"
+one_tls; read -r R[tls1_stream] _ < <(sr_load 127.0.0.1:26051 "${tls_client[@]}" --clients 16 --in-flight 16 --stream --skus 100000 --stock 1000000000)
+stop_last; say "stockraft 1 node, TLS + token, Stream, 16 x 16, spread" "${R[tls1_stream]}"
+three_secured="127.0.0.1:26071,127.0.0.1:26072,127.0.0.1:26073"
+# Each member's own certificate serves its client port.
+three_tls() {
+  local i peers="1=127.0.0.1:26071/127.0.0.1:26081,2=127.0.0.1:26072/127.0.0.1:26082,3=127.0.0.1:26073/127.0.0.1:26083"
+  for i in 1 2 3; do
+    rm -rf "$work/three-$i"
+    "$sr" serve --node-id "$i" --data-dir "$work/three-$i" --listen "127.0.0.1:2607$i" \
+      --peer-listen "127.0.0.1:2608$i" --peers "$peers" --metrics-listen off \
+      --tls-cert "$certs/member-$i.pem" --tls-key "$certs/member-$i.key" --tokens "$work/tokens" \
+      --peer-cert "$certs/member-$i.pem" --peer-key "$certs/member-$i.key" --peer-ca "$certs/ca.pem" \
+      >/dev/null 2>&1 & pids+=($!)
+  done
+  for _ in $(seq 1 100); do
+    "$sr" cluster status --server 127.0.0.1:26071 --json "${tls_client[@]}" 2>/dev/null | grep -q '"leader_id":[1-9]' && break
+    sleep 0.2
+  done
+}
+three_tls
+read -r R[tls3_unary] _ < <(sr_load "$three_secured" "${tls_client[@]}" --clients 64 --skus 100000 --stock 1000000000)
+say "stockraft 3 nodes, TLS + token + member mTLS, unary, 64 clients" "${R[tls3_unary]}"
+read -r R[tls3_stream] _ < <(sr_load "$three_secured" "${tls_client[@]}" --clients 16 --in-flight 16 --stream --skus 100000 --stock 1000000000)
+say "stockraft 3 nodes, TLS + token + member mTLS, Stream, 16 x 16" "${R[tls3_stream]}"
+stop_three
 
 # --- the table -------------------------------------------------------------------
 python3 - "${R[ceil_unary]}" "${R[ceil_stream]}" "${R[redis_spread]}" "${R[redis_hot]}" "${R[redis_pipe]}" \
   "${R[redis_always]}" "${R[pg_spread]}" "${R[pg_hot]}" "${R[sr1_unary]}" "${R[sr1_stream]}" "${R[sr1_hot]}" \
   "${R[sr1_p99_half]}" "${R[sr3_unary]}" "${R[sr3_stream]}" "${R[ceil_p99_half]}" "${R[sr1_over5_half]}" \
-  "${R[sr1_stream64]}" "${R[dur_unary]}" "${R[dur_stream64]}" <<'PY'
+  "${R[sr1_stream64]}" "${R[dur_unary]}" "${R[dur_stream64]}" \
+  "${R[tls1_unary]}" "${R[tls1_stream]}" "${R[tls3_unary]}" "${R[tls3_stream]}" <<'PY'
 import sys
 (ceil_u, ceil_s, r_spread, r_hot, r_pipe, r_always, pg_spread, pg_hot,
  s1u, s1s, s1hot, p99half, s3u, s3s, ceil_p99half, over5half, s1s64,
- dur_u, dur_s64) = [float(x) for x in sys.argv[1:]]
+ dur_u, dur_s64, t1u, t1s, t3u, t3s) = [float(x) for x in sys.argv[1:]]
 rows = [
   ("1 node unary vs tonic ceiling", s1u / ceil_u, ">= 0.85"),
   ("  durable trivial service, unary, vs tonic ceiling", dur_u / ceil_u, "(the floor of durability)"),
@@ -200,6 +261,10 @@ rows = [
   ("3 nodes Stream vs 1 node Stream", s3s / s1s, ">= 0.7"),
   ("hot SKU vs spread (1 node unary)", s1hot / s1u, ">= 0.9"),
   ("hot SKU vs PostgreSQL hot row", s1hot / pg_hot, ">= 10"),
+  ("TLS + tokens vs plaintext, 1 node unary", t1u / s1u, "(reference)"),
+  ("TLS + tokens vs plaintext, 1 node Stream", t1s / s1s, ">= 0.85"),
+  ("TLS + tokens + member mTLS vs plaintext, 3 nodes unary", t3u / s3u, "(reference)"),
+  ("TLS + tokens + member mTLS vs plaintext, 3 nodes Stream", t3s / s3s, ">= 0.85"),
 ]
 print(f"\n{'comparison':<58} {'ratio':>8}  target")
 for name, ratio, target in rows:
