@@ -28,6 +28,20 @@ pub const SKUS_PER_READ_MAX: usize = 1_000;
 /// Most nodes named in one availability read.
 pub const NODES_PER_READ_MAX: usize = 1_000;
 
+/// Most client connections a listener keeps open at once (each holds
+/// HTTP/2 buffers and a task); one past it is closed at once.
+pub const CONNECTIONS_MAX: usize = 4_096;
+
+/// Most calls in flight on one HTTP/2 connection (its
+/// SETTINGS_MAX_CONCURRENT_STREAMS): a client wanting more opens more
+/// connections, which [`CONNECTIONS_MAX`] bounds.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
+
+/// Most (sku, node) rows one availability read answers: a thousand SKUs
+/// over a thousand nodes would be a million rows (tens of megabytes) for
+/// one small request.
+pub const AVAILABILITY_ROWS_MAX: usize = 10_000;
+
 /// Most nodes that can stock one SKU. Bounds the per-SKU node list, which is
 /// scanned to total a SKU's availability.
 pub const NODES_PER_SKU_MAX: usize = 10_000;
@@ -107,5 +121,28 @@ pub const SNAPSHOT_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;
 /// ever. Raft-rs on the leader is told and sends again later.
 pub const SNAPSHOT_PART_WAIT_MS_MAX: u64 = 30_000;
 
+/// The slowest a snapshot may arrive, on average, once its size is known:
+/// a sender trickling one part just inside [`SNAPSHOT_PART_WAIT_MS_MAX`]
+/// would otherwise hold the one receiving slot for days. A snapshot of
+/// `n` bytes gets [`SNAPSHOT_RECEIVE_MS_MIN`] plus `n` at this rate.
+pub const SNAPSHOT_RECEIVE_BYTES_PER_S_MIN: u64 = 1024 * 1024;
+
+/// The least time any snapshot gets to arrive.
+pub const SNAPSHOT_RECEIVE_MS_MIN: u64 = 60_000;
+
 /// Most operations of one `Stream` call running at once.
 pub const STREAM_IN_FLIGHT_MAX: usize = 1_024;
+
+/// How far a leader's clock may be from a majority's before it stops
+/// stamping and steps down (`--max-clock-offset`), by default; see
+/// `replica::clock`.
+pub const CLOCK_OFFSET_MS_DEFAULT: u64 = 500;
+
+/// The most `--max-clock-offset` accepts: past a minute the bound says
+/// nothing a hold's time-to-live would notice.
+pub const CLOCK_OFFSET_MS_MAX: u64 = 60_000;
+
+/// A clock sample older than this counts for nothing: a leader hears from
+/// its followers every heartbeat (200 ms by default), so a fresh sample is
+/// always at hand; a clock that jumps makes every sample look stale.
+pub const CLOCK_SAMPLE_FRESH_MS: u64 = 2_000;

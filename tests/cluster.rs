@@ -391,6 +391,8 @@ async fn peers_on_ports_of_their_own() {
     let batch = stockraft::proto::internal::PeerBatch {
         from: leader,
         messages: Vec::new(),
+        sender: None,
+        clock: None,
     };
     let refused = stockraft::proto::internal::peer_client::PeerClient::new(channel)
         .send(tokio_stream::iter(vec![batch]))

@@ -52,6 +52,7 @@ async fn without_a_leader_writes_and_linearizable_reads_are_unavailable() {
             tick_ms: 10,
             startup_commit_index: 0,
             queue_max: 16,
+            clocks: None,
         },
         // Answers completed by the replication thread itself.
         None,
@@ -146,6 +147,12 @@ impl LogStore for SlowStore {
     fn members(&self) -> Members {
         self.0.members()
     }
+    fn set_cluster_id(&mut self, id: &stockraft::replica::ClusterId) -> Result<(), StoreError> {
+        self.0.set_cluster_id(id)
+    }
+    fn cluster_id(&self) -> Option<stockraft::replica::ClusterId> {
+        self.0.cluster_id()
+    }
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
         self.0.chunk_writer()
     }
@@ -193,6 +200,7 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_it_accepted()
             tick_ms: 10,
             startup_commit_index: 0,
             queue_max: 4,
+            clocks: None,
         },
         // Answers relayed through a task on this runtime, as the server does.
         Some(tokio::runtime::Handle::current()),

@@ -18,7 +18,7 @@ use common::workload::{check_node, seed, start_clients_with, Ledger};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use stockraft::proto::internal::peer_client::PeerClient;
-use stockraft::proto::internal::PeerBatch;
+use stockraft::proto::internal::{PeerBatch, Sender};
 use stockraft::proto::v1 as pb;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -58,8 +58,27 @@ fn forged_heartbeat(from: u64, to: u64, term: u64) -> Vec<u8> {
     m.write_to_bytes().unwrap()
 }
 
+/// What member `id` says of itself on the peer transport: its cluster's
+/// id and its data dir's incarnation (read from the file there), as only
+/// the member itself knows them.
+async fn sender_of(cluster: &Cluster, id: u64) -> Sender {
+    let status = cluster.status(id, false).await.unwrap();
+    let file = std::fs::read_to_string(cluster.nodes[&id].dir.join("stockraft-identity")).unwrap();
+    let hex = file
+        .lines()
+        .find_map(|l| l.strip_prefix("incarnation "))
+        .unwrap();
+    let cluster_id = (0..16)
+        .map(|i| u8::from_str_radix(&status.cluster_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    Sender {
+        cluster_id,
+        incarnation: u64::from_str_radix(hex, 16).unwrap(),
+    }
+}
+
 /// Sends one batch to member `to`'s peer port as `who` (a certificate
-/// stem, or none), claiming to be `from`.
+/// stem, or none), claiming to be `from` with `sender`'s identity.
 async fn send_as(
     cluster: &Cluster,
     certs: &Path,
@@ -67,6 +86,7 @@ async fn send_as(
     to: u64,
     from: u64,
     term: u64,
+    sender: Option<Sender>,
 ) -> Result<(), tonic::Status> {
     let tls = tls_as(certs, who, to);
     let channel = stockraft::client::channel_with(
@@ -79,6 +99,8 @@ async fn send_as(
     let batch = PeerBatch {
         from,
         messages: vec![forged_heartbeat(from, to, term)],
+        sender,
+        clock: None,
     };
     PeerClient::new(channel)
         .send(tokio_stream::iter(vec![batch]))
@@ -97,9 +119,20 @@ async fn forged_peer_traffic_changes_and_stops_nothing() {
     let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
     let before = cluster.status(follower, true).await.unwrap();
     let term = before.term;
+    assert_eq!(before.cluster_id.len(), 32, "{before:?}");
+    let leader_identity = sender_of(&cluster, leader).await;
 
     // No client certificate: the TLS handshake is refused.
-    let refused = send_as(&cluster, certs.path(), None, follower, leader, term).await;
+    let refused = send_as(
+        &cluster,
+        certs.path(),
+        None,
+        follower,
+        leader,
+        term,
+        Some(leader_identity.clone()),
+    )
+    .await;
     assert!(refused.is_err(), "accepted without a certificate");
     // A client's certificate names no member.
     let refused = send_as(
@@ -109,6 +142,7 @@ async fn forged_peer_traffic_changes_and_stops_nothing() {
         follower,
         leader,
         term,
+        Some(leader_identity.clone()),
     )
     .await
     .unwrap_err();
@@ -122,13 +156,36 @@ async fn forged_peer_traffic_changes_and_stops_nothing() {
         follower,
         leader,
         term,
+        Some(leader_identity.clone()),
     )
     .await
     .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    // The leader's own certificate (a member turned bad, or its key
-    // stolen): the heartbeat reaches the node and is refused before raft.
+    // The leader's key stolen, but not its data dir: without its identity,
+    // or with another data dir's, the batch is refused.
     let as_leader = format!("member-{leader}");
+    for sender in [
+        None,
+        Some(Sender {
+            incarnation: leader_identity.incarnation ^ 1,
+            ..leader_identity.clone()
+        }),
+    ] {
+        let refused = send_as(
+            &cluster,
+            certs.path(),
+            Some(&as_leader),
+            follower,
+            leader,
+            term,
+            sender,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    }
+    // The leader's key and identity both (a member turned bad): the
+    // heartbeat reaches the node and is refused before raft.
     send_as(
         &cluster,
         certs.path(),
@@ -136,6 +193,7 @@ async fn forged_peer_traffic_changes_and_stops_nothing() {
         follower,
         leader,
         term,
+        Some(leader_identity.clone()),
     )
     .await
     .unwrap();
@@ -146,6 +204,8 @@ async fn forged_peer_traffic_changes_and_stops_nothing() {
     let batch = PeerBatch {
         from: leader,
         messages: vec![forged_heartbeat(leader, follower, term)],
+        sender: Some(leader_identity),
+        clock: None,
     };
     assert!(PeerClient::new(plain)
         .send(tokio_stream::iter(vec![batch]))
@@ -599,5 +659,245 @@ async fn tokens_are_read_again_on_sighup() {
             "after SIGHUP: old token {with_old:?}, new token {with_new:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Floods stay within their bounds while a checkout client keeps being
+/// answered: connections past `--connections-max` are closed at once, a
+/// read naming one SKU a thousand times is answered once, and one that
+/// would answer a thousand SKUs over a thousand nodes is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn floods_stay_within_bounds() {
+    let mut server = common::Server::start(&["--connections-max", "16"]);
+    server.wait_ready().await.unwrap();
+    let mut checkout = server.client().await;
+    checkout
+        .set_on_hand(pb::SetOnHandRequest {
+            txn_id: "stock".into(),
+            sku: "S".into(),
+            node: "N".into(),
+            on_hand: 1_000,
+            expected_on_hand: None,
+        })
+        .await
+        .unwrap();
+    let mut reader = server.client().await;
+
+    // A hundred more connections: the ones past the bound are closed.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(tokio::net::TcpStream::connect(&server.addr).await.unwrap());
+    }
+    let mut closed = 0;
+    let mut open = Vec::new();
+    for mut stream in flood {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut byte)).await;
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            closed += 1;
+        } else {
+            open.push(stream);
+        }
+    }
+    assert!(
+        closed >= 80,
+        "only {closed} of 100 connections past the bound closed"
+    );
+
+    // Amplification: repeated names are asked once; the product is capped.
+    let same = reader
+        .get_availability(pb::GetAvailabilityRequest {
+            skus: vec!["S".into(); 1_000],
+            nodes: vec!["N".into(); 1_000],
+            consistency: pb::Consistency::Local as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same.skus.len(), 1);
+    assert_eq!(same.skus[0].nodes.len(), 1);
+    let wide = reader
+        .get_availability(pb::GetAvailabilityRequest {
+            skus: (0..1_000).map(|i| format!("S{i}")).collect(),
+            nodes: (0..1_000).map(|i| format!("N{i}")).collect(),
+            consistency: pb::Consistency::Local as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wide.code(), tonic::Code::InvalidArgument, "{wide:?}");
+    assert!(wide.message().contains("rows"), "{wide:?}");
+
+    // Meanwhile: a storm of reads on the reader's connection, and the
+    // checkout client's reserves all answered.
+    let storm: Vec<_> = (0..400)
+        .map(|_| {
+            let mut reader = reader.clone();
+            tokio::spawn(async move {
+                reader
+                    .get_availability(pb::GetAvailabilityRequest {
+                        skus: vec!["S".into(); 1_000],
+                        nodes: Vec::new(),
+                        consistency: pb::Consistency::Linearizable as i32,
+                    })
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    for i in 0..50 {
+        let reserved = checkout
+            .reserve(pb::ReserveRequest {
+                reservation_id: format!("flood-{i}"),
+                lines: vec![pb::Line {
+                    sku: "S".into(),
+                    node: "N".into(),
+                    qty: 1,
+                }],
+                ttl_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reserved.outcome, pb::Outcome::Reserved as i32);
+    }
+    let mut answered = 0;
+    for read in storm {
+        if read.await.unwrap() {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 400);
+    drop(open);
+}
+
+/// Waits until every running member reports the same cluster id; returns
+/// it.
+async fn agreed_cluster_id(cluster: &Cluster) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut ids = Vec::new();
+        for id in cluster.running() {
+            if let Ok(s) = cluster.status(id, false).await {
+                ids.push(s.cluster_id);
+            }
+        }
+        let agreed = ids.len() == cluster.running().len()
+            && ids.iter().all(|c| c.len() == 32 && *c == ids[0]);
+        if agreed {
+            return ids.swap_remove(0);
+        }
+        assert!(Instant::now() < deadline, "no agreed cluster id: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `id`'s log holds `text`.
+async fn wait_logged(cluster: &Cluster, id: u64, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cluster.logs(id).contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} never logged {text:?}:\n{}",
+            cluster.logs(id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A member of another cluster on a member's address and id, then the
+/// member back on a wiped data dir: both refused by name, the cluster
+/// serving throughout; removed and added again, the member is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_cluster_and_a_wiped_member_are_refused() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let ours = agreed_cluster_id(&cluster).await;
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    let peers = cluster.nodes[&victim].first_flags.clone();
+    let write = |txn: &'static str, on_hand: i64| pb::SetOnHandRequest {
+        txn_id: txn.into(),
+        sku: "SKU-0".into(),
+        node: "dc".into(),
+        on_hand,
+        expected_on_hand: None,
+    };
+
+    // Another cluster (a one-node cluster of its own) where the victim
+    // was: the leader's traffic reaches it and is refused.
+    cluster.kill9(victim);
+    std::fs::remove_dir_all(&cluster.nodes[&victim].dir).unwrap();
+    cluster.nodes.get_mut(&victim).unwrap().first_flags = Vec::new();
+    cluster.spawn(victim);
+    wait_logged(&cluster, victim, "belongs to cluster").await;
+    // It stays a cluster of its own, leading itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let other = cluster.status(victim, false).await.unwrap();
+        assert_ne!(other.cluster_id, ours);
+        assert_eq!(other.members.len(), 1, "{other:?}");
+        if other.leader_id == victim && other.cluster_id.len() == 32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{other:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = cluster.client(leader).await;
+    c.set_on_hand(write("while-another-cluster", 5))
+        .await
+        .unwrap();
+
+    // The member back on an empty data dir with its old flags: it lost its
+    // votes and log, so the members refuse it by its new incarnation.
+    cluster.kill9(victim);
+    std::fs::remove_dir_all(&cluster.nodes[&victim].dir).unwrap();
+    cluster.nodes.get_mut(&victim).unwrap().first_flags = peers;
+    cluster.spawn(victim);
+    wait_logged(&cluster, leader, "runs on another data dir").await;
+    c.set_on_hand(write("while-wiped", 6)).await.unwrap();
+    let status = cluster.status(leader, false).await.unwrap();
+    assert_eq!(status.cluster_id, ours);
+    assert_eq!(status.leader_id, leader);
+
+    // The remedy the refusal names: remove it, add it again, join.
+    let mut admin = cluster.cluster_client(leader).await;
+    admin
+        .remove_member(pb::RemoveMemberRequest { node_id: victim })
+        .await
+        .unwrap();
+    cluster.kill9(victim);
+    std::fs::remove_dir_all(&cluster.nodes[&victim].dir).unwrap();
+    let address = cluster.addr(victim);
+    admin
+        .add_member(pb::AddMemberRequest {
+            node_id: victim,
+            address,
+            peer_address: String::new(),
+        })
+        .await
+        .unwrap();
+    let join = vec!["--join".to_string(), cluster.addr(leader)];
+    cluster.nodes.get_mut(&victim).unwrap().first_flags = join;
+    cluster.spawn(victim);
+    cluster
+        .wait_caught_up(victim, leader, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster.status(victim, false).await.unwrap().cluster_id,
+        ours
+    );
+    let all: Vec<u64> = (1..=3).collect();
+    cluster
+        .wait_converged(&all, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(cluster.running().len(), 3);
+    for id in all {
+        assert!(
+            !cluster.logs(id).contains("panicked"),
+            "{}",
+            cluster.logs(id)
+        );
     }
 }

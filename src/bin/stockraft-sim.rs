@@ -72,6 +72,8 @@ fn main() -> Result<()> {
     let mut partitions = 0u64;
     let mut leader_removals = 0u64;
     let mut step_downs = 0u64;
+    let mut clock_jumps = 0u64;
+    let mut clock_step_downs = 0u64;
     let mut refused = std::collections::BTreeMap::<&str, u64>::new();
     // In chunks, so progress shows on long hunts.
     while first < end {
@@ -84,6 +86,8 @@ fn main() -> Result<()> {
         partitions += reports.iter().map(|r| r.partitions).sum::<u64>();
         leader_removals += reports.iter().map(|r| r.leader_removals).sum::<u64>();
         step_downs += reports.iter().map(|r| r.removed_step_downs).sum::<u64>();
+        clock_jumps += reports.iter().map(|r| r.clock_jumps).sum::<u64>();
+        clock_step_downs += reports.iter().map(|r| r.clock_step_downs).sum::<u64>();
         for report in &reports {
             for (reason, count) in &report.refused {
                 *refused.entry(reason).or_default() += count;
@@ -92,7 +96,7 @@ fn main() -> Result<()> {
         first += count;
         let elapsed = started.elapsed().as_secs_f64();
         eprintln!(
-            "{done} seeds passed in {elapsed:.1} s ({:.2} seeds/s): {acked} acknowledged writes, {crashes} crashes, {partitions} partitions, {leader_removals} leader removals, {step_downs} removed leaders stepped down; peer messages refused: {refused:?}",
+            "{done} seeds passed in {elapsed:.1} s ({:.2} seeds/s): {acked} acknowledged writes, {crashes} crashes, {partitions} partitions, {leader_removals} leader removals, {step_downs} removed leaders stepped down, {clock_jumps} leader clocks a day off ({clock_step_downs} clock step-downs); peer messages refused: {refused:?}",
             done as f64 / elapsed
         );
     }

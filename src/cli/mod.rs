@@ -447,6 +447,10 @@ pub struct ServeArgs {
     /// Raft tick: heartbeats, elections and expiry checks run on it.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub tick: Duration,
+    /// How far the leader's clock may be from a majority of members'
+    /// before it stops stamping time and steps down (at most 60s).
+    #[arg(long, env = "STOCKRAFT_MAX_CLOCK_OFFSET", default_value = "500ms", value_parser = parse_duration)]
+    pub max_clock_offset: Duration,
     /// Ticks without a leader before an election.
     #[arg(long, default_value_t = 10)]
     pub election_ticks: usize,
@@ -478,6 +482,11 @@ pub struct ServeArgs {
     /// TLS between members (warned at every start).
     #[arg(long)]
     pub insecure: bool,
+    /// Most client connections open at once; one past it is closed at
+    /// once (at most 4096).
+    #[arg(long, default_value_t = stockraft::limits::CONNECTIONS_MAX as u64,
+          value_parser = clap::value_parser!(u64).range(1..=stockraft::limits::CONNECTIONS_MAX as u64))]
+    pub connections_max: u64,
     /// Serve clients over TLS with this certificate (PEM; with --tls-key).
     #[arg(long, env = "STOCKRAFT_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -549,6 +558,7 @@ impl ServeArgs {
             ));
         }
         let mut replica = ReplicaConfig::new(self.node_id);
+        replica.cluster_id_candidate = rand::random();
         replica.election_tick = self.election_ticks;
         replica.heartbeat_tick = self.heartbeat_ticks;
         replica.id_retention_ms = millis(self.id_retention);
@@ -581,6 +591,7 @@ impl ServeArgs {
             peer_tls,
             tokens: self.tokens,
             insecure: self.insecure,
+            connections_max: self.connections_max as usize,
             advertise: self.advertise,
             peer_listen: self.peer_listen,
             advertise_peer: self.advertise_peer,
@@ -592,6 +603,7 @@ impl ServeArgs {
             data_dir: self.data_dir,
             metrics_listen,
             tick_ms: millis(self.tick).max(1),
+            max_clock_offset_ms: checked_clock_offset(self.max_clock_offset)?,
             shutdown_grace_ms: millis(self.shutdown_grace),
             api: ApiConfig {
                 ttl_ms_default,
@@ -600,6 +612,18 @@ impl ServeArgs {
             replica,
         })
     }
+}
+
+/// `--max-clock-offset` in ms, within its bound.
+fn checked_clock_offset(offset: Duration) -> Result<u64> {
+    let ms = millis(offset);
+    if ms == 0 || ms > stockraft::limits::CLOCK_OFFSET_MS_MAX {
+        return Err(anyhow!(
+            "--max-clock-offset must be more than 0 and at most {} ms",
+            stockraft::limits::CLOCK_OFFSET_MS_MAX
+        ));
+    }
+    Ok(ms)
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT,...`, each address optionally
@@ -682,8 +706,15 @@ fn format_ms(ms: u64) -> String {
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
+    // What a plaintext call to a TLS port gets back: the server's TLS
+    // record read as HTTP/2. Say what it most likely means.
+    let hint = if status.message().contains("h2 protocol error") {
+        " (does the server use TLS? then pass --tls-ca with its CA certificate)"
+    } else {
+        ""
+    };
     anyhow!(
-        "{}: {}",
+        "{}: {}{hint}",
         stockraft::server::status::code_label(status.code()),
         status.message()
     )

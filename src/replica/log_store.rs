@@ -11,7 +11,7 @@
 use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use thiserror::Error;
 
-use super::membership::Members;
+use super::membership::{ClusterId, Members};
 use crate::inventory::snapshot::Image;
 use crate::proto::internal as pb;
 
@@ -29,6 +29,7 @@ pub enum StoreError {
 pub struct SavedSnapshot {
     pub meta: SnapshotMetadata,
     pub members: Members,
+    pub cluster_id: Option<ClusterId>,
     pub image: Image,
 }
 
@@ -39,6 +40,7 @@ pub struct SavedSnapshot {
 pub struct SnapshotRecord {
     pub meta: SnapshotMetadata,
     pub members: Members,
+    pub cluster_id: Option<ClusterId>,
     pub header: pb::SnapshotHeader,
     pub chunk_count: u64,
     /// Bytes of all chunks: the room a leader reserves to send the image
@@ -52,6 +54,7 @@ impl SnapshotRecord {
         SnapshotRecord {
             meta: saved.meta.clone(),
             members: saved.members.clone(),
+            cluster_id: saved.cluster_id,
             header: saved.image.header,
             chunk_count: saved.image.chunks.len() as u64,
             chunk_bytes: saved.image.byte_count(),
@@ -155,6 +158,15 @@ pub trait LogStore: raft::Storage {
 
     /// The members' addresses as last stored.
     fn members(&self) -> Members;
+
+    /// Records the cluster's id once the entry that gives it is applied
+    /// (synced: members refuse peers of other clusters by it). Stored with
+    /// the members, and carried by every snapshot written after.
+    fn set_cluster_id(&mut self, id: &ClusterId) -> Result<(), StoreError>;
+
+    /// The cluster's id as last stored; None before the first leader's
+    /// entry naming it was applied here.
+    fn cluster_id(&self) -> Option<ClusterId>;
 
     /// A writer of snapshot chunks, usable on another thread.
     fn chunk_writer(&self) -> Box<dyn ChunkWriter>;

@@ -56,6 +56,65 @@ impl Member {
 /// Node id to its addresses.
 pub type Members = BTreeMap<u64, Member>;
 
+/// A cluster's identity: 16 random bytes its first leader commits to the
+/// log (see [`encode_cluster_identity`]). Members of different clusters,
+/// which may share ids and even addresses, refuse each other by it.
+pub type ClusterId = [u8; 16];
+
+/// The context of the entry that gives a cluster its id.
+pub fn encode_cluster_identity(id: &ClusterId) -> Vec<u8> {
+    pb::ClusterIdentity {
+        cluster_id: id.to_vec(),
+    }
+    .encode_to_vec()
+}
+
+/// The id an entry's context gives the cluster, if it is such an entry:
+/// any other context (none, a member change) is not 16 bytes of id.
+pub fn decode_cluster_identity(context: &[u8]) -> Option<ClusterId> {
+    if context.is_empty() {
+        return None;
+    }
+    let identity = pb::ClusterIdentity::decode(context).ok()?;
+    cluster_id_of(&identity.cluster_id)
+}
+
+/// An id as it travels (bytes): exactly 16, or none.
+pub fn cluster_id_of(bytes: &[u8]) -> Option<ClusterId> {
+    ClusterId::try_from(bytes).ok()
+}
+
+/// How an id is shown to people: 32 lowercase hex digits.
+pub fn cluster_id_hex(id: &ClusterId) -> String {
+    let mut out = String::with_capacity(32);
+    for byte in id {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// An id as [`cluster_id_hex`] shows it; None for anything else (empty:
+/// the cluster has none yet).
+pub fn cluster_id_from_hex(hex: &str) -> Option<ClusterId> {
+    if hex.len() != 32 || !hex.is_ascii() {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(id)
+}
+
+/// The record of the members and the cluster's id, as stored and as sent
+/// in snapshots.
+pub fn envelope(members: &Members, cluster_id: Option<&ClusterId>) -> pb::SnapshotEnvelope {
+    pb::SnapshotEnvelope {
+        members: to_records(members),
+        cluster_id: cluster_id.map(|id| id.to_vec()).unwrap_or_default(),
+    }
+}
+
 /// A change of membership asked by an operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
@@ -136,10 +195,16 @@ pub fn from_records(records: &[pb::MemberRecord]) -> Members {
         .collect()
 }
 
-/// The data of a Raft snapshot message: members, then the image.
-pub fn encode_snapshot_data(members: &Members, image: &Image) -> Vec<u8> {
+/// The data of a Raft snapshot message: members and cluster id, then the
+/// image.
+pub fn encode_snapshot_data(
+    members: &Members,
+    cluster_id: Option<&ClusterId>,
+    image: &Image,
+) -> Vec<u8> {
     let mut out = start_snapshot_data(
         members,
+        cluster_id,
         &image.header,
         image.chunks.len() as u64,
         image.byte_count(),
@@ -159,13 +224,12 @@ pub fn encode_snapshot_data(members: &Members, image: &Image) -> Vec<u8> {
 /// at once).
 pub fn start_snapshot_data(
     members: &Members,
+    cluster_id: Option<&ClusterId>,
     header: &pb::SnapshotHeader,
     chunk_count: u64,
     chunk_bytes: u64,
 ) -> Vec<u8> {
-    let envelope = pb::SnapshotEnvelope {
-        members: to_records(members),
-    };
+    let envelope = envelope(members, cluster_id);
     let envelope_bytes = envelope.encoded_len();
     let delimited = envelope_bytes + prost::length_delimiter_len(envelope_bytes);
     let room = (delimited as u64)
@@ -182,16 +246,29 @@ pub fn start_snapshot_data(
     out
 }
 
-/// Splits the data of a Raft snapshot message into members, the image's
-/// header and its chunks, borrowed from `data` (see
+/// A Raft snapshot message's data, split (see [`split_snapshot_data`]).
+#[derive(Debug)]
+pub struct SnapshotData<'a> {
+    pub members: Members,
+    pub cluster_id: Option<ClusterId>,
+    pub header: pb::SnapshotHeader,
+    /// Borrowed from the message's data.
+    pub chunks: Vec<&'a [u8]>,
+}
+
+/// Splits the data of a Raft snapshot message into members, cluster id,
+/// the image's header and its chunks, borrowed from `data` (see
 /// [`snapshot::split_bytes`]).
-pub fn split_snapshot_data(
-    data: &[u8],
-) -> Result<(Members, pb::SnapshotHeader, Vec<&[u8]>), SnapshotError> {
+pub fn split_snapshot_data(data: &[u8]) -> Result<SnapshotData<'_>, SnapshotError> {
     let mut rest = data;
     let envelope = pb::SnapshotEnvelope::decode_length_delimited(&mut rest)?;
     let (header, chunks) = snapshot::split_bytes(rest)?;
-    Ok((from_records(&envelope.members), header, chunks))
+    Ok(SnapshotData {
+        members: from_records(&envelope.members),
+        cluster_id: cluster_id_of(&envelope.cluster_id),
+        header,
+        chunks,
+    })
 }
 
 /// The context of a membership-change entry: the member added (None for
@@ -229,11 +306,14 @@ mod tests {
             snapshot::write(&Inventory::new()),
             snapshot::write(&inventory_of(3 * snapshot::CHUNK_RECORDS_MAX)),
         ] {
-            let data = encode_snapshot_data(&members, &image);
-            let (m, header, chunks) = split_snapshot_data(&data).unwrap();
-            assert_eq!(m, members);
-            assert_eq!(header, image.header);
-            assert_eq!(chunks, image.chunks);
+            for id in [None, Some([7u8; 16])] {
+                let data = encode_snapshot_data(&members, id.as_ref(), &image);
+                let split = split_snapshot_data(&data).unwrap();
+                assert_eq!(split.members, members);
+                assert_eq!(split.cluster_id, id);
+                assert_eq!(split.header, image.header);
+                assert_eq!(split.chunks, image.chunks);
+            }
         }
     }
 
@@ -243,14 +323,15 @@ mod tests {
         let image = snapshot::write(&inventory_of(3 * snapshot::CHUNK_RECORDS_MAX));
         assert!(image.chunks.len() >= 3, "want several chunks");
         let count = image.chunks.len() as u64;
-        let mut data = start_snapshot_data(&members, &image.header, count, image.byte_count());
+        let mut data =
+            start_snapshot_data(&members, None, &image.header, count, image.byte_count());
         let room = data.capacity();
         for chunk in &image.chunks {
             snapshot::put_chunk(chunk, &mut data);
         }
         // The buffer never grew, so it was never held twice.
         assert_eq!(data.capacity(), room);
-        assert_eq!(data, encode_snapshot_data(&members, &image));
+        assert_eq!(data, encode_snapshot_data(&members, None, &image));
         // Nor is it much larger than what it holds.
         assert!(room - data.len() <= 16 * (image.chunks.len() + 3));
     }
@@ -260,7 +341,7 @@ mod tests {
         let image = snapshot::write(&inventory_of(10));
         let members = Members::new();
         for (count, bytes) in [(u64::MAX, 0), (1, u64::MAX), (1, SNAPSHOT_BYTES_MAX)] {
-            let data = start_snapshot_data(&members, &image.header, count, bytes);
+            let data = start_snapshot_data(&members, None, &image.header, count, bytes);
             assert!(
                 data.capacity() < 1024,
                 "{count} chunks of {bytes}: {}",
@@ -270,10 +351,31 @@ mod tests {
     }
 
     #[test]
+    fn only_a_whole_identity_names_a_cluster() {
+        let id = [0xabu8; 16];
+        assert_eq!(
+            decode_cluster_identity(&encode_cluster_identity(&id)),
+            Some(id)
+        );
+        assert_eq!(cluster_id_hex(&id), "ab".repeat(16));
+        assert_eq!(cluster_id_from_hex(&cluster_id_hex(&id)), Some(id));
+        assert_eq!(cluster_id_from_hex(""), None);
+        assert_eq!(cluster_id_from_hex(&"g".repeat(32)), None);
+        // A leader's empty entry, a member change, a short id: none.
+        assert_eq!(decode_cluster_identity(&[]), None);
+        let change = encode_change_context(2, Some(&Member::at("b:2")));
+        assert_eq!(decode_cluster_identity(&change), None);
+        let short = pb::ClusterIdentity {
+            cluster_id: vec![1; 15],
+        };
+        assert_eq!(decode_cluster_identity(&short.encode_to_vec()), None);
+    }
+
+    #[test]
     fn snapshot_data_cut_short_is_refused() {
         let members: Members = [(1, Member::at("a:1"))].into();
         let image = snapshot::write(&inventory_of(10));
-        let data = encode_snapshot_data(&members, &image);
+        let data = encode_snapshot_data(&members, None, &image);
         let err = split_snapshot_data(&data[..data.len() - 1]).unwrap_err();
         assert!(err.to_string().contains("past the end"), "{err}");
     }

@@ -47,6 +47,7 @@
 //! so a caller retries it without keeping a copy of everything it proposes.
 
 pub mod admission;
+pub mod clock;
 pub mod log_store;
 mod logger;
 pub mod membership;
@@ -55,6 +56,8 @@ pub mod wire;
 
 #[cfg(test)]
 mod admission_tests;
+#[cfg(test)]
+mod clock_tests;
 #[cfg(test)]
 mod removal_tests;
 #[cfg(test)]
@@ -73,7 +76,7 @@ pub use log_store::{
     put_chunks, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
 };
 pub use logger::tracing_logger;
-pub use membership::{Members, MembershipChange};
+pub use membership::{ClusterId, Members, MembershipChange};
 pub use snapshot_task::{SnapshotTask, WrittenSnapshot};
 
 use crate::inventory::codec::{self, DecodeError};
@@ -138,6 +141,10 @@ pub struct ReplicaConfig {
     /// (raft-rs's asynchronous Ready). When false each Ready's write is
     /// synced before [`Replica::advance`] returns.
     pub persist_async: bool,
+    /// The id this replica gives the cluster if it leads it first (see
+    /// [`membership::ClusterId`]): random in the server, drawn from the
+    /// seed in the simulator.
+    pub cluster_id_candidate: ClusterId,
 }
 
 impl ReplicaConfig {
@@ -157,8 +164,17 @@ impl ReplicaConfig {
             fixed_election_ticks: None,
             snapshot_by_caller: false,
             persist_async: false,
+            cluster_id_candidate: candidate_of(id),
         }
     }
+}
+
+/// A fixed candidate id for tests: the server and the simulator set their
+/// own.
+fn candidate_of(id: u64) -> ClusterId {
+    let mut candidate = [0u8; 16];
+    candidate[..8].copy_from_slice(&id.to_be_bytes());
+    candidate
 }
 
 /// Why a command got no answer from the state machine.
@@ -172,6 +188,10 @@ pub enum ProposeError {
     Unknown,
     #[error("the leader refused the proposal ({0}); retry shortly")]
     Dropped(String),
+    /// The leader's clock is not known to be within the bound of a
+    /// majority's (see [`clock`]): it stamps nothing meanwhile.
+    #[error("the leader's clock is not confirmed within --max-clock-offset of a majority of members; retry shortly")]
+    ClockUnconfirmed,
     /// A leader asked to remove itself: leadership must move to another
     /// voter first ([`Replica::hand_over_leadership`]), and the removal be
     /// proposed by the new leader (the Cluster service does both).
@@ -278,6 +298,10 @@ pub struct Output {
     /// True when the members (ids or addresses) changed: the transport must
     /// learn the new addresses.
     pub members_changed: bool,
+    /// Members removed by the changes applied, in order: whoever comes
+    /// back with their ids is a new member (the transport forgets what it
+    /// knew of them, see `server::identity`).
+    pub members_removed: Vec<u64>,
     /// A snapshot to encode and store, then hand back to
     /// [`Replica::snapshot_written`] (only with `snapshot_by_caller`).
     pub snapshot: Option<SnapshotTask>,
@@ -296,6 +320,7 @@ impl Output {
             && self.reads.is_empty()
             && self.membership.is_empty()
             && !self.members_changed
+            && self.members_removed.is_empty()
             && self.snapshot.is_none()
             && self.sync.is_none()
     }
@@ -328,6 +353,8 @@ pub struct ReplicaStatus {
     /// This replica applied its own removal from the group (and no later
     /// re-addition): it gets no more entries, so it serves nothing.
     pub removed: bool,
+    /// See [`Replica::cluster_id`].
+    pub cluster_id: Option<ClusterId>,
 }
 
 /// A replica's Raft role.
@@ -419,6 +446,17 @@ pub struct Replica<S: LogStore> {
     removed_step_downs: u64,
     /// See [`ReplicaStatus::removed`].
     removed: bool,
+    /// The term in which this replica last proposed the cluster's id.
+    cluster_id_proposed_term: u64,
+    /// See [`Replica::check_clock`].
+    clock: clock::ClockVerdict,
+    /// Ticks this replica has led without a confirmed clock.
+    clock_unconfirmed_ticks: u64,
+    /// See [`Replica::clock_step_downs`].
+    clock_step_downs: u64,
+    /// The clock reading the verdict was given at (None: never checked,
+    /// as in tests that drive no clocks).
+    clock_checked_at_ms: Option<u64>,
     /// A snapshot from the leader read whole when it was stepped, for its
     /// install (see [`Replica::check_snapshot`]).
     snapshot_checked: Option<ReadSnapshot>,
@@ -501,6 +539,11 @@ impl<S: LogStore> Replica<S> {
             written_number: 0,
             removed_step_downs: 0,
             removed: false,
+            cluster_id_proposed_term: 0,
+            clock: clock::ClockVerdict::Confirmed,
+            clock_unconfirmed_ticks: 0,
+            clock_step_downs: 0,
+            clock_checked_at_ms: None,
             snapshot_checked: None,
         })
     }
@@ -540,12 +583,18 @@ impl<S: LogStore> Replica<S> {
                 StateRole::Follower => Role::Follower,
             },
             removed: self.removed,
+            cluster_id: self.cluster_id(),
         }
     }
 
     /// Members' addresses as of the applied index.
     pub fn members(&self) -> &Members {
         &self.members
+    }
+
+    /// The cluster's id, once applied here (see [`membership::ClusterId`]).
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.raw.store().cluster_id()
     }
 
     /// Voters and learners as raft-rs sees them now.
@@ -854,6 +903,11 @@ impl<S: LogStore> Replica<S> {
         if !self.is_leader() {
             return;
         }
+        self.propose_cluster_id();
+        if self.clock_forbids_leading() {
+            self.step_down_clock();
+            return;
+        }
         let Some(due_ms) = self.inventory.next_expiry_ms() else {
             return;
         };
@@ -882,6 +936,15 @@ impl<S: LogStore> Replica<S> {
             for (token, command) in commands {
                 out.answers
                     .push((token, Err(Unanswered::with(error.clone(), command))));
+            }
+            return;
+        }
+        if !self.may_stamp(now_ms) {
+            for (token, command) in commands {
+                out.answers.push((
+                    token,
+                    Err(Unanswered::with(ProposeError::ClockUnconfirmed, command)),
+                ));
             }
             return;
         }
@@ -1094,6 +1157,9 @@ impl<S: LogStore> Replica<S> {
             }
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {
+                    if let Some(id) = membership::decode_cluster_identity(&entry.context) {
+                        self.adopt_cluster_id(index, &id)?;
+                    }
                     self.inventory.apply_empty(index);
                     self.answer(index, entry.term, EntryResult::Nothing, out);
                 }
@@ -1155,6 +1221,111 @@ impl<S: LogStore> Replica<S> {
         Ok(())
     }
 
+    /// Applies the entry that names the cluster: the first one applied
+    /// gives the id for good; a later one (a second leader's proposal,
+    /// made before it saw the first applied) changes nothing.
+    fn adopt_cluster_id(&mut self, index: u64, id: &ClusterId) -> Result<(), Fatal> {
+        if self.raw.store().cluster_id().is_some() {
+            return Ok(());
+        }
+        self.raw.mut_store().set_cluster_id(id)?;
+        tracing::info!(
+            index,
+            cluster_id = %membership::cluster_id_hex(id),
+            "the cluster has its id"
+        );
+        Ok(())
+    }
+
+    /// Takes the verdict of `clocks` on this replica's clock at `now_ms`
+    /// (see [`clock`]), before each [`Self::tick`]: while it is not
+    /// confirmed a leader stamps nothing, and one that is far from a
+    /// majority, or unconfirmed for an election timeout, steps down.
+    pub fn check_clock(&mut self, clocks: &clock::PeerClocks, now_ms: u64, max_offset_ms: u64) {
+        let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
+        self.clock = clocks.verdict(
+            self.config.id,
+            &voters,
+            now_ms,
+            max_offset_ms,
+            crate::limits::CLOCK_SAMPLE_FRESH_MS,
+        );
+        self.clock_checked_at_ms = Some(now_ms);
+        if !self.is_leader() || self.clock == clock::ClockVerdict::Confirmed {
+            self.clock_unconfirmed_ticks = 0;
+            return;
+        }
+        self.clock_unconfirmed_ticks += 1;
+    }
+
+    /// Whether this leader may stamp `now_ms`: its clock was confirmed at
+    /// the last check, and has not moved back or leapt since (a clock
+    /// that jumps between two checks is caught here, not one check later).
+    fn may_stamp(&self, now_ms: u64) -> bool {
+        if self.clock != clock::ClockVerdict::Confirmed {
+            return false;
+        }
+        match self.clock_checked_at_ms {
+            None => true,
+            Some(at_ms) => {
+                now_ms >= at_ms && now_ms - at_ms <= crate::limits::CLOCK_SAMPLE_FRESH_MS
+            }
+        }
+    }
+
+    fn clock_forbids_leading(&self) -> bool {
+        match self.clock {
+            clock::ClockVerdict::Confirmed => false,
+            clock::ClockVerdict::Far => true,
+            clock::ClockVerdict::Unconfirmed => {
+                self.clock_unconfirmed_ticks > self.config.election_tick as u64
+            }
+        }
+    }
+
+    /// Steps a leader whose clock cannot be trusted down: leadership goes
+    /// to the most caught-up other voter when there is one (raft-rs's
+    /// transfer), at once otherwise.
+    fn step_down_clock(&mut self) {
+        let term = self.raw.raft.term;
+        let successor = self.successor();
+        tracing::warn!(
+            id = self.config.id,
+            term,
+            verdict = ?self.clock,
+            successor = successor.unwrap_or(0),
+            "this leader's clock is not within --max-clock-offset of a majority's: stepping down"
+        );
+        self.clock_step_downs += 1;
+        self.clock_unconfirmed_ticks = 0;
+        metrics::counter!("stockraft_clock_step_downs_total").increment(1);
+        match successor {
+            Some(to) if self.raw.raft.lead_transferee.is_none() => self.raw.transfer_leader(to),
+            Some(_) => {}
+            None => self.raw.raft.become_follower(term, raft::INVALID_ID),
+        }
+    }
+
+    /// Times a leader stepped down for its clock (the simulator reports it).
+    pub fn clock_step_downs(&self) -> u64 {
+        self.clock_step_downs
+    }
+
+    /// A leader of a cluster with no id yet (new, or made by a version
+    /// that had none) proposes one, once per term: an empty entry whose
+    /// context is the id, which every member stores once applied.
+    fn propose_cluster_id(&mut self) {
+        let term = self.raw.raft.term;
+        if self.cluster_id_proposed_term == term || self.raw.store().cluster_id().is_some() {
+            return;
+        }
+        self.cluster_id_proposed_term = term;
+        let context = membership::encode_cluster_identity(&self.config.cluster_id_candidate);
+        if let Err(e) = self.raw.propose(context, Vec::new()) {
+            tracing::debug!("proposing the cluster's id: {e}");
+        }
+    }
+
     /// The batch this replica proposed as entry `index` in `term`, if it
     /// did: the same index and term is the same entry (Raft's log matching).
     fn proposed_batch(&mut self, index: u64, term: u64) -> Option<Batch> {
@@ -1191,6 +1362,7 @@ impl<S: LogStore> Replica<S> {
                 }
                 ConfChangeType::RemoveNode => {
                     self.members.remove(&single.node_id);
+                    out.members_removed.push(single.node_id);
                     if single.node_id == self.config.id {
                         self.removed = true;
                     }
@@ -1297,7 +1469,12 @@ impl<S: LogStore> Replica<S> {
         let meta = snapshot.get_metadata().clone();
         // The chunks stay in the message's buffer: rebuilt from it and
         // stored from it, never copied beside it.
-        let (members, header, chunks) = membership::split_snapshot_data(&snapshot.data)?;
+        let membership::SnapshotData {
+            members,
+            cluster_id,
+            header,
+            chunks,
+        } = membership::split_snapshot_data(&snapshot.data)?;
         // Read whole when it was stepped (`check_snapshot`); again only if
         // raft-rs hands out another one than that.
         let checked = self
@@ -1315,6 +1492,7 @@ impl<S: LogStore> Replica<S> {
         let record = SnapshotRecord {
             meta,
             members,
+            cluster_id,
             header,
             chunk_count: chunks.len() as u64,
             chunk_bytes: image_bytes,
@@ -1378,6 +1556,7 @@ impl<S: LogStore> Replica<S> {
             frozen,
             meta,
             members: self.members.clone(),
+            cluster_id: self.raw.store().cluster_id(),
             compact_to: applied.saturating_sub(self.config.log_keep_entries),
             log_bytes: self.raw.store().log_bytes(),
             freeze_time: started.elapsed(),
@@ -1454,7 +1633,8 @@ struct ReadSnapshot {
 
 fn read_snapshot_image(snapshot: &Snapshot) -> Result<ReadSnapshot, SnapshotError> {
     let meta = snapshot.get_metadata();
-    let (_, header, chunks) = membership::split_snapshot_data(&snapshot.data)?;
+    let membership::SnapshotData { header, chunks, .. } =
+        membership::split_snapshot_data(&snapshot.data)?;
     let mut reader = snapshot::ImageReader::new(&header, chunks.len() as u64)?;
     let mut image_bytes = 0u64;
     for chunk in &chunks {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::SnapshotMetadata;
 
 use super::log_store::{ChunkWriter, SnapshotRecord, StoreError};
-use super::membership::Members;
+use super::membership::{ClusterId, Members};
 use crate::inventory::snapshot::{self, Frozen};
 
 /// A snapshot frozen at one applied index, to be encoded and stored.
@@ -35,6 +35,7 @@ pub struct SnapshotTask {
     pub(super) frozen: Frozen,
     pub(super) meta: SnapshotMetadata,
     pub(super) members: Members,
+    pub(super) cluster_id: Option<ClusterId>,
     pub(super) compact_to: u64,
     /// Bytes of log held when it was frozen, for the log line.
     pub(super) log_bytes: u64,
@@ -88,6 +89,7 @@ impl SnapshotTask {
             record: SnapshotRecord {
                 meta: self.meta,
                 members: self.members,
+                cluster_id: self.cluster_id,
                 header,
                 chunk_count: u64::from(chunk_count),
                 chunk_bytes: image_bytes,

@@ -219,6 +219,11 @@ impl Cluster for ClusterService {
             ready: self.node.is_ready(),
             state_digest,
             open_reservations: s.open_reservations,
+            cluster_id: s
+                .cluster_id
+                .as_ref()
+                .map(crate::replica::membership::cluster_id_hex)
+                .unwrap_or_default(),
         }))
     }
 

@@ -39,7 +39,9 @@ use crate::inventory::command::{
     Reserve, Sell, SetOnHand, SetSafetyStock,
 };
 use crate::inventory::{Applied, Command, InvalidInput, Outcome, ReservationState, StockAnswer};
-use crate::limits::{NODES_PER_READ_MAX, SKUS_PER_READ_MAX, STREAM_IN_FLIGHT_MAX};
+use crate::limits::{
+    AVAILABILITY_ROWS_MAX, NODES_PER_READ_MAX, SKUS_PER_READ_MAX, STREAM_IN_FLIGHT_MAX,
+};
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use crate::proto::v1::inventory_server::Inventory;
@@ -187,8 +189,13 @@ impl InventoryService {
     ) -> Result<pb::GetAvailabilityResponse, Status> {
         let shared = self.node.shared();
         let mut skus = Vec::with_capacity(r.skus.len());
+        let mut rows = 0usize;
         for sku in &r.skus {
             let a = shared.stock.availability(sku, &r.nodes);
+            rows += a.nodes.len();
+            if rows > AVAILABILITY_ROWS_MAX {
+                return Err(too_many_rows(rows));
+            }
             skus.push(pb::SkuAvailability {
                 sku: a.sku,
                 total_available: a.total_available,
@@ -330,7 +337,9 @@ fn stock_change(
 // Requests to commands (INVALID_ARGUMENT on bad input) and answers to
 // responses, one pair per write, shared by the unary calls and streams.
 
-fn reserve_command(api: ApiConfig, r: pb::ReserveRequest) -> Result<Command, Status> {
+/// The gRPC layer's validation of a request (INVALID_ARGUMENT on bad input);
+/// public for the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn reserve_command(api: ApiConfig, r: pb::ReserveRequest) -> Result<Command, Status> {
     let ttl_ms =
         resolve_ttl(r.ttl_ms, api.ttl_ms_default, api.ttl_ms_max).map_err(status::invalid)?;
     let lines = r
@@ -367,7 +376,9 @@ fn reserve_answer(m: &Meters, applied: Applied) -> Result<pb::ReserveResponse, S
     }
 }
 
-fn commit_command(r: pb::CommitRequest) -> Result<Command, Status> {
+/// The gRPC layer's validation of a request (INVALID_ARGUMENT on bad input);
+/// public for the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn commit_command(r: pb::CommitRequest) -> Result<Command, Status> {
     let id = reservation_ref(r.reservation_id).map_err(status::invalid)?;
     Ok(Command::Consume { reservation_id: id })
 }
@@ -382,7 +393,9 @@ fn commit_answer(m: &Meters, applied: Applied) -> Result<pb::CommitResponse, Sta
     }
 }
 
-fn release_command(r: pb::ReleaseRequest) -> Result<Command, Status> {
+/// The gRPC layer's validation of a request (INVALID_ARGUMENT on bad input);
+/// public for the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn release_command(r: pb::ReleaseRequest) -> Result<Command, Status> {
     let id = reservation_ref(r.reservation_id).map_err(status::invalid)?;
     Ok(Command::Release { reservation_id: id })
 }
@@ -397,7 +410,9 @@ fn release_answer(m: &Meters, applied: Applied) -> Result<pb::ReleaseResponse, S
     }
 }
 
-fn extend_command(api: ApiConfig, r: pb::ExtendRequest) -> Result<Command, Status> {
+/// The gRPC layer's validation of a request (INVALID_ARGUMENT on bad input);
+/// public for the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn extend_command(api: ApiConfig, r: pb::ExtendRequest) -> Result<Command, Status> {
     let ttl_ms =
         resolve_ttl(r.ttl_ms, api.ttl_ms_default, api.ttl_ms_max).map_err(status::invalid)?;
     let command = Extend::new(r.reservation_id, ttl_ms).map_err(status::invalid)?;
@@ -415,7 +430,9 @@ fn extend_answer(m: &Meters, applied: Applied) -> Result<pb::ExtendResponse, Sta
     }
 }
 
-fn sell_command(r: pb::SellRequest) -> Result<Command, Status> {
+/// The gRPC layer's validation of a request (INVALID_ARGUMENT on bad input);
+/// public for the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn sell_command(r: pb::SellRequest) -> Result<Command, Status> {
     let command = Sell::new(r.txn_id, r.sku, r.node, r.qty).map_err(status::invalid)?;
     Ok(Command::Sell(command))
 }
@@ -429,7 +446,9 @@ fn sell_answer(m: &Meters, applied: Applied) -> Result<pb::SellResponse, Status>
     })
 }
 
-fn adjust_command(r: pb::AdjustRequest) -> Result<Command, Status> {
+/// The gRPC layer's validation of a request (INVALID_ARGUMENT on bad input);
+/// public for the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn adjust_command(r: pb::AdjustRequest) -> Result<Command, Status> {
     let reason = AdjustReason::from_code(r.reason).map_err(status::invalid)?;
     let command = Adjust::new(r.txn_id, r.sku, r.node, r.delta, reason).map_err(status::invalid)?;
     Ok(Command::Adjust(command))
@@ -444,7 +463,9 @@ fn adjust_answer(m: &Meters, applied: Applied) -> Result<pb::AdjustResponse, Sta
     })
 }
 
-fn set_on_hand_command(r: pb::SetOnHandRequest) -> Result<Command, Status> {
+/// The gRPC layer's validation of a request (INVALID_ARGUMENT on bad input);
+/// public for the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn set_on_hand_command(r: pb::SetOnHandRequest) -> Result<Command, Status> {
     let command = SetOnHand::new(r.txn_id, r.sku, r.node, r.on_hand, r.expected_on_hand)
         .map_err(status::invalid)?;
     Ok(Command::SetOnHand(command))
@@ -459,7 +480,9 @@ fn set_on_hand_answer(m: &Meters, applied: Applied) -> Result<pb::SetOnHandRespo
     })
 }
 
-fn set_safety_stock_command(r: pb::SetSafetyStockRequest) -> Result<Command, Status> {
+/// The gRPC layer's validation of a request (INVALID_ARGUMENT on bad input);
+/// public for the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn set_safety_stock_command(r: pb::SetSafetyStockRequest) -> Result<Command, Status> {
     let command = SetSafetyStock::new(r.sku, r.node, r.safety_stock).map_err(status::invalid)?;
     Ok(Command::SetSafetyStock(command))
 }
@@ -571,7 +594,10 @@ fn op_of(command: &Command) -> Op {
     }
 }
 
-fn checked_availability_request(r: &pb::GetAvailabilityRequest) -> Result<(), Status> {
+/// Checks an availability read and asks each SKU and node once (a
+/// repeated one is answered once, in the order first asked). Public for
+/// the fuzz targets (fuzz/harness.rs), which run it on decoded bytes.
+pub fn checked_availability_request(r: &mut pb::GetAvailabilityRequest) -> Result<(), Status> {
     if r.skus.is_empty() {
         return Err(status::invalid(InvalidInput::Empty { field: "skus" }));
     }
@@ -593,7 +619,29 @@ fn checked_availability_request(r: &pb::GetAvailabilityRequest) -> Result<(), St
     for node in &r.nodes {
         check_name("node", node).map_err(status::invalid)?;
     }
+    dedup_in_order(&mut r.skus);
+    dedup_in_order(&mut r.nodes);
+    let rows = r.skus.len() * r.nodes.len();
+    if rows > AVAILABILITY_ROWS_MAX {
+        return Err(too_many_rows(rows));
+    }
     Ok(())
+}
+
+fn too_many_rows(rows: usize) -> Status {
+    Status::invalid_argument(format!(
+        "the read would answer {rows} (sku, node) rows, more than {AVAILABILITY_ROWS_MAX}; \
+         ask for fewer SKUs, or name the nodes"
+    ))
+}
+
+/// Keeps the first of each repeated name.
+fn dedup_in_order(names: &mut Vec<String>) {
+    if names.len() < 2 {
+        return;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    names.retain(|name| seen.insert(name.clone()));
 }
 
 fn stream_error(status: Status) -> R {
@@ -673,12 +721,12 @@ fn stream_step(service: &InventoryService, leading: bool, op: Option<Op>) -> Ste
                 "a stream request needs an operation",
             )))
         }
-        Some(Op::GetAvailability(r)) => {
+        Some(Op::GetAvailability(mut r)) => {
             if r.consistency != pb::Consistency::Local as i32 {
                 return Step::Alone(Some(Op::GetAvailability(r)));
             }
             let answer =
-                checked_availability_request(&r).and_then(|()| service.read_availability(&r));
+                checked_availability_request(&mut r).and_then(|()| service.read_availability(&r));
             return Step::Answered(stream_result(answer, R::GetAvailability));
         }
         Some(Op::GetReservation(r)) => {
@@ -1119,8 +1167,8 @@ impl Inventory for InventoryService {
         request: Request<pb::GetAvailabilityRequest>,
     ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
         self.observed(Method::GetAvailability, async {
-            let r = request.into_inner();
-            checked_availability_request(&r)?;
+            let mut r = request.into_inner();
+            checked_availability_request(&mut r)?;
             self.barrier(r.consistency).await?;
             self.read_availability(&r)
         })

@@ -20,6 +20,8 @@ pub mod auth;
 pub mod cluster_service;
 pub mod forward;
 pub mod huge_pages;
+pub mod identity;
+pub mod incoming;
 pub mod inventory_service;
 pub mod meters;
 pub mod node;
@@ -36,7 +38,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::ClientTlsConfig;
 use tonic_health::ServingStatus;
 
@@ -45,6 +46,7 @@ use crate::proto::internal::peer_server::PeerServer;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::inventory_server::InventoryServer;
+use crate::replica::clock::PeerClocks;
 use crate::replica::membership::Member;
 use crate::replica::{
     membership, tracing_logger, Fatal, Members, Replica, ReplicaConfig, StoreError,
@@ -83,6 +85,9 @@ pub struct ServeConfig {
     pub tokens: Option<PathBuf>,
     /// Serve a non-loopback address without TLS or tokens (`--insecure`).
     pub insecure: bool,
+    /// Most client connections open at once (at most
+    /// [`crate::limits::CONNECTIONS_MAX`]).
+    pub connections_max: usize,
     /// The members of a new cluster (`--peers`), the same list on every node.
     pub peers: Option<Members>,
     /// Any member of an existing cluster, to learn its members from
@@ -91,6 +96,8 @@ pub struct ServeConfig {
     /// How long a call may wait for a leader and retry through an election.
     pub leader_wait_ms: u64,
     pub tick_ms: u64,
+    /// See `replica::clock` (`--max-clock-offset`).
+    pub max_clock_offset_ms: u64,
     /// How long calls in flight may take to finish once shutdown begins.
     pub shutdown_grace_ms: u64,
     pub api: ApiConfig,
@@ -120,6 +127,8 @@ pub enum ServeError {
     Config(String),
     #[error("cannot join through {addr}: {reason}")]
     Join { addr: String, reason: String },
+    #[error("cannot keep this member's identity")]
+    Identity(#[from] identity::IdentityError),
 }
 
 const INVENTORY_SERVICE: &str = "stockraft.v1.Inventory";
@@ -166,6 +175,10 @@ pub async fn serve(
         }
         Err(e) => return Err(e.into()),
     };
+    let identity = Arc::new(identity::Identity::open(
+        &config.data_dir,
+        store.is_fresh(),
+    )?);
     if store.is_fresh() {
         bootstrap(&config, &advertise, to_client_ports.as_ref(), &mut store).await?;
     } else if config.peers.is_some() || config.join.is_some() {
@@ -188,13 +201,27 @@ pub async fn serve(
     let transport_faults = faults.clone();
     let peer_tls = config.peer_tls.clone().map(Arc::new);
     let transport_tls = peer_tls.clone();
+    let transport_identity = identity.clone();
+    let clocks = Arc::new(std::sync::Mutex::new(PeerClocks::default()));
+    let transport_clocks = clocks.clone();
     let node = Node::start(
         replica,
-        move |handle| GrpcTransport::new(node_id, runtime, handle, transport_faults, transport_tls),
+        move |handle| {
+            GrpcTransport::new(
+                node_id,
+                runtime,
+                handle,
+                transport_faults,
+                transport_tls,
+                transport_identity,
+                transport_clocks,
+            )
+        },
         NodeConfig {
             tick_ms: config.tick_ms,
             startup_commit_index,
             queue_max: crate::limits::QUEUE_REQUESTS_MAX,
+            clocks: Some((clocks.clone(), config.max_clock_offset_ms)),
         },
         Some(tokio::runtime::Handle::current()),
     )
@@ -254,6 +281,8 @@ pub async fn serve(
         handle.clone(),
         faults.clone(),
         config.peer_tls.is_some(),
+        identity,
+        clocks,
     ))
     .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
 
@@ -307,7 +336,7 @@ pub async fn serve(
                 .await;
         }
     };
-    let incoming = accept_nodelay(listener);
+    let incoming = incoming::accept(listener, config.connections_max);
     // Peers on the client port unless they have one of their own.
     let (peer_here, peers_apart) = match peer_listener {
         Some(listener) => (None, Some((listener, peer))),
@@ -323,6 +352,7 @@ pub async fn serve(
     }
     let router = builder
         .layer(auth::AuthLayer::new(tokens))
+        .max_concurrent_streams(Some(crate::limits::STREAMS_PER_CONNECTION_MAX))
         .timeout(Duration::from_secs(30))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(health_service)
@@ -408,18 +438,8 @@ async fn serve_peers(
     #[cfg(not(feature = "fault-injection"))]
     drop(faults);
     router
-        .serve_with_incoming_shutdown(accept_nodelay(listener), stop)
+        .serve_with_incoming_shutdown(incoming::accept(listener, incoming::CONNECTIONS_MAX), stop)
         .await
-}
-
-/// The connections `listener` accepts, each with Nagle's algorithm off.
-/// The tonic builder's own `tcp_nodelay` applies only to listeners tonic
-/// binds itself and is ignored for one handed in, as the server does (to
-/// fail fast on a taken port and learn the port bound). Left on, a
-/// response longer than one segment waited for the client's delayed ACK:
-/// 40 ms per 1,000-SKU availability read, measured.
-fn accept_nodelay(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn install_metrics(addr: SocketAddr) -> Result<(), ServeError> {
@@ -568,9 +588,10 @@ async fn bootstrap(
             .map(|m| (m.node_id, Member::of(&m.address, &m.peer_address)))
             .collect();
         members.insert(id, advertise.clone());
+        let cluster_id = membership::cluster_id_from_hex(&status.cluster_id);
         // No log and no vote: this node waits for the leader to send it the
         // log (or a snapshot), which carries the membership.
-        store.bootstrap_joining(&members, None)?;
+        store.bootstrap_joining(&members, cluster_id.as_ref(), None)?;
         tracing::info!(node_id = id, through = %addr, "joining an existing cluster; waiting for the leader");
         return Ok(());
     }
@@ -579,28 +600,4 @@ async fn bootstrap(
     store.bootstrap(&first)?;
     tracing::info!(node_id = id, dir = %config.data_dir.display(), "created a new one-node cluster");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio_stream::StreamExt;
-
-    /// A connection the server accepts has Nagle's algorithm off, where a
-    /// plain accept (what the server did before) leaves it on.
-    #[tokio::test]
-    async fn accepted_connections_have_nodelay() {
-        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let plain_addr = plain.local_addr().unwrap();
-        let _plain_client = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
-        let (plain_accepted, _) = plain.accept().await.unwrap();
-        assert!(!plain_accepted.nodelay().unwrap());
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = accept_nodelay(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let accepted = incoming.next().await.unwrap().unwrap();
-        assert!(accepted.nodelay().unwrap());
-    }
 }

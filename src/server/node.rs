@@ -46,9 +46,10 @@ use crate::inventory::{codec, Applied, Command, Shared};
 use crate::limits::{
     BATCH_BYTES_MAX, BATCH_COMMANDS_MAX, PEER_QUEUE_MAX, QUEUE_REQUESTS_MAX, UNSYNCED_WRITES_MAX,
 };
+use crate::replica::clock::PeerClocks;
 use crate::replica::{
-    LogStore, Members, MembershipAnswer, MembershipChange, Output, ProposeError, ReadError,
-    Replica, ReplicaStatus, StoreError, Syncer, Token, Unanswered, WrittenSnapshot,
+    ClusterId, LogStore, Members, MembershipAnswer, MembershipChange, Output, ProposeError,
+    ReadError, Replica, ReplicaStatus, StoreError, Syncer, Token, Unanswered, WrittenSnapshot,
 };
 
 /// Why a request to the replication thread got no answer from the state
@@ -90,6 +91,9 @@ pub trait Transport: Send + 'static {
     /// turn's messages are sent, which must still reach a member this
     /// change removed: among them may be the commit of its own removal.
     fn set_members(&mut self, members: &Members);
+    /// The cluster's id as applied, and the members removed this turn
+    /// (see `server::identity`). Called when either changed.
+    fn set_cluster(&mut self, _cluster_id: Option<ClusterId>, _removed: &[u64]) {}
 }
 
 /// A transport for a single-voter group: there is never anyone to send to.
@@ -156,7 +160,7 @@ enum ClientInput {
     },
     NoteRemoved,
     Digest {
-        reply: oneshot::Sender<(u64, u64)>,
+        reply: oneshot::Sender<(crate::inventory::snapshot::Frozen, u64)>,
     },
     Shutdown,
 }
@@ -190,6 +194,10 @@ pub struct NodeConfig {
     /// Most requests queued for the thread; beyond it callers are told
     /// RESOURCE_EXHAUSTED. At most [`QUEUE_REQUESTS_MAX`].
     pub queue_max: usize,
+    /// Fellow members' clocks as the peer transport measures them, and
+    /// the bound a leader's must keep to (see `replica::clock`); None
+    /// checks nothing (a node with no peers, tests).
+    pub clocks: Option<(Arc<std::sync::Mutex<PeerClocks>>, u64)>,
 }
 
 /// A cheap, cloneable handle to the replication thread.
@@ -205,6 +213,8 @@ pub struct NodeHandle {
     /// queue's bound counts commands, as a group carries many.
     queued: Arc<AtomicUsize>,
     queued_max: usize,
+    /// One state digest at a time (see [`NodeHandle::digest`]).
+    digests: Arc<tokio::sync::Semaphore>,
 }
 
 impl NodeHandle {
@@ -321,10 +331,25 @@ impl NodeHandle {
     }
 
     /// The state digest and the applied index it was taken at.
+    /// The state's digest and the applied index it is at. The replication
+    /// thread only freezes the state; the digest is read from the frozen
+    /// image on a blocking thread, one at a time (each reads the whole
+    /// state; the others wait their turn).
     pub async fn digest(&self) -> Result<(u64, u64), SubmitError> {
+        let _turn = self
+            .digests
+            .acquire()
+            .await
+            .map_err(|_| SubmitError::Stopped)?;
         let (reply, answer) = oneshot::channel();
         self.send(ClientInput::Digest { reply })?;
-        answer.await.map_err(|_| SubmitError::Stopped)
+        let (frozen, index) = answer.await.map_err(|_| SubmitError::Stopped)?;
+        let digest = tokio::task::spawn_blocking(move || {
+            crate::inventory::snapshot::write_frozen(&frozen).digest
+        })
+        .await
+        .map_err(|_| SubmitError::Stopped)?;
+        Ok((digest, index))
     }
 
     /// Hands a message from a peer to the replica. Dropped when the peer
@@ -462,9 +487,11 @@ impl Node {
             startup_commit_index: config.startup_commit_index,
             queued: queued.clone(),
             queued_max,
+            digests: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         let mut transport = transport(handle.clone());
         transport.set_members(replica.members());
+        transport.set_cluster(replica.cluster_id(), &[]);
         let channels = Channels {
             rx,
             peer_rx,
@@ -570,7 +597,7 @@ fn sync_thread(
     }
 }
 
-fn wall_clock_ms() -> u64 {
+pub(crate) fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -593,6 +620,8 @@ struct Loop<S: LogStore, T: Transport> {
     sync_done: u64,
     /// To the task that completes the callers' oneshots, if one runs.
     relay: Option<tokio::sync::mpsc::UnboundedSender<Vec<Relayed>>>,
+    /// The cluster id the transport was last told.
+    cluster_id: Option<ClusterId>,
 }
 
 /// An answer relayed by a task on the runtime: one caller's, or a group's.
@@ -816,6 +845,12 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
                 conf_state: self.replica.conf_state(),
             }));
         }
+        let cluster_id = self.replica.cluster_id();
+        if cluster_id != self.cluster_id || !self.out.members_removed.is_empty() {
+            self.cluster_id = cluster_id;
+            let removed = std::mem::take(&mut self.out.members_removed);
+            self.transport.set_cluster(cluster_id, &removed);
+        }
         if !self.out.messages.is_empty() {
             self.transport.send(std::mem::take(&mut self.out.messages));
         }
@@ -896,6 +931,7 @@ fn run<S: LogStore, T: Transport>(
         sync_asked: 0,
         sync_done: 0,
         relay,
+        cluster_id: None,
     };
     // Commands taken from the channel and not yet proposed: at most about
     // one batch's worth (plus one group), so the channel's bound, counted
@@ -977,8 +1013,11 @@ fn run<S: LogStore, T: Transport>(
                 }
                 ClientInput::NoteRemoved => state.replica.note_removed(),
                 ClientInput::Digest { reply } => {
+                    // Freezing is the cheap part (a reference per bucket);
+                    // the caller reads the whole image elsewhere.
                     let inventory = state.replica.inventory();
-                    let _ = reply.send((inventory.digest(), inventory.applied_index()));
+                    let frozen = crate::inventory::snapshot::freeze(inventory);
+                    let _ = reply.send((frozen, inventory.applied_index()));
                 }
                 ClientInput::Shutdown => {
                     shutdown = true;
@@ -1009,6 +1048,10 @@ fn run<S: LogStore, T: Transport>(
         }
         let now_ms = wall_clock_ms();
         if Instant::now() >= next_tick {
+            if let Some((clocks, max_offset_ms)) = &config.clocks {
+                let clocks = clocks.lock().unwrap_or_else(|p| p.into_inner());
+                state.replica.check_clock(&clocks, now_ms, *max_offset_ms);
+            }
             state.replica.tick(now_ms, &mut state.out);
             next_tick += tick;
             if next_tick < Instant::now() {

@@ -1,16 +1,23 @@
 //! The receiving side of the peer transport (`stockraft.internal.v1.Peer`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft::eraftpb::Message;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::identity::{Identity, Refusal};
 use super::node::NodeHandle;
 use super::transport::Faults;
-use crate::limits::{SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_WAIT_MS_MAX};
+use super::transport::SharedClocks;
+use crate::limits::{
+    SNAPSHOT_BYTES_MAX, SNAPSHOT_PART_WAIT_MS_MAX, SNAPSHOT_RECEIVE_BYTES_PER_S_MIN,
+    SNAPSHOT_RECEIVE_MS_MIN,
+};
 use crate::proto::internal as pb;
 use crate::proto::internal::peer_server::Peer;
+use crate::replica::clock::ClockReading;
 use crate::replica::wire;
 use crate::tls::member_of_certificate;
 
@@ -23,7 +30,35 @@ pub struct PeerService {
     /// Held while a snapshot is being received (see `send_snapshot`).
     receiving: tokio::sync::Mutex<()>,
     /// How long to wait for each part of a snapshot.
+    limits: ReceiveLimits,
+    /// Refuses members of other clusters and members on a new data dir.
+    identity: Arc<Identity>,
+    /// Takes in each batch's clock reading (see `replica::clock`).
+    clocks: SharedClocks,
+}
+
+/// How long a snapshot may take to arrive: each part, and the whole.
+#[derive(Debug, Clone, Copy)]
+struct ReceiveLimits {
     part_wait: Duration,
+    /// The least time any snapshot gets.
+    floor: Duration,
+    /// The slowest average rate allowed beyond the floor.
+    bytes_per_s: u64,
+}
+
+impl ReceiveLimits {
+    const SERVER: ReceiveLimits = ReceiveLimits {
+        part_wait: Duration::from_millis(SNAPSHOT_PART_WAIT_MS_MAX),
+        floor: Duration::from_millis(SNAPSHOT_RECEIVE_MS_MIN),
+        bytes_per_s: SNAPSHOT_RECEIVE_BYTES_PER_S_MIN,
+    };
+
+    /// How long a snapshot of `total_bytes` may take to arrive.
+    fn budget(&self, total_bytes: u64) -> Duration {
+        let at_rate_ms = total_bytes.saturating_mul(1_000) / self.bytes_per_s.max(1);
+        self.floor.saturating_add(Duration::from_millis(at_rate_ms))
+    }
 }
 
 impl PeerService {
@@ -68,14 +103,54 @@ impl PeerService {
         }
     }
 
-    pub fn new(node: NodeHandle, faults: Faults, identified: bool) -> PeerService {
+    pub fn new(
+        node: NodeHandle,
+        faults: Faults,
+        identified: bool,
+        identity: Arc<Identity>,
+        clocks: SharedClocks,
+    ) -> PeerService {
         PeerService {
             node,
             faults,
             identified,
             receiving: tokio::sync::Mutex::new(()),
-            part_wait: Duration::from_millis(SNAPSHOT_PART_WAIT_MS_MAX),
+            limits: ReceiveLimits::SERVER,
+            identity,
+            clocks,
         }
+    }
+
+    /// Takes in what `from` says of its clock; the offset is a metric.
+    fn observe_clock(&self, from: u64, reading: Option<&pb::ClockReading>) {
+        let Some(reading) = reading else {
+            return;
+        };
+        if !self.identity.is_member(from) {
+            return;
+        }
+        let now_ms = super::node::wall_clock_ms();
+        let reading = ClockReading {
+            clock_ms: reading.clock_ms,
+            echo_ms: reading.echo_ms,
+            held_ms: reading.held_ms,
+        };
+        let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        clocks.observe(from, &reading, now_ms);
+        if let Some(sample) = clocks.sample(from) {
+            metrics::gauge!("stockraft_peer_clock_offset_ms", "peer" => from.to_string())
+                .set(sample.offset_ms as f64);
+        }
+    }
+
+    /// Checks who the sender says it is (see `server::identity`).
+    fn check_identity(&self, from: u64, sender: Option<&pb::Sender>) -> Result<(), Status> {
+        self.identity
+            .check(from, sender)
+            .map_err(|refusal| match refusal {
+                Refusal::Unrecorded { .. } => Status::unavailable(refusal.to_string()),
+                _ => Status::permission_denied(refusal.to_string()),
+            })
     }
 }
 
@@ -89,9 +164,11 @@ impl Peer for PeerService {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             self.check_sender(sender, batch.from)?;
+            self.check_identity(batch.from, batch.sender.as_ref())?;
             if self.faults.is_isolated(batch.from) {
                 continue;
             }
+            self.observe_clock(batch.from, batch.clock.as_ref());
             for bytes in batch.messages {
                 let message = wire::decode_message(bytes::Bytes::from(bytes))
                     .map_err(|e| Status::invalid_argument(format!("not a raft message: {e}")))?;
@@ -122,17 +199,18 @@ impl Peer for PeerService {
             ));
         };
         let mut stream = request.into_inner();
-        let Some(first) = next_part(&mut stream, self.part_wait).await? else {
+        let Some(first) = next_part(&mut stream, self.limits.part_wait).await? else {
             return Err(Status::invalid_argument("empty snapshot stream"));
         };
         self.check_sender(sender, first.from)?;
+        self.check_identity(first.from, first.sender.as_ref())?;
         if self.faults.is_isolated(first.from) {
             return Err(Status::unavailable(
                 "isolated from this peer (fault injection)",
             ));
         }
         let from = first.from;
-        let message = receive_snapshot(first, &mut stream, self.part_wait).await?;
+        let message = receive_snapshot(first, &mut stream, self.limits).await?;
         tracing::info!(
             from,
             bytes = message.get_snapshot().get_data().len(),
@@ -227,7 +305,7 @@ fn snapshot_buffer(total_bytes: u64, bytes_max: u64) -> Result<Vec<u8>, Status> 
 async fn receive_snapshot<S>(
     mut first: pb::SnapshotPart,
     stream: &mut S,
-    part_wait: Duration,
+    limits: ReceiveLimits,
 ) -> Result<Message, Status>
 where
     S: Stream<Item = Result<pb::SnapshotPart, Status>> + Unpin,
@@ -245,6 +323,10 @@ where
             message.from, first.from
         )));
     }
+    // The whole of it, at the slowest rate allowed (see
+    // SNAPSHOT_RECEIVE_BYTES_PER_S_MIN): a sender trickling parts just
+    // inside `part_wait` cannot hold the receiving slot for ever.
+    let deadline = tokio::time::Instant::now() + limits.budget(total_bytes);
     // The first part may carry data too; it is taken like the others.
     let mut part = Some(first);
     while let Some(received) = part {
@@ -256,7 +338,14 @@ where
             ));
         }
         data.extend_from_slice(&received.data);
-        part = next_part(stream, part_wait).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(Status::deadline_exceeded(format!(
+                "the snapshot ({total_bytes} bytes) arrived slower than {} bytes/s; dropped it",
+                limits.bytes_per_s
+            )));
+        }
+        part = next_part(stream, limits.part_wait.min(left)).await?;
     }
     if data.len() as u64 != total_bytes {
         return Err(Status::invalid_argument(format!(
@@ -277,6 +366,43 @@ mod tests {
 
     const WAIT: Duration = Duration::from_millis(50);
 
+    async fn receive_snapshot_for_test<S>(
+        first: pb::SnapshotPart,
+        stream: &mut S,
+        part_wait: Duration,
+    ) -> Result<Message, Status>
+    where
+        S: Stream<Item = Result<pb::SnapshotPart, Status>> + Unpin,
+    {
+        let limits = ReceiveLimits {
+            part_wait,
+            ..ReceiveLimits::SERVER
+        };
+        receive_snapshot(first, stream, limits).await
+    }
+
+    /// A sender trickling parts each just inside the wait for the next is
+    /// dropped once the whole is late at the slowest rate allowed.
+    #[tokio::test]
+    async fn a_trickling_sender_is_dropped() {
+        let trickle = tokio_stream::iter(std::iter::repeat_with(|| data_part(b"x")))
+            .throttle(Duration::from_millis(20));
+        let mut trickle = Box::pin(trickle);
+        // 1,000 bytes at 1,000 bytes/s at the slowest, 200 ms on top: they
+        // come at 50 bytes/s, each part well inside the wait for the next.
+        let limits = ReceiveLimits {
+            part_wait: WAIT,
+            floor: Duration::from_millis(200),
+            bytes_per_s: 1_000,
+        };
+        let started = tokio::time::Instant::now();
+        let status = receive_snapshot(first_part(1_000, b""), &mut trickle, limits)
+            .await
+            .expect_err("trickled");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
     fn first_part(total_bytes: u64, data: &[u8]) -> pb::SnapshotPart {
         let mut message = Message::default();
         message.set_msg_type(MessageType::MsgSnapshot);
@@ -288,6 +414,7 @@ mod tests {
             message: message.write_to_bytes().expect("encodes"),
             data: data.to_vec(),
             total_bytes,
+            sender: None,
         }
     }
 
@@ -297,6 +424,7 @@ mod tests {
             message: Vec::new(),
             data: data.to_vec(),
             total_bytes: 0,
+            sender: None,
         })
     }
 
@@ -304,7 +432,7 @@ mod tests {
     async fn a_snapshot_arrives_whole_with_its_message() {
         let mut rest =
             tokio_stream::iter(vec![data_part(b"defg"), data_part(b""), data_part(b"hi")]);
-        let message = receive_snapshot(first_part(9, b"abc"), &mut rest, WAIT)
+        let message = receive_snapshot_for_test(first_part(9, b"abc"), &mut rest, WAIT)
             .await
             .expect("received");
         assert_eq!(message.get_snapshot().get_metadata().index, 7);
@@ -315,14 +443,14 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_longer_or_shorter_than_announced_is_refused() {
         let mut longer = tokio_stream::iter(vec![data_part(b"abcd"), data_part(b"e")]);
-        let status = receive_snapshot(first_part(4, b""), &mut longer, WAIT)
+        let status = receive_snapshot_for_test(first_part(4, b""), &mut longer, WAIT)
             .await
             .expect_err("longer than announced");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("longer"), "{}", status.message());
 
         let mut shorter = tokio_stream::iter(vec![data_part(b"abc")]);
-        let status = receive_snapshot(first_part(4, b""), &mut shorter, WAIT)
+        let status = receive_snapshot_for_test(first_part(4, b""), &mut shorter, WAIT)
             .await
             .expect_err("shorter than announced");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -338,9 +466,10 @@ mod tests {
         // The stream after the first part never ends: a refusal that read
         // on would wait for the part timeout and answer DEADLINE_EXCEEDED.
         let mut rest = tokio_stream::pending();
-        let status = receive_snapshot(first_part(SNAPSHOT_BYTES_MAX + 1, b""), &mut rest, WAIT)
-            .await
-            .expect_err("over the limit");
+        let status =
+            receive_snapshot_for_test(first_part(SNAPSHOT_BYTES_MAX + 1, b""), &mut rest, WAIT)
+                .await
+                .expect_err("over the limit");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     }
 
@@ -363,7 +492,7 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_sender_is_dropped() {
         let mut rest = tokio_stream::iter(vec![data_part(b"ab")]).chain(tokio_stream::pending());
-        let status = receive_snapshot(first_part(4, b""), &mut rest, WAIT)
+        let status = receive_snapshot_for_test(first_part(4, b""), &mut rest, WAIT)
             .await
             .expect_err("stalled");
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
@@ -374,7 +503,7 @@ mod tests {
         let mut rest = tokio_stream::iter(Vec::new());
         let mut first = first_part(0, b"");
         first.from = 3;
-        let status = receive_snapshot(first, &mut rest, WAIT)
+        let status = receive_snapshot_for_test(first, &mut rest, WAIT)
             .await
             .expect_err("another sender");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -392,7 +521,7 @@ mod tests {
         let mut rest = tokio_stream::iter(Vec::new());
         let mut first = first_part(0, b"");
         first.message = vec![0xff; 3];
-        let status = receive_snapshot(first, &mut rest, WAIT)
+        let status = receive_snapshot_for_test(first, &mut rest, WAIT)
             .await
             .expect_err("not a raft message");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -27,10 +27,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use raft::eraftpb::HardState;
 use tonic::transport::ClientTlsConfig;
 
+use super::identity::IDENTITY_FILE;
 use super::{ServeConfig, ServeError};
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::ClusterStatusRequest;
-use crate::replica::membership::Member;
+use crate::replica::membership::{cluster_id_from_hex, Member};
 use crate::replica::Members;
 use crate::storage::RocksStore;
 
@@ -81,23 +82,23 @@ pub async fn rebuild(
     }
     tracing::error!(%damage, "the data dir is damaged; rebuilding this node from its peers");
 
-    // The current members, from any peer that answers.
+    // The current members and the cluster's id, from any peer that answers.
     let deadline = Instant::now() + PEERS_WAIT;
-    let members: Members = loop {
+    let (members, cluster_id): (Members, _) = loop {
         let mut found = None;
         for seed in &seeds {
             if let Some(s) = status(seed, tls).await {
-                found = Some(
-                    s.members
-                        .iter()
-                        .map(|m| (m.node_id, Member::of(&m.address, &m.peer_address)))
-                        .collect(),
-                );
+                let members = s
+                    .members
+                    .iter()
+                    .map(|m| (m.node_id, Member::of(&m.address, &m.peer_address)))
+                    .collect();
+                found = Some((members, cluster_id_from_hex(&s.cluster_id)));
                 break;
             }
         }
-        if let Some(members) = found {
-            break members;
+        if let Some(found) = found {
+            break found;
         }
         if Instant::now() > deadline {
             return Err(ServeError::Config(format!(
@@ -140,6 +141,19 @@ pub async fn rebuild(
     tracing::warn!(aside = %aside.display(), term = highest + 1, "damaged data kept aside; rejoining");
 
     let mut store = RocksStore::open(&config.data_dir)?;
+    // A rebuild is a safe return (it never votes again in a term it may
+    // have voted in): it keeps the data dir's identity, which the other
+    // members recorded, instead of coming back as a wiped member.
+    let kept = std::fs::copy(
+        aside.join(IDENTITY_FILE),
+        config.data_dir.join(IDENTITY_FILE),
+    );
+    if let Err(e) = kept {
+        tracing::error!(
+            "cannot keep this member's identity file ({e}): the other members will refuse it \
+             as a wiped member until it is removed and added again"
+        );
+    }
     let mut all = members;
     all.insert(id, advertise.clone());
     let hard_state = HardState {
@@ -148,6 +162,6 @@ pub async fn rebuild(
         commit: 0,
         ..Default::default()
     };
-    store.bootstrap_joining(&all, Some(&hard_state))?;
+    store.bootstrap_joining(&all, cluster_id.as_ref(), Some(&hard_state))?;
     Ok(store)
 }

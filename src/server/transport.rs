@@ -24,6 +24,7 @@ use tonic::transport::Endpoint;
 
 use crate::tls::PeerTls;
 
+use super::identity::Identity;
 use super::node::{NodeHandle, Transport};
 use crate::limits::{
     PEER_BATCH_BYTES_MAX, PEER_BATCH_MESSAGES_MAX, PEER_MESSAGE_BYTES_MAX, PEER_SEND_QUEUE_MAX,
@@ -31,7 +32,8 @@ use crate::limits::{
 };
 use crate::proto::internal as pb;
 use crate::proto::internal::peer_client::PeerClient;
-use crate::replica::Members;
+use crate::replica::clock::PeerClocks;
+use crate::replica::{ClusterId, Members};
 
 /// Peers whose traffic is dropped, in both directions: a partition made on
 /// purpose. Only test builds (feature `fault-injection`) let anyone set it.
@@ -76,7 +78,17 @@ pub struct GrpcTransport {
     /// it (the leader sends a removed member nothing after that).
     closing: HashMap<u64, Link>,
     faults: Faults,
+    /// What this member says of itself, and knows of the others (shared
+    /// with the receiving side, `PeerService`).
+    identity: Arc<Identity>,
+    /// Fellow members' clocks (see `replica::clock`); each batch carries
+    /// this member's reading.
+    clocks: SharedClocks,
 }
+
+/// Fellow members' clocks, shared by the sending links, the receiving
+/// service and the replication thread (which reads the verdict).
+pub type SharedClocks = Arc<std::sync::Mutex<PeerClocks>>;
 
 impl GrpcTransport {
     pub fn new(
@@ -85,6 +97,8 @@ impl GrpcTransport {
         node: NodeHandle,
         faults: Faults,
         tls: Option<Arc<PeerTls>>,
+        identity: Arc<Identity>,
+        clocks: SharedClocks,
     ) -> GrpcTransport {
         GrpcTransport {
             self_id,
@@ -95,6 +109,19 @@ impl GrpcTransport {
             tls,
             closing: HashMap::new(),
             faults,
+            identity,
+            clocks,
+        }
+    }
+
+    fn link_to(&self, peer: u64, address: String) -> LinkTo {
+        LinkTo {
+            self_id: self.self_id,
+            peer,
+            address,
+            tls: self.tls.clone(),
+            identity: self.identity.clone(),
+            clocks: self.clocks.clone(),
         }
     }
 
@@ -103,12 +130,7 @@ impl GrpcTransport {
             let address = self.members.get(&peer)?.peer_address.clone();
             let (queue, receiver) = mpsc::channel(PEER_SEND_QUEUE_MAX);
             self.runtime.spawn(run_link(
-                LinkTo {
-                    self_id: self.self_id,
-                    peer,
-                    address: address.clone(),
-                    tls: self.tls.clone(),
-                },
+                self.link_to(peer, address.clone()),
                 receiver,
                 self.node.clone(),
                 self.faults.clone(),
@@ -132,12 +154,7 @@ impl Transport for GrpcTransport {
                     continue;
                 };
                 self.runtime.spawn(send_snapshot(
-                    LinkTo {
-                        self_id: self.self_id,
-                        peer: to,
-                        address,
-                        tls: self.tls.clone(),
-                    },
+                    self.link_to(to, address),
                     message,
                     self.node.clone(),
                 ));
@@ -180,6 +197,18 @@ impl Transport for GrpcTransport {
             }
         }
         self.members = members.clone();
+        self.identity.set_members(members.keys().copied());
+    }
+
+    fn set_cluster(&mut self, cluster_id: Option<ClusterId>, removed: &[u64]) {
+        self.identity.set_cluster_id(cluster_id);
+        if let Err(e) = self.identity.forget(removed) {
+            tracing::error!("cannot forget removed members' identities: {e}");
+        }
+        let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        for id in removed {
+            clocks.forget(*id);
+        }
     }
 }
 
@@ -211,6 +240,8 @@ struct LinkTo {
     peer: u64,
     address: String,
     tls: Option<Arc<PeerTls>>,
+    identity: Arc<Identity>,
+    clocks: SharedClocks,
 }
 
 /// One peer's sending task: connect, stream batches, reconnect on failure.
@@ -225,6 +256,8 @@ async fn run_link(
         peer,
         address,
         tls,
+        identity,
+        clocks,
     } = to;
     let Some(endpoint) = endpoint(&address, peer, tls.as_deref()) else {
         tracing::warn!(peer, %address, "peer address is not usable");
@@ -265,7 +298,9 @@ async fn run_link(
                         }
                         return;
                     };
-                    let batch = collect_batch(self_id, first, &mut queue, &faults);
+                    let mut batch = collect_batch(self_id, first, &mut queue, &faults);
+                    batch.sender = Some(identity.sender());
+                    batch.clock = Some(clock_reading(&clocks, peer));
                     if batch.messages.is_empty() {
                         continue;
                     }
@@ -278,6 +313,20 @@ async fn run_link(
             }
         }
         call.abort();
+    }
+}
+
+/// This member's clock reading for `peer`, now.
+fn clock_reading(clocks: &SharedClocks, peer: u64) -> pb::ClockReading {
+    let now_ms = super::node::wall_clock_ms();
+    let reading = clocks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .reading_for(peer, now_ms);
+    pb::ClockReading {
+        clock_ms: reading.clock_ms,
+        echo_ms: reading.echo_ms,
+        held_ms: reading.held_ms,
     }
 }
 
@@ -303,6 +352,8 @@ fn collect_batch(
     let mut batch = pb::PeerBatch {
         from: self_id,
         messages: Vec::new(),
+        sender: None,
+        clock: None,
     };
     let mut bytes = 0usize;
     let mut next = Some(first);
@@ -354,6 +405,7 @@ async fn send_snapshot_parts(
         message: header,
         data: Vec::new(),
         total_bytes: total,
+        sender: Some(to.identity.sender()),
     };
     // Chunks are cut as the stream is sent, so only a few are in memory.
     let chunks = data.len().div_ceil(SNAPSHOT_CHUNK_BYTES);
@@ -365,6 +417,7 @@ async fn send_snapshot_parts(
             message: Vec::new(),
             data: data[start..end].to_vec(),
             total_bytes: 0,
+            sender: None,
         }
     });
     let parts = std::iter::once(first).chain(rest);

@@ -42,9 +42,19 @@ pub struct Checker {
     reads: Vec<ReadRecord>,
     failures: Vec<String>,
     pub reads_checked: usize,
+    /// How far ahead of true time a stamp may be: honest clocks' skew
+    /// (drift comes on top, by the time elapsed) and `--max-clock-offset`.
+    stamp_ahead_ms_base: u64,
 }
 
 impl Checker {
+    pub fn with_stamp_bound(stamp_ahead_ms_base: u64) -> Checker {
+        Checker {
+            stamp_ahead_ms_base,
+            ..Checker::default()
+        }
+    }
+
     pub fn acked_writes(&self) -> usize {
         self.writes.len()
     }
@@ -145,12 +155,34 @@ impl Checker {
                         }
                         Some(_) => {}
                         None => {
+                            self.check_stamp(now_ms, index, &entry)?;
                             self.committed.insert(index, entry.clone());
                         }
                     }
                 }
                 self.captured.insert(*id, applied);
             }
+        }
+        Ok(())
+    }
+
+    /// No batch is stamped further ahead of true time than honest clocks
+    /// and the offset bound allow: a leader with a clock a day fast never
+    /// stamps, so no hold expires early and no retained id is forgotten
+    /// early (both go by stamps).
+    fn check_stamp(&self, now_ms: u64, index: u64, entry: &Entry) -> Result<(), String> {
+        if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+            return Ok(());
+        }
+        let batch = decode_batch(&entry.data).map_err(|e| format!("entry {index}: {e}"))?;
+        let drift_ms = now_ms * super::CLOCK_DRIFT_PPM_MAX as u64 / 1_000_000;
+        let bound_ms = super::TRUE_CLOCK_BASE_MS + now_ms + self.stamp_ahead_ms_base + drift_ms;
+        if batch.stamp_ms > bound_ms {
+            return Err(format!(
+                "entry {index} is stamped {} ms ahead of true time (at most {} allowed)",
+                batch.stamp_ms - (super::TRUE_CLOCK_BASE_MS + now_ms),
+                self.stamp_ahead_ms_base + drift_ms
+            ));
         }
         Ok(())
     }
@@ -179,6 +211,31 @@ impl Checker {
         Ok(())
     }
 
+    /// Every replica ends with the cluster id of the first identity entry
+    /// committed (the model's rule: the first one wins), and there is one.
+    fn check_cluster_id(&self, nodes: &Nodes, max: u64) -> Result<(), String> {
+        let first = (1..=max).find_map(|index| {
+            let entry = self.committed.get(&index)?;
+            let normal = entry.get_entry_type() == EntryType::EntryNormal;
+            if !normal || !entry.data.is_empty() {
+                return None;
+            }
+            crate::replica::membership::decode_cluster_identity(&entry.context)
+        });
+        let Some(first) = first else {
+            return Err("no entry ever gave the cluster an id".into());
+        };
+        for (id, replica) in nodes {
+            let held = replica.and_then(|r| r.cluster_id());
+            if held != Some(first) {
+                return Err(format!(
+                    "node {id} holds cluster id {held:?}, the log gave {first:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The checks at the end of a seed.
     pub fn finish(&mut self, nodes: &Nodes, clients: &[Client]) -> Result<(), String> {
         if let Some(failure) = self.failures.first() {
@@ -202,6 +259,7 @@ impl Checker {
             ));
         }
         self.compare_digests(nodes)?;
+        self.check_cluster_id(nodes, max)?;
 
         // Replay the committed log through the model.
         let mut model = Model::default();

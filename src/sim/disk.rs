@@ -11,7 +11,7 @@
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
-use crate::replica::membership::Members;
+use crate::replica::membership::{ClusterId, Members};
 use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer};
 use crate::storage::MemStore;
 
@@ -154,6 +154,16 @@ impl LogStore for SimDisk {
 
     fn members(&self) -> Members {
         self.current.members()
+    }
+
+    fn set_cluster_id(&mut self, id: &ClusterId) -> Result<(), StoreError> {
+        self.current.set_cluster_id(id)?;
+        self.synced();
+        Ok(())
+    }
+
+    fn cluster_id(&self) -> Option<ClusterId> {
+        self.current.cluster_id()
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

@@ -43,6 +43,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::inventory::Applied;
+use crate::replica::clock::PeerClocks;
 use crate::replica::{Output, ProposeError, ReadError, Replica, ReplicaConfig, Token};
 use crate::storage::MemStore;
 use checker::Checker;
@@ -104,6 +105,11 @@ pub struct SimReport {
     pub leader_removals: u64,
     /// Leaders that applied their own removal and stepped down.
     pub removed_step_downs: u64,
+    /// Leader clocks set a day fast or a day slow.
+    pub clock_jumps: u64,
+    /// Leaders that stepped down because their clock was not within the
+    /// bound of a majority's.
+    pub clock_step_downs: u64,
     /// Peer messages refused before raft-rs, by reason.
     pub refused: std::collections::BTreeMap<&'static str, u64>,
     pub elections: u64,
@@ -155,6 +161,8 @@ struct Faults {
     membership_per_mille: u32,
     network: NetworkFaults,
     max_clock_skew_ms: i64,
+    /// Whether the leader's clock is set a day fast or slow now and then.
+    clock_jumps: bool,
     /// Replicas write appends unsynced and sync them later
     /// (`ReplicaConfig::persist_async`, as the server does), each sync
     /// landing 0 to `sync_delay_ms_max` ms after it was asked for; a crash
@@ -174,12 +182,19 @@ struct SimNode {
     sync_due_ms: Option<u64>,
     clock_offset_ms: i64,
     clock_drift_ppm: i64,
+    /// A day fast or slow while a clock fault lasts, else 0.
+    clock_jump_ms: i64,
+    /// Fellow members' clocks as this node measured them (memory: lost
+    /// in a crash).
+    clocks: PeerClocks,
     next_tick_ms: u64,
     commands: Vec<(Token, crate::inventory::Command)>,
     reads: Vec<Token>,
     /// Removed-leader step-downs of the node's earlier lives (before a
     /// crash), for the report.
     step_downs_before: u64,
+    /// Clock step-downs of its earlier lives.
+    clock_step_downs_before: u64,
 }
 
 impl SimNode {
@@ -200,11 +215,27 @@ impl SimNode {
             down_disk: None,
             sync_due_ms: None,
             clock_offset_ms: rng.random_range(-faults.max_clock_skew_ms..=faults.max_clock_skew_ms),
-            clock_drift_ppm: rng.random_range(-5_000..=5_000),
+            clock_drift_ppm: rng.random_range(-CLOCK_DRIFT_PPM_MAX..=CLOCK_DRIFT_PPM_MAX),
+            clock_jump_ms: 0,
+            clocks: PeerClocks::default(),
             next_tick_ms: now_ms + rng.random_range(0..TICK_MS),
             commands: Vec::new(),
             reads: Vec::new(),
             step_downs_before: 0,
+            clock_step_downs_before: 0,
+        }
+    }
+
+    fn clock_step_downs(&self) -> u64 {
+        let now = self.replica.as_ref().map_or(0, |r| r.clock_step_downs());
+        self.clock_step_downs_before + now
+    }
+
+    /// Gives the replica the verdict on its clock at `clock` (the server
+    /// does it at every tick; the simulator also before every proposal).
+    fn check_clock(&mut self, clock: u64) {
+        if let Some(replica) = self.replica.as_mut() {
+            replica.check_clock(&self.clocks, clock, MAX_CLOCK_OFFSET_MS);
         }
     }
 
@@ -227,6 +258,15 @@ const TICK_MS: u64 = 100;
 const FAULTS_END_FRACTION: f64 = 0.8;
 const LIVENESS_MS: u64 = 30_000;
 const SIM_MS_MAX: u64 = 600_000;
+/// Clocks drift up to 0.1% (NTP keeps real ones far closer): over the
+/// longest run, 600 ms.
+const CLOCK_DRIFT_PPM_MAX: i64 = 1_000;
+/// The replicas' `--max-clock-offset`: above what drift and skew make of
+/// honest clocks here (at most 2 x (200 + 600) ms apart), far below a day.
+const MAX_CLOCK_OFFSET_MS: u64 = 2_000;
+const DAY_MS: i64 = 86_400_000;
+/// The true time at the start of every run, in ms since the Unix epoch.
+pub(crate) const TRUE_CLOCK_BASE_MS: u64 = 1_700_000_000_000;
 
 fn replica_config(id: u64, election_ticks: usize, persist_async: bool) -> ReplicaConfig {
     let mut config = ReplicaConfig::new(id);
@@ -260,6 +300,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Violation> {
             delay_ms_max: rng.random_range(2..=30),
         },
         max_clock_skew_ms: rng.random_range(0..=200),
+        clock_jumps: rng.random_bool(0.5),
         persist_async: rng.random_bool(0.5),
         sync_delay_ms_max: rng.random_range(0..=5),
     };
@@ -296,6 +337,8 @@ struct Sim {
 
 impl Sim {
     fn new(config: &SimConfig, replicas: usize, faults: Faults, rng: &mut StdRng) -> Sim {
+        // Skew, the offset bound, and half a round trip of slack.
+        let stamp_ahead_ms_base = faults.max_clock_skew_ms as u64 + MAX_CLOCK_OFFSET_MS + 100;
         let voters: Vec<u64> = (1..=replicas as u64).collect();
         let fsync_lies = config.bug == Some(Bug::FsyncLies);
         let mut nodes = Vec::new();
@@ -340,7 +383,7 @@ impl Sim {
             tickets: HashMap::new(),
             next_token: 1,
             faults,
-            checker: Checker::default(),
+            checker: Checker::with_stamp_bound(stamp_ahead_ms_base),
             report,
             faults_over: false,
             faults_over_at_ms: 0,
@@ -365,15 +408,17 @@ impl Sim {
             .iter()
             .map(|n| n.removed_step_downs())
             .sum::<u64>();
+        report.clock_step_downs = self.nodes.iter().map(|n| n.clock_step_downs()).sum();
         report
     }
 
-    /// A node's wall clock: off by a fixed offset and drifting at its own
-    /// rate (up to 0.5%, far worse than NTP allows).
+    /// A node's wall clock: off by a fixed offset, drifting at its own
+    /// rate, and a day off while a clock fault lasts.
     fn node_clock(&self, i: usize) -> u64 {
         let node = &self.nodes[i];
         let drift = self.now_ms as i64 * node.clock_drift_ppm / 1_000_000;
-        (self.now_ms as i64 + node.clock_offset_ms + drift).max(0) as u64 + 1_700_000_000_000
+        let error = node.clock_offset_ms + drift + node.clock_jump_ms;
+        (TRUE_CLOCK_BASE_MS as i64 + self.now_ms as i64 + error).max(0) as u64
     }
 
     fn up(&self) -> Vec<usize> {
@@ -478,6 +523,9 @@ impl Sim {
             self.faults_over_at_ms = self.now_ms;
         }
         self.network.heal();
+        for node in &mut self.nodes {
+            node.clock_jump_ms = 0;
+        }
         self.network.faults.drop_per_mille = 0;
         self.network.faults.duplicate_per_mille = 0;
         for i in 0..self.nodes.len() {
@@ -503,7 +551,13 @@ impl Sim {
         for message in lost {
             self.report_snapshot(message.from, message.to, false)?;
         }
-        for message in due {
+        for (message, reading) in due {
+            if let Some(i) = self.nodes.iter().position(|n| n.id == message.to) {
+                if self.nodes[i].replica.is_some() {
+                    let clock = self.node_clock(i);
+                    self.nodes[i].clocks.observe(message.from, &reading, clock);
+                }
+            }
             let is_snapshot = message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
             let (from, to) = (message.from, message.to);
             let receiver_up = self.nodes.iter().any(|n| n.id == to && n.replica.is_some());
@@ -564,6 +618,7 @@ impl Sim {
             let clock = self.node_clock(i);
             let id = self.nodes[i].id;
             let mut out = Output::default();
+            self.nodes[i].check_clock(clock);
             if let Some(replica) = self.nodes[i].replica.as_mut() {
                 guard(id, || replica.tick(clock, &mut out))?;
             }
@@ -644,6 +699,9 @@ impl Sim {
             let commands = std::mem::take(&mut self.nodes[i].commands);
             let reads = std::mem::take(&mut self.nodes[i].reads);
             let mut out = Output::default();
+            if !commands.is_empty() {
+                self.nodes[i].check_clock(clock);
+            }
             let Some(replica) = self.nodes[i].replica.as_mut() else {
                 continue;
             };
@@ -668,10 +726,12 @@ impl Sim {
             self.nodes[i].sync_due_ms = Some(self.now_ms + delay_ms);
         }
         let mut lost_snapshots = Vec::new();
+        let clock = self.node_clock(i);
         for message in out.messages {
             let is_snapshot = message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
             let to = message.to;
-            if !self.network.send(self.now_ms, message, &mut rng) && is_snapshot {
+            let reading = self.nodes[i].clocks.reading_for(to, clock);
+            if !self.network.send(self.now_ms, message, reading, &mut rng) && is_snapshot {
                 lost_snapshots.push(to);
             }
         }
@@ -748,6 +808,8 @@ impl Sim {
             return;
         };
         self.nodes[i].step_downs_before += replica.removed_step_downs();
+        self.nodes[i].clock_step_downs_before += replica.clock_step_downs();
+        self.nodes[i].clocks = PeerClocks::default();
         let mut disk = replica.store().clone();
         disk.crash();
         self.nodes[i].down_disk = Some(disk);
@@ -790,6 +852,7 @@ impl Sim {
             return;
         }
         self.change_membership(rng);
+        self.jump_clocks(rng);
         let n = self.nodes.len();
         let down = n - self.up().len();
         if rng.random_range(0..1_000) < self.faults.crash_per_mille && down < n / 2 {
@@ -828,6 +891,35 @@ impl Sim {
                 }
             }
         }
+    }
+}
+
+impl Sim {
+    /// Sets the leader's clock a day fast or a day slow now and then (one
+    /// node at a time), and puts it right again later: the checker's
+    /// stamp bound shows no hold expired early meanwhile.
+    fn jump_clocks(&mut self, rng: &mut StdRng) {
+        if !self.faults.clock_jumps {
+            return;
+        }
+        if let Some(jumped) = self.nodes.iter().position(|n| n.clock_jump_ms != 0) {
+            if rng.random_range(0..1_000) < 50 {
+                self.nodes[jumped].clock_jump_ms = 0;
+            }
+            return;
+        }
+        if rng.random_range(0..1_000) >= 20 {
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        self.nodes[leader].clock_jump_ms = if rng.random_bool(0.5) {
+            DAY_MS
+        } else {
+            -DAY_MS
+        };
+        self.report.clock_jumps += 1;
     }
 }
 

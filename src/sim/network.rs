@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use raft::eraftpb::Message;
+
+use crate::replica::clock::ClockReading;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -19,7 +21,7 @@ pub struct NetworkFaults {
 #[derive(Debug)]
 pub struct Network {
     /// In flight, by (delivery time, sequence): deterministic order.
-    queue: BTreeMap<(u64, u64), Message>,
+    queue: BTreeMap<(u64, u64), (Message, ClockReading)>,
     sequence: u64,
     /// Directed links that deliver nothing: (from, to).
     cut: BTreeSet<(u64, u64)>,
@@ -42,14 +44,22 @@ impl Network {
         }
     }
 
-    fn enqueue(&mut self, now_ms: u64, message: Message, rng: &mut StdRng) {
+    fn enqueue(&mut self, now_ms: u64, sent: (Message, ClockReading), rng: &mut StdRng) {
         let delay = rng.random_range(self.faults.delay_ms_min..=self.faults.delay_ms_max);
         self.sequence += 1;
-        self.queue.insert((now_ms + delay, self.sequence), message);
+        self.queue.insert((now_ms + delay, self.sequence), sent);
     }
 
     /// Sends a message; false when the network dropped it at once.
-    pub fn send(&mut self, now_ms: u64, message: Message, rng: &mut StdRng) -> bool {
+    /// Sends `message` with the sender's clock `reading` (as the server's
+    /// batches carry one).
+    pub fn send(
+        &mut self,
+        now_ms: u64,
+        message: Message,
+        reading: ClockReading,
+        rng: &mut StdRng,
+    ) -> bool {
         self.sent += 1;
         if self.cut.contains(&(message.from, message.to)) {
             self.dropped += 1;
@@ -61,23 +71,23 @@ impl Network {
         }
         if rng.random_range(0..1_000) < self.faults.duplicate_per_mille {
             self.duplicated += 1;
-            self.enqueue(now_ms, message.clone(), rng);
+            self.enqueue(now_ms, (message.clone(), reading), rng);
         }
-        self.enqueue(now_ms, message, rng);
+        self.enqueue(now_ms, (message, reading), rng);
         true
     }
 
     /// Messages due by `now_ms`, in delivery order, and snapshot messages
     /// lost on a link cut after they were sent (their sender must hear of
     /// it, as the real transport reports a failed snapshot stream).
-    pub fn due(&mut self, now_ms: u64) -> (Vec<Message>, Vec<Message>) {
+    pub fn due(&mut self, now_ms: u64) -> (Vec<(Message, ClockReading)>, Vec<Message>) {
         let mut out = Vec::new();
         let mut lost = Vec::new();
         while let Some(entry) = self.queue.first_entry() {
             if entry.key().0 > now_ms {
                 break;
             }
-            let message = entry.remove();
+            let (message, reading) = entry.remove();
             if self.cut.contains(&(message.from, message.to)) {
                 self.dropped += 1;
                 if message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
@@ -85,7 +95,7 @@ impl Network {
                 }
                 continue;
             }
-            out.push(message);
+            out.push((message, reading));
         }
         (out, lost)
     }

@@ -37,6 +37,8 @@ fn simulation() {
     let transfers: u64 = reports.iter().map(|r| r.transfers).sum();
     let leader_removals: u64 = reports.iter().map(|r| r.leader_removals).sum();
     let step_downs: u64 = reports.iter().map(|r| r.removed_step_downs).sum();
+    let clock_jumps: u64 = reports.iter().map(|r| r.clock_jumps).sum();
+    let clock_step_downs: u64 = reports.iter().map(|r| r.clock_step_downs).sum();
     let five = reports.iter().filter(|r| r.replicas == 5).count();
     let deferred = reports.iter().filter(|r| r.persist_async).count();
     let before_sync: u64 = reports.iter().map(|r| r.crashes_before_sync).sum();
@@ -44,7 +46,8 @@ fn simulation() {
         "{} seeds ({five} starting with 5 replicas, {deferred} syncing later) in {:.1} s: \
          {acked} acknowledged writes, {crashes} crashes ({before_sync} with a sync in flight), \
          {partitions} partitions, {transfers} leadership transfers, {changes} membership changes \
-         ({leader_removals} of the leader; {step_downs} leaders applied their own removal)",
+         ({leader_removals} of the leader; {step_downs} leaders applied their own removal), \
+         {clock_jumps} leader clocks set a day off ({clock_step_downs} clock step-downs)",
         reports.len(),
         started.elapsed().as_secs_f64()
     );
@@ -60,6 +63,10 @@ fn simulation() {
     assert!(
         leader_removals > 0 && step_downs > 0,
         "the seeds never removed the leader, or never had a leader apply its own removal"
+    );
+    assert!(
+        clock_jumps > 0 && clock_step_downs > 0,
+        "the seeds never set a leader's clock a day off, or no leader stepped down for it"
     );
 }
 

@@ -9,7 +9,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 use super::log_cache::LogCache;
 use crate::inventory::snapshot::Image;
-use crate::replica::membership::{encode_snapshot_data, Member, Members};
+use crate::replica::membership::{encode_snapshot_data, ClusterId, Member, Members};
 use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer};
 
 /// Chunks written ahead of their snapshot's record, by snapshot index.
@@ -63,6 +63,7 @@ impl Syncer for NoSync {
 pub struct MemStore {
     cache: LogCache,
     members: Members,
+    cluster_id: Option<ClusterId>,
     /// Shared, so cloning a store (the simulator does, at every sync) is cheap.
     snapshot: Option<Arc<SavedSnapshot>>,
     pending: PendingChunks,
@@ -128,7 +129,9 @@ impl raft::Storage for MemStore {
             Some(saved) if saved.meta.index >= request_index => {
                 let mut snapshot = Snapshot::default();
                 snapshot.set_metadata(saved.meta.clone());
-                snapshot.data = encode_snapshot_data(&saved.members, &saved.image).into();
+                snapshot.data =
+                    encode_snapshot_data(&saved.members, saved.cluster_id.as_ref(), &saved.image)
+                        .into();
                 Ok(snapshot)
             }
             _ => Err(raft::Error::Store(
@@ -172,6 +175,15 @@ impl LogStore for MemStore {
 
     fn members(&self) -> Members {
         self.members.clone()
+    }
+
+    fn set_cluster_id(&mut self, id: &ClusterId) -> Result<(), StoreError> {
+        self.cluster_id = Some(*id);
+        Ok(())
+    }
+
+    fn cluster_id(&self) -> Option<ClusterId> {
+        self.cluster_id
     }
 
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
@@ -219,6 +231,7 @@ impl LogStore for MemStore {
         self.snapshot = Some(Arc::new(SavedSnapshot {
             meta: snapshot.meta.clone(),
             members: snapshot.members.clone(),
+            cluster_id: snapshot.cluster_id,
             image: Image {
                 header: snapshot.header,
                 chunks,
@@ -236,6 +249,7 @@ impl LogStore for MemStore {
         snapshot.check_chunks(chunks)?;
         self.cache.install(&snapshot.meta);
         self.members = snapshot.members.clone();
+        self.cluster_id = snapshot.cluster_id;
         let mut owned = Vec::with_capacity(chunks.len());
         for chunk in chunks {
             owned.push(chunk.to_vec());
@@ -243,6 +257,7 @@ impl LogStore for MemStore {
         self.snapshot = Some(Arc::new(SavedSnapshot {
             meta: snapshot.meta.clone(),
             members: snapshot.members.clone(),
+            cluster_id: snapshot.cluster_id,
             image: Image {
                 header: snapshot.header,
                 chunks: owned,

@@ -67,7 +67,8 @@ use super::log_cache::LogCache;
 use crate::inventory::snapshot::{self, Image};
 use crate::proto::internal as pb;
 use crate::replica::membership::{
-    from_records, start_snapshot_data, to_records, Bootstrap, Members,
+    cluster_id_of, envelope, from_records, start_snapshot_data, to_records, Bootstrap, ClusterId,
+    Members,
 };
 use crate::replica::wire;
 use crate::replica::{
@@ -187,6 +188,8 @@ pub struct RocksStore {
     db: Arc<DB>,
     cache: LogCache,
     members: Members,
+    /// Stored with the members (see [`LogStore::cluster_id`]).
+    cluster_id: Option<ClusterId>,
     /// True when the database held no Raft state when opened.
     fresh: bool,
 }
@@ -239,10 +242,12 @@ impl RocksStore {
             fresh = false;
         }
         let mut members = Members::new();
+        let mut cluster_id = None;
         if let Some(bytes) = db.get(KEY_MEMBERS).map_err(|e| io("reading members", e))? {
             let envelope = pb::SnapshotEnvelope::decode(bytes.as_slice())
                 .map_err(|e| corrupt("members", e))?;
             members = from_records(&envelope.members);
+            cluster_id = cluster_id_of(&envelope.cluster_id);
         }
         if let Some(bytes) = db
             .get(KEY_TRUNCATED)
@@ -300,10 +305,38 @@ impl RocksStore {
                 ),
             ));
         }
+        // raft-rs aborts the process (not an error) on a commit index
+        // before the log it is handed, or a snapshot outside the truncated
+        // index ..= commit index; `save_snapshot` writes all three in one
+        // batch in that order, so any other order is damage
+        // (fuzz/regressions/storage_records/).
+        let commit = cache.hard_state.commit;
+        let snapshot_index = cache.snapshot_meta.as_ref().map(|m| m.index);
+        if (commit > 0 || snapshot_index.is_some()) && commit < cache.truncated_index {
+            return Err(corrupt(
+                "log",
+                format!(
+                    "hard state says {commit} is committed but the log was truncated at {}",
+                    cache.truncated_index
+                ),
+            ));
+        }
+        if let Some(index) = snapshot_index {
+            if index < cache.truncated_index || index > commit {
+                return Err(corrupt(
+                    "snapshot record",
+                    format!(
+                        "snapshot at {index} outside the log's truncation {} and commit {commit}",
+                        cache.truncated_index
+                    ),
+                ));
+            }
+        }
         Ok(RocksStore {
             db: Arc::new(db),
             cache,
             members,
+            cluster_id,
             fresh,
         })
     }
@@ -323,10 +356,10 @@ impl RocksStore {
         }
         batch.put(KEY_HARD_STATE, encode_pb(&bootstrap.hard_state)?);
         batch.put(KEY_CONF_STATE, encode_pb(&bootstrap.conf_state)?);
-        let envelope = pb::SnapshotEnvelope {
-            members: to_records(&bootstrap.members),
-        };
-        batch.put(KEY_MEMBERS, envelope.encode_to_vec());
+        batch.put(
+            KEY_MEMBERS,
+            envelope(&bootstrap.members, None).encode_to_vec(),
+        );
         self.write(batch, true)?;
         self.cache.append(&bootstrap.entries);
         self.cache.hard_state = bootstrap.hard_state.clone();
@@ -337,26 +370,26 @@ impl RocksStore {
     }
 
     /// Writes what a node joining a running cluster knows: where its
-    /// members are, and (for a node rebuilt after its data was damaged) a
-    /// hard state that keeps it from voting again in any term it might
-    /// have voted in before. Its log, membership and state arrive from the
-    /// leader.
+    /// members are, the cluster's id (so that it refuses other clusters'
+    /// members from its first message), and (for a node rebuilt after its
+    /// data was damaged) a hard state that keeps it from voting again in
+    /// any term it might have voted in before. Its log, membership and
+    /// state arrive from the leader.
     pub fn bootstrap_joining(
         &mut self,
         members: &Members,
+        cluster_id: Option<&ClusterId>,
         hard_state: Option<&HardState>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.put(KEY_CONF_STATE, encode_pb(&ConfState::default())?);
-        let envelope = pb::SnapshotEnvelope {
-            members: to_records(members),
-        };
-        batch.put(KEY_MEMBERS, envelope.encode_to_vec());
+        batch.put(KEY_MEMBERS, envelope(members, cluster_id).encode_to_vec());
         if let Some(hs) = hard_state {
             batch.put(KEY_HARD_STATE, encode_pb(hs)?);
         }
         self.write(batch, true)?;
         self.members = members.clone();
+        self.cluster_id = cluster_id.copied();
         if let Some(hs) = hard_state {
             self.cache.hard_state = hs.clone();
         }
@@ -459,6 +492,10 @@ impl RocksStore {
             chunk_count,
             members: to_records(&snapshot.members),
             chunk_bytes: snapshot.chunk_bytes,
+            cluster_id: snapshot
+                .cluster_id
+                .map(|id| id.to_vec())
+                .unwrap_or_default(),
         };
         batch.put(KEY_SNAPSHOT, stored.encode_to_vec());
         // Older snapshots' chunks go in the same write.
@@ -512,6 +549,7 @@ impl raft::Storage for RocksStore {
         // also the chunks and a grown copy beside it.
         let mut data = start_snapshot_data(
             &record.members,
+            record.cluster_id.as_ref(),
             &record.header,
             record.chunk_count,
             record.chunk_bytes,
@@ -585,10 +623,8 @@ impl LogStore for RocksStore {
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.put(KEY_CONF_STATE, encode_pb(conf_state)?);
-        let envelope = pb::SnapshotEnvelope {
-            members: to_records(members),
-        };
-        batch.put(KEY_MEMBERS, envelope.encode_to_vec());
+        let record = envelope(members, self.cluster_id.as_ref());
+        batch.put(KEY_MEMBERS, record.encode_to_vec());
         self.write(batch, true)?;
         self.cache.conf_state = conf_state.clone();
         self.members = members.clone();
@@ -597,6 +633,21 @@ impl LogStore for RocksStore {
 
     fn members(&self) -> Members {
         self.members.clone()
+    }
+
+    fn set_cluster_id(&mut self, id: &ClusterId) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put(
+            KEY_MEMBERS,
+            envelope(&self.members, Some(id)).encode_to_vec(),
+        );
+        self.write(batch, true)?;
+        self.cluster_id = Some(*id);
+        Ok(())
+    }
+
+    fn cluster_id(&self) -> Option<ClusterId> {
+        self.cluster_id
     }
 
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
@@ -669,10 +720,11 @@ impl LogStore for RocksStore {
         hs.term = hs.term.max(meta.term);
         batch.put(KEY_HARD_STATE, encode_pb(&hs)?);
         batch.put(KEY_CONF_STATE, encode_pb(meta.get_conf_state())?);
-        let envelope = pb::SnapshotEnvelope {
-            members: to_records(&snapshot.members),
-        };
-        batch.put(KEY_MEMBERS, envelope.encode_to_vec());
+        // A snapshot without an id (taken before the cluster had one)
+        // leaves the one this node knows.
+        let cluster_id = snapshot.cluster_id.or(self.cluster_id);
+        let record = envelope(&snapshot.members, cluster_id.as_ref());
+        batch.put(KEY_MEMBERS, record.encode_to_vec());
         let mut truncated = Vec::with_capacity(16);
         truncated.extend_from_slice(&meta.index.to_be_bytes());
         truncated.extend_from_slice(&meta.term.to_be_bytes());
@@ -682,6 +734,7 @@ impl LogStore for RocksStore {
         fail::fail_point!("install_snapshot::after_write");
         self.cache.install(meta);
         self.members = snapshot.members.clone();
+        self.cluster_id = cluster_id;
         Ok(())
     }
 
@@ -693,6 +746,7 @@ impl LogStore for RocksStore {
         Ok(Some(SavedSnapshot {
             meta,
             members: from_records(&stored.members),
+            cluster_id: cluster_id_of(&stored.cluster_id),
             image,
         }))
     }
@@ -707,6 +761,7 @@ impl LogStore for RocksStore {
         Ok(Some(SnapshotRecord {
             meta,
             members: from_records(&stored.members),
+            cluster_id: cluster_id_of(&stored.cluster_id),
             header,
             chunk_count: u64::from(stored.chunk_count),
             chunk_bytes: stored.chunk_bytes,
@@ -743,6 +798,7 @@ mod tests {
                 ..Default::default()
             },
             members: Members::new(),
+            cluster_id: None,
             header: image.header,
             chunk_count: image.chunks.len() as u64,
             chunk_bytes: image.byte_count(),
@@ -759,10 +815,13 @@ mod tests {
         let inventory = inventory_of(3 * snapshot::CHUNK_RECORDS_MAX);
         let image = snapshot::write(&inventory);
         let members: Members = [(1, crate::replica::membership::Member::at("127.0.0.1:1"))].into();
-        let data = encode_snapshot_data(&members, &image);
-        let (got_members, header, chunks) = split_snapshot_data(&data).unwrap();
+        let id = [3u8; 16];
+        let data = encode_snapshot_data(&members, Some(&id), &image);
+        let split = split_snapshot_data(&data).unwrap();
+        let (header, chunks) = (split.header, split.chunks);
         let record = SnapshotRecord {
-            members: got_members,
+            members: split.members,
+            cluster_id: split.cluster_id,
             ..record_of(7, &image)
         };
         assert_eq!(header, image.header);
@@ -777,6 +836,7 @@ mod tests {
 
         let store = RocksStore::open(dir.path()).unwrap();
         assert_eq!(store.snapshot_record().unwrap().unwrap(), record);
+        assert_eq!(store.cluster_id(), Some(id));
         assert_eq!(store.load_snapshot().unwrap().unwrap().image, image);
         let sent = raft::Storage::snapshot(&store, 7, 2).unwrap();
         assert_eq!(&sent.data[..], &data[..]);
@@ -823,7 +883,7 @@ mod tests {
         assert_eq!(sent.get_metadata().index, 1);
         assert_eq!(
             &sent.data[..],
-            &encode_snapshot_data(&Members::new(), &image)[..]
+            &encode_snapshot_data(&Members::new(), None, &image)[..]
         );
 
         // Chunk 2 lost: the scan stops there with a clear error.
