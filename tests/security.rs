@@ -273,9 +273,29 @@ async fn a_secured_cluster_serves_through_a_leader_kill() {
         .wait_converged(&survivors, Duration::from_secs(20))
         .await
         .unwrap();
-    for id in survivors {
-        check_node(&cluster, id, &ledger).await;
+    for id in &survivors {
+        check_node(&cluster, *id, &ledger).await;
     }
+    // A member stops on SIGTERM within its grace (5 s), though the other
+    // member holds its Raft stream to the peer port open.
+    let stopping = survivors[0];
+    let pid = cluster.nodes[&stopping].child.as_ref().unwrap().id();
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let exited = cluster.wait_exit(stopping, Duration::from_secs(15));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "member {stopping} did not stop on SIGTERM: {exited:?}\n{}",
+        cluster.logs(stopping)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A tokens file with one token of each role; returns (file, tokens).

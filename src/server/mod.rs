@@ -133,6 +133,10 @@ pub enum ServeError {
 
 const INVENTORY_SERVICE: &str = "stockraft.v1.Inventory";
 
+/// How long the peer listener (`--peer-listen`) gets to close its
+/// connections once the node has stopped.
+const PEERS_STOP_WAIT: Duration = Duration::from_secs(1);
+
 /// Runs a node until `shutdown` completes, then stops it cleanly.
 pub async fn serve(
     config: ServeConfig,
@@ -404,9 +408,16 @@ pub async fn serve(
     // answers and the leader's last commits are what the grace was for.
     node.stop();
     let _ = peers_stop_tx.send(());
-    if let Some(peer_server) = peer_server {
-        if let Ok(Err(error)) = peer_server.await {
-            tracing::warn!("the peer listener stopped with an error: {error}");
+    if let Some(mut peer_server) = peer_server {
+        // Other members hold their Raft streams open for as long as they
+        // run: a graceful stop would wait for them forever. They are told
+        // (GOAWAY) and given a moment; then the listener is dropped.
+        match tokio::time::timeout(PEERS_STOP_WAIT, &mut peer_server).await {
+            Ok(Ok(Err(error))) => {
+                tracing::warn!("the peer listener stopped with an error: {error}");
+            }
+            Ok(_) => {}
+            Err(_) => peer_server.abort(),
         }
     }
     tracing::info!("stopped");
