@@ -5,12 +5,13 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: run test deps build release check fmt lint unit bench clean help
+.PHONY: run test deps build release check fmt lint unit bench clean help fuzz-deps fuzz-build fuzz-smoke fuzz
 
 help:
 	@echo "make run    build and start a one-node server on 127.0.0.1:50051 (data in ./stockraft-data)"
 	@echo "make test   formatting, lints and every test"
 	@echo "make bench  criterion benchmarks"
+	@echo "make fuzz   every fuzz target for FUZZ_SECONDS (600) each; see fuzz/README.md"
 
 # Debian packages the build needs, installed only when missing.
 deps:
@@ -40,9 +41,65 @@ lint: deps
 
 test: lint
 	$(CARGO) test --all-targets --all-features
+	$(MAKE) fuzz-smoke
 
 bench: deps
 	$(CARGO) bench
 
 clean:
 	$(CARGO) clean
+
+# Fuzzing (fuzz/README.md). cargo-fuzz on the stable toolchain: its
+# sanitizer and coverage flags include -Z ones, which RUSTC_BOOTSTRAP=1
+# lets stable rustc take (the stable rust-std ships the ASan runtime). The
+# fuzz crate has a target dir of its own (its flags differ from the main
+# build's, so sharing one would rebuild both each time), under CI's cache
+# when CARGO_TARGET_DIR points there.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ_ROOT := $(or $(CARGO_HOME),$(HOME)/.cargo)
+CARGO_FUZZ := $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz fuzz
+FUZZ_TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR)/fuzz,$(CURDIR)/fuzz/target)
+FUZZ_TARGETS := log_batch raft_wire peer_admission peer_batch snapshot_part snapshot_image storage_records public_request
+FUZZ_SANITIZER ?= address
+# The bounded run of `make test`: seconds per target, from the committed
+# seed corpus (what it finds is not written back into fuzz/corpus).
+FUZZ_SMOKE_SECONDS ?= 10
+# The long run of `make fuzz`: seconds per target, from the seeds and what
+# earlier runs kept in fuzz/work/<target>/ (not committed).
+FUZZ_SECONDS ?= 600
+FUZZ_ENV := RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR)
+FUZZ_FLAGS := -s $(FUZZ_SANITIZER) --fuzz-dir fuzz
+# Inputs past 64 KiB only slow the search; a single allocation past 1 GiB
+# from an input that small is a finding (an unbounded allocation), and so
+# is an input that takes 20 s.
+FUZZ_ARGS := -max_len=65536 -rss_limit_mb=4096 -malloc_limit_mb=1024 -timeout=20
+
+fuzz-deps: deps
+	@if [ "$$($(CARGO_FUZZ) --version 2>/dev/null)" != "cargo-fuzz $(CARGO_FUZZ_VERSION)" ]; then \
+	  echo "installing cargo-fuzz $(CARGO_FUZZ_VERSION) into $(CARGO_FUZZ_ROOT)/bin"; \
+	  $(CARGO) install --locked --force cargo-fuzz --version $(CARGO_FUZZ_VERSION) --root $(CARGO_FUZZ_ROOT); \
+	fi
+
+fuzz-build: fuzz-deps
+	$(FUZZ_ENV) $(CARGO_FUZZ) build $(FUZZ_FLAGS)
+
+fuzz-smoke: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  scratch=$$(mktemp -d); \
+	  $(FUZZ_ENV) $(CARGO_FUZZ) run $(FUZZ_FLAGS) $$t $$scratch fuzz/corpus/$$t -- \
+	    $(FUZZ_ARGS) -max_total_time=$(FUZZ_SMOKE_SECONDS) -print_final_stats=1 >$$scratch.log 2>&1; \
+	  status=$$?; \
+	  echo "fuzz-smoke: $$t: $$(grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' $$scratch.log | tr '\n' ' ')"; \
+	  rm -rf $$scratch; \
+	  if [ $$status != 0 ]; then tail -n 60 $$scratch.log; rm -f $$scratch.log; \
+	    echo "fuzz-smoke: $$t failed (exit $$status); fuzz/README.md says how to reproduce it"; exit 1; fi; \
+	  rm -f $$scratch.log; \
+	done
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  mkdir -p fuzz/work/$$t; \
+	  $(FUZZ_ENV) $(CARGO_FUZZ) run $(FUZZ_FLAGS) $$t fuzz/work/$$t fuzz/corpus/$$t -- \
+	    $(FUZZ_ARGS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done

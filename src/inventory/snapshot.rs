@@ -526,6 +526,11 @@ fn spawn_rebuild(header: &pb::SnapshotHeader, chunk_count: u64) -> Builder {
 /// thousands).
 const REBUILD_THREAD_RECORDS_MIN: u64 = 16 * CHUNK_RECORDS_MAX as u64;
 
+/// Retained ids reserved for up front, at most: the default bound on them
+/// (about 300 MB of index), so an image of the default size loads without
+/// the index growing; a larger one grows it as its ids arrive.
+const TXNS_RESERVED_MAX: u64 = crate::limits::ID_RETAINED_MAX_DEFAULT;
+
 /// Chunks decoded ahead of the rebuild, at most.
 const DECODE_AHEAD_CHUNKS: usize = 8;
 
@@ -545,13 +550,18 @@ struct Rebuild {
 
 impl Rebuild {
     /// `chunk_count` bounds the up-front room for retained ids by what the
-    /// image can hold, whatever a damaged header claims.
+    /// image can hold, whatever a damaged header claims; and so does
+    /// [`TXNS_RESERVED_MAX`], because chunks can be empty: a 20 KB image of
+    /// empty chunks whose header claimed 2^63 ids reserved 1.2 GB, and one
+    /// at a peer's 16 GiB limit would ask room for 2^46
+    /// (fuzz/regressions/snapshot_image/).
     fn new(header: &pb::SnapshotHeader, chunk_count: u64) -> Rebuild {
         let mut inventory = Inventory::new();
         inventory.now_ms = header.now_ms;
         let txns = header
             .txns
-            .min(chunk_count.saturating_mul(CHUNK_RECORDS_MAX as u64));
+            .min(chunk_count.saturating_mul(CHUNK_RECORDS_MAX as u64))
+            .min(TXNS_RESERVED_MAX);
         inventory.txns.reserve(txns as usize);
         Rebuild {
             inventory,

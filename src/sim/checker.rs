@@ -155,7 +155,7 @@ impl Checker {
                         }
                         Some(_) => {}
                         None => {
-                            self.check_stamp(now_ms, index, &entry)?;
+                            self.check_stamp(now_ms, index, entry)?;
                             self.committed.insert(index, entry.clone());
                         }
                     }

@@ -75,6 +75,11 @@ use crate::replica::{
     put_chunks, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
 };
 
+/// Chunk handles reserved up front when a snapshot is read whole: a
+/// damaged record's count is believed no further (the vector still grows
+/// past it for an image that really has more chunks).
+const CHUNKS_RESERVED_MAX: usize = 65_536;
+
 const KEY_HARD_STATE: &[u8] = b"h";
 const KEY_CONF_STATE: &[u8] = b"c";
 const KEY_MEMBERS: &[u8] = b"a";
@@ -312,7 +317,17 @@ impl RocksStore {
         // (fuzz/regressions/storage_records/).
         let commit = cache.hard_state.commit;
         let snapshot_index = cache.snapshot_meta.as_ref().map(|m| m.index);
-        if (commit > 0 || snapshot_index.is_some()) && commit < cache.truncated_index {
+        // And on a membership its `confchange::restore` cannot restore.
+        if cache.conf_state != ConfState::default()
+            && !crate::replica::admission::conf_state_ok(&cache.conf_state)
+        {
+            return Err(corrupt(
+                "conf state",
+                format!("not a membership raft-rs restores: {:?}", cache.conf_state),
+            ));
+        }
+        let stated = cache.hard_state != HardState::default() || snapshot_index.is_some();
+        if stated && commit < cache.truncated_index {
             return Err(corrupt(
                 "log",
                 format!(
@@ -414,7 +429,9 @@ impl RocksStore {
         let Some(header) = stored.header else {
             return Err(corrupt("snapshot record", "no header"));
         };
-        let mut chunks = Vec::with_capacity(stored.chunk_count as usize);
+        // The count comes from disk: a damaged record must not reserve room
+        // for billions of chunks (the scan stops at the chunks there are).
+        let mut chunks = Vec::with_capacity((stored.chunk_count as usize).min(CHUNKS_RESERVED_MAX));
         // The scan hands over RocksDB's own buffer: into_vec keeps it, no copy.
         self.scan_chunks(index, u64::from(stored.chunk_count), &mut |bytes| {
             chunks.push(bytes.into_vec())
