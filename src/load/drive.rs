@@ -9,7 +9,7 @@
 //!   client, whose next call is sent at once. No future, channel, lock or
 //!   timer per call: the harness's own cost per operation is what a load
 //!   generator must keep small, as it shares the machine with the server
-//!   it measures (BENCHMARKS.md, stop 25). Calls time out by sweeps, as
+//!   it measures (stop 25's measurements in BENCHMARKS.md's history). Calls time out by sweeps, as
 //!   [`super::conn::StreamConn`]'s do.
 //!
 //! Both end when the run does (Ctrl-C, `--duration` or `--ops`), once the

@@ -669,7 +669,7 @@ fn counters(config: &LoadConfig) -> Vec<Key> {
 /// itself uses: over unary calls (one in flight per client connection, as
 /// it did) a 64-client unary run of 1 s over 100,000 counters took 12-15 s
 /// in all on this project's machine, and 2.7-3.0 s seeding this way
-/// (BENCHMARKS.md, stop 24).
+/// (stop 24's measurements in BENCHMARKS.md's history).
 const SEED_STREAMS: usize = 16;
 const SEED_IN_FLIGHT: usize = 16;
 
@@ -816,7 +816,7 @@ async fn read_levels_anywhere(
 /// Counters' levels as read from the server, by (sku, node). Hashed fast:
 /// a run over a million counters reads them twice (before and after),
 /// and with the standard library's SipHash the hashing alone was the
-/// largest part of the harness's start (BENCHMARKS.md, stop 24).
+/// largest part of the harness's start (stop 24's measurements in BENCHMARKS.md's history).
 type Levels = FastMap<Key, pb::NodeAvailability>;
 
 /// Reads the current levels of counters (linearizable), by SKU.

@@ -207,7 +207,7 @@ pub enum ProposeError {
 /// command itself when this replica still held it. Callers retry a failed
 /// command (its id makes that safe); handing it back spares them a copy of
 /// every command they propose, which cost the `Stream` call about 1.5% of
-/// the server's samples (BENCHMARKS.md, stop 23). Only a command whose
+/// the server's samples (stop 23's measurements in BENCHMARKS.md's history). Only a command whose
 /// batch was already applied is not handed back (the state machine always
 /// answers those), nor one still waiting when the server's node stops
 /// ([`ProposeError::ShuttingDown`]).

@@ -5,7 +5,7 @@
 //! million counters). Run at the same priority as the threads serving
 //! calls, it takes a core from them for that long, and every call waiting
 //! for that core waits: in open-loop runs at half of peak, a snapshot lifted
-//! the harness's p99 several-fold (BENCHMARKS.md, stop 19). So the work is
+//! the harness's p99 several-fold (stop 19's measurements in BENCHMARKS.md's history). So the work is
 //! split over two threads:
 //!
 //! - `snapshot` encodes the image under `SCHED_IDLE`: the kernel runs it
