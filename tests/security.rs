@@ -134,47 +134,27 @@ async fn forged_peer_traffic_changes_and_stops_nothing() {
     )
     .await;
     assert!(refused.is_err(), "accepted without a certificate");
-    // A client's certificate names no member.
-    let refused = send_as(
-        &cluster,
-        certs.path(),
-        Some("client-ops"),
-        follower,
-        leader,
-        term,
-        Some(leader_identity.clone()),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    // Another member's certificate, claiming to be the leader.
+    // Refused, each with PERMISSION_DENIED: a client's certificate (it
+    // names no member); another member's certificate claiming to be the
+    // leader; the leader's key stolen but not its data dir, so without its
+    // identity or with another data dir's.
     let as_other = format!("member-{other}");
-    let refused = send_as(
-        &cluster,
-        certs.path(),
-        Some(&as_other),
-        follower,
-        leader,
-        term,
-        Some(leader_identity.clone()),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    // The leader's key stolen, but not its data dir: without its identity,
-    // or with another data dir's, the batch is refused.
     let as_leader = format!("member-{leader}");
-    for sender in [
-        None,
-        Some(Sender {
-            incarnation: leader_identity.incarnation ^ 1,
-            ..leader_identity.clone()
-        }),
-    ] {
+    let wiped = Sender {
+        incarnation: leader_identity.incarnation ^ 1,
+        ..leader_identity.clone()
+    };
+    let forgeries = [
+        ("client-ops", Some(leader_identity.clone())),
+        (as_other.as_str(), Some(leader_identity.clone())),
+        (as_leader.as_str(), None),
+        (as_leader.as_str(), Some(wiped)),
+    ];
+    for (who, sender) in forgeries {
         let refused = send_as(
             &cluster,
             certs.path(),
-            Some(&as_leader),
+            Some(who),
             follower,
             leader,
             term,
@@ -182,7 +162,11 @@ async fn forged_peer_traffic_changes_and_stops_nothing() {
         )
         .await
         .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::PermissionDenied,
+            "{who}: {refused:?}"
+        );
     }
     // The leader's key and identity both (a member turned bad): the
     // heartbeat reaches the node and is refused before raft.

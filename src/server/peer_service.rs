@@ -35,6 +35,9 @@ pub struct PeerService {
     identity: Arc<Identity>,
     /// Takes in each batch's clock reading (see `replica::clock`).
     clocks: SharedClocks,
+    /// `stockraft_peer_clock_offset_ms` per member, registered once each
+    /// (not looked up by a freshly formatted label on every batch).
+    offset_gauges: std::sync::Mutex<std::collections::BTreeMap<u64, metrics::Gauge>>,
 }
 
 /// How long a snapshot may take to arrive: each part, and the whole.
@@ -118,6 +121,7 @@ impl PeerService {
             limits: ReceiveLimits::SERVER,
             identity,
             clocks,
+            offset_gauges: std::sync::Mutex::default(),
         }
     }
 
@@ -135,12 +139,21 @@ impl PeerService {
             echo_ms: reading.echo_ms,
             held_ms: reading.held_ms,
         };
-        let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
-        clocks.observe(from, &reading, now_ms);
-        if let Some(sample) = clocks.sample(from) {
-            metrics::gauge!("stockraft_peer_clock_offset_ms", "peer" => from.to_string())
-                .set(sample.offset_ms as f64);
-        }
+        let sample = {
+            let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+            clocks.observe(from, &reading, now_ms);
+            clocks.sample(from)
+        };
+        let Some(sample) = sample else {
+            return;
+        };
+        let mut gauges = self.offset_gauges.lock().unwrap_or_else(|p| p.into_inner());
+        gauges
+            .entry(from)
+            .or_insert_with(
+                || metrics::gauge!("stockraft_peer_clock_offset_ms", "peer" => from.to_string()),
+            )
+            .set(sample.offset_ms as f64);
     }
 
     /// Checks who the sender says it is (see `server::identity`).
