@@ -47,23 +47,41 @@ async fn short_snapshot(addr: &str) -> tonic::Status {
         .expect_err("a short snapshot is refused")
 }
 
+/// A snapshot stream that sends its first part and then nothing, its
+/// sender held open by the caller: it holds the receiving slot, if it got
+/// it, until the sender is dropped.
+async fn open_stalled_snapshot(
+    addr: &str,
+) -> (
+    mpsc::Sender<pb::SnapshotPart>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::PeerAck>, tonic::Status>>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(first_part(10)).await.unwrap();
+    let mut client = PeerClient::connect(format!("http://{addr}")).await.unwrap();
+    let call = tokio::spawn(async move { client.send_snapshot(ReceiverStream::new(rx)).await });
+    (tx, call)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_receives_one_snapshot_at_a_time_and_frees_the_slot() {
     let mut server = Server::start(&[]);
     server.wait_ready().await.unwrap();
 
     // Stream A: its first part, then nothing; its sender is held open.
-    let (a_tx, a_rx) = mpsc::channel(4);
-    a_tx.send(first_part(10)).await.unwrap();
-    let mut a_client = PeerClient::connect(format!("http://{}", server.addr))
-        .await
-        .unwrap();
-    let a = tokio::spawn(async move { a_client.send_snapshot(ReceiverStream::new(a_rx)).await });
+    let (mut a_tx, mut a) = open_stalled_snapshot(&server.addr).await;
 
     // Until A's handler holds the slot, another stream is received and
     // refused as short; once it does, another is told to come back later.
+    // A probe may hold the slot at the moment A arrives, and A is then the
+    // one told to come back later: it is opened again, as a leader would.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        if a.is_finished() {
+            let a_status = a.await.unwrap().expect_err("A is refused");
+            assert_eq!(a_status.code(), Code::Unavailable, "{a_status:?}");
+            (a_tx, a) = open_stalled_snapshot(&server.addr).await;
+        }
         let status = short_snapshot(&server.addr).await;
         if status.code() == Code::Unavailable {
             assert!(
