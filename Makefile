@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 help:
 	@echo "make run    build and start a one-node server on 127.0.0.1:50051 (data in ./stockraft-data)"
 	@echo "make test   formatting, lints and every test"
-	@echo "make bench  criterion benchmarks"
+	@echo "make bench  criterion benchmarks (bench/compare.sh: the table in BENCHMARKS.md)"
 	@echo "make fuzz   every fuzz target for FUZZ_SECONDS (600) each; see fuzz/README.md"
 
 # Debian packages the build needs, installed only when missing.
@@ -37,7 +37,7 @@ fmt:
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --all-features -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 test: lint
 	$(CARGO) test --all-targets --all-features

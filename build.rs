@@ -5,8 +5,8 @@
 //! the public API (`stockraft.v1`, whose descriptors reflection serves),
 //! the internal formats (`stockraft.internal.v1`: log, snapshots, peers;
 //! never advertised), raft-rs's wire format described again for prost
-//! (`stockraft.internal.raft.v1`), and the benchmark-only ceiling service
-//! (`stockraft.bench.v1`), compiled only with the `bench` feature.
+//! (`stockraft.internal.raft.v1`). The benchmark-only ceiling service has
+//! its own build, in bench/.
 
 use std::path::PathBuf;
 
@@ -38,10 +38,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .compile_protos(&["proto/stockraft/internal/raft/v1/wire.proto"], &["proto"])?;
-    if std::env::var_os("CARGO_FEATURE_BENCH").is_some() {
-        tonic_prost_build::configure()
-            .compile_protos(&["proto/stockraft/bench/v1/ceiling.proto"], &["proto"])?;
-    }
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

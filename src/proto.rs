@@ -20,14 +20,6 @@ pub mod raft_wire {
     tonic::include_proto!("stockraft.internal.raft.v1");
 }
 
-/// The transport-ceiling bench service (benches/compare.sh), package
-/// `stockraft.bench.v1`: only in builds with the `bench` feature.
-#[cfg(feature = "bench")]
-pub mod bench {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("stockraft.bench.v1");
-}
-
 /// The public API's descriptors, served by gRPC reflection so grpcurl,
 /// grpcui and Postman work without the .proto files. The internal
 /// services are left out: they are for members only.

@@ -126,7 +126,7 @@ async fn a_mixed_run_reports_and_verifies() {
     assert!(page.contains("<svg") && page.contains("Calls completed per second"));
 }
 
-/// The `reserve` workload (the unit of benches/compare.sh) over the Stream
+/// The `reserve` workload (the unit of bench/compare.sh) over the Stream
 /// call with several operations in flight per stream.
 #[tokio::test]
 async fn reserve_over_streams_seeds_reserves_and_verifies() {

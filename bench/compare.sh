@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side reservation throughput on this machine, in one run:
-#   - the transport's ceiling: a trivial tonic service (examples/ceiling.rs),
+#   - the transport's ceiling: a trivial tonic service (bench/src/bin/ceiling.rs),
 #     and the same service made durable (each call synced before its
 #     answer, group-committed): the floor of durability on this machine;
 #   - Redis with a Lua reserve script, appendonly (fsync every second, and
@@ -14,7 +14,7 @@
 # Every operation is a reservation of 1 unit. Prints one table with the
 # targets of issue "Peak-planning load harness and throughput".
 #
-#   benches/compare.sh [SECONDS]      (default 10 s per measurement)
+#   bench/compare.sh [SECONDS]      (default 10 s per measurement)
 #
 # Installs redis-server and postgresql from Debian when missing. Servers
 # listen on loopback only and are stopped at the end.
@@ -43,7 +43,8 @@ pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
 
 echo "building (release)..." >&2
 make -s deps >&2
-cargo build -q --release --features bench --bin stockraft --example ceiling
+cargo build -q --release --bin stockraft
+cargo build -q --release -p stockraft-bench --bin ceiling
 target="${CARGO_TARGET_DIR:-target}/release"
 sr="$target/stockraft"
 
@@ -51,16 +52,16 @@ declare -A R
 say() { printf '  %-58s %s\n' "$1" "$2" >&2; }
 
 # --- transport ceiling -------------------------------------------------------
-"$target/examples/ceiling" serve 127.0.0.1:26090 & pids+=($!)
+"$target/ceiling" serve 127.0.0.1:26090 & pids+=($!)
 sleep 1
-R[ceil_unary]=$("$target/examples/ceiling" unary 127.0.0.1:26090 64 "$secs" | awk '{print $2}')
+R[ceil_unary]=$("$target/ceiling" unary 127.0.0.1:26090 64 "$secs" | awk '{print $2}')
 say "tonic ceiling, unary, 64 clients" "${R[ceil_unary]}"
-R[ceil_stream]=$("$target/examples/ceiling" stream 127.0.0.1:26090 16 16 "$secs" | awk '{print $2}')
+R[ceil_stream]=$("$target/ceiling" stream 127.0.0.1:26090 16 16 "$secs" | awk '{print $2}')
 say "tonic ceiling, streams, 16 x 16 in flight" "${R[ceil_stream]}"
 # The transport's own p99 at half of its own peak, open loop as stockraft's
 # p99 run below: what the "p99 at half of peak" target is up against here.
 ceil_half=$(( ${R[ceil_unary]%.*} / 2 ))
-read -r _ _ _ _ _ R[ceil_p99_half] _ _ _ ceil_failed < <("$target/examples/ceiling" rate 127.0.0.1:26090 64 "$ceil_half" "$secs")
+read -r _ _ _ _ _ R[ceil_p99_half] _ _ _ ceil_failed < <("$target/ceiling" rate 127.0.0.1:26090 64 "$ceil_half" "$secs")
 if [ "${ceil_failed:-1}" != 0 ]; then echo "the ceiling's open-loop run had failed calls: ${ceil_failed:-no answer}" >&2; exit 1; fi
 say "tonic ceiling, unary, open loop at $ceil_half/s: p99 ms" "${R[ceil_p99_half]}"
 kill "${pids[-1]}"; unset 'pids[-1]'
@@ -69,18 +70,18 @@ kill "${pids[-1]}"; unset 'pids[-1]'
 # syncs before it answers gets here with this transport and nothing else,
 # so the table can tell the cost of durability itself from stockraft's own.
 mkdir -p "$work/durable"
-"$target/examples/ceiling" serve-durable 127.0.0.1:26091 "$work/durable" & pids+=($!)
+"$target/ceiling" serve-durable 127.0.0.1:26091 "$work/durable" & pids+=($!)
 sleep 1
-R[dur_unary]=$("$target/examples/ceiling" unary 127.0.0.1:26091 64 "$secs" | awk '{print $2}')
+R[dur_unary]=$("$target/ceiling" unary 127.0.0.1:26091 64 "$secs" | awk '{print $2}')
 say "durable trivial service, unary, 64 clients" "${R[dur_unary]}"
-R[dur_stream64]=$("$target/examples/ceiling" stream 127.0.0.1:26091 64 16 "$secs" | awk '{print $2}')
+R[dur_stream64]=$("$target/ceiling" stream 127.0.0.1:26091 64 16 "$secs" | awk '{print $2}')
 say "durable trivial service, streams, 64 x 16 in flight" "${R[dur_stream64]}"
 kill "${pids[-1]}"; unset 'pids[-1]'
 rm -rf "$work/durable"
 # How steady the CPU is with nothing else running: a fixed slice of
 # arithmetic, its p1 / p50 / p99 / max in ms (close together on a machine
 # of its own, spread on a shared host).
-R[probe]=$("$target/examples/ceiling" probe 5 | awk '{print $3 " / " $5 " / " $7 " / " $9}')
+R[probe]=$("$target/ceiling" probe 5 | awk '{print $3 " / " $5 " / " $7 " / " $9}')
 say "CPU probe, fixed slice p1 / p50 / p99 / max (ms)" "${R[probe]}"
 
 # --- Redis ---------------------------------------------------------------------

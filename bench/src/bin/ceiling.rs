@@ -1,4 +1,4 @@
-//! The transport's ceiling on this machine, for benches/compare.sh: a
+//! The transport's ceiling on this machine, for bench/compare.sh: a
 //! trivial tonic service (increment a map entry, answer) and a tonic client
 //! driving it, unary or over bidirectional streams.
 //!
@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use stockraft::proto::bench::ceiling_client::CeilingClient;
-use stockraft::proto::bench::ceiling_server::{Ceiling, CeilingServer};
-use stockraft::proto::bench::{BumpReply, BumpRequest};
+use stockraft_bench::proto::ceiling_client::CeilingClient;
+use stockraft_bench::proto::ceiling_server::{Ceiling, CeilingServer};
+use stockraft_bench::proto::{BumpReply, BumpRequest};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 

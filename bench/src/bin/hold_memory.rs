@@ -5,7 +5,7 @@
 //! memory a peak of open carts takes on each node, before the log and
 //! RocksDB's share.
 //!
-//! Run: `cargo run --release --example hold_memory -- [HOLDS] [LINES]`
+//! Run: `cargo run --release -p stockraft-bench --bin hold_memory -- [HOLDS] [LINES]`
 //! (default 2,000,000 holds of 1 line each, over 100,000 SKUs). Figures are
 //! process RSS read from /proc/self/status, so they include the allocator's
 //! own overhead.
@@ -24,21 +24,6 @@ const SKUS: usize = 100_000;
 /// Commands per applied batch, about what group commit makes under a
 /// streaming load (16 clients x 16 in flight).
 const BATCH_COMMANDS: usize = 256;
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    for line in status.lines() {
-        if let Some(rest) = line.strip_prefix("VmRSS:") {
-            return rest
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .unwrap_or(0);
-        }
-    }
-    0
-}
 
 fn apply(inventory: &mut Inventory, index: &mut u64, commands: Vec<Command>) -> Vec<Applied> {
     *index += 1;
@@ -78,7 +63,7 @@ fn main() {
         apply(&mut inventory, &mut index, chunk.to_vec());
     }
     drop(seed);
-    let before_kib = rss_kib();
+    let before_kib = stockraft_bench::rss_kib();
     let mut apply_ns = 0u128;
     let mut made = 0usize;
     while made < holds {
@@ -110,7 +95,7 @@ fn main() {
             );
         }
     }
-    let after_kib = rss_kib();
+    let after_kib = stockraft_bench::rss_kib();
     assert_eq!(inventory.open_count(), holds, "every hold is open");
     let bytes_per_hold = (after_kib.saturating_sub(before_kib) * 1024) as f64 / holds as f64;
     println!(

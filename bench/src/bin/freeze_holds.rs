@@ -8,7 +8,7 @@
 //!   image is alive (a write may first copy what the image shares);
 //! - the same batches with no image alive, for comparison.
 //!
-//! Run: `cargo run --release --example freeze_holds -- [RESERVATIONS]`
+//! Run: `cargo run --release -p stockraft-bench --bin freeze_holds -- [RESERVATIONS]`
 //! (default 2,000,000).
 
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! each retained transaction id adds, and how long a snapshot takes to write
 //! and to load back.
 //!
-//! Run: `cargo run --release --example big_state -- [SKUS] [NODES_PER_SKU]`
+//! Run: `cargo run --release -p stockraft-bench --bin big_state -- [SKUS] [NODES_PER_SKU]`
 //! (default 1,000,000 x 10). Figures are process RSS read from
 //! /proc/self/status, so they include the allocator's own overhead.
 
@@ -19,20 +19,9 @@ use stockraft::inventory::{snapshot, Applied, Batch, Command, Inventory};
 /// Commands per applied batch, about what group commit makes under load.
 const BATCH_COMMANDS: usize = 4_096;
 
+/// Resident memory in MiB (see [`stockraft_bench::rss_kib`]).
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    for line in status.lines() {
-        if let Some(rest) = line.strip_prefix("VmRSS:") {
-            let kib: f64 = rest
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .unwrap_or(0.0);
-            return kib / 1024.0;
-        }
-    }
-    0.0
+    stockraft_bench::rss_kib() as f64 / 1024.0
 }
 
 fn apply_all(inventory: &mut Inventory, index: &mut u64, commands: Vec<Command>) {
