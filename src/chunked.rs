@@ -7,11 +7,9 @@
 //!
 //! A `Stream` session answers a group of writes at once, and the load
 //! harness sends a burst of calls after each burst of answers. Through a
-//! channel of single messages each one cost a send, a receive and the
-//! channel's bound (a semaphore) on both sides: about a tenth of the
-//! server's tokio workers' time, and of the harness's, in stop 25's
-//! profiles of a 64 x 16 Stream run (BENCHMARKS.md). Here that is once per
-//! chunk.
+//! channel of single messages each one costs a send, a receive and the
+//! channel's bound (a semaphore) on both sides, a visible share of the
+//! workers' time under a streaming load; here that is paid once per chunk.
 //!
 //! The bound, when there is one, still counts messages, not chunks: a
 //! sender waits while the stream holds `room` messages its reader has not

@@ -11,10 +11,11 @@
 //! Each module is one concept; the arrows show who calls whom.
 //!
 //! ```text
-//!  cli ──► client ──gRPC──► server ──► replica ──► inventory
-//!                             │           │
-//!                             │           └──► storage (RocksDB)
-//!                             └──► inventory (reads, no lock held by apply)
+//!  cli, load ──► client ──gRPC──► server ──► replica ──► inventory
+//!                                    │  │        │
+//!                                    │  │        └──► storage (RocksDB)
+//!                                    │  └──► inventory (reads, no lock held by apply)
+//!                                    └──► client (reaching other members)
 //! ```
 //!
 //! - [`inventory`]: the state machine. Counters, reservations, expiry and
@@ -25,11 +26,14 @@
 //!   Sans-IO: time and messages come in as arguments, messages go out as
 //!   return values.
 //! - [`storage`]: the RocksDB implementation of `LogStore` (and an in-memory
-//!   one for tests), with the write and fsync order written down.
+//!   one for tests); the write and fsync order they keep is described once,
+//!   in ARCHITECTURE.md.
 //! - [`server`]: the process around the core: the replication thread, the
 //!   tonic services (a thin adapter from protobuf to commands and from typed
 //!   errors to status codes), health, reflection, metrics and shutdown.
-//! - [`client`]: a typed client over the public API, used by the CLI and tests.
+//! - [`client`]: connections to a server: endpoints, TLS, channels with
+//!   deadlines, bearer tokens; used by the CLI, the load harness, the server
+//!   (to reach other members) and tests.
 //! - `cli` (in the binary, src/cli/): the `stockraft` command line.
 //! - [`load`]: `stockraft load`, the peak-planning load harness.
 //! - [`sim`]: the deterministic simulator and its checkers (replicas, disks,
@@ -37,7 +41,11 @@
 //! - [`limits`]: every bound, in one place.
 //! - [`chunked`]: a streaming call's messages handed over a group at a time
 //!   (the server's `Stream` answers, the harness's calls).
-//! - [`proto`]: generated protobuf code.
+//! - [`proto`]: generated protobuf code (the public API, the internal log,
+//!   snapshot and peer formats, raft-rs's wire format).
+//!
+//! Not in this crate: the benchmark tools (bench/, a crate of their own, so
+//! the server never links them) and the fuzz targets (fuzz/).
 //! - [`tls`]: TLS settings from files, and members named in certificates.
 //! - [`certs`]: `stockraft certs`, a CA and a cluster's certificates.
 
