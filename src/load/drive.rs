@@ -9,8 +9,8 @@
 //!   client, whose next call is sent at once. No future, channel, lock or
 //!   timer per call: the harness's own cost per operation is what a load
 //!   generator must keep small, as it shares the machine with the server
-//!   it measures (stop 25's measurements in BENCHMARKS.md's history). Calls time out by sweeps, as
-//!   [`super::conn::StreamConn`]'s do.
+//!   it measures. Calls time out by sweeps, as [`super::conn::StreamConn`]'s
+//!   do.
 //!
 //! Both end when the run does (Ctrl-C, `--duration` or `--ops`), once the
 //! operations begun are done; then each client retries its unknown calls.
@@ -25,8 +25,8 @@ use tonic::{Code, Status};
 
 use super::conn::{answer, sweeps_to_expire, Conn, SWEEP_INTERVAL};
 use super::flow::{is_unavailable, Answer, Client, Flow, Tally, Unknown};
+use super::leader::LeaderRoute;
 use super::stats::Stats;
-use super::LeaderRoute;
 use crate::chunked::{chunked, ready_now, ChunkSender};
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;

@@ -21,9 +21,10 @@ use rand::Rng;
 use smallvec::SmallVec;
 use tonic::{Code, Status};
 
+use super::ledger::{Ledger, Place};
 use super::stats::Stats;
 use super::workload::{hot_sku_name, node_name, sku_name, Chooser, Workload, HOT_NODE};
-use super::{code_name, outcome_name, Ledger, Place};
+use super::{code_name, outcome_name};
 use crate::proto::v1 as pb;
 use pb::stream_request::Op;
 use pb::stream_response::Result as R;
