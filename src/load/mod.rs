@@ -11,7 +11,7 @@
 //!    come) or open loop at `--rate` (latency counted from the intended send
 //!    time, so a stall is not hidden by the clients slowing down), for
 //!    `--duration` or `--ops`. Each operation in flight is a client
-//!    (`flow.rs`: what to send, what the answer means); `drive.rs` carries
+//!    (`flow.rs`: what to send, what the answer means); `drive/` carries
 //!    their calls, unary or over one `Stream` call per connection. A
 //!    progress line shows elapsed time, ops/s, errors and p99. Ctrl-C stops
 //!    early and still reports.
@@ -33,7 +33,7 @@
 //! - `seed.rs`: every counter set to its starting stock.
 //! - `workload.rs`: the mix, and the SKUs and nodes chosen.
 //! - `flow.rs`: each client a state machine with no I/O.
-//! - `drive.rs`: the drivers that carry the clients' calls (unary, or one
+//! - `drive/`: the drivers that carry the clients' calls (unary, or one
 //!   `Stream` call per connection), and the retries of calls whose outcome
 //!   stayed unknown.
 //! - `ledger.rs`: what the clients were told, per counter.
