@@ -168,8 +168,6 @@ pub enum LoadError {
     Seed(String),
     #[error("{0}")]
     Config(String),
-    #[error("cannot write {path}: {error}")]
-    Write { path: String, error: std::io::Error },
 }
 
 /// The outcome of a run.

@@ -117,10 +117,6 @@ impl Stats {
         self.all.len()
     }
 
-    pub fn error_count(&self) -> u64 {
-        self.errors.values().sum()
-    }
-
     /// Every connection's Stats merged into one (a Stats whose lock a
     /// panicking worker poisoned is left out).
     pub(crate) fn merged(all: &[Arc<Mutex<Stats>>]) -> Stats {
