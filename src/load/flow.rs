@@ -13,7 +13,7 @@
 //! unary run and a streamed run of the same mix do the same thing.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +21,10 @@ use rand::Rng;
 use smallvec::SmallVec;
 use tonic::{Code, Status};
 
+use super::ledger::{AccountCell, Ledger, Place};
 use super::stats::Stats;
 use super::workload::{hot_sku_name, node_name, sku_name, Chooser, Workload, HOT_NODE};
-use super::{code_name, outcome_name, Ledger, Place};
+use super::{code_name, outcome_name};
 use crate::proto::v1 as pb;
 use pb::stream_request::Op;
 use pb::stream_response::Result as R;
@@ -210,103 +211,120 @@ impl Client {
     /// Begins the next business operation of the mix: its first call.
     pub fn begin(&mut self) -> (Flow, Op) {
         match self.chooser.workload(&mut self.rng) {
-            Workload::Checkout => {
-                let count = self.rng.random_range(1..=5);
-                let mut held = Held::new();
-                for _ in 0..count {
-                    let counter = self.spread();
-                    held.push((counter, self.rng.random_range(1..=2)));
-                }
-                let roll = self.rng.random_range(0..100);
-                let then = if roll < 70 {
-                    Then::Consume
-                } else if roll < 85 {
-                    Then::Release
-                } else {
-                    Then::Abandon
-                };
-                self.reserve(held, then)
-            }
+            Workload::Checkout => self.checkout(),
             Workload::Reserve => {
                 let counter = self.spread();
                 self.reserve(SmallVec::from_elem((counter, 1), 1), Then::Abandon)
             }
-            Workload::FlashSale => {
-                let hot = self.rng.random_range(0..self.chooser.hot_skus);
-                let roll = self.rng.random_range(0..100);
-                let then = if roll < 80 {
-                    Then::Consume
-                } else if roll < 90 {
-                    Then::Release
-                } else {
-                    Then::Abandon
-                };
-                self.reserve(SmallVec::from_elem((Counter::Hot(hot), 1), 1), then)
-            }
-            Workload::Pos => {
-                let sku = self.chooser.sku(&mut self.rng);
-                let node = self.chooser.node(&mut self.rng);
-                let request = pb::SellRequest {
-                    txn_id: self.id("s"),
-                    sku: sku_name(sku),
-                    node: node_name(node),
-                    qty: self.rng.random_range(1..=2),
-                };
-                let place = self.ledger.spread_account(sku, node);
-                (
-                    Flow::Sell {
-                        request: request.clone(),
-                        place,
-                    },
-                    Op::Sell(request),
-                )
-            }
-            Workload::Browse => {
-                let count = self.rng.random_range(1..=3);
-                let skus = (0..count)
-                    .map(|_| sku_name(self.chooser.sku(&mut self.rng)))
-                    .collect();
-                let local = self.rng.random_range(0..100) < 80;
-                let consistency = if local {
-                    pb::Consistency::Local
-                } else {
-                    pb::Consistency::Linearizable
-                };
-                (
-                    Flow::Browse { local },
-                    Op::GetAvailability(pb::GetAvailabilityRequest {
-                        skus,
-                        nodes: vec![],
-                        consistency: consistency as i32,
-                    }),
-                )
-            }
-            Workload::Restock => {
-                let sku = sku_name(self.chooser.sku(&mut self.rng));
-                let node = node_name(self.chooser.node(&mut self.rng));
-                if self.rng.random_range(0..100) < 90 {
-                    let request = pb::AdjustRequest {
-                        txn_id: self.id("a"),
-                        sku,
-                        node,
-                        delta: self.rng.random_range(1..=20),
-                        reason: pb::AdjustReason::Receive as i32,
-                    };
-                    return (
-                        Flow::Adjust {
-                            request: request.clone(),
-                        },
-                        Op::Adjust(request),
-                    );
-                }
-                let read = pb::GetAvailabilityRequest {
-                    skus: vec![sku.clone()],
-                    nodes: vec![node.clone()],
-                    consistency: pb::Consistency::Linearizable as i32,
-                };
-                (Flow::CountRead { sku, node }, Op::GetAvailability(read))
-            }
+            Workload::FlashSale => self.flash_sale(),
+            Workload::Pos => self.pos_sale(),
+            Workload::Browse => self.browse(),
+            Workload::Restock => self.restock(),
         }
+    }
+
+    /// A cart of one to five lines reserved, then mostly committed,
+    /// sometimes released, sometimes left to expire.
+    fn checkout(&mut self) -> (Flow, Op) {
+        let count = self.rng.random_range(1..=5);
+        let mut held = Held::new();
+        for _ in 0..count {
+            let counter = self.spread();
+            held.push((counter, self.rng.random_range(1..=2)));
+        }
+        let roll = self.rng.random_range(0..100);
+        let then = if roll < 70 {
+            Then::Consume
+        } else if roll < 85 {
+            Then::Release
+        } else {
+            Then::Abandon
+        };
+        self.reserve(held, then)
+    }
+
+    /// One unit of a flash-sale SKU reserved, then mostly committed.
+    fn flash_sale(&mut self) -> (Flow, Op) {
+        let hot = self.rng.random_range(0..self.chooser.hot_skus);
+        let roll = self.rng.random_range(0..100);
+        let then = if roll < 80 {
+            Then::Consume
+        } else if roll < 90 {
+            Then::Release
+        } else {
+            Then::Abandon
+        };
+        self.reserve(SmallVec::from_elem((Counter::Hot(hot), 1), 1), then)
+    }
+
+    /// A sale at a store's till: stock taken at once, no hold.
+    fn pos_sale(&mut self) -> (Flow, Op) {
+        let sku = self.chooser.sku(&mut self.rng);
+        let node = self.chooser.node(&mut self.rng);
+        let request = pb::SellRequest {
+            txn_id: self.id("s"),
+            sku: sku_name(sku),
+            node: node_name(node),
+            qty: self.rng.random_range(1..=2),
+        };
+        let place = self.ledger.spread_account(sku, node);
+        (
+            Flow::Sell {
+                request: request.clone(),
+                place,
+            },
+            Op::Sell(request),
+        )
+    }
+
+    /// A shopper's availability read of one to three SKUs, mostly local.
+    fn browse(&mut self) -> (Flow, Op) {
+        let count = self.rng.random_range(1..=3);
+        let skus = (0..count)
+            .map(|_| sku_name(self.chooser.sku(&mut self.rng)))
+            .collect();
+        let local = self.rng.random_range(0..100) < 80;
+        let consistency = if local {
+            pb::Consistency::Local
+        } else {
+            pb::Consistency::Linearizable
+        };
+        (
+            Flow::Browse { local },
+            Op::GetAvailability(pb::GetAvailabilityRequest {
+                skus,
+                nodes: vec![],
+                consistency: consistency as i32,
+            }),
+        )
+    }
+
+    /// Stock received (mostly), or a cycle count: a read of the level,
+    /// then a set of what was counted.
+    fn restock(&mut self) -> (Flow, Op) {
+        let sku = sku_name(self.chooser.sku(&mut self.rng));
+        let node = node_name(self.chooser.node(&mut self.rng));
+        if self.rng.random_range(0..100) < 90 {
+            let request = pb::AdjustRequest {
+                txn_id: self.id("a"),
+                sku,
+                node,
+                delta: self.rng.random_range(1..=20),
+                reason: pb::AdjustReason::Receive as i32,
+            };
+            return (
+                Flow::Adjust {
+                    request: request.clone(),
+                },
+                Op::Adjust(request),
+            );
+        }
+        let read = pb::GetAvailabilityRequest {
+            skus: vec![sku.clone()],
+            nodes: vec![node.clone()],
+            consistency: pb::Consistency::Linearizable as i32,
+        };
+        (Flow::CountRead { sku, node }, Op::GetAvailability(read))
     }
 
     fn reserve(&mut self, held: Held, then: Then) -> (Flow, Op) {
@@ -335,99 +353,58 @@ impl Client {
     ) -> Option<(Flow, Op)> {
         let call = flow.call();
         tally.calls.fetch_add(1, Ordering::Relaxed);
-        let answer = match answer {
-            Ok(r) => Ok(r),
+        let response = match answer {
+            Ok(response) => response,
             Err(status) => {
                 tally.errors.fetch_add(1, Ordering::Relaxed);
                 stats.record(call, latency, Err(code_name(&status)), second);
-                Err(status)
+                self.failed(flow);
+                return None;
             }
         };
         let record = |stats: &mut Stats, outcome: i32| {
             stats.record(call, latency, Ok(outcome_name(outcome)), second)
         };
-        match (flow, answer) {
-            (Flow::Reserve { id, held, then }, Ok(R::Reserve(r))) => {
+        match (flow, response) {
+            (Flow::Reserve { id, held, then }, R::Reserve(r)) => {
                 record(stats, r.outcome);
-                if r.outcome != pb::Outcome::Reserved as i32 {
-                    return None;
-                }
-                match then {
-                    Then::Consume => {
-                        let request = pb::CommitRequest {
-                            reservation_id: id.clone(),
-                        };
-                        Some((Flow::Consume { id, held }, Op::Commit(request)))
-                    }
-                    Then::Release => {
-                        let request = pb::ReleaseRequest {
-                            reservation_id: id.clone(),
-                        };
-                        Some((Flow::Release { id, held }, Op::Release(request)))
-                    }
-                    Then::Abandon => {
-                        for (counter, qty) in &held {
-                            self.ledger
-                                .add_at(counter.place(&self.ledger), |a| &a.held, *qty);
-                        }
-                        None
-                    }
-                }
+                self.after_reserve(r.outcome, id, held, then)
             }
-            (Flow::Consume { id: _, held }, Ok(R::Commit(r))) => {
+            (Flow::Consume { id: _, held }, R::Commit(r)) => {
                 record(stats, r.outcome);
                 if r.outcome == pb::Outcome::Committed as i32 {
-                    for (counter, qty) in &held {
-                        self.ledger
-                            .add_at(counter.place(&self.ledger), |a| &a.committed, *qty);
-                    }
+                    self.add_held(&held, |a| &a.committed);
                 }
                 None
             }
-            (Flow::Release { .. }, Ok(R::Release(r))) => {
+            (Flow::Release { .. }, R::Release(r)) => {
                 record(stats, r.outcome);
                 None
             }
-            (Flow::Sell { request, place }, Ok(R::Sell(r))) => {
+            (Flow::Sell { request, place }, R::Sell(r)) => {
                 record(stats, r.outcome);
                 self.ledger.add_at(place, |a| &a.sold, request.qty);
                 None
             }
-            (Flow::Browse { .. }, Ok(R::GetAvailability(_))) => {
+            (Flow::Browse { .. }, R::GetAvailability(_)) => {
                 stats.record(call, latency, Ok("OK"), second);
                 None
             }
-            (Flow::Adjust { request }, Ok(R::Adjust(r))) => {
+            (Flow::Adjust { request }, R::Adjust(r)) => {
                 record(stats, r.outcome);
                 self.ledger
                     .add(&request.sku, &request.node, |a| &a.received, request.delta);
                 None
             }
-            (Flow::CountRead { sku, node }, Ok(R::GetAvailability(r))) => {
+            (Flow::CountRead { sku, node }, R::GetAvailability(r)) => {
                 stats.record(call, latency, Ok("OK"), second);
-                let current = r
-                    .skus
-                    .first()
-                    .and_then(|s| s.nodes.first())
-                    .map(|n| n.on_hand)?;
-                let request = pb::SetOnHandRequest {
-                    txn_id: self.id("c"),
-                    on_hand: current.max(0) + self.rng.random_range(0..=5),
-                    expected_on_hand: Some(current),
-                    sku,
-                    node,
-                };
-                // Set before the call: should its outcome stay unknown,
-                // on_hand is still not checked against the ledger.
-                self.ledger
-                    .flag(&request.sku, &request.node, |a| &a.absolute);
-                Some((Flow::CountSet, Op::SetOnHand(request)))
+                self.count_set(sku, node, &r)
             }
-            (Flow::CountSet, Ok(R::SetOnHand(r))) => {
+            (Flow::CountSet, R::SetOnHand(r)) => {
                 record(stats, r.outcome);
                 None
             }
-            (flow, Ok(_)) => {
+            (flow, _) => {
                 // Another operation's answer: a server bug. Its outcome is
                 // as unknown as a timeout's.
                 tally.errors.fetch_add(1, Ordering::Relaxed);
@@ -436,11 +413,76 @@ impl Client {
                 self.failed(flow);
                 None
             }
-            (flow, Err(_)) => {
-                self.failed(flow);
+        }
+    }
+
+    /// A reserve answered with `outcome`: once reserved, the hold is
+    /// committed or released by the next call, or left open to expire (and
+    /// counted as held).
+    fn after_reserve(
+        &mut self,
+        outcome: i32,
+        id: String,
+        held: Held,
+        then: Then,
+    ) -> Option<(Flow, Op)> {
+        if outcome != pb::Outcome::Reserved as i32 {
+            return None;
+        }
+        match then {
+            Then::Consume => {
+                let request = pb::CommitRequest {
+                    reservation_id: id.clone(),
+                };
+                Some((Flow::Consume { id, held }, Op::Commit(request)))
+            }
+            Then::Release => {
+                let request = pb::ReleaseRequest {
+                    reservation_id: id.clone(),
+                };
+                Some((Flow::Release { id, held }, Op::Release(request)))
+            }
+            Then::Abandon => {
+                self.add_held(&held, |a| &a.held);
                 None
             }
         }
+    }
+
+    /// Adds a reservation's quantities to the `field` of each counter.
+    fn add_held(&self, held: &Held, field: impl Fn(&AccountCell) -> &AtomicI64) {
+        for (counter, qty) in held {
+            self.ledger
+                .add_at(counter.place(&self.ledger), &field, *qty);
+        }
+    }
+
+    /// A cycle count's set after its read `r` of `sku` at `node`: the
+    /// level counted is what was there plus a few units found. None when
+    /// the read named no level.
+    fn count_set(
+        &mut self,
+        sku: String,
+        node: String,
+        r: &pb::GetAvailabilityResponse,
+    ) -> Option<(Flow, Op)> {
+        let current = r
+            .skus
+            .first()
+            .and_then(|s| s.nodes.first())
+            .map(|n| n.on_hand)?;
+        let request = pb::SetOnHandRequest {
+            txn_id: self.id("c"),
+            on_hand: current.max(0) + self.rng.random_range(0..=5),
+            expected_on_hand: Some(current),
+            sku,
+            node,
+        };
+        // Set before the call: should its outcome stay unknown, on_hand is
+        // still not checked against the ledger.
+        self.ledger
+            .flag(&request.sku, &request.node, |a| &a.absolute);
+        Some((Flow::CountSet, Op::SetOnHand(request)))
     }
 
     /// A call of `flow` got no answer it could use: unless it was a read,

@@ -25,6 +25,15 @@ fn calls_table(outcome: &Outcome) -> Vec<(String, Percentiles)> {
 /// The text report.
 pub fn text(outcome: &Outcome) -> String {
     let mut out = String::new();
+    write_run(&mut out, outcome);
+    write_calls(&mut out, outcome);
+    write_outcomes(&mut out, outcome);
+    write_verification(&mut out, outcome.verification.as_ref());
+    out
+}
+
+/// The run's shape: its length, clients, loop, mix and servers.
+fn write_run(out: &mut String, outcome: &Outcome) {
     let c = &outcome.config;
     let _ = writeln!(
         out,
@@ -61,6 +70,10 @@ pub fn text(outcome: &Outcome) -> String {
             outcome.leader_moves
         );
     }
+}
+
+/// Latency percentiles and throughput, per call and over all calls.
+fn write_calls(out: &mut String, outcome: &Outcome) {
     let _ = writeln!(
         out,
         "\n{:<26} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -73,6 +86,10 @@ pub fn text(outcome: &Outcome) -> String {
             call, p.count, p.per_second, p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms
         );
     }
+}
+
+/// The outcomes other than OK, per call, and the errors by status code.
+fn write_outcomes(out: &mut String, outcome: &Outcome) {
     let _ = writeln!(out, "\noutcomes:");
     for ((call, outcome_name), n) in &outcome.stats.outcomes {
         if *outcome_name == "OK" {
@@ -88,7 +105,11 @@ pub fn text(outcome: &Outcome) -> String {
             let _ = writeln!(out, "  {code:<24} {n}");
         }
     }
-    match &outcome.verification {
+}
+
+/// The verification's verdict and what it found wrong.
+fn write_verification(out: &mut String, verification: Option<&Verification>) {
+    match verification {
         None => {
             let _ = writeln!(out, "\nverification: skipped (--no-verify)");
         }
@@ -127,7 +148,6 @@ pub fn text(outcome: &Outcome) -> String {
             }
         }
     }
-    out
 }
 
 /// The JSON report.

@@ -2,6 +2,7 @@
 //! errors by status code, and throughput per second.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -116,8 +117,16 @@ impl Stats {
         self.all.len()
     }
 
-    pub fn error_count(&self) -> u64 {
-        self.errors.values().sum()
+    /// Every connection's Stats merged into one (a Stats whose lock a
+    /// panicking worker poisoned is left out).
+    pub(crate) fn merged(all: &[Arc<Mutex<Stats>>]) -> Stats {
+        let mut merged = Stats::default();
+        for s in all {
+            if let Ok(s) = s.lock() {
+                merged.merge(&s);
+            }
+        }
+        merged
     }
 }
 

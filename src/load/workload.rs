@@ -115,17 +115,17 @@ pub fn parse_mix(text: &str) -> Result<Vec<(Workload, u32)>, String> {
 
 /// Picks workloads by weight and SKUs by popularity.
 #[derive(Debug, Clone)]
-pub struct Chooser {
+pub(crate) struct Chooser {
     mix: Vec<(Workload, u32)>,
     total: u32,
     zipf: Zipf<f64>,
-    pub skus: usize,
-    pub nodes: usize,
-    pub hot_skus: usize,
+    pub(crate) skus: usize,
+    pub(crate) nodes: usize,
+    pub(crate) hot_skus: usize,
 }
 
 impl Chooser {
-    pub fn new(
+    pub(crate) fn new(
         mix: Vec<(Workload, u32)>,
         skus: usize,
         nodes: usize,
@@ -145,7 +145,7 @@ impl Chooser {
         })
     }
 
-    pub fn workload(&self, rng: &mut impl Rng) -> Workload {
+    pub(crate) fn workload(&self, rng: &mut impl Rng) -> Workload {
         let mut pick = rng.random_range(0..self.total);
         for (w, weight) in &self.mix {
             if pick < *weight {
@@ -157,25 +157,25 @@ impl Chooser {
     }
 
     /// A SKU index, the most popular first (Zipf ranks start at 1).
-    pub fn sku(&self, rng: &mut impl Rng) -> usize {
+    pub(crate) fn sku(&self, rng: &mut impl Rng) -> usize {
         let rank = self.zipf.sample(rng) as usize;
         rank.clamp(1, self.skus) - 1
     }
 
-    pub fn node(&self, rng: &mut impl Rng) -> usize {
+    pub(crate) fn node(&self, rng: &mut impl Rng) -> usize {
         rng.random_range(0..self.nodes)
     }
 }
 
-pub fn sku_name(i: usize) -> String {
+pub(crate) fn sku_name(i: usize) -> String {
     numbered("SKU-", i, 6)
 }
 
-pub fn node_name(i: usize) -> String {
+pub(crate) fn node_name(i: usize) -> String {
     numbered("node-", i, 3)
 }
 
-pub fn hot_sku_name(i: usize) -> String {
+pub(crate) fn hot_sku_name(i: usize) -> String {
     numbered("FLASH-", i, 2)
 }
 
@@ -207,7 +207,7 @@ fn numbered(prefix: &str, i: usize, width: usize) -> String {
 }
 
 /// The node flash-sale stock sits at.
-pub const HOT_NODE: &str = "online";
+pub(crate) const HOT_NODE: &str = "online";
 
 #[cfg(test)]
 mod tests {
