@@ -9,7 +9,7 @@ use cli::{Cli, Command};
 
 /// mimalloc instead of glibc's allocator: the server allocates and frees
 /// small objects on every call (gRPC frames, commands, answers) and by the
-/// million when it loads a snapshot; measured in BENCHMARKS.md.
+/// million when it loads a snapshot.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

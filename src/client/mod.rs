@@ -1,8 +1,12 @@
-//! A client of the public API, for the CLI, the load harness and tests.
+//! Connections to a stockraft server: endpoints (plaintext, or TLS when
+//! settings are given), channels with the timeouts an inventory server
+//! suits (a short connect timeout, a per-call deadline), and the bearer
+//! token every call carries.
 //!
-//! Wraps tonic's generated client with connection settings that suit an
-//! inventory server (short connect timeout, a per-call deadline) and the
-//! parsing of the CLI's `SKU@NODE:QTY` notation.
+//! Beneath everything that makes calls: the CLI and the load harness call
+//! the public API with it, the server reaches other members with it
+//! (forwarding writes to the leader, Raft traffic, joining, rebuilding),
+//! and tests call servers with it.
 
 use std::time::Duration;
 
@@ -11,6 +15,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::v1::inventory_client::InventoryClient;
 
+/// Why a connection could not be set up.
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("{0:?} is not a server address (expected HOST:PORT or http://HOST:PORT)")]
@@ -64,7 +69,7 @@ impl tonic::service::Interceptor for Bearer {
 pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// Turns `HOST:PORT` into the URI tonic wants.
-pub fn endpoint_uri(addr: &str) -> String {
+fn endpoint_uri(addr: &str) -> String {
     if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
@@ -124,63 +129,12 @@ pub async fn channel_with(
         })
 }
 
-/// A parsed `SKU@NODE:NUMBER` argument.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CounterArg {
-    pub sku: String,
-    pub node: String,
-    pub number: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{0:?} is not SKU@NODE:NUMBER (for example SKU-1@store-7:2)")]
-pub struct CounterArgError(pub String);
-
-/// Parses `SKU@NODE:NUMBER`. The SKU is everything before the last `@`, the
-/// node everything between it and the last `:`, so SKUs may contain `@`.
-pub fn parse_counter_arg(text: &str) -> Result<CounterArg, CounterArgError> {
-    let bad = || CounterArgError(text.to_string());
-    let (counter, number) = text.rsplit_once(':').ok_or_else(bad)?;
-    let (sku, node) = counter.rsplit_once('@').ok_or_else(bad)?;
-    if sku.is_empty() || node.is_empty() {
-        return Err(bad());
-    }
-    let number: i64 = number.trim().parse().map_err(|_| bad())?;
-    Ok(CounterArg {
-        sku: sku.to_string(),
-        node: node.to_string(),
-        number,
-    })
-}
-
-/// Parses `SKU@NODE` (no number).
-pub fn parse_counter(text: &str) -> Result<(String, String), CounterArgError> {
-    let bad = || CounterArgError(text.to_string());
-    let (sku, node) = text.rsplit_once('@').ok_or_else(bad)?;
-    if sku.is_empty() || node.is_empty() {
-        return Err(bad());
-    }
-    Ok((sku.to_string(), node.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn counter_args_parse() {
-        assert_eq!(
-            parse_counter_arg("SKU-1@store-7:2").unwrap(),
-            CounterArg {
-                sku: "SKU-1".into(),
-                node: "store-7".into(),
-                number: 2
-            }
-        );
-        assert_eq!(parse_counter_arg("a@b@dc:-3").unwrap().sku, "a@b");
-        assert!(parse_counter_arg("nosep").is_err());
-        assert!(parse_counter_arg("@n:1").is_err());
-        assert!(parse_counter_arg("s@n:x").is_err());
+    fn a_bare_address_becomes_an_http_uri() {
         assert_eq!(endpoint_uri("127.0.0.1:1"), "http://127.0.0.1:1");
     }
 }
