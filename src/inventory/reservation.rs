@@ -54,10 +54,9 @@ pub struct HeldLine {
 /// sale's unit) keeps it inside the reservation: one allocation a hold
 /// fewer, and no pointer to follow to check a retry or to return the
 /// stock. Longer ones go to the heap as a `Vec`'s would, and then the
-/// unused inline room costs them. Measured with `examples/hold_memory.rs`
-/// against a `Vec`: 322-323 to 289-290 bytes a one-line hold at two
-/// million, 392 to 409 a three-line hold at a million. The one-line case
-/// is the flash sale's, the peak this memory is sized for.
+/// unused inline room costs them a little. The one-line case is the flash
+/// sale's, the peak this memory is sized for (`examples/hold_memory.rs`
+/// measures a hold's size).
 pub type HeldLines = SmallVec<[HeldLine; 1]>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
