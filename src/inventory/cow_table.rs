@@ -111,7 +111,7 @@ impl Keys {
 
     /// Every name shares one key: tests that names, not hashes, are keys.
     #[cfg(test)]
-    pub fn colliding() -> Keys {
+    pub(crate) fn colliding() -> Keys {
         Keys {
             colliding: true,
             ..Keys::random()
@@ -162,7 +162,7 @@ impl<V: Named> CowTable<V> {
         CowTable::with_keys(Keys::random())
     }
 
-    pub fn with_keys(keys: Keys) -> CowTable<V> {
+    pub(crate) fn with_keys(keys: Keys) -> CowTable<V> {
         let hasher = FastHash::default();
         CowTable {
             small: RwLock::new(Arc::new(Bucket::with_hasher(hasher.clone()))),
@@ -397,7 +397,7 @@ impl<V: Named> CowTable<V> {
 
     /// Calls `visit` on every entry, a bucket at a time, in no particular
     /// order. It holds each bucket's read lock while visiting it.
-    pub fn for_each(&self, mut visit: impl FnMut(&Arc<V>)) {
+    pub(crate) fn for_each(&self, mut visit: impl FnMut(&Arc<V>)) {
         for lock in self.locks() {
             for v in read(lock).values() {
                 visit(v);

@@ -200,13 +200,13 @@ impl Inventory {
     }
 
     /// How many finished reservations and transaction ids are remembered.
-    pub fn retained_count(&self) -> usize {
+    pub(crate) fn retained_count(&self) -> usize {
         self.finished.len() + self.txns.len()
     }
 
     /// The earliest deadline of an open reservation, so the leader knows when
     /// to propose a tick that expires it.
-    pub fn next_expiry_ms(&self) -> Option<u64> {
+    pub(crate) fn next_expiry_ms(&self) -> Option<u64> {
         self.expiry.first().map(|t| t.at_ms)
     }
 
@@ -219,7 +219,7 @@ impl Inventory {
 
     /// Records that log entry `index` carried no batch (a leader's empty
     /// entry or a membership change) so the applied index stays exact.
-    pub fn apply_empty(&mut self, index: u64) {
+    pub(crate) fn apply_empty(&mut self, index: u64) {
         assert!(index > self.applied_index, "applied index went backwards");
         self.set_applied(index);
     }
@@ -235,7 +235,7 @@ impl Inventory {
     /// follower, every entry): the same changes as [`Inventory::apply_batch`],
     /// without gathering answers nobody reads (gathering them is a
     /// noticeable share of a follower's CPU).
-    pub fn apply_batch_unanswered(&mut self, index: u64, batch: &Batch) {
+    pub(crate) fn apply_batch_unanswered(&mut self, index: u64, batch: &Batch) {
         self.apply_batch_into(index, batch, drop);
     }
 

@@ -30,7 +30,7 @@ impl ReservationState {
         }
     }
 
-    pub fn from_code(code: i32) -> Option<ReservationState> {
+    pub(crate) fn from_code(code: i32) -> Option<ReservationState> {
         match code {
             1 => Some(ReservationState::Open),
             2 => Some(ReservationState::Consumed),
@@ -82,7 +82,7 @@ impl Named for Reservation {
 impl Reservation {
     /// True when `lines` and `ttl_ms` are the payload this reservation was
     /// made with: the test for a harmless retry versus a reused id.
-    pub fn same_payload(&self, lines: &[super::command::Line], ttl_ms: u64) -> bool {
+    pub(crate) fn same_payload(&self, lines: &[super::command::Line], ttl_ms: u64) -> bool {
         if self.ttl_ms != ttl_ms || self.lines.len() != lines.len() {
             return false;
         }

@@ -173,7 +173,7 @@ impl RetainedTxns {
     }
 
     /// When the oldest outcome finished.
-    pub fn oldest_at_ms(&self) -> Option<u64> {
+    pub(crate) fn oldest_at_ms(&self) -> Option<u64> {
         let block = self.blocks.front()?;
         block.get(self.head).map(|t| t.at_ms)
     }
@@ -228,7 +228,7 @@ impl RetainedTxns {
     }
 
     /// Forgets the oldest outcome.
-    pub fn pop_oldest(&mut self) -> Option<RetainedTxn> {
+    pub(crate) fn pop_oldest(&mut self) -> Option<RetainedTxn> {
         let block = self.blocks.front()?;
         let oldest = *block.get(self.head)?;
         let block_len = block.len();

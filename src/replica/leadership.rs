@@ -19,7 +19,7 @@ impl<S: LogStore> Replica<S> {
     /// those heard from within the last election timeout, the lowest id on
     /// a tie (so the choice is deterministic). None elsewhere, or when
     /// this is the only voter.
-    pub fn successor(&self) -> Option<u64> {
+    pub(crate) fn successor(&self) -> Option<u64> {
         if !self.is_leader() {
             return None;
         }
@@ -50,7 +50,7 @@ impl<S: LogStore> Replica<S> {
     /// None when this node does not lead or no other voter exists. The
     /// caller watches the leader change; raft-rs abandons a transfer that
     /// did not finish within an election timeout.
-    pub fn hand_over_leadership(&mut self) -> Option<u64> {
+    pub(crate) fn hand_over_leadership(&mut self) -> Option<u64> {
         let target = self.successor()?;
         self.transfer_leader(target);
         Some(target)
@@ -125,12 +125,12 @@ impl<S: LogStore> Replica<S> {
     /// longer ticks raft-rs, so it does not campaign for a group it is not
     /// in (pre-vote keeps such campaigns harmless, but each would cost its
     /// callers a wait for a leader it will never hear from).
-    pub fn note_removed(&mut self) {
+    pub(crate) fn note_removed(&mut self) {
         self.removed = true;
     }
 
     /// See [`ReplicaStatus::removed`](super::ReplicaStatus::removed).
-    pub fn is_removed(&self) -> bool {
+    pub(crate) fn is_removed(&self) -> bool {
         self.removed
     }
 
@@ -144,7 +144,12 @@ impl<S: LogStore> Replica<S> {
     /// (see [`clock`]), before each [`Self::tick`]: while it is not
     /// confirmed a leader stamps nothing, and one that is far from a
     /// majority, or unconfirmed for an election timeout, steps down.
-    pub fn check_clock(&mut self, clocks: &clock::PeerClocks, now_ms: u64, max_offset_ms: u64) {
+    pub(crate) fn check_clock(
+        &mut self,
+        clocks: &clock::PeerClocks,
+        now_ms: u64,
+        max_offset_ms: u64,
+    ) {
         let voters: Vec<u64> = self.raw.raft.prs().conf().voters().ids().iter().collect();
         self.clock = clocks.verdict(
             self.config.id,

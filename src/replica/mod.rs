@@ -101,9 +101,8 @@ use raft::{RawNode, SnapshotStatus, StateRole};
 
 pub use config::ReplicaConfig;
 pub use error::{Fatal, ProposeError, ReadError, StepError, Unanswered};
-pub use log_store::{
-    put_chunks, ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer,
-};
+pub(crate) use log_store::put_chunks;
+pub use log_store::{ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer};
 pub use logger::tracing_logger;
 pub use membership::{ClusterId, Members, MembershipChange};
 pub use output::{MembershipAnswer, Output};
@@ -266,7 +265,7 @@ impl<S: LogStore> Replica<S> {
         self.raw.store()
     }
 
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
 
@@ -318,12 +317,12 @@ impl<S: LogStore> Replica<S> {
     }
 
     /// The transport could not reach `peer`: raft-rs probes it again later.
-    pub fn report_unreachable(&mut self, peer: u64) {
+    pub(crate) fn report_unreachable(&mut self, peer: u64) {
         self.raw.report_unreachable(peer);
     }
 
     /// The transport finished (or failed) sending a snapshot to `peer`.
-    pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
+    pub(crate) fn report_snapshot(&mut self, peer: u64, delivered: bool) {
         let status = if delivered {
             SnapshotStatus::Finish
         } else {

@@ -91,7 +91,12 @@ impl<S: LogStore> Replica<S> {
 
     /// Proposes a membership change. Answered in [`Output::membership`] once
     /// it is applied. raft-rs allows one change in flight at a time.
-    pub fn propose_membership(&mut self, token: Token, change: MembershipChange, out: &mut Output) {
+    pub(crate) fn propose_membership(
+        &mut self,
+        token: Token,
+        change: MembershipChange,
+        out: &mut Output,
+    ) {
         if !self.is_leader() {
             out.membership.push((token, Err(self.not_leading())));
             return;

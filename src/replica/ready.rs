@@ -97,7 +97,7 @@ impl<S: LogStore> Replica<S> {
     /// Makes every write so far durable on the caller's thread and returns
     /// the number of the last Ready written, for [`Replica::persisted`]
     /// (the simulator and tests; the server syncs on a thread of its own).
-    pub fn sync_store(&mut self) -> Result<u64, Fatal> {
+    pub(crate) fn sync_store(&mut self) -> Result<u64, Fatal> {
         self.raw.mut_store().sync()?;
         Ok(self.written_number)
     }
@@ -106,7 +106,7 @@ impl<S: LogStore> Replica<S> {
     /// written (see [`Output::sync`]): its held messages go out, raft-rs
     /// learns the entries are durable (on a leader that may commit them),
     /// and what that made ready is handled at once.
-    pub fn persisted(&mut self, number: u64, out: &mut Output) -> Result<(), Fatal> {
+    pub(crate) fn persisted(&mut self, number: u64, out: &mut Output) -> Result<(), Fatal> {
         assert!(
             number <= self.written_number,
             "persisted({number}) beyond the last Ready written ({})",
@@ -128,7 +128,7 @@ impl<S: LogStore> Replica<S> {
     /// Readies written and waiting for a sync (with `persist_async`): the
     /// server proposes no new batch while two wait, so batches stay large
     /// while one sync runs and the next write waits for it.
-    pub fn unsynced_count(&self) -> usize {
+    pub(crate) fn unsynced_count(&self) -> usize {
         self.unsynced.len()
     }
 

@@ -120,7 +120,7 @@ impl<S: LogStore> Replica<S> {
     /// Takes a snapshot at the applied index and compacts the log behind
     /// it: freezes the state here, then either hands the rest to the caller
     /// (`snapshot_by_caller`) or does it now.
-    pub fn take_snapshot(&mut self, out: &mut Output) -> Result<(), Fatal> {
+    fn take_snapshot(&mut self, out: &mut Output) -> Result<(), Fatal> {
         let applied = self.inventory.applied_index();
         if applied <= self.snapshot_index || self.snapshot_pending.is_some() {
             return Ok(());
@@ -157,7 +157,7 @@ impl<S: LogStore> Replica<S> {
     /// writes its record, synced, and compacts the log behind it. A snapshot
     /// installed from the leader since it was frozen makes it stale: it is
     /// dropped.
-    pub fn snapshot_written(&mut self, written: WrittenSnapshot) -> Result<(), Fatal> {
+    pub(crate) fn snapshot_written(&mut self, written: WrittenSnapshot) -> Result<(), Fatal> {
         let index = written.index();
         assert_eq!(
             self.snapshot_pending,

@@ -150,14 +150,14 @@ impl RocksStore {
     }
 
     /// True when the store held no Raft state: a node that has never run.
-    pub fn is_fresh(&self) -> bool {
+    pub(crate) fn is_fresh(&self) -> bool {
         self.fresh
     }
 
     /// Writes the first state of a founding node of a new cluster, in one
     /// synced write: the membership entries, hard state, conf state and
     /// addresses.
-    pub fn bootstrap(&mut self, bootstrap: &Bootstrap) -> Result<(), StoreError> {
+    pub(crate) fn bootstrap(&mut self, bootstrap: &Bootstrap) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for entry in &bootstrap.entries {
             batch.put(log_key(entry.index), encode_pb(entry)?);
@@ -183,7 +183,7 @@ impl RocksStore {
     /// data was damaged) a hard state that keeps it from voting again in
     /// any term it might have voted in before. Its log, membership and
     /// state arrive from the leader.
-    pub fn bootstrap_joining(
+    pub(crate) fn bootstrap_joining(
         &mut self,
         members: &Members,
         cluster_id: Option<&ClusterId>,
