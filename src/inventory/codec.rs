@@ -303,7 +303,7 @@ pub fn decode_batch(data: &[u8]) -> Result<Batch, DecodeError> {
 
 /// Bytes a command adds to a batch's encoding, to keep batches under their
 /// byte limit. Computed from the command's fields; nothing is allocated.
-pub fn encoded_len(command: &Command) -> usize {
+pub(crate) fn encoded_len(command: &Command) -> usize {
     wire::message_len(4, command_len(command))
 }
 
@@ -312,7 +312,7 @@ pub fn encoded_len(command: &Command) -> usize {
 /// Stored in snapshots, so its definition must never change: xxh3-64 of the
 /// command's protobuf encoding (`stockraft.internal.v1.Command`), which is
 /// deterministic (the encoding above, byte for byte prost's).
-pub fn fingerprint(command: &Command) -> u64 {
+pub(crate) fn fingerprint(command: &Command) -> u64 {
     let mut buf = Vec::with_capacity(command_len(command));
     encode_command(command, &mut buf);
     xxhash_rust::xxh3::xxh3_64(&buf)

@@ -105,7 +105,7 @@ impl AdjustReason {
     }
 
     /// Parses the wire value; 0 (unspecified) and unknown values are refused.
-    pub fn from_code(code: i32) -> Result<AdjustReason, InvalidInput> {
+    pub(crate) fn from_code(code: i32) -> Result<AdjustReason, InvalidInput> {
         match code {
             1 => Ok(AdjustReason::Receive),
             2 => Ok(AdjustReason::ReturnRestock),
@@ -205,7 +205,7 @@ pub fn check_id(field: &'static str, id: &str) -> Result<(), InvalidInput> {
 }
 
 /// Checks a SKU or node name.
-pub fn check_name(field: &'static str, name: &str) -> Result<(), InvalidInput> {
+pub(crate) fn check_name(field: &'static str, name: &str) -> Result<(), InvalidInput> {
     check_bytes(field, name, NAME_BYTES_MAX)
 }
 
@@ -237,7 +237,11 @@ fn check_range(field: &'static str, value: i64, min: i64, max: i64) -> Result<()
 
 /// Resolves a requested TTL: 0 means `ttl_ms_default`; anything above
 /// `ttl_ms_max` (itself capped at [`TTL_MS_MAX`]) is refused.
-pub fn resolve_ttl(ttl_ms: u64, ttl_ms_default: u64, ttl_ms_max: u64) -> Result<u64, InvalidInput> {
+pub(crate) fn resolve_ttl(
+    ttl_ms: u64,
+    ttl_ms_default: u64,
+    ttl_ms_max: u64,
+) -> Result<u64, InvalidInput> {
     let max = ttl_ms_max.min(TTL_MS_MAX);
     let ttl = if ttl_ms == 0 { ttl_ms_default } else { ttl_ms };
     if ttl > max {
@@ -415,7 +419,7 @@ impl SetSafetyStock {
 }
 
 /// Validates the id of a commit, release or reservation read.
-pub fn reservation_ref(reservation_id: String) -> Result<String, InvalidInput> {
+pub(crate) fn reservation_ref(reservation_id: String) -> Result<String, InvalidInput> {
     check_id("reservation_id", &reservation_id)?;
     Ok(reservation_id)
 }

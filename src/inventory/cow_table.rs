@@ -73,9 +73,8 @@ type Lock<V> = RwLock<Arc<Bucket<V>>>;
 /// words.
 ///
 /// Not a `u128`: that is aligned to 16 bytes, so a bucket's slot (key and
-/// `Arc` pointer) would take 32 bytes where these take 24. Measured with
-/// `examples/hold_memory.rs`: 353-354 to 322-323 bytes a one-line hold at
-/// two million, 426 to 392 a three-line hold at a million.
+/// `Arc` pointer) would take 32 bytes where these take 24, in every bucket
+/// of both tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key([u64; 2]);
 
@@ -112,7 +111,7 @@ impl Keys {
 
     /// Every name shares one key: tests that names, not hashes, are keys.
     #[cfg(test)]
-    pub fn colliding() -> Keys {
+    pub(crate) fn colliding() -> Keys {
         Keys {
             colliding: true,
             ..Keys::random()
@@ -163,7 +162,7 @@ impl<V: Named> CowTable<V> {
         CowTable::with_keys(Keys::random())
     }
 
-    pub fn with_keys(keys: Keys) -> CowTable<V> {
+    pub(crate) fn with_keys(keys: Keys) -> CowTable<V> {
         let hasher = FastHash::default();
         CowTable {
             small: RwLock::new(Arc::new(Bucket::with_hasher(hasher.clone()))),
@@ -398,7 +397,7 @@ impl<V: Named> CowTable<V> {
 
     /// Calls `visit` on every entry, a bucket at a time, in no particular
     /// order. It holds each bucket's read lock while visiting it.
-    pub fn for_each(&self, mut visit: impl FnMut(&Arc<V>)) {
+    pub(crate) fn for_each(&self, mut visit: impl FnMut(&Arc<V>)) {
         for lock in self.locks() {
             for v in read(lock).values() {
                 visit(v);

@@ -30,7 +30,7 @@ impl ReservationState {
         }
     }
 
-    pub fn from_code(code: i32) -> Option<ReservationState> {
+    pub(crate) fn from_code(code: i32) -> Option<ReservationState> {
         match code {
             1 => Some(ReservationState::Open),
             2 => Some(ReservationState::Consumed),
@@ -54,10 +54,9 @@ pub struct HeldLine {
 /// sale's unit) keeps it inside the reservation: one allocation a hold
 /// fewer, and no pointer to follow to check a retry or to return the
 /// stock. Longer ones go to the heap as a `Vec`'s would, and then the
-/// unused inline room costs them. Measured with `examples/hold_memory.rs`
-/// against a `Vec`: 322-323 to 289-290 bytes a one-line hold at two
-/// million, 392 to 409 a three-line hold at a million. The one-line case
-/// is the flash sale's, the peak this memory is sized for.
+/// unused inline room costs them a little. The one-line case is the flash
+/// sale's, the peak this memory is sized for (`examples/hold_memory.rs`
+/// measures a hold's size).
 pub type HeldLines = SmallVec<[HeldLine; 1]>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +82,7 @@ impl Named for Reservation {
 impl Reservation {
     /// True when `lines` and `ttl_ms` are the payload this reservation was
     /// made with: the test for a harmless retry versus a reused id.
-    pub fn same_payload(&self, lines: &[super::command::Line], ttl_ms: u64) -> bool {
+    pub(crate) fn same_payload(&self, lines: &[super::command::Line], ttl_ms: u64) -> bool {
         if self.ttl_ms != ttl_ms || self.lines.len() != lines.len() {
             return false;
         }

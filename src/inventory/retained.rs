@@ -5,12 +5,12 @@
 //! Two needs shape the structure:
 //!
 //! - Memory. An outcome is 56 bytes; a B-tree of (time, key) beside a hash
-//!   map of key to outcome cost 148 bytes per id. Here the outcomes sit in
-//!   blocks in finish order (time only moves forward, so appending keeps the
-//!   order and the oldest is always at the front), and the index holds one
-//!   8-byte word per id (see [`RetainedTxns::index`]): about 80 bytes per id
-//!   in all, measured with the allocator's and the index's spare room
-//!   (BENCHMARKS.md).
+//!   map of key to outcome would cost nearly three times that per id. Here
+//!   the outcomes sit in blocks in finish order (time only moves forward, so
+//!   appending keeps the order and the oldest is always at the front), and
+//!   the index holds one 8-byte word per id (see [`RetainedTxns::index`]):
+//!   about 80 bytes per id in all, counting the allocator's and the index's
+//!   spare room.
 //! - Snapshots. The blocks are shared copy-on-write: a snapshot takes a
 //!   reference to each ([`RetainedTxns::freeze`]), a few thousand pointers
 //!   for ten million ids, and only the last, partly filled block is copied
@@ -173,7 +173,7 @@ impl RetainedTxns {
     }
 
     /// When the oldest outcome finished.
-    pub fn oldest_at_ms(&self) -> Option<u64> {
+    pub(crate) fn oldest_at_ms(&self) -> Option<u64> {
         let block = self.blocks.front()?;
         block.get(self.head).map(|t| t.at_ms)
     }
@@ -228,7 +228,7 @@ impl RetainedTxns {
     }
 
     /// Forgets the oldest outcome.
-    pub fn pop_oldest(&mut self) -> Option<RetainedTxn> {
+    pub(crate) fn pop_oldest(&mut self) -> Option<RetainedTxn> {
         let block = self.blocks.front()?;
         let oldest = *block.get(self.head)?;
         let block_len = block.len();

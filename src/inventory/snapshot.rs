@@ -81,7 +81,7 @@ pub struct Frozen {
 
 impl Frozen {
     /// Counters, reservations and transactions: the size of the image.
-    pub fn record_count(&self) -> usize {
+    pub(crate) fn record_count(&self) -> usize {
         let mut counters = 0;
         for sku in self.skus.iter() {
             counters += sku.nodes.len();
@@ -731,20 +731,20 @@ impl Rebuild {
 /// image joined into one buffer (for a Raft snapshot message), which
 /// [`put_chunk`] continues and [`split_bytes`] splits again. The buffer is
 /// built as the chunks are read, without the whole image in memory.
-pub fn put_header(header: &pb::SnapshotHeader, out: &mut Vec<u8>) {
+pub(crate) fn put_header(header: &pb::SnapshotHeader, out: &mut Vec<u8>) {
     // Writing to a Vec cannot fail.
     let _ = header.encode_length_delimited(out);
 }
 
 /// Appends one chunk to `out`, length-delimited (see [`put_header`]).
-pub fn put_chunk(chunk: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn put_chunk(chunk: &[u8], out: &mut Vec<u8>) {
     prost::encoding::encode_varint(chunk.len() as u64, out);
     out.extend_from_slice(chunk);
 }
 
 /// Bytes [`put_header`] and [`put_chunk`] add beyond the chunks
 /// themselves, at most: room to reserve up front for an exact fit.
-pub fn framing_bytes_max(header: &pb::SnapshotHeader, chunk_count: u64) -> u64 {
+pub(crate) fn framing_bytes_max(header: &pb::SnapshotHeader, chunk_count: u64) -> u64 {
     const VARINT_BYTES_MAX: u64 = 10;
     let header_bytes = header.encoded_len();
     let delimited = header_bytes + prost::length_delimiter_len(header_bytes);
@@ -756,7 +756,7 @@ pub fn framing_bytes_max(header: &pb::SnapshotHeader, chunk_count: u64) -> u64 {
 /// borrowed from `bytes`: a follower installing a snapshot of hundreds of
 /// megabytes rebuilds and stores it from the buffer it received, with no
 /// second copy of the image beside it.
-pub fn split_bytes(bytes: &[u8]) -> Result<(pb::SnapshotHeader, Vec<&[u8]>), SnapshotError> {
+pub(crate) fn split_bytes(bytes: &[u8]) -> Result<(pb::SnapshotHeader, Vec<&[u8]>), SnapshotError> {
     let mut rest = bytes;
     let header = pb::SnapshotHeader::decode_length_delimited(&mut rest)?;
     let mut chunks = Vec::new();

@@ -41,7 +41,7 @@ impl StockLevel {
     }
 
     /// True when the node has promised or kept back more than it holds.
-    pub fn is_short(&self) -> bool {
+    pub(crate) fn is_short(&self) -> bool {
         self.available() < 0
     }
 }
@@ -312,7 +312,7 @@ impl StockTable {
     }
 
     /// Calls `visit` for every counter, in no particular order.
-    pub fn for_each(&self, mut visit: impl FnMut(&str, &str, &StockLevel)) {
+    pub(crate) fn for_each(&self, mut visit: impl FnMut(&str, &str, &StockLevel)) {
         self.skus.for_each(|stock| {
             for n in stock.nodes.iter() {
                 visit(&stock.sku, &n.node, &n.level);

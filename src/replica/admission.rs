@@ -53,7 +53,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Refusal::NotAMember => "not_a_member",
             Refusal::NotFromPeers => "not_from_peers",
@@ -195,7 +195,7 @@ fn snapshot_ok(m: &Message) -> bool {
 /// some voter, no id 0, voters and learners apart, learners apart from
 /// the outgoing voters, the next learners among the outgoing voters and
 /// apart from the voters, `auto_leave` only in a joint configuration.
-pub fn conf_state_ok(cs: &ConfState) -> bool {
+pub(crate) fn conf_state_ok(cs: &ConfState) -> bool {
     let count = cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len();
     if count + cs.learners_next.len() > SNAPSHOT_MEMBERS_MAX {
         return false;

@@ -83,7 +83,7 @@ pub struct PeerClocks {
 
 impl PeerClocks {
     /// The reading to send to `peer` at `now_ms` (this member's clock).
-    pub fn reading_for(&self, peer: u64, now_ms: u64) -> ClockReading {
+    pub(crate) fn reading_for(&self, peer: u64, now_ms: u64) -> ClockReading {
         match self.echoes.get(&peer) {
             Some(echo) => ClockReading {
                 clock_ms: now_ms,
@@ -98,7 +98,7 @@ impl PeerClocks {
     }
 
     /// Takes in a reading `from` a peer, received at `now_ms`.
-    pub fn observe(&mut self, from: u64, reading: &ClockReading, now_ms: u64) {
+    pub(crate) fn observe(&mut self, from: u64, reading: &ClockReading, now_ms: u64) {
         self.echoes.insert(
             from,
             Echo {
@@ -117,7 +117,7 @@ impl PeerClocks {
     }
 
     /// Forgets a member removed from the group.
-    pub fn forget(&mut self, peer: u64) {
+    pub(crate) fn forget(&mut self, peer: u64) {
         self.echoes.remove(&peer);
         self.samples.remove(&peer);
     }
@@ -125,7 +125,7 @@ impl PeerClocks {
     /// Whether member `self_id`, leading `voters`, may stamp time at
     /// `now_ms`: samples older than `fresh_ms` (or from this member's
     /// future: its clock went back) count for nothing.
-    pub fn verdict(
+    pub(crate) fn verdict(
         &self,
         self_id: u64,
         voters: &[u64],

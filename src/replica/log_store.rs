@@ -64,7 +64,7 @@ impl SnapshotRecord {
     /// Refuses `chunks` that are not as many as this record names, before
     /// a store writes any of them: a record must name exactly the chunks
     /// stored under it, or a restart would stop at a missing one.
-    pub fn check_chunks(&self, chunks: &[&[u8]]) -> Result<(), StoreError> {
+    pub(crate) fn check_chunks(&self, chunks: &[&[u8]]) -> Result<(), StoreError> {
         if chunks.len() as u64 == self.chunk_count {
             return Ok(());
         }
@@ -96,7 +96,7 @@ pub trait ChunkWriter: Send {
 
 /// Stores the chunks of the snapshot at `index` (one received from the
 /// leader), in order, through `writer`, then flushes it.
-pub fn put_chunks<C: AsRef<[u8]>>(
+pub(crate) fn put_chunks<C: AsRef<[u8]>>(
     writer: &mut dyn ChunkWriter,
     index: u64,
     chunks: &[C],

@@ -62,7 +62,7 @@ pub type Members = BTreeMap<u64, Member>;
 pub type ClusterId = [u8; 16];
 
 /// The context of the entry that gives a cluster its id.
-pub fn encode_cluster_identity(id: &ClusterId) -> Vec<u8> {
+pub(crate) fn encode_cluster_identity(id: &ClusterId) -> Vec<u8> {
     pb::ClusterIdentity {
         cluster_id: id.to_vec(),
     }
@@ -71,7 +71,7 @@ pub fn encode_cluster_identity(id: &ClusterId) -> Vec<u8> {
 
 /// The id an entry's context gives the cluster, if it is such an entry:
 /// any other context (none, a member change) is not 16 bytes of id.
-pub fn decode_cluster_identity(context: &[u8]) -> Option<ClusterId> {
+pub(crate) fn decode_cluster_identity(context: &[u8]) -> Option<ClusterId> {
     if context.is_empty() {
         return None;
     }
@@ -80,12 +80,12 @@ pub fn decode_cluster_identity(context: &[u8]) -> Option<ClusterId> {
 }
 
 /// An id as it travels (bytes): exactly 16, or none.
-pub fn cluster_id_of(bytes: &[u8]) -> Option<ClusterId> {
+pub(crate) fn cluster_id_of(bytes: &[u8]) -> Option<ClusterId> {
     ClusterId::try_from(bytes).ok()
 }
 
 /// How an id is shown to people: 32 lowercase hex digits.
-pub fn cluster_id_hex(id: &ClusterId) -> String {
+pub(crate) fn cluster_id_hex(id: &ClusterId) -> String {
     let mut out = String::with_capacity(32);
     for byte in id {
         out.push_str(&format!("{byte:02x}"));
@@ -95,7 +95,7 @@ pub fn cluster_id_hex(id: &ClusterId) -> String {
 
 /// An id as [`cluster_id_hex`] shows it; None for anything else (empty:
 /// the cluster has none yet).
-pub fn cluster_id_from_hex(hex: &str) -> Option<ClusterId> {
+pub(crate) fn cluster_id_from_hex(hex: &str) -> Option<ClusterId> {
     if hex.len() != 32 || !hex.is_ascii() {
         return None;
     }
@@ -137,7 +137,7 @@ pub struct Bootstrap {
     pub members: Members,
 }
 
-pub fn bootstrap(members: &Members) -> Result<Bootstrap, protobuf::ProtobufError> {
+pub(crate) fn bootstrap(members: &Members) -> Result<Bootstrap, protobuf::ProtobufError> {
     let mut entries = Vec::with_capacity(members.len());
     for (i, (id, member)) in members.iter().enumerate() {
         let mut change = ConfChangeV2::default();
@@ -188,7 +188,7 @@ pub fn to_records(members: &Members) -> Vec<pb::MemberRecord> {
         .collect()
 }
 
-pub fn from_records(records: &[pb::MemberRecord]) -> Members {
+pub(crate) fn from_records(records: &[pb::MemberRecord]) -> Members {
     records
         .iter()
         .map(|r| (r.node_id, Member::of(&r.address, &r.peer_address)))
@@ -222,7 +222,7 @@ pub fn encode_snapshot_data(
 /// not also the image it was built from. With `chunk_bytes` exact, the
 /// buffer never grows (a grown buffer briefly needs its old and new room
 /// at once).
-pub fn start_snapshot_data(
+pub(crate) fn start_snapshot_data(
     members: &Members,
     cluster_id: Option<&ClusterId>,
     header: &pb::SnapshotHeader,

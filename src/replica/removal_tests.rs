@@ -8,6 +8,7 @@ use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Message, Mes
 
 use super::tests::{set, Group};
 use super::*;
+use crate::inventory::Applied;
 
 impl Group {
     /// Like `settle`, but messages `hold` picks are kept back in `held`

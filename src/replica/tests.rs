@@ -7,7 +7,8 @@ use raft::eraftpb::Message;
 
 use super::*;
 use crate::inventory::command::{Line, Reserve, SetOnHand};
-use crate::inventory::{Outcome, ReserveAnswer};
+use crate::inventory::snapshot;
+use crate::inventory::{Applied, Command, Outcome, ReserveAnswer};
 use crate::storage::MemStore;
 
 pub(super) fn logger() -> slog::Logger {
@@ -548,14 +549,23 @@ fn a_snapshot_handed_back_after_an_install_from_the_leader_is_dropped() {
 fn a_snapshot_waits_for_a_log_in_proportion_to_the_state() {
     const MIB: u64 = 1024 * 1024;
     // Small states: as much log as the image.
-    assert_eq!(super::snapshot_log_due(10_000, 64 * MIB), 10_000);
-    assert_eq!(super::snapshot_log_due(60 * MIB, 64 * MIB), 60 * MIB);
+    assert_eq!(super::snapshots::snapshot_log_due(10_000, 64 * MIB), 10_000);
+    assert_eq!(
+        super::snapshots::snapshot_log_due(60 * MIB, 64 * MIB),
+        60 * MIB
+    );
     // Past the floor, the floor, until a quarter of the image is more.
-    assert_eq!(super::snapshot_log_due(100 * MIB, 64 * MIB), 64 * MIB);
-    assert_eq!(super::snapshot_log_due(1024 * MIB, 64 * MIB), 256 * MIB);
+    assert_eq!(
+        super::snapshots::snapshot_log_due(100 * MIB, 64 * MIB),
+        64 * MIB
+    );
+    assert_eq!(
+        super::snapshots::snapshot_log_due(1024 * MIB, 64 * MIB),
+        256 * MIB
+    );
     // No floor: a quarter of the image (tests, the simulator).
-    assert_eq!(super::snapshot_log_due(10_000, 0), 2_500);
-    assert_eq!(super::snapshot_log_due(0, 64 * MIB), 0);
+    assert_eq!(super::snapshots::snapshot_log_due(10_000, 0), 2_500);
+    assert_eq!(super::snapshots::snapshot_log_due(0, 64 * MIB), 0);
 }
 
 fn async_config(id: u64) -> ReplicaConfig {

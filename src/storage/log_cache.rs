@@ -29,7 +29,7 @@ pub struct LogCache {
 }
 
 impl LogCache {
-    pub fn raft_state(&self) -> RaftState {
+    pub(crate) fn raft_state(&self) -> RaftState {
         RaftState::new(self.hard_state.clone(), self.conf_state.clone())
     }
 
@@ -42,7 +42,7 @@ impl LogCache {
     }
 
     /// Bytes of entry data held.
-    pub fn entry_bytes(&self) -> u64 {
+    pub(crate) fn entry_bytes(&self) -> u64 {
         self.entry_bytes
     }
 
@@ -84,7 +84,7 @@ impl LogCache {
     /// Appends entries that are now durable, dropping any conflicting
     /// suffix. Returns the index range of dropped entries (to delete on disk
     /// in the same write) as `first..=last`, or None.
-    pub fn plan_append(&self, entries: &[Entry]) -> Option<(u64, u64)> {
+    pub(crate) fn plan_append(&self, entries: &[Entry]) -> Option<(u64, u64)> {
         let first = entries.first()?.index;
         if first <= self.last_index() {
             return Some((first, self.last_index()));
@@ -94,7 +94,7 @@ impl LogCache {
 
     /// Checks that `entries` can follow this log: contiguous, not behind
     /// the compacted prefix, without gaps.
-    pub fn check_append(&self, entries: &[Entry]) -> Result<(), String> {
+    pub(crate) fn check_append(&self, entries: &[Entry]) -> Result<(), String> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
@@ -166,7 +166,7 @@ impl LogCache {
     }
 
     /// Rebuilds the view at startup from entries read back from disk.
-    pub fn load_entries(&mut self, entries: Vec<Entry>) {
+    pub(crate) fn load_entries(&mut self, entries: Vec<Entry>) {
         for entry in entries {
             self.entry_bytes += entry.data.len() as u64;
             self.entries.push_back(entry);

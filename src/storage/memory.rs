@@ -89,7 +89,7 @@ impl MemStore {
     }
 
     /// A store for a node joining a running cluster: no log, no vote.
-    pub fn joining(members: &Members) -> MemStore {
+    pub(crate) fn joining(members: &Members) -> MemStore {
         MemStore {
             members: members.clone(),
             ..MemStore::default()

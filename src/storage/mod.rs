@@ -1,8 +1,9 @@
 //! Durable storage of a replica's Raft log, hard state and snapshots.
 //!
-//! [`RocksStore`] is what the server runs on; its module documents every
-//! write and fsync in order, and the fault model. [`MemStore`] keeps the same
-//! state in memory for tests. Both keep the uncompacted log tail in memory
+//! [`RocksStore`] is what the server runs on; its module lists its keys
+//! (the write and fsync order and the fault model: ARCHITECTURE.md, "Every
+//! write and fsync, in order"). [`MemStore`] keeps the same state in memory
+//! for tests. Both keep the uncompacted log tail in memory
 //! ([`log_cache`]) so raft-rs never waits on a disk read.
 
 pub mod log_cache;
