@@ -4,9 +4,9 @@
 
 use tonic::Status;
 
+use super::meters::{Meters, Method};
 use crate::inventory::{Applied, Outcome, ReservationState, StockAnswer};
 use crate::proto::v1 as pb;
-use crate::server::meters::{Meters, Method};
 use crate::server::status;
 
 /// The wire value of an outcome of `method`, counted.

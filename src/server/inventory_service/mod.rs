@@ -31,9 +31,11 @@
 //!   the applied state.
 //! - `stream.rs`: the `Stream` session, turn by turn.
 //! - `stream_op.rs`: what one operation of a stream turns into.
+//! - `meters.rs`: the per-call metric handles, registered once.
 
 mod answer;
 mod convert;
+mod meters;
 mod read;
 mod stream;
 mod stream_op;
@@ -47,7 +49,6 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::{Code, Request, Response, Status};
 
 use super::forward::Forwarder;
-use super::meters::{Meters, Method};
 use super::node::NodeHandle;
 use super::status;
 use crate::chunked::{chunked, Chunked};
@@ -64,6 +65,7 @@ pub use convert::{
     adjust_command, commit_command, extend_command, release_command, reserve_command, sell_command,
     set_on_hand_command, set_safety_stock_command,
 };
+use meters::{Meters, Method};
 pub use read::checked_availability_request;
 
 /// Reservation settings applied where requests enter.

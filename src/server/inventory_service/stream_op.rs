@@ -12,13 +12,13 @@ use super::convert::{
     adjust_command, commit_command, extend_command, release_command, reserve_command, sell_command,
     set_on_hand_command, set_safety_stock_command,
 };
+use super::meters::Meters;
 use super::read::checked_availability_request;
 use super::InventoryService;
 use crate::inventory::command::check_id;
 use crate::inventory::{Applied, Command};
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_server::Inventory;
-use crate::server::meters::Meters;
 use crate::server::status;
 use pb::stream_request::Op;
 use pb::stream_response::Result as R;
