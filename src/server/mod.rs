@@ -23,7 +23,6 @@ pub mod huge_pages;
 pub mod identity;
 pub mod incoming;
 pub mod inventory_service;
-pub mod meters;
 pub mod node;
 pub mod peer_service;
 pub mod rebuild;

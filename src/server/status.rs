@@ -10,11 +10,11 @@ use crate::inventory::{
     StockChangeError,
 };
 
-pub fn invalid(error: InvalidInput) -> Status {
+pub(crate) fn invalid(error: InvalidInput) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
-pub fn submit(error: SubmitError) -> Status {
+pub(crate) fn submit(error: SubmitError) -> Status {
     // Everything but overload is "try again, maybe elsewhere": the id makes
     // a retry safe even when the first attempt's outcome is unknown.
     let code = match &error {
@@ -27,17 +27,17 @@ pub fn submit(error: SubmitError) -> Status {
 /// A node removed from the cluster gets no more entries: it forwards no
 /// call and serves no read it cannot keep current, so callers move on at
 /// once instead of waiting for a leader it will never hear from.
-pub fn removed() -> Status {
+pub(crate) fn removed() -> Status {
     Status::unavailable(
         "this node was removed from the cluster and serves nothing more; call another member",
     )
 }
 
-pub fn capacity(error: CapacityError) -> Status {
+pub(crate) fn capacity(error: CapacityError) -> Status {
     Status::resource_exhausted(error.to_string())
 }
 
-pub fn reserve(error: ReserveError) -> Status {
+pub(crate) fn reserve(error: ReserveError) -> Status {
     match error {
         ReserveError::IdReused { .. } => Status::already_exists(error.to_string()),
         ReserveError::TooManyOpen { .. } => Status::resource_exhausted(error.to_string()),
@@ -45,19 +45,19 @@ pub fn reserve(error: ReserveError) -> Status {
     }
 }
 
-pub fn consume(error: ConsumeError) -> Status {
+pub(crate) fn consume(error: ConsumeError) -> Status {
     Status::failed_precondition(error.to_string())
 }
 
-pub fn release(error: ReleaseError) -> Status {
+pub(crate) fn release(error: ReleaseError) -> Status {
     Status::failed_precondition(error.to_string())
 }
 
-pub fn extend(error: ExtendError) -> Status {
+pub(crate) fn extend(error: ExtendError) -> Status {
     Status::failed_precondition(error.to_string())
 }
 
-pub fn stock_change(error: StockChangeError) -> Status {
+pub(crate) fn stock_change(error: StockChangeError) -> Status {
     match error {
         StockChangeError::IdReused { .. } => Status::already_exists(error.to_string()),
         StockChangeError::OutOfRange { .. } => Status::out_of_range(error.to_string()),

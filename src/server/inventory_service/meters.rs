@@ -12,12 +12,12 @@ use std::time::Instant;
 use metrics::{Counter, Histogram};
 use tonic::Code;
 
-use super::status;
 use crate::proto::v1 as pb;
+use crate::server::status;
 
 /// The methods of `stockraft.v1.Inventory` that count calls and outcomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(super) enum Method {
     Reserve,
     Commit,
     Release,
@@ -44,7 +44,7 @@ const METHODS: [Method; 10] = [
 ];
 
 impl Method {
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Method::Reserve => "Reserve",
             Method::Commit => "Commit",
@@ -81,23 +81,17 @@ fn outcome_index(outcome: pb::Outcome) -> Option<usize> {
 
 /// Handles of `stockraft_requests_total{code="OK"}`,
 /// `stockraft_request_seconds` and `stockraft_outcomes_total`, by method.
-pub struct Meters {
+pub(super) struct Meters {
     requests_ok: Vec<Counter>,
     seconds: Vec<Histogram>,
     /// By method, then by outcome (see [`OUTCOMES`]).
     outcomes: Vec<Vec<Counter>>,
 }
 
-impl Default for Meters {
-    fn default() -> Self {
-        Meters::new()
-    }
-}
-
 impl Meters {
     /// Registers every handle with the installed recorder (none installed:
     /// the handles do nothing).
-    pub fn new() -> Meters {
+    pub(super) fn new() -> Meters {
         let mut requests_ok = Vec::with_capacity(METHODS.len());
         let mut seconds = Vec::with_capacity(METHODS.len());
         let mut outcomes = Vec::with_capacity(METHODS.len());
@@ -125,7 +119,7 @@ impl Meters {
     }
 
     /// Counts a finished call and its latency.
-    pub fn call(&self, method: Method, code: Code, started: Instant) {
+    pub(super) fn call(&self, method: Method, code: Code, started: Instant) {
         let i = method.index();
         if code == Code::Ok {
             self.requests_ok[i].increment(1);
@@ -137,7 +131,7 @@ impl Meters {
     }
 
     /// Counts an outcome and returns its wire value.
-    pub fn outcome(&self, method: Method, outcome: pb::Outcome) -> i32 {
+    pub(super) fn outcome(&self, method: Method, outcome: pb::Outcome) -> i32 {
         if let Some(o) = outcome_index(outcome) {
             self.outcomes[method.index()][o].increment(1);
         }
