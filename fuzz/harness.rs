@@ -390,7 +390,7 @@ fn read_image(
 }
 
 // ---------------------------------------------------------------------------
-// storage_records: a data dir (src/storage/rocks.rs).
+// storage_records: a data dir (src/storage/rocks/).
 
 /// A data dir's records, each `[key length: u8][key][value length: u16
 /// LE][value]`, written into a fresh RocksDB and opened as the server
@@ -471,7 +471,7 @@ fn record(key: &[u8], value: &[u8]) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------
 // public_request: a client's request through the gRPC layer
-// (src/server/inventory_service.rs).
+// (src/server/inventory_service/).
 
 /// The first byte picks the request type, the rest is its protobuf body
 /// as tonic hands it over. A write the gRPC layer accepts must be one the
@@ -900,7 +900,7 @@ fn snapshot_parts(message: &Message, data: &[u8], parts: usize) -> Vec<u8> {
 
 /// The records of a data dir: hard state, conf state, members, a
 /// truncation record, a snapshot record with its chunks, and a log after
-/// it. Key layout as src/storage/rocks.rs writes it.
+/// it. Key layout as src/storage/rocks/ writes it.
 fn data_dir_records() -> Vec<u8> {
     let mut inventory = Inventory::new();
     for (i, batch) in sample_batches().iter().enumerate() {

@@ -55,7 +55,7 @@ pub struct HeldLine {
 /// fewer, and no pointer to follow to check a retry or to return the
 /// stock. Longer ones go to the heap as a `Vec`'s would, and then the
 /// unused inline room costs them a little. The one-line case is the flash
-/// sale's, the peak this memory is sized for (`examples/hold_memory.rs`
+/// sale's, the peak this memory is sized for (`bench/src/bin/hold_memory.rs`
 /// measures a hold's size).
 pub type HeldLines = SmallVec<[HeldLine; 1]>;
 
