@@ -12,7 +12,7 @@
 
 /// The transport-ceiling service, package `stockraft.bench.v1`.
 pub mod proto {
-    #![allow(clippy::all, missing_docs)]
+    #![allow(clippy::all, clippy::too_many_lines, missing_docs)]
     tonic::include_proto!("stockraft.bench.v1");
 }
 

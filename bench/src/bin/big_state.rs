@@ -69,7 +69,32 @@ fn main() -> anyhow::Result<()> {
 
     let mut inventory = Inventory::new();
     let mut index = 0u64;
-    // Counters alone: safety stock creates a counter and keeps no id.
+    let built_s = add_counters(&mut inventory, &mut index, skus, nodes)?;
+    let with_counters = rss_mib();
+    println!(
+        "counters: {:.0} MiB ({:.0} bytes per counter), built in {built_s:.1} s",
+        with_counters - base,
+        (with_counters - base) * 1_048_576.0 / counters as f64,
+    );
+    add_retained_ids(&mut inventory, &mut index, skus, nodes)?;
+    let with_ids = rss_mib();
+    println!(
+        "plus {counters} retained transaction ids: {:.0} MiB ({:.0} bytes per id); total {:.0} MiB",
+        with_ids - with_counters,
+        (with_ids - with_counters) * 1_048_576.0 / counters as f64,
+        with_ids - base
+    );
+    snapshot_and_restart(inventory, index, with_ids)
+}
+
+/// Counters alone: safety stock creates a counter and keeps no id.
+/// Returns the seconds it took.
+fn add_counters(
+    inventory: &mut Inventory,
+    index: &mut u64,
+    skus: usize,
+    nodes: usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     for s in 0..skus {
         let mut commands = Vec::with_capacity(nodes);
@@ -77,18 +102,18 @@ fn main() -> anyhow::Result<()> {
             let c = SetSafetyStock::new(format!("SKU-{s:07}"), format!("node-{n:03}"), 0)?;
             commands.push(Command::SetSafetyStock(c));
         }
-        apply_all(&mut inventory, &mut index, commands);
+        apply_all(inventory, index, commands);
     }
-    let with_counters = rss_mib();
-    println!(
-        "counters: {:.0} MiB ({:.0} bytes per counter), built in {:.1} s",
-        with_counters - base,
-        (with_counters - base) * 1_048_576.0 / counters as f64,
-        started.elapsed().as_secs_f64()
-    );
+    Ok(started.elapsed().as_secs_f64())
+}
 
-    // One retained transaction id per counter: an ERP load of every count.
-    let before_ids = rss_mib();
+/// One retained transaction id per counter: an ERP load of every count.
+fn add_retained_ids(
+    inventory: &mut Inventory,
+    index: &mut u64,
+    skus: usize,
+    nodes: usize,
+) -> anyhow::Result<()> {
     for s in 0..skus {
         let mut commands = Vec::with_capacity(nodes);
         for n in 0..nodes {
@@ -101,16 +126,18 @@ fn main() -> anyhow::Result<()> {
             )?;
             commands.push(Command::SetOnHand(c));
         }
-        apply_all(&mut inventory, &mut index, commands);
+        apply_all(inventory, index, commands);
     }
-    let with_ids = rss_mib();
-    println!(
-        "plus {counters} retained transaction ids: {:.0} MiB ({:.0} bytes per id); total {:.0} MiB",
-        with_ids - before_ids,
-        (with_ids - before_ids) * 1_048_576.0 / counters as f64,
-        with_ids - base
-    );
+    Ok(())
+}
 
+/// A snapshot of it all: the freeze (on the replication thread), a write
+/// while frozen, the encoding (elsewhere), and a restart from the image.
+fn snapshot_and_restart(
+    mut inventory: Inventory,
+    mut index: u64,
+    rss_before_mib: f64,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let frozen = snapshot::freeze(&inventory);
     let frozen_ms = started.elapsed().as_secs_f64() * 1_000.0;
@@ -133,7 +160,7 @@ fn main() -> anyhow::Result<()> {
         "snapshot freeze (on the replication thread): {:.2} ms, +{:.0} MiB while frozen; \
          encode (elsewhere): {:.1} s, {} chunks, {:.0} MiB",
         frozen_ms,
-        with_frozen - with_ids,
+        with_frozen - rss_before_mib,
         started.elapsed().as_secs_f64(),
         image.chunks.len(),
         image.byte_count() as f64 / 1_048_576.0

@@ -243,184 +243,237 @@ async fn main() -> Result<()> {
         .unwrap_or_else(|| "127.0.0.1:50099".into());
     match mode {
         "serve" => serve(&addr, Service::default()).await,
-        "serve-durable" => {
-            let dir = std::path::PathBuf::from(args.get(3).ok_or_else(|| anyhow!("missing DIR"))?);
-            std::fs::create_dir_all(&dir).context("creating DIR")?;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("ceiling.log"))
-                .context("opening the log")?;
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let log = std::thread::Builder::new()
-                .name("log".into())
-                .spawn(move || log_thread(file, rx))?;
-            tokio::select! {
-                served = serve(&addr, Durable(tx)) => served,
-                stopped = tokio::task::spawn_blocking(move || log.join()) => match stopped {
-                    Ok(Ok(result)) => result,
-                    _ => Err(anyhow!("the log thread panicked")),
-                },
-            }
-        }
-        "unary" => {
-            let clients: usize = arg(&args, 3, "clients")?;
-            let seconds: u64 = arg(&args, 4, "seconds")?;
-            let done = Arc::new(AtomicU64::new(0));
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut tasks = Vec::new();
-            for c in 0..clients {
-                let channel = stockraft::client::channel(&addr, Duration::from_secs(5)).await?;
-                let mut client = CeilingClient::new(channel);
-                let done = done.clone();
-                let stop = stop.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        if client.bump(BumpRequest { id: n, key: key(c, n) }).await.is_ok() {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }));
-            }
-            let started = Instant::now();
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
-            stop.store(true, Ordering::Relaxed);
-            let calls = done.load(Ordering::Relaxed);
-            for task in tasks {
-                let _ = task.await;
-            }
-            println!("calls_per_second {:.0}", calls as f64 / started.elapsed().as_secs_f64());
-            Ok(())
-        }
-        "stream" => {
-            let clients: usize = arg(&args, 3, "clients")?;
-            let in_flight: usize = arg(&args, 4, "in_flight")?;
-            let seconds: u64 = arg(&args, 5, "seconds")?;
-            let done = Arc::new(AtomicU64::new(0));
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut tasks = Vec::new();
-            for c in 0..clients {
-                let channel = stockraft::client::channel(&addr, Duration::from_secs(5)).await?;
-                let mut client = CeilingClient::new(channel);
-                let (tx, rx) = tokio::sync::mpsc::channel::<BumpRequest>(in_flight * 2);
-                let mut replies = client.bump_stream(ReceiverStream::new(rx)).await?.into_inner();
-                let done = done.clone();
-                let stop = stop.clone();
-                tasks.push(tokio::spawn(async move {
-                    // Keep `in_flight` requests outstanding: one new per reply.
-                    let mut n = 0u64;
-                    for _ in 0..in_flight {
-                        n += 1;
-                        if tx.send(BumpRequest { id: n, key: key(c, n) }).await.is_err() {
-                            return;
-                        }
-                    }
-                    while let Ok(Some(_)) = replies.message().await {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        n += 1;
-                        if tx.send(BumpRequest { id: n, key: key(c, n) }).await.is_err() {
-                            return;
-                        }
-                    }
-                }));
-            }
-            let started = Instant::now();
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
-            stop.store(true, Ordering::Relaxed);
-            let calls = done.load(Ordering::Relaxed);
-            println!("calls_per_second {:.0}", calls as f64 / started.elapsed().as_secs_f64());
-            for task in tasks {
-                task.abort();
-            }
-            Ok(())
-        }
-        "rate" => {
-            let clients: usize = arg(&args, 3, "clients")?;
-            let rate: f64 = arg(&args, 4, "calls_per_s")?;
-            let seconds: u64 = arg(&args, 5, "seconds")?;
-            let interval = Duration::from_secs_f64(clients as f64 / rate.max(1e-6));
-            let mut tasks = Vec::new();
-            let started = Instant::now();
-            let deadline = started + Duration::from_secs(seconds);
-            for c in 0..clients {
-                let channel = stockraft::client::channel(&addr, Duration::from_secs(5)).await?;
-                let mut client = CeilingClient::new(channel);
-                let offset = interval.mul_f64(c as f64 / clients as f64);
-                tasks.push(tokio::spawn(async move {
-                    let mut latency_us = hdrhistogram::Histogram::<u64>::new(3)?;
-                    let mut failed = 0u64;
-                    let mut n = 0u64;
-                    loop {
-                        let due = started + offset + interval * (n as u32);
-                        if due >= deadline {
-                            return Ok::<_, anyhow::Error>((latency_us, failed));
-                        }
-                        if due > Instant::now() {
-                            tokio::time::sleep_until(due.into()).await;
-                        }
-                        n += 1;
-                        match client.bump(BumpRequest { id: n, key: key(c, n) }).await {
-                            Ok(_) => latency_us.record(due.elapsed().as_micros() as u64)?,
-                            Err(_) => failed += 1,
-                        }
-                    }
-                }));
-            }
-            let mut all = hdrhistogram::Histogram::<u64>::new(3)?;
-            let mut failed = 0u64;
-            for task in tasks {
-                let (latency_us, task_failed) = task.await??;
-                all.add(latency_us)?;
-                failed += task_failed;
-            }
-            let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-            println!(
-                "calls_per_second {:.0} p50_ms {:.2} p99_ms {:.2} max_ms {:.2} failed {failed}",
-                all.len() as f64 / seconds as f64,
-                ms(0.5),
-                ms(0.99),
-                all.max() as f64 / 1000.0
-            );
-            // A failed call has no latency: a p99 without it would flatter.
-            if failed > 0 {
-                return Err(anyhow!("{failed} calls failed; the figures above leave them out"));
-            }
-            Ok(())
-        }
-        "probe" => {
-            let seconds: u64 = arg(&args, 2, "seconds")?;
-            let deadline = Instant::now() + Duration::from_secs(seconds);
-            let mut slices = Vec::new();
-            let mut x = 0u64;
-            while Instant::now() < deadline {
-                let started = Instant::now();
-                for i in 0..200_000u64 {
-                    x = std::hint::black_box(x.wrapping_add(i.wrapping_mul(i)));
-                }
-                slices.push(started.elapsed());
-            }
-            slices.sort();
-            let Some(max) = slices.last().copied() else {
-                return Err(anyhow!("the probe ran no slice"));
-            };
-            let at = |q: f64| slices[((slices.len() - 1) as f64 * q) as usize];
-            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            println!(
-                "slice_ms p1 {:.3} p50 {:.3} p99 {:.3} max {:.3}",
-                ms(at(0.01)),
-                ms(at(0.5)),
-                ms(at(0.99)),
-                ms(max)
-            );
-            Ok(())
-        }
+        "serve-durable" => serve_durable(&args, &addr).await,
+        "unary" => unary(&args, &addr).await,
+        "stream" => stream(&args, &addr).await,
+        "rate" => rate(&args, &addr).await,
+        "probe" => probe(&args).await,
         _ => Err(anyhow!(
             "usage: ceiling serve ADDR | serve-durable ADDR DIR | unary ADDR CLIENTS SECONDS | stream ADDR CLIENTS IN_FLIGHT SECONDS | rate ADDR CLIENTS CALLS_PER_S SECONDS | probe SECONDS"
         )),
     }
+}
+
+/// Serves bumps durably: each answered after an fdatasync that covers it.
+async fn serve_durable(args: &[String], addr: &str) -> Result<()> {
+    let dir = std::path::PathBuf::from(args.get(3).ok_or_else(|| anyhow!("missing DIR"))?);
+    std::fs::create_dir_all(&dir).context("creating DIR")?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("ceiling.log"))
+        .context("opening the log")?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let log = std::thread::Builder::new()
+        .name("log".into())
+        .spawn(move || log_thread(file, rx))?;
+    tokio::select! {
+        served = serve(addr, Durable(tx)) => served,
+        stopped = tokio::task::spawn_blocking(move || log.join()) => match stopped {
+            Ok(Ok(result)) => result,
+            _ => Err(anyhow!("the log thread panicked")),
+        },
+    }
+}
+
+/// Unary clients calling as fast as they are answered; prints calls per second.
+async fn unary(args: &[String], addr: &str) -> Result<()> {
+    let clients: usize = arg(args, 3, "clients")?;
+    let seconds: u64 = arg(args, 4, "seconds")?;
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let channel = stockraft::client::channel(addr, Duration::from_secs(5)).await?;
+        let mut client = CeilingClient::new(channel);
+        let done = done.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                if client
+                    .bump(BumpRequest {
+                        id: n,
+                        key: key(c, n),
+                    })
+                    .await
+                    .is_ok()
+                {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let calls = done.load(Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    println!(
+        "calls_per_second {:.0}",
+        calls as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Stream clients keeping `in_flight` bumps outstanding each; prints calls per second.
+async fn stream(args: &[String], addr: &str) -> Result<()> {
+    let clients: usize = arg(args, 3, "clients")?;
+    let in_flight: usize = arg(args, 4, "in_flight")?;
+    let seconds: u64 = arg(args, 5, "seconds")?;
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let channel = stockraft::client::channel(addr, Duration::from_secs(5)).await?;
+        let mut client = CeilingClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel::<BumpRequest>(in_flight * 2);
+        let mut replies = client
+            .bump_stream(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let done = done.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            // Keep `in_flight` requests outstanding: one new per reply.
+            let mut n = 0u64;
+            for _ in 0..in_flight {
+                n += 1;
+                if tx
+                    .send(BumpRequest {
+                        id: n,
+                        key: key(c, n),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            while let Ok(Some(_)) = replies.message().await {
+                done.fetch_add(1, Ordering::Relaxed);
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                n += 1;
+                if tx
+                    .send(BumpRequest {
+                        id: n,
+                        key: key(c, n),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let calls = done.load(Ordering::Relaxed);
+    println!(
+        "calls_per_second {:.0}",
+        calls as f64 / started.elapsed().as_secs_f64()
+    );
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Open loop: clients sending at a fixed pace, latency from the intended send time.
+async fn rate(args: &[String], addr: &str) -> Result<()> {
+    let clients: usize = arg(args, 3, "clients")?;
+    let rate: f64 = arg(args, 4, "calls_per_s")?;
+    let seconds: u64 = arg(args, 5, "seconds")?;
+    let interval = Duration::from_secs_f64(clients as f64 / rate.max(1e-6));
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    for c in 0..clients {
+        let channel = stockraft::client::channel(addr, Duration::from_secs(5)).await?;
+        let mut client = CeilingClient::new(channel);
+        let offset = interval.mul_f64(c as f64 / clients as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut latency_us = hdrhistogram::Histogram::<u64>::new(3)?;
+            let mut failed = 0u64;
+            let mut n = 0u64;
+            loop {
+                let due = started + offset + interval * (n as u32);
+                if due >= deadline {
+                    return Ok::<_, anyhow::Error>((latency_us, failed));
+                }
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                n += 1;
+                match client
+                    .bump(BumpRequest {
+                        id: n,
+                        key: key(c, n),
+                    })
+                    .await
+                {
+                    Ok(_) => latency_us.record(due.elapsed().as_micros() as u64)?,
+                    Err(_) => failed += 1,
+                }
+            }
+        }));
+    }
+    let mut all = hdrhistogram::Histogram::<u64>::new(3)?;
+    let mut failed = 0u64;
+    for task in tasks {
+        let (latency_us, task_failed) = task.await??;
+        all.add(latency_us)?;
+        failed += task_failed;
+    }
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "calls_per_second {:.0} p50_ms {:.2} p99_ms {:.2} max_ms {:.2} failed {failed}",
+        all.len() as f64 / seconds as f64,
+        ms(0.5),
+        ms(0.99),
+        all.max() as f64 / 1000.0
+    );
+    // A failed call has no latency: a p99 without it would flatter.
+    if failed > 0 {
+        return Err(anyhow!(
+            "{failed} calls failed; the figures above leave them out"
+        ));
+    }
+    Ok(())
+}
+
+/// How steady this machine's CPU is: slices of fixed arithmetic, timed.
+async fn probe(args: &[String]) -> Result<()> {
+    let seconds: u64 = arg(args, 2, "seconds")?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut slices = Vec::new();
+    let mut x = 0u64;
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        for i in 0..200_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i.wrapping_mul(i)));
+        }
+        slices.push(started.elapsed());
+    }
+    slices.sort();
+    let Some(max) = slices.last().copied() else {
+        return Err(anyhow!("the probe ran no slice"));
+    };
+    let at = |q: f64| slices[((slices.len() - 1) as f64 * q) as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "slice_ms p1 {:.3} p50 {:.3} p99 {:.3} max {:.3}",
+        ms(at(0.01)),
+        ms(at(0.5)),
+        ms(at(0.99)),
+        ms(max)
+    );
+    Ok(())
 }
