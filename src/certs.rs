@@ -22,7 +22,7 @@ use crate::tls::member_name;
 
 /// How many years a member's or client's certificate is valid; the CA's
 /// twice that.
-pub const CERT_YEARS: i32 = 2;
+pub(crate) const CERT_YEARS: i32 = 2;
 
 #[derive(Debug, Error)]
 pub enum CertsError {

@@ -28,7 +28,7 @@ use tokio_stream::Stream;
 /// The reading side is gone: nothing sent will be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("the stream's reader is gone")]
-pub struct Closed;
+pub(crate) struct Closed;
 
 /// A chunk in the channel, with the room its messages take until read.
 struct Chunk<T> {
@@ -37,7 +37,7 @@ struct Chunk<T> {
 }
 
 /// The sending side; cloned freely.
-pub struct ChunkSender<T> {
+pub(crate) struct ChunkSender<T> {
     tx: mpsc::UnboundedSender<Chunk<T>>,
     /// Messages that may wait unread, when bounded.
     room: Option<Arc<Semaphore>>,
@@ -65,7 +65,7 @@ pub struct Chunked<T> {
 /// A chunked stream. With `room`, at most that many messages wait unread
 /// ([`ChunkSender::send`] waits for room); without, the sender's own
 /// bound on what it has in flight is the bound.
-pub fn chunked<T>(room: Option<usize>) -> (ChunkSender<T>, Chunked<T>) {
+pub(crate) fn chunked<T>(room: Option<usize>) -> (ChunkSender<T>, Chunked<T>) {
     let (tx, rx) = mpsc::unbounded_channel();
     // A chunk's messages are counted in one u32 of permits.
     let room_max = room
@@ -97,7 +97,7 @@ impl<T> ChunkSender<T> {
     }
 
     /// One message.
-    pub async fn send_one(&self, item: T) -> Result<(), Closed> {
+    pub(crate) async fn send_one(&self, item: T) -> Result<(), Closed> {
         self.send(vec![item]).await
     }
 
@@ -121,7 +121,7 @@ impl<T> ChunkSender<T> {
     /// Hands `items` over without waiting; only for an unbounded stream
     /// (a bounded one with no room now is reported closed, as a reader
     /// that holds back is stuck).
-    pub fn try_send(&self, items: Vec<T>) -> Result<(), Closed> {
+    pub(crate) fn try_send(&self, items: Vec<T>) -> Result<(), Closed> {
         if items.is_empty() {
             return Ok(());
         }
@@ -171,7 +171,7 @@ impl<T: Unpin> Stream for Chunked<T> {
 
 /// Polls a future once: its output if it is ready now. Used to take the
 /// messages a stream has already received without waiting for more.
-pub fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+pub(crate) fn ready_now<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
     let mut cx = Context::from_waker(Waker::noop());
     match future.as_mut().poll(&mut cx) {

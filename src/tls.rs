@@ -16,7 +16,7 @@ use thiserror::Error;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The DNS suffix of members' names in their certificates.
-pub const MEMBER_DOMAIN: &str = "stockraft";
+pub(crate) const MEMBER_DOMAIN: &str = "stockraft";
 
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -30,12 +30,12 @@ pub enum TlsError {
 }
 
 /// The name member `id`'s certificate bears.
-pub fn member_name(id: u64) -> String {
+pub(crate) fn member_name(id: u64) -> String {
     format!("member-{id}.{MEMBER_DOMAIN}")
 }
 
 /// The member a certificate (DER) names, if it names exactly one.
-pub fn member_of_certificate(der: &[u8]) -> Option<u64> {
+pub(crate) fn member_of_certificate(der: &[u8]) -> Option<u64> {
     let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
     let names = certificate.subject_alternative_name().ok()??;
     let mut found = None;
@@ -141,12 +141,12 @@ impl PeerTls {
 
     /// Calling member `to` on its peer listener: its certificate must name
     /// it.
-    pub fn to_member(&self, to: u64) -> Result<ClientTlsConfig, TlsError> {
+    pub(crate) fn to_member(&self, to: u64) -> Result<ClientTlsConfig, TlsError> {
         Ok(self.to_client_port()?.domain_name(member_name(to)))
     }
 
     /// Calling a member's client port, checked by its host name.
-    pub fn to_client_port(&self) -> Result<ClientTlsConfig, TlsError> {
+    pub(crate) fn to_client_port(&self) -> Result<ClientTlsConfig, TlsError> {
         Ok(ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&self.ca)?))
             .identity(self.member.identity()?))

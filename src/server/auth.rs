@@ -30,7 +30,7 @@ use crate::tls::member_of_certificate;
 
 /// What a caller may do; each role may do what the ones before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
+pub(crate) enum Role {
     Read,
     Write,
     Admin,
@@ -56,7 +56,7 @@ impl Role {
 }
 
 /// The role a call needs, by its gRPC path; None for the open services.
-pub fn role_needed(path: &str) -> Option<Role> {
+pub(crate) fn role_needed(path: &str) -> Option<Role> {
     if path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.") {
         return None;
     }
@@ -125,7 +125,7 @@ impl Tokens {
     }
 
     /// The role of `token`, if the file lists it.
-    pub fn role_of(&self, token: &str) -> Option<Role> {
+    pub(crate) fn role_of(&self, token: &str) -> Option<Role> {
         self.by_hash.get(&hash_token(token)).map(|(role, _)| *role)
     }
 
@@ -139,7 +139,7 @@ impl Tokens {
 }
 
 /// The SHA-256 of a token, as the tokens file lists it.
-pub fn hash_token(token: &str) -> [u8; 32] {
+pub(crate) fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -168,7 +168,7 @@ pub fn new_token() -> String {
 }
 
 /// The tokens in force, swapped whole on reload.
-pub type SharedTokens = Arc<ArcSwap<Tokens>>;
+pub(crate) type SharedTokens = Arc<ArcSwap<Tokens>>;
 
 /// Decides a call from its path, headers and connection.
 fn check<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<(), Status> {
@@ -217,7 +217,7 @@ fn is_member<B>(request: &http::Request<B>) -> bool {
 /// The tower layer that checks every call against the tokens (None:
 /// tokens are off, every call passes).
 #[derive(Clone)]
-pub struct AuthLayer {
+pub(crate) struct AuthLayer {
     tokens: Option<SharedTokens>,
 }
 
@@ -239,7 +239,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 }
 
 #[derive(Clone)]
-pub struct Auth<S> {
+pub(crate) struct Auth<S> {
     inner: S,
     tokens: Option<SharedTokens>,
 }
@@ -273,7 +273,7 @@ where
 
 /// Re-reads the tokens file on every SIGHUP; a file that cannot be read
 /// or parsed leaves the tokens in force as they were, and says why.
-pub fn reload_on_sighup(path: PathBuf, tokens: SharedTokens) {
+pub(crate) fn reload_on_sighup(path: PathBuf, tokens: SharedTokens) {
     let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
         tracing::warn!("cannot listen for SIGHUP: the tokens file is read at start only");

@@ -14,7 +14,7 @@ use crate::proto::v1::cluster_server::Cluster;
 use crate::replica::membership::Member;
 use crate::replica::{MembershipAnswer, MembershipChange, ProposeError};
 
-pub struct ClusterService {
+pub(crate) struct ClusterService {
     node: NodeHandle,
     forwarder: Arc<Forwarder>,
 }

@@ -18,15 +18,15 @@ use tonic::Status;
 use super::node::NodeHandle;
 
 /// Metadata key marking a call forwarded by another node.
-pub const FORWARDED: &str = "x-stockraft-forwarded";
+pub(crate) const FORWARDED: &str = "x-stockraft-forwarded";
 
 /// The header that carries a caller's token.
-pub const AUTHORIZATION: &str = "authorization";
+pub(crate) const AUTHORIZATION: &str = "authorization";
 
 /// Where a call comes from: forwarded by another member or not, and the
 /// caller's token, which a forwarded call carries on.
 #[derive(Debug, Clone, Default)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub forwarded: bool,
     authorization: Option<AsciiMetadataValue>,
 }
@@ -61,7 +61,7 @@ impl Forwarder {
 
     /// Where a call comes from, as its metadata says; `session` is the
     /// caller's token of the stream the call runs in, if any.
-    pub fn origin(metadata: &MetadataMap, session: Option<&AsciiMetadataValue>) -> Origin {
+    pub(crate) fn origin(metadata: &MetadataMap, session: Option<&AsciiMetadataValue>) -> Origin {
         Origin {
             forwarded: metadata.contains_key(FORWARDED),
             authorization: metadata.get(AUTHORIZATION).or(session).cloned(),
@@ -70,7 +70,7 @@ impl Forwarder {
 
     /// Marks a request as forwarded, carries its caller's token (the leader
     /// checks it again), and gives it what is left of the budget.
-    pub fn mark<T>(request: &mut tonic::Request<T>, deadline: Instant, origin: &Origin) {
+    pub(crate) fn mark<T>(request: &mut tonic::Request<T>, deadline: Instant, origin: &Origin) {
         let metadata = request.metadata_mut();
         metadata.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         if let Some(token) = &origin.authorization {

@@ -35,7 +35,7 @@ use crate::proto::internal as pb;
 use crate::replica::membership::{cluster_id_hex, cluster_id_of, ClusterId};
 
 /// The file's name in the data dir.
-pub const IDENTITY_FILE: &str = "stockraft-identity";
+pub(crate) const IDENTITY_FILE: &str = "stockraft-identity";
 
 #[derive(Debug, Error)]
 pub enum IdentityError {
@@ -133,19 +133,19 @@ impl Identity {
 
     /// The current members: only theirs are recorded on first sight (a
     /// stranger's claim must not take a member's place).
-    pub fn set_members(&self, members: impl IntoIterator<Item = u64>) {
+    pub(crate) fn set_members(&self, members: impl IntoIterator<Item = u64>) {
         self.lock().members = members.into_iter().collect();
     }
 
     /// Whether `id` is a current member (only members' clocks are taken
     /// in, so a stranger cannot grow the per-peer metrics).
-    pub fn is_member(&self, id: u64) -> bool {
+    pub(crate) fn is_member(&self, id: u64) -> bool {
         self.lock().members.contains(&id)
     }
 
     /// Forgets what was recorded of removed members: whoever is added
     /// under their ids later is someone new.
-    pub fn forget(&self, removed: &[u64]) -> Result<(), IdentityError> {
+    pub(crate) fn forget(&self, removed: &[u64]) -> Result<(), IdentityError> {
         let mut known = self.lock();
         let mut changed = false;
         for id in removed {

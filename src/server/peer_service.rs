@@ -21,7 +21,7 @@ use crate::replica::clock::ClockReading;
 use crate::replica::wire;
 use crate::tls::member_of_certificate;
 
-pub struct PeerService {
+pub(crate) struct PeerService {
     node: NodeHandle,
     faults: Faults,
     /// Members talk over mutual TLS: every message must come from the
@@ -237,7 +237,7 @@ impl Peer for PeerService {
 /// Test builds only (the `fault-injection` feature): partitions made on
 /// purpose. A server built without the feature never serves it.
 #[cfg(feature = "fault-injection")]
-pub struct FaultService {
+pub(crate) struct FaultService {
     faults: Faults,
 }
 
