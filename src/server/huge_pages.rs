@@ -6,13 +6,10 @@
 //! kernel backs each new 2 MiB of heap with one huge page, zeroed in one
 //! go at the first touch, by the thread that touched it: mostly the
 //! replication thread, the one thread every write passes through, which
-//! then stalls for the whole page. On the 2-core VM this project measures
-//! on, zeroing a fresh huge page took milliseconds, and `clear_page_erms`
-//! was 16% of the server's samples in a Stream run (BENCHMARKS.md, stop
-//! 20). With 4 KiB pages the same zeroing is spread over many small
-//! faults. Measured there: 19-27% more Stream reserves a second and a p99
-//! of 7.4-9.0 ms against 12.8-14.6 ms. Redis and most databases advise the
-//! same.
+//! then stalls for the whole page, milliseconds on a small machine, while
+//! every write waits. With 4 KiB pages the same zeroing is spread over
+//! many small faults, and the tail latency of writes stays low. Redis and
+//! most databases advise the same.
 //!
 //! `PR_SET_THP_DISABLE` marks the whole address space: the kernel checks
 //! it at each fault, so memory mapped before the call is covered too, and
@@ -27,16 +24,16 @@ pub fn disable() -> bool {
     done == 0
 }
 
-/// Whether transparent huge pages are off for this process.
-pub fn disabled() -> bool {
-    // SAFETY: as above; PR_GET_THP_DISABLE only reads the flag.
-    let flag = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
-    flag == 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether transparent huge pages are off for this process.
+    fn disabled() -> bool {
+        // SAFETY: as in `disable`; PR_GET_THP_DISABLE only reads the flag.
+        let flag = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        flag == 1
+    }
 
     #[test]
     fn the_process_keeps_huge_pages_off_once_asked() {

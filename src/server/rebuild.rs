@@ -21,7 +21,7 @@
 //! A node with no peers (a one-node cluster) cannot be rebuilt: it refuses
 //! to start and says so.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use raft::eraftpb::HardState;
@@ -32,7 +32,7 @@ use super::{ServeConfig, ServeError};
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::ClusterStatusRequest;
 use crate::replica::membership::{cluster_id_from_hex, Member};
-use crate::replica::Members;
+use crate::replica::{ClusterId, Members};
 use crate::storage::RocksStore;
 
 /// How long the rebuild waits for every other member to answer.
@@ -61,18 +61,7 @@ pub async fn rebuild(
     tls: Option<&ClientTlsConfig>,
 ) -> Result<RocksStore, ServeError> {
     let id = config.node_id;
-    let mut seeds: Vec<String> = Vec::new();
-    if let Some(peers) = &config.peers {
-        seeds.extend(
-            peers
-                .iter()
-                .filter(|(p, _)| **p != id)
-                .map(|(_, m)| m.address.clone()),
-        );
-    }
-    if let Some(join) = &config.join {
-        seeds.push(join.clone());
-    }
+    let seeds = seeds(config);
     if seeds.is_empty() {
         return Err(ServeError::Config(format!(
             "the data dir {} is damaged ({damage}) and this node has no peers to rebuild from; \
@@ -81,24 +70,62 @@ pub async fn rebuild(
         )));
     }
     tracing::error!(%damage, "the data dir is damaged; rebuilding this node from its peers");
-
-    // The current members and the cluster's id, from any peer that answers.
     let deadline = Instant::now() + PEERS_WAIT;
-    let (members, cluster_id): (Members, _) = loop {
-        let mut found = None;
-        for seed in &seeds {
+    let (members, cluster_id) = current_members(&seeds, tls, deadline, damage).await?;
+    let highest = highest_term(&members, id, tls, deadline, damage).await?;
+    let aside = move_aside(config)?;
+    tracing::warn!(aside = %aside.display(), term = highest + 1, "damaged data kept aside; rejoining");
+
+    let mut store = RocksStore::open(&config.data_dir)?;
+    keep_identity(&aside, config);
+    let mut all = members;
+    all.insert(id, advertise.clone());
+    let hard_state = HardState {
+        term: highest + 1,
+        vote: id,
+        commit: 0,
+        ..Default::default()
+    };
+    store.bootstrap_joining(&all, cluster_id.as_ref(), Some(&hard_state))?;
+    Ok(store)
+}
+
+/// The client addresses to learn the members from: the other founding
+/// members (`--peers`) and the member joined through (`--join`).
+fn seeds(config: &ServeConfig) -> Vec<String> {
+    let mut seeds: Vec<String> = Vec::new();
+    if let Some(peers) = &config.peers {
+        seeds.extend(
+            peers
+                .iter()
+                .filter(|(p, _)| **p != config.node_id)
+                .map(|(_, m)| m.address.clone()),
+        );
+    }
+    if let Some(join) = &config.join {
+        seeds.push(join.clone());
+    }
+    seeds
+}
+
+/// The current members and the cluster's id, from any seed that answers
+/// before `deadline`.
+async fn current_members(
+    seeds: &[String],
+    tls: Option<&ClientTlsConfig>,
+    deadline: Instant,
+    damage: &str,
+) -> Result<(Members, Option<ClusterId>), ServeError> {
+    loop {
+        for seed in seeds {
             if let Some(s) = status(seed, tls).await {
                 let members = s
                     .members
                     .iter()
                     .map(|m| (m.node_id, Member::of(&m.address, &m.peer_address)))
                     .collect();
-                found = Some((members, cluster_id_from_hex(&s.cluster_id)));
-                break;
+                return Ok((members, cluster_id_from_hex(&s.cluster_id)));
             }
-        }
-        if let Some(found) = found {
-            break found;
         }
         if Instant::now() > deadline {
             return Err(ServeError::Config(format!(
@@ -106,9 +133,18 @@ pub async fn rebuild(
             )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    }
+}
 
-    // The highest term any other member has seen; every one must answer.
+/// The highest term any other member has seen. Every one must answer
+/// before `deadline`: one that does not may know a higher term.
+async fn highest_term(
+    members: &Members,
+    id: u64,
+    tls: Option<&ClientTlsConfig>,
+    deadline: Instant,
+    damage: &str,
+) -> Result<u64, ServeError> {
     let mut highest = 0u64;
     for (peer, member) in members.iter().filter(|(p, _)| **p != id) {
         let address = &member.address;
@@ -126,7 +162,12 @@ pub async fn rebuild(
         };
         highest = highest.max(term);
     }
+    Ok(highest)
+}
 
+/// Moves the damaged data dir aside, named by the time, kept for
+/// inspection and never deleted. Returns where it went.
+fn move_aside(config: &ServeConfig) -> Result<PathBuf, ServeError> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -138,12 +179,13 @@ pub async fn rebuild(
             config.data_dir.display()
         ))
     })?;
-    tracing::warn!(aside = %aside.display(), term = highest + 1, "damaged data kept aside; rejoining");
+    Ok(aside)
+}
 
-    let mut store = RocksStore::open(&config.data_dir)?;
-    // A rebuild is a safe return (it never votes again in a term it may
-    // have voted in): it keeps the data dir's identity, which the other
-    // members recorded, instead of coming back as a wiped member.
+/// A rebuild is a safe return (it never votes again in a term it may have
+/// voted in): it keeps the data dir's identity, which the other members
+/// recorded, instead of coming back as a wiped member.
+fn keep_identity(aside: &Path, config: &ServeConfig) {
     let kept = std::fs::copy(
         aside.join(IDENTITY_FILE),
         config.data_dir.join(IDENTITY_FILE),
@@ -154,14 +196,4 @@ pub async fn rebuild(
              as a wiped member until it is removed and added again"
         );
     }
-    let mut all = members;
-    all.insert(id, advertise.clone());
-    let hard_state = HardState {
-        term: highest + 1,
-        vote: id,
-        commit: 0,
-        ..Default::default()
-    };
-    store.bootstrap_joining(&all, cluster_id.as_ref(), Some(&hard_state))?;
-    Ok(store)
 }

@@ -1,18 +1,16 @@
 //! The threads that encode and write a snapshot while the node serves.
 //!
 //! Encoding a snapshot takes CPU in proportion to the whole state (about
-//! 0.3 s for 20 MB of image on this 2-core machine, about 2 s for ten
+//! 0.3 s for 20 MB of image on a 2-core machine, about 2 s for ten
 //! million counters). Run at the same priority as the threads serving
-//! calls, it takes a core from them for that long, and every call waiting
-//! for that core waits: in open-loop runs at half of peak, a snapshot lifted
-//! the harness's p99 several-fold (stop 19's measurements in BENCHMARKS.md's history). So the work is
-//! split over two threads:
+//! calls, it takes a core from them for that long: every call waiting for
+//! that core waits, and the tail latency of calls rises several-fold. So
+//! the work is split over two threads:
 //!
 //! - `snapshot` encodes the image under `SCHED_IDLE`: the kernel runs it
 //!   only on CPU the serving threads leave, and preempts it as soon as one
 //!   of them wakes. (Nice 19 is not enough: the kernel's EEVDF scheduler
-//!   lets a nice-19 thread finish its slice before a woken thread runs, and
-//!   in the same runs it helped no more than normal priority.)
+//!   lets a nice-19 thread finish its slice before a woken thread runs.)
 //! - `snapshot-write` writes the encoded chunks to the store at normal
 //!   priority. A thread at idle priority must not write to the store
 //!   itself: preempted inside RocksDB's write path, it would hold up the
@@ -24,7 +22,7 @@
 //! encoding then goes back to normal priority and takes its share. Going
 //! back needs `CAP_SYS_NICE` (or `RLIMIT_NICE` of 20): a process without it
 //! could never go back, so there the snapshot is encoded at normal priority
-//! from the start, as before (checked once, [`can_yield`]).
+//! from the start (checked once, [`can_yield`]).
 //!
 //! Between the two threads, a bounded channel of [`CHUNKS_QUEUED_MAX`]
 //! chunks: the encoder never runs further ahead than that, so the image is
