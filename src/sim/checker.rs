@@ -7,6 +7,7 @@ use raft::eraftpb::{Entry, EntryType};
 use super::client::Client;
 use super::disk::SimDisk;
 use super::model::{Model, State};
+use super::node::{CLOCK_DRIFT_PPM_MAX, TRUE_CLOCK_BASE_MS};
 use crate::inventory::codec::decode_batch;
 use crate::inventory::{Applied, Command, ReservationState, StockLevel};
 use crate::replica::Replica;
@@ -175,12 +176,12 @@ impl Checker {
             return Ok(());
         }
         let batch = decode_batch(&entry.data).map_err(|e| format!("entry {index}: {e}"))?;
-        let drift_ms = now_ms * super::CLOCK_DRIFT_PPM_MAX as u64 / 1_000_000;
-        let bound_ms = super::TRUE_CLOCK_BASE_MS + now_ms + self.stamp_ahead_ms_base + drift_ms;
+        let drift_ms = now_ms * CLOCK_DRIFT_PPM_MAX as u64 / 1_000_000;
+        let bound_ms = TRUE_CLOCK_BASE_MS + now_ms + self.stamp_ahead_ms_base + drift_ms;
         if batch.stamp_ms > bound_ms {
             return Err(format!(
                 "entry {index} is stamped {} ms ahead of true time (at most {} allowed)",
-                batch.stamp_ms - (super::TRUE_CLOCK_BASE_MS + now_ms),
+                batch.stamp_ms - (TRUE_CLOCK_BASE_MS + now_ms),
                 self.stamp_ahead_ms_base + drift_ms
             ));
         }

@@ -209,11 +209,7 @@ impl Client {
     }
 
     /// The next attempt to send, if one is due: (op id, what, where).
-    pub fn next_attempt(
-        &mut self,
-        now_ms: u64,
-        _rng: &mut StdRng,
-    ) -> Option<(u64, OpKind, Option<u64>)> {
+    pub fn next_attempt(&mut self, now_ms: u64) -> Option<(u64, OpKind, Option<u64>)> {
         if self.current.is_none() {
             if self.finished >= self.budget {
                 return None;
