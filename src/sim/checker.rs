@@ -7,6 +7,7 @@ use raft::eraftpb::{Entry, EntryType};
 use super::client::Client;
 use super::disk::SimDisk;
 use super::model::{Model, State};
+use super::node::{CLOCK_DRIFT_PPM_MAX, TRUE_CLOCK_BASE_MS};
 use crate::inventory::codec::decode_batch;
 use crate::inventory::{Applied, Command, ReservationState, StockLevel};
 use crate::replica::Replica;
@@ -31,6 +32,9 @@ struct ReadRecord {
 }
 
 type Nodes<'a> = [(u64, Option<&'a Replica<SimDisk>>)];
+
+/// The model's answer for each command of the log, by (index, position).
+type Answers = HashMap<(u64, usize), (Command, Applied)>;
 
 #[derive(Default)]
 pub struct Checker {
@@ -175,12 +179,12 @@ impl Checker {
             return Ok(());
         }
         let batch = decode_batch(&entry.data).map_err(|e| format!("entry {index}: {e}"))?;
-        let drift_ms = now_ms * super::CLOCK_DRIFT_PPM_MAX as u64 / 1_000_000;
-        let bound_ms = super::TRUE_CLOCK_BASE_MS + now_ms + self.stamp_ahead_ms_base + drift_ms;
+        let drift_ms = now_ms * CLOCK_DRIFT_PPM_MAX as u64 / 1_000_000;
+        let bound_ms = TRUE_CLOCK_BASE_MS + now_ms + self.stamp_ahead_ms_base + drift_ms;
         if batch.stamp_ms > bound_ms {
             return Err(format!(
                 "entry {index} is stamped {} ms ahead of true time (at most {} allowed)",
-                batch.stamp_ms - (super::TRUE_CLOCK_BASE_MS + now_ms),
+                batch.stamp_ms - (TRUE_CLOCK_BASE_MS + now_ms),
                 self.stamp_ahead_ms_base + drift_ms
             ));
         }
@@ -244,7 +248,24 @@ impl Checker {
         if let Some(c) = clients.iter().find(|c| !c.done()) {
             return Err(format!("liveness: client {} never finished", c.index));
         }
-        // Every replica is up and caught up.
+        let max = self.check_caught_up(nodes)?;
+        self.compare_digests(nodes)?;
+        self.check_cluster_id(nodes, max)?;
+        let (model, answers) = self.replay(max)?;
+        self.check_answers(&answers)?;
+        self.check_real_time_order()?;
+        self.check_reads(&model)?;
+        for (id, replica) in nodes {
+            let Some(replica) = replica else {
+                continue;
+            };
+            check_final_state(*id, replica, &model)?;
+        }
+        Ok(())
+    }
+
+    /// Every replica is up and caught up: the index they all applied.
+    fn check_caught_up(&self, nodes: &Nodes) -> Result<u64, String> {
         let mut applied = Vec::new();
         for (id, replica) in nodes {
             let Some(replica) = replica else {
@@ -258,12 +279,14 @@ impl Checker {
                 "liveness: node {id} applied {a} of {max} after faults stopped"
             ));
         }
-        self.compare_digests(nodes)?;
-        self.check_cluster_id(nodes, max)?;
+        Ok(max)
+    }
 
-        // Replay the committed log through the model.
+    /// Replays the committed log through the model: the model after
+    /// entry `max`, and its answer for each command by (index, position).
+    fn replay(&self, max: u64) -> Result<(Model, Answers), String> {
         let mut model = Model::default();
-        let mut answers: HashMap<(u64, usize), (Command, Applied)> = HashMap::new();
+        let mut answers: Answers = HashMap::new();
         for index in 1..=max {
             let Some(entry) = self.committed.get(&index) else {
                 return Err(format!("the checker never saw committed entry {index}"));
@@ -284,8 +307,11 @@ impl Checker {
                 answers.insert((index, position), (command, result));
             }
         }
+        Ok((model, answers))
+    }
 
-        // Every acknowledged answer is the log's answer for that entry.
+    /// Every acknowledged answer is the log's answer for that entry.
+    fn check_answers(&self, answers: &Answers) -> Result<(), String> {
         for w in &self.writes {
             let Some((command, answer)) = answers.get(&w.at) else {
                 return Err(format!(
@@ -306,9 +332,12 @@ impl Checker {
                 ));
             }
         }
+        Ok(())
+    }
 
-        // Real time: an operation acknowledged before another began sits
-        // earlier in the log.
+    /// Real time: an operation acknowledged before another began sits
+    /// earlier in the log.
+    fn check_real_time_order(&self) -> Result<(), String> {
         let mut events: Vec<(u64, u8, usize)> = Vec::new();
         for (i, w) in self.writes.iter().enumerate() {
             events.push((w.acked_ms, 0, i));
@@ -339,9 +368,12 @@ impl Checker {
                 }
             }
         }
+        Ok(())
+    }
 
-        // Reads: the model's state at the index read; linearizable reads
-        // no older than any write acknowledged before they began.
+    /// Reads: the model's state at the index read; linearizable reads
+    /// no older than any write acknowledged before they began.
+    fn check_reads(&mut self, model: &Model) -> Result<(), String> {
         for r in &self.reads {
             for (sku, node, level) in &r.values {
                 let expected = model.level_at(sku, node, r.applied_index);
@@ -369,58 +401,70 @@ impl Checker {
             }
             self.reads_checked += 1;
         }
-
-        // Final state of every replica = the model's.
-        for (id, replica) in nodes {
-            let Some(replica) = replica else {
-                continue;
-            };
-            let inventory = replica.inventory();
-            let mut real = BTreeMap::new();
-            inventory.stock().for_each(|s, n, l| {
-                real.insert((s.to_string(), n.to_string()), *l);
-            });
-            for (key, level) in &model.counters {
-                let got = real.remove(key).unwrap_or_default();
-                if got != *level {
-                    return Err(format!(
-                        "node {id}: {}@{} is {got:?}, the model says {level:?}",
-                        key.0, key.1
-                    ));
-                }
-            }
-            if let Some((key, level)) = real.iter().find(|(_, l)| **l != StockLevel::default()) {
-                return Err(format!(
-                    "node {id}: {}@{} is {level:?}, unknown to the model",
-                    key.0, key.1
-                ));
-            }
-            for (rid, hold) in &model.holds {
-                let Some(r) = inventory.reservation(rid) else {
-                    return Err(format!("node {id}: reservation {rid} is missing"));
-                };
-                let state = match r.state {
-                    ReservationState::Open => State::Open,
-                    ReservationState::Consumed => State::Consumed,
-                    ReservationState::Released => State::Released,
-                    ReservationState::Expired => State::Expired,
-                };
-                if state != hold.state || r.expires_at_ms != hold.expires_at_ms {
-                    return Err(format!(
-                        "node {id}: reservation {rid} is {:?} until {}, the model says {:?} until {}",
-                        state, r.expires_at_ms, hold.state, hold.expires_at_ms
-                    ));
-                }
-                if state == State::Expired && r.finished_at_ms < r.expires_at_ms {
-                    return Err(format!(
-                        "node {id}: reservation {rid} expired before its deadline"
-                    ));
-                }
-            }
-            if let Err(broken) = inventory.check_invariants() {
-                return Err(format!("node {id}: {broken}"));
-            }
-        }
         Ok(())
     }
+}
+
+/// The final state of replica `id` is the model's: the same counters, the
+/// same holds, and the state machine's own invariants hold.
+fn check_final_state(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Result<(), String> {
+    check_counters(id, replica, model)?;
+    check_holds(id, replica, model)?;
+    if let Err(broken) = replica.inventory().check_invariants() {
+        return Err(format!("node {id}: {broken}"));
+    }
+    Ok(())
+}
+
+/// Every counter is at the model's level, and no other counter is set.
+fn check_counters(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Result<(), String> {
+    let mut real = BTreeMap::new();
+    replica.inventory().stock().for_each(|s, n, l| {
+        real.insert((s.to_string(), n.to_string()), *l);
+    });
+    for (key, level) in &model.counters {
+        let got = real.remove(key).unwrap_or_default();
+        if got != *level {
+            return Err(format!(
+                "node {id}: {}@{} is {got:?}, the model says {level:?}",
+                key.0, key.1
+            ));
+        }
+    }
+    if let Some((key, level)) = real.iter().find(|(_, l)| **l != StockLevel::default()) {
+        return Err(format!(
+            "node {id}: {}@{} is {level:?}, unknown to the model",
+            key.0, key.1
+        ));
+    }
+    Ok(())
+}
+
+/// Every hold the model keeps is in the same state with the same deadline,
+/// and none expired before its deadline.
+fn check_holds(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Result<(), String> {
+    let inventory = replica.inventory();
+    for (rid, hold) in &model.holds {
+        let Some(r) = inventory.reservation(rid) else {
+            return Err(format!("node {id}: reservation {rid} is missing"));
+        };
+        let state = match r.state {
+            ReservationState::Open => State::Open,
+            ReservationState::Consumed => State::Consumed,
+            ReservationState::Released => State::Released,
+            ReservationState::Expired => State::Expired,
+        };
+        if state != hold.state || r.expires_at_ms != hold.expires_at_ms {
+            return Err(format!(
+                "node {id}: reservation {rid} is {:?} until {}, the model says {:?} until {}",
+                state, r.expires_at_ms, hold.state, hold.expires_at_ms
+            ));
+        }
+        if state == State::Expired && r.finished_at_ms < r.expires_at_ms {
+            return Err(format!(
+                "node {id}: reservation {rid} expired before its deadline"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -114,106 +114,139 @@ impl Client {
         )
     }
 
+    /// Draws the client's next operation. Client 0 first stocks every
+    /// counter, one SetOnHand each; then each operation is drawn by weight.
     fn new_op(&mut self) -> OpKind {
         self.next_id += 1;
         let n = self.next_id;
-        let c = self.index;
         if !self.seeded {
-            let k = (n - 1) as usize;
-            if k + 1 >= self.skus * self.locations {
-                self.seeded = true;
-            }
-            let (s, l) = (sku(k / self.locations), location(k % self.locations));
-            let on_hand = self.rng.random_range(3..=20);
-            return OpKind::Write(Command::SetOnHand(
-                SetOnHand::new(format!("c{c}-t{n}"), s, l, on_hand, None)
-                    .expect("a valid generated command"),
-            ));
+            return self.stock_next_counter(n);
         }
         let roll = self.rng.random_range(0..100);
         if (35..60).contains(&roll) && !self.open.is_empty() {
-            let id = self.open[self.rng.random_range(0..self.open.len())].clone();
-            return OpKind::Write(match roll {
-                35..=49 => Command::Consume { reservation_id: id },
-                50..=56 => Command::Release { reservation_id: id },
-                _ => Command::Extend(
-                    Extend::new(id, self.rng.random_range(100..=3_000))
-                        .expect("a valid generated command"),
-                ),
-            });
+            return self.finish_or_extend_hold(roll);
         }
         match roll {
-            0..=59 => {
-                let count = self.rng.random_range(1..=3);
-                let mut lines = Vec::new();
-                for _ in 0..count {
-                    let (s, l) = self.counter();
-                    lines.push(Line {
-                        sku: s,
-                        node: l,
-                        qty: self.rng.random_range(1..=3),
-                    });
-                }
-                let ttl = self.rng.random_range(100..=5_000);
-                OpKind::Write(Command::Reserve(
-                    Reserve::new(format!("c{c}-r{n}"), lines, ttl)
-                        .expect("a valid generated command"),
-                ))
-            }
-            60..=69 => {
-                let (s, l) = self.counter();
-                let qty = self.rng.random_range(1..=2);
-                OpKind::Write(Command::Sell(
-                    Sell::new(format!("c{c}-t{n}"), s, l, qty).expect("a valid generated command"),
-                ))
-            }
-            70..=77 => {
-                let (s, l) = self.counter();
-                let delta = self.rng.random_range(1..=10);
-                OpKind::Write(Command::Adjust(
-                    Adjust::new(format!("c{c}-t{n}"), s, l, delta, AdjustReason::Receive)
-                        .expect("a valid generated command"),
-                ))
-            }
-            78..=82 => {
-                let (s, l) = self.counter();
-                let expected = if self.rng.random_bool(0.5) {
-                    self.seen.get(&(s.clone(), l.clone())).copied()
-                } else {
-                    None
-                };
-                let on_hand = self.rng.random_range(0..=20);
-                OpKind::Write(Command::SetOnHand(
-                    SetOnHand::new(format!("c{c}-t{n}"), s, l, on_hand, expected)
-                        .expect("a valid generated command"),
-                ))
-            }
-            83..=84 => {
-                let (s, l) = self.counter();
-                let safety = self.rng.random_range(0..=3);
-                OpKind::Write(Command::SetSafetyStock(
-                    SetSafetyStock::new(s, l, safety).expect("a valid generated command"),
-                ))
-            }
-            _ => {
-                let mut counters = Vec::new();
-                for _ in 0..self.rng.random_range(1..=3) {
-                    counters.push(self.counter());
-                }
-                OpKind::Read {
-                    counters,
-                    linearizable: self.rng.random_bool(0.6),
-                }
-            }
+            0..=59 => self.reserve(n),
+            60..=69 => self.sell(n),
+            70..=77 => self.receive(n),
+            78..=82 => self.set_on_hand(n),
+            83..=84 => self.set_safety_stock(),
+            _ => self.read(),
+        }
+    }
+
+    /// Op `n` of the first pass: sets the next counter's on_hand.
+    fn stock_next_counter(&mut self, n: u64) -> OpKind {
+        let k = (n - 1) as usize;
+        if k + 1 >= self.skus * self.locations {
+            self.seeded = true;
+        }
+        let (s, l) = (sku(k / self.locations), location(k % self.locations));
+        let on_hand = self.rng.random_range(3..=20);
+        OpKind::Write(Command::SetOnHand(
+            SetOnHand::new(format!("c{}-t{n}", self.index), s, l, on_hand, None)
+                .expect("a valid generated command"),
+        ))
+    }
+
+    /// Consumes, releases or extends one of the holds this client believes
+    /// open, by `roll` (35 to 59).
+    fn finish_or_extend_hold(&mut self, roll: i32) -> OpKind {
+        let id = self.open[self.rng.random_range(0..self.open.len())].clone();
+        OpKind::Write(match roll {
+            35..=49 => Command::Consume { reservation_id: id },
+            50..=56 => Command::Release { reservation_id: id },
+            _ => Command::Extend(
+                Extend::new(id, self.rng.random_range(100..=3_000))
+                    .expect("a valid generated command"),
+            ),
+        })
+    }
+
+    /// A hold of 1 to 3 lines.
+    fn reserve(&mut self, n: u64) -> OpKind {
+        let count = self.rng.random_range(1..=3);
+        let mut lines = Vec::new();
+        for _ in 0..count {
+            let (s, l) = self.counter();
+            lines.push(Line {
+                sku: s,
+                node: l,
+                qty: self.rng.random_range(1..=3),
+            });
+        }
+        let ttl = self.rng.random_range(100..=5_000);
+        OpKind::Write(Command::Reserve(
+            Reserve::new(format!("c{}-r{n}", self.index), lines, ttl)
+                .expect("a valid generated command"),
+        ))
+    }
+
+    /// A sale at the counter, without a hold.
+    fn sell(&mut self, n: u64) -> OpKind {
+        let (s, l) = self.counter();
+        let qty = self.rng.random_range(1..=2);
+        OpKind::Write(Command::Sell(
+            Sell::new(format!("c{}-t{n}", self.index), s, l, qty)
+                .expect("a valid generated command"),
+        ))
+    }
+
+    /// Goods received.
+    fn receive(&mut self, n: u64) -> OpKind {
+        let (s, l) = self.counter();
+        let delta = self.rng.random_range(1..=10);
+        OpKind::Write(Command::Adjust(
+            Adjust::new(
+                format!("c{}-t{n}", self.index),
+                s,
+                l,
+                delta,
+                AdjustReason::Receive,
+            )
+            .expect("a valid generated command"),
+        ))
+    }
+
+    /// A stock count; half the time a compare-and-set against the last
+    /// on_hand this client read.
+    fn set_on_hand(&mut self, n: u64) -> OpKind {
+        let (s, l) = self.counter();
+        let expected = if self.rng.random_bool(0.5) {
+            self.seen.get(&(s.clone(), l.clone())).copied()
+        } else {
+            None
+        };
+        let on_hand = self.rng.random_range(0..=20);
+        OpKind::Write(Command::SetOnHand(
+            SetOnHand::new(format!("c{}-t{n}", self.index), s, l, on_hand, expected)
+                .expect("a valid generated command"),
+        ))
+    }
+
+    fn set_safety_stock(&mut self) -> OpKind {
+        let (s, l) = self.counter();
+        let safety = self.rng.random_range(0..=3);
+        OpKind::Write(Command::SetSafetyStock(
+            SetSafetyStock::new(s, l, safety).expect("a valid generated command"),
+        ))
+    }
+
+    /// A read of 1 to 3 counters, linearizable 60% of the time.
+    fn read(&mut self) -> OpKind {
+        let mut counters = Vec::new();
+        for _ in 0..self.rng.random_range(1..=3) {
+            counters.push(self.counter());
+        }
+        OpKind::Read {
+            counters,
+            linearizable: self.rng.random_bool(0.6),
         }
     }
 
     /// The next attempt to send, if one is due: (op id, what, where).
-    pub fn next_attempt(
-        &mut self,
-        now_ms: u64,
-        _rng: &mut StdRng,
-    ) -> Option<(u64, OpKind, Option<u64>)> {
+    pub fn next_attempt(&mut self, now_ms: u64) -> Option<(u64, OpKind, Option<u64>)> {
         if self.current.is_none() {
             if self.finished >= self.budget {
                 return None;

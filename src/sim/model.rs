@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::inventory::command::{Command, Reserve};
+use crate::inventory::command::{Command, Extend, Reserve};
 use crate::inventory::{
     Applied, ConsumeError, ExtendAnswer, ExtendError, Outcome, ReleaseError, ReserveAnswer,
     ReserveError, Shortage, StockAnswer, StockChangeError, StockLevel,
@@ -130,65 +130,17 @@ impl Model {
         commands.iter().map(|c| self.command(index, c)).collect()
     }
 
+    /// What one command answers, applied at log index `index`.
     fn command(&mut self, index: u64, command: &Command) -> Applied {
         match command {
             Command::Reserve(r) => Applied::Reserve(self.reserve(index, r)),
             Command::Consume { reservation_id } => {
-                Applied::Consume(match self.holds.get(reservation_id).map(|h| h.state) {
-                    None => Ok(Outcome::NotFound),
-                    Some(State::Open) => {
-                        self.finish(index, reservation_id, State::Consumed);
-                        Ok(Outcome::Consumed)
-                    }
-                    Some(State::Consumed) => Ok(Outcome::Consumed),
-                    Some(State::Expired) => Ok(Outcome::Expired),
-                    Some(State::Released) => Err(ConsumeError::Released {
-                        id: reservation_id.clone(),
-                    }),
-                })
+                Applied::Consume(self.consume(index, reservation_id))
             }
             Command::Release { reservation_id } => {
-                Applied::Release(match self.holds.get(reservation_id).map(|h| h.state) {
-                    None => Ok(Outcome::NotFound),
-                    Some(State::Open) => {
-                        self.finish(index, reservation_id, State::Released);
-                        Ok(Outcome::Released)
-                    }
-                    Some(State::Released) => Ok(Outcome::Released),
-                    Some(State::Expired) => Ok(Outcome::Expired),
-                    Some(State::Consumed) => Err(ReleaseError::Consumed {
-                        id: reservation_id.clone(),
-                    }),
-                })
+                Applied::Release(self.release(index, reservation_id))
             }
-            Command::Extend(e) => {
-                let now = self.now_ms;
-                Applied::Extend(match self.holds.get_mut(&e.reservation_id) {
-                    None => Ok(ExtendAnswer {
-                        outcome: Outcome::NotFound,
-                        expires_at_ms: 0,
-                    }),
-                    Some(h) => match h.state {
-                        State::Open => {
-                            h.expires_at_ms = now + e.ttl_ms;
-                            Ok(ExtendAnswer {
-                                outcome: Outcome::Reserved,
-                                expires_at_ms: h.expires_at_ms,
-                            })
-                        }
-                        State::Expired => Ok(ExtendAnswer {
-                            outcome: Outcome::Expired,
-                            expires_at_ms: h.expires_at_ms,
-                        }),
-                        State::Consumed => Err(ExtendError::Consumed {
-                            id: e.reservation_id.clone(),
-                        }),
-                        State::Released => Err(ExtendError::Released {
-                            id: e.reservation_id.clone(),
-                        }),
-                    },
-                })
-            }
+            Command::Extend(e) => Applied::Extend(self.extend(e)),
             Command::Sell(c) => {
                 Applied::StockChange(self.txn(index, &c.txn_id, command, &c.sku, &c.node, |l| {
                     let value = i128::from(l.on_hand) - i128::from(c.qty);
@@ -223,6 +175,66 @@ impl Model {
                 self.set(index, &c.sku, &c.node, level);
                 Applied::SetSafetyStock(Ok(StockAnswer { level }))
             }
+        }
+    }
+
+    /// Consuming a hold: an open one is committed; retrying a consumed or
+    /// expired one answers how it ended.
+    fn consume(&mut self, index: u64, id: &str) -> Result<Outcome, ConsumeError> {
+        match self.holds.get(id).map(|h| h.state) {
+            None => Ok(Outcome::NotFound),
+            Some(State::Open) => {
+                self.finish(index, id, State::Consumed);
+                Ok(Outcome::Consumed)
+            }
+            Some(State::Consumed) => Ok(Outcome::Consumed),
+            Some(State::Expired) => Ok(Outcome::Expired),
+            Some(State::Released) => Err(ConsumeError::Released { id: id.to_string() }),
+        }
+    }
+
+    /// Releasing a hold: an open one gives its stock back; retrying a
+    /// released or expired one answers how it ended.
+    fn release(&mut self, index: u64, id: &str) -> Result<Outcome, ReleaseError> {
+        match self.holds.get(id).map(|h| h.state) {
+            None => Ok(Outcome::NotFound),
+            Some(State::Open) => {
+                self.finish(index, id, State::Released);
+                Ok(Outcome::Released)
+            }
+            Some(State::Released) => Ok(Outcome::Released),
+            Some(State::Expired) => Ok(Outcome::Expired),
+            Some(State::Consumed) => Err(ReleaseError::Consumed { id: id.to_string() }),
+        }
+    }
+
+    /// Extending a hold: an open one gets a new deadline from now.
+    fn extend(&mut self, e: &Extend) -> Result<ExtendAnswer, ExtendError> {
+        let now = self.now_ms;
+        let Some(h) = self.holds.get_mut(&e.reservation_id) else {
+            return Ok(ExtendAnswer {
+                outcome: Outcome::NotFound,
+                expires_at_ms: 0,
+            });
+        };
+        match h.state {
+            State::Open => {
+                h.expires_at_ms = now + e.ttl_ms;
+                Ok(ExtendAnswer {
+                    outcome: Outcome::Reserved,
+                    expires_at_ms: h.expires_at_ms,
+                })
+            }
+            State::Expired => Ok(ExtendAnswer {
+                outcome: Outcome::Expired,
+                expires_at_ms: h.expires_at_ms,
+            }),
+            State::Consumed => Err(ExtendError::Consumed {
+                id: e.reservation_id.clone(),
+            }),
+            State::Released => Err(ExtendError::Released {
+                id: e.reservation_id.clone(),
+            }),
         }
     }
 

@@ -13,10 +13,12 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::{Sim, SimNode};
+use super::disk::SimDisk;
+use super::node::SimNode;
+use super::world::Sim;
+use super::Bug;
 use crate::replica::membership::Member;
 use crate::replica::{MembershipChange, Output, ProposeError};
-use crate::sim::disk::SimDisk;
 use crate::storage::MemStore;
 
 /// A change under way.
@@ -94,7 +96,7 @@ impl Sim {
         );
         let disk = SimDisk::new(
             MemStore::joining(&members),
-            self.config.bug == Some(super::Bug::FsyncLies),
+            self.config.bug == Some(Bug::FsyncLies),
         );
         let node = SimNode::start(id, disk, &self.faults, self.now_ms, rng);
         self.nodes.push(node);

@@ -70,19 +70,13 @@ fn simulation() {
     );
 }
 
-/// Regression (issue 27): in this seed, as it ran when it was found, a
-/// removal proposed by one leader committed under the node it removed,
-/// which led by then; raft-rs left it leading without its own progress and
-/// the next append response aborted it (`Option::unwrap()` on `None` in
-/// `Raft::maybe_commit`). With the fault mix it was found with it
-/// reproduced that abort until the fix, and passed after it. A seed's run
-/// follows the code, so a later change to what replicas do (refusing
-/// messages from members already removed, before raft-rs sees them) moved
-/// this one off that path: the path itself is held by the replica test that commits a
-/// leader's own removal with responses in flight, and by the CI seeds,
-/// whose operator moves leadership onto nodes being removed and which
-/// must see removed leaders step down (`simulation`). Here the seed must
-/// pass, in both fault mixes.
+/// Seed 60538492796 (issue 27: a removal committed under the node it
+/// removed, and raft-rs aborted in `Raft::maybe_commit`) must pass in
+/// both fault mixes. A seed's run follows the code, so it need not take
+/// that path today: the path itself is held by the replica test that
+/// commits a leader's own removal with responses in flight, and by the CI
+/// seeds (`simulation`), whose operator moves leadership onto nodes being
+/// removed and which must see removed leaders step down.
 #[test]
 fn seed_60538492796_passes() {
     for leader_removals in [false, true] {

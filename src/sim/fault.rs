@@ -1,0 +1,223 @@
+//! Faults: the mix a seed draws for itself, and the crashes, restarts,
+//! partitions, leadership transfers and clock jumps injected every tick
+//! until most client operations are done; then [`Sim::end_faults`] heals
+//! everything for the liveness checks.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::network::NetworkFaults;
+use super::node::{logger, replica_config, DAY_MS};
+use super::world::Sim;
+use crate::replica::clock::PeerClocks;
+use crate::replica::Replica;
+
+/// The fault mix a seed picks for itself.
+#[derive(Debug, Clone)]
+pub(super) struct Faults {
+    pub(super) crash_per_mille: u32,
+    pub(super) partition_per_mille: u32,
+    pub(super) transfer_per_mille: u32,
+    pub(super) membership_per_mille: u32,
+    pub(super) network: NetworkFaults,
+    pub(super) max_clock_skew_ms: i64,
+    /// Whether the leader's clock is set a day fast or slow now and then.
+    pub(super) clock_jumps: bool,
+    /// Replicas write appends unsynced and sync them later
+    /// (`ReplicaConfig::persist_async`, as the server does), each sync
+    /// landing 0 to `sync_delay_ms_max` ms after it was asked for; a crash
+    /// meanwhile loses the writes not yet synced.
+    pub(super) persist_async: bool,
+    pub(super) sync_delay_ms_max: u64,
+}
+
+impl Faults {
+    /// Draws a seed's fault mix. The order of the draws is part of what a
+    /// seed means: changing it changes every seed's run.
+    pub(super) fn draw(rng: &mut StdRng) -> Faults {
+        Faults {
+            crash_per_mille: rng.random_range(0..=30),
+            partition_per_mille: rng.random_range(0..=30),
+            transfer_per_mille: rng.random_range(0..=15),
+            membership_per_mille: rng.random_range(0..=20),
+            network: NetworkFaults {
+                drop_per_mille: rng.random_range(0..=100),
+                duplicate_per_mille: rng.random_range(0..=50),
+                delay_ms_min: 1,
+                delay_ms_max: rng.random_range(2..=30),
+            },
+            max_clock_skew_ms: rng.random_range(0..=200),
+            clock_jumps: rng.random_bool(0.5),
+            persist_async: rng.random_bool(0.5),
+            sync_delay_ms_max: rng.random_range(0..=5),
+        }
+    }
+}
+
+impl Sim {
+    /// One tick's faults, each drawn in turn (the order is part of what a
+    /// seed means).
+    pub(super) fn inject_faults(&mut self, rng: &mut StdRng) {
+        if self.faults_over {
+            return;
+        }
+        self.change_membership(rng);
+        self.jump_clocks(rng);
+        let down = self.nodes.len() - self.up().len();
+        self.crash_a_node(down, rng);
+        self.restart_a_node(down, rng);
+        self.cut_or_heal_links(rng);
+        self.transfer_leadership(rng);
+    }
+
+    /// Crashes an up node now and then, while fewer than half of them
+    /// (`down`, counted before this tick's faults) are down.
+    fn crash_a_node(&mut self, down: usize, rng: &mut StdRng) {
+        let n = self.nodes.len();
+        if rng.random_range(0..1_000) < self.faults.crash_per_mille && down < n / 2 {
+            let up = self.up();
+            let victim = up[rng.random_range(0..up.len())];
+            self.crash(victim);
+        }
+    }
+
+    /// Restarts a down node now and then, when one was down before this
+    /// tick's faults (`down`); it may be the one just crashed.
+    fn restart_a_node(&mut self, down: usize, rng: &mut StdRng) {
+        if down > 0 && rng.random_range(0..1_000) < 150 {
+            let downs: Vec<usize> = (0..self.nodes.len())
+                .filter(|i| self.nodes[*i].replica.is_none())
+                .collect();
+            let back = downs[rng.random_range(0..downs.len())];
+            self.restart(back);
+        }
+    }
+
+    /// Splits the nodes in two at random (one way or both ways) now and
+    /// then, else heals a partition now and then.
+    fn cut_or_heal_links(&mut self, rng: &mut StdRng) {
+        if rng.random_range(0..1_000) < self.faults.partition_per_mille {
+            let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+            let cut = rng.random_range(1..self.nodes.len());
+            let mut shuffled = ids.clone();
+            for k in (1..shuffled.len()).rev() {
+                let j = rng.random_range(0..=k);
+                shuffled.swap(k, j);
+            }
+            let (a, b) = shuffled.split_at(cut);
+            let one_way = rng.random_bool(0.3);
+            self.network.partition(a, b, one_way);
+            self.report.partitions += 1;
+        } else if self.network.is_partitioned() && rng.random_range(0..1_000) < 100 {
+            self.network.heal();
+        }
+    }
+
+    /// Asks the leader now and then to hand leadership to a node drawn at
+    /// random (itself, or a node that is down, included).
+    fn transfer_leadership(&mut self, rng: &mut StdRng) {
+        if rng.random_range(0..1_000) < self.faults.transfer_per_mille {
+            if let Some(l) = self.leader() {
+                let target = self.nodes[rng.random_range(0..self.nodes.len())].id;
+                if let Some(replica) = self.nodes[l].replica.as_mut() {
+                    replica.transfer_leader(target);
+                    self.report.transfers += 1;
+                }
+            }
+        }
+    }
+
+    /// Sets the leader's clock a day fast or a day slow now and then (one
+    /// node at a time), and puts it right again later: the checker's
+    /// stamp bound shows no hold expired early meanwhile.
+    fn jump_clocks(&mut self, rng: &mut StdRng) {
+        if !self.faults.clock_jumps {
+            return;
+        }
+        if let Some(jumped) = self.nodes.iter().position(|n| n.clock_jump_ms != 0) {
+            if rng.random_range(0..1_000) < 50 {
+                self.nodes[jumped].clock_jump_ms = 0;
+            }
+            return;
+        }
+        if rng.random_range(0..1_000) >= 20 {
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            return;
+        };
+        self.nodes[leader].clock_jump_ms = if rng.random_bool(0.5) {
+            DAY_MS
+        } else {
+            -DAY_MS
+        };
+        self.report.clock_jumps += 1;
+    }
+
+    /// Stops the node at `i` as a power cut would: what its disk had not
+    /// synced is lost, and so is everything it held in memory.
+    fn crash(&mut self, i: usize) {
+        let Some(replica) = self.nodes[i].replica.take() else {
+            return;
+        };
+        self.nodes[i].step_downs_before += replica.removed_step_downs();
+        self.nodes[i].clock_step_downs_before += replica.clock_step_downs();
+        self.nodes[i].clocks = PeerClocks::default();
+        let mut disk = replica.store().clone();
+        disk.crash();
+        self.nodes[i].down_disk = Some(disk);
+        if self.nodes[i].sync_due_ms.take().is_some() {
+            self.report.crashes_before_sync += 1;
+        }
+        self.nodes[i].commands.clear();
+        self.nodes[i].reads.clear();
+        let id = self.nodes[i].id;
+        // Callers waiting on this node never hear back; they time out.
+        self.tickets.retain(|(node, _), _| *node != id);
+        self.report.crashes += 1;
+    }
+
+    /// Starts a down node again from what its disk kept.
+    fn restart(&mut self, i: usize) {
+        let Some(disk) = self.nodes[i].down_disk.take() else {
+            return;
+        };
+        match Replica::new(
+            replica_config(
+                self.nodes[i].id,
+                self.nodes[i].election_ticks,
+                self.faults.persist_async,
+            ),
+            disk,
+            &logger(),
+        ) {
+            Ok(replica) => self.nodes[i].replica = Some(replica),
+            Err(e) => {
+                // Recorded for the checker: a node that cannot restart from
+                // its own durable state is a bug.
+                self.checker
+                    .note_failure(format!("node {} cannot restart: {e}", self.nodes[i].id));
+            }
+        }
+    }
+
+    /// Stops every fault for good: links heal, clocks come right, no
+    /// message is lost or duplicated any more, and every down node restarts.
+    pub(super) fn end_faults(&mut self) {
+        if !self.faults_over {
+            self.faults_over = true;
+            self.faults_over_at_ms = self.now_ms;
+        }
+        self.network.heal();
+        for node in &mut self.nodes {
+            node.clock_jump_ms = 0;
+        }
+        self.network.faults.drop_per_mille = 0;
+        self.network.faults.duplicate_per_mille = 0;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].replica.is_none() {
+                self.restart(i);
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! One simulated node: its replica while it is up, its disk while it is
+//! down, its clock (off by a fixed offset, drifting, a day off while a
+//! clock fault lasts) and the work queued for its next turn.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::disk::SimDisk;
+use super::fault::Faults;
+use crate::inventory::Command;
+use crate::replica::clock::PeerClocks;
+use crate::replica::{Replica, ReplicaConfig, Token};
+
+/// A node's tick, as the server's.
+pub(super) const TICK_MS: u64 = 100;
+/// Clocks drift up to 0.1% (NTP keeps real ones far closer): over the
+/// longest run, 600 ms.
+pub(super) const CLOCK_DRIFT_PPM_MAX: i64 = 1_000;
+/// The replicas' `--max-clock-offset`: above what drift and skew make of
+/// honest clocks here (at most 2 x (200 + 600) ms apart), far below a day.
+pub(super) const MAX_CLOCK_OFFSET_MS: u64 = 2_000;
+/// How far a clock fault sets a leader's clock off, either way.
+pub(super) const DAY_MS: i64 = 86_400_000;
+/// The true time at the start of every run, in ms since the Unix epoch.
+pub(crate) const TRUE_CLOCK_BASE_MS: u64 = 1_700_000_000_000;
+
+/// A node of the simulated cluster, up or down.
+pub(super) struct SimNode {
+    pub(super) id: u64,
+    /// This replica's (fixed) election timeout, in ticks.
+    pub(super) election_ticks: usize,
+    pub(super) replica: Option<Replica<SimDisk>>,
+    /// The disk while the node is down.
+    pub(super) down_disk: Option<SimDisk>,
+    /// When the sync the replica asked for lands (`persist_async`).
+    pub(super) sync_due_ms: Option<u64>,
+    /// Its clock's fixed error and drift, drawn at its start.
+    clock_offset_ms: i64,
+    clock_drift_ppm: i64,
+    /// A day fast or slow while a clock fault lasts, else 0.
+    pub(super) clock_jump_ms: i64,
+    /// Fellow members' clocks as this node measured them (memory: lost
+    /// in a crash).
+    pub(super) clocks: PeerClocks,
+    pub(super) next_tick_ms: u64,
+    /// Commands and linearizable reads handed to the node, for its next
+    /// turn.
+    pub(super) commands: Vec<(Token, Command)>,
+    pub(super) reads: Vec<Token>,
+    /// Removed-leader step-downs of the node's earlier lives (before a
+    /// crash), for the report.
+    pub(super) step_downs_before: u64,
+    /// Clock step-downs of its earlier lives.
+    pub(super) clock_step_downs_before: u64,
+}
+
+impl SimNode {
+    /// A node starting at `now_ms` on `disk`, with its own election timeout
+    /// and clock error drawn from `rng`.
+    pub(super) fn start(
+        id: u64,
+        disk: SimDisk,
+        faults: &Faults,
+        now_ms: u64,
+        rng: &mut StdRng,
+    ) -> SimNode {
+        let election_ticks = rng.random_range(10..20);
+        let replica = Replica::new(
+            replica_config(id, election_ticks, faults.persist_async),
+            disk,
+            &logger(),
+        )
+        .ok();
+        SimNode {
+            id,
+            election_ticks,
+            replica,
+            down_disk: None,
+            sync_due_ms: None,
+            clock_offset_ms: rng.random_range(-faults.max_clock_skew_ms..=faults.max_clock_skew_ms),
+            clock_drift_ppm: rng.random_range(-CLOCK_DRIFT_PPM_MAX..=CLOCK_DRIFT_PPM_MAX),
+            clock_jump_ms: 0,
+            clocks: PeerClocks::default(),
+            next_tick_ms: now_ms + rng.random_range(0..TICK_MS),
+            commands: Vec::new(),
+            reads: Vec::new(),
+            step_downs_before: 0,
+            clock_step_downs_before: 0,
+        }
+    }
+
+    /// The node's wall clock at true time `now_ms`: off by a fixed offset,
+    /// drifting at its own rate, and a day off while a clock fault lasts.
+    pub(super) fn wall_clock(&self, now_ms: u64) -> u64 {
+        let drift = now_ms as i64 * self.clock_drift_ppm / 1_000_000;
+        let error = self.clock_offset_ms + drift + self.clock_jump_ms;
+        (TRUE_CLOCK_BASE_MS as i64 + now_ms as i64 + error).max(0) as u64
+    }
+
+    /// Clock step-downs over all the node's lives.
+    pub(super) fn clock_step_downs(&self) -> u64 {
+        let now = self.replica.as_ref().map_or(0, |r| r.clock_step_downs());
+        self.clock_step_downs_before + now
+    }
+
+    /// Gives the replica the verdict on its clock at `clock` (the server
+    /// does it at every tick; the simulator also before every proposal).
+    pub(super) fn check_clock(&mut self, clock: u64) {
+        if let Some(replica) = self.replica.as_mut() {
+            replica.check_clock(&self.clocks, clock, MAX_CLOCK_OFFSET_MS);
+        }
+    }
+
+    /// Removed-leader step-downs over all the node's lives.
+    pub(super) fn removed_step_downs(&self) -> u64 {
+        let now = self.replica.as_ref().map_or(0, |r| r.removed_step_downs());
+        self.step_downs_before + now
+    }
+}
+
+/// The replica settings of every simulated node: small snapshots and a
+/// short log, so snapshots and their transfers happen often.
+pub(super) fn replica_config(id: u64, election_ticks: usize, persist_async: bool) -> ReplicaConfig {
+    let mut config = ReplicaConfig::new(id);
+    config.persist_async = persist_async;
+    config.fixed_election_ticks = Some(election_ticks);
+    config.snapshot_entries = 40;
+    config.snapshot_log_floor_bytes = 0;
+    config.log_keep_entries = 20;
+    // Long retention: within a run every retry must find its id.
+    config.id_retention_ms = 24 * 3_600 * 1_000;
+    config
+}
+
+/// The replicas log nowhere: a seed's output is its report.
+pub(super) fn logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}

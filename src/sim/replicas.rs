@@ -1,0 +1,200 @@
+//! Each millisecond's work for the replicas, as the server's threads do it:
+//! messages delivered, syncs landing, ticks, then each node's turn
+//! (proposals, reads, the next Ready); and what a replica puts out (syncs
+//! to schedule, messages to send, answers for the clients).
+
+use raft::eraftpb::{Message, MessageType};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::node::TICK_MS;
+use super::world::Sim;
+use crate::replica::{Output, StepError};
+
+impl Sim {
+    /// Hands each message due now to its receiver, after telling the
+    /// sender of a lost or delivered snapshot how its stream ended.
+    pub(super) fn deliver_messages(&mut self) -> Result<(), String> {
+        let (due, lost) = self.network.due(self.now_ms);
+        for message in lost {
+            self.report_snapshot(message.from, message.to, false)?;
+        }
+        for (message, reading) in due {
+            if let Some(i) = self.nodes.iter().position(|n| n.id == message.to) {
+                if self.nodes[i].replica.is_some() {
+                    let clock = self.node_clock(i);
+                    self.nodes[i].clocks.observe(message.from, &reading, clock);
+                }
+            }
+            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let (from, to) = (message.from, message.to);
+            let receiver_up = self.nodes.iter().any(|n| n.id == to && n.replica.is_some());
+            if is_snapshot {
+                self.report_snapshot(from, to, receiver_up)?;
+            }
+            self.step_receiver(message)?;
+        }
+        Ok(())
+    }
+
+    /// Steps the receiver's replica with `message`, if it is up. A message
+    /// a replica refuses is dropped, as the server does, and counted.
+    fn step_receiver(&mut self, message: Message) -> Result<(), String> {
+        let Some(i) = self.nodes.iter().position(|n| n.id == message.to) else {
+            return Ok(());
+        };
+        let id = self.nodes[i].id;
+        let Some(replica) = self.nodes[i].replica.as_mut() else {
+            return Ok(());
+        };
+        let shown = show_refused().then(|| format!("{message:?}"));
+        let stepped = guard(id, || replica.step(message))?;
+        if let Err(StepError::Refused(refusal)) = stepped {
+            *self.report.refused.entry(refusal.label()).or_default() += 1;
+            if let Some(shown) = shown {
+                eprintln!("node {id} refused ({}): {shown}", refusal.label());
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells a snapshot's sender how its stream ended, as the transport does.
+    fn report_snapshot(&mut self, from: u64, to: u64, delivered: bool) -> Result<(), String> {
+        let Some(i) = self.nodes.iter().position(|n| n.id == from) else {
+            return Ok(());
+        };
+        if let Some(replica) = self.nodes[i].replica.as_mut() {
+            guard(from, || replica.report_snapshot(to, delivered))?;
+        }
+        Ok(())
+    }
+
+    /// Lands the syncs that are due (`persist_async`): everything the
+    /// replica wrote until now becomes durable, then it learns so.
+    pub(super) fn sync_disks(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let Some(due_ms) = self.nodes[i].sync_due_ms else {
+                continue;
+            };
+            if due_ms > self.now_ms {
+                continue;
+            }
+            self.nodes[i].sync_due_ms = None;
+            let id = self.nodes[i].id;
+            let mut out = Output::default();
+            let Some(replica) = self.nodes[i].replica.as_mut() else {
+                continue;
+            };
+            guard(id, || {
+                let number = replica.sync_store()?;
+                replica.persisted(number, &mut out)
+            })?
+            .map_err(|fatal| format!("node {id} hit a fatal error: {fatal}"))?;
+            self.handle_output(i, out);
+        }
+        Ok(())
+    }
+
+    /// Ticks every node whose tick is due, after the verdict on its clock.
+    pub(super) fn tick_nodes(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].next_tick_ms > self.now_ms {
+                continue;
+            }
+            self.nodes[i].next_tick_ms = self.now_ms + TICK_MS;
+            let clock = self.node_clock(i);
+            let id = self.nodes[i].id;
+            let mut out = Output::default();
+            self.nodes[i].check_clock(clock);
+            if let Some(replica) = self.nodes[i].replica.as_mut() {
+                guard(id, || replica.tick(clock, &mut out))?;
+            }
+            self.handle_output(i, out);
+        }
+        Ok(())
+    }
+
+    /// Each up node's turn: it proposes the commands handed to it, starts
+    /// the reads, and handles its next Ready.
+    pub(super) fn node_turns(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            let clock = self.node_clock(i);
+            let id = self.nodes[i].id;
+            let commands = std::mem::take(&mut self.nodes[i].commands);
+            let reads = std::mem::take(&mut self.nodes[i].reads);
+            let mut out = Output::default();
+            if !commands.is_empty() {
+                self.nodes[i].check_clock(clock);
+            }
+            let Some(replica) = self.nodes[i].replica.as_mut() else {
+                continue;
+            };
+            guard(id, || {
+                if !commands.is_empty() {
+                    replica.propose(clock, commands, &mut out);
+                }
+                replica.read(reads, &mut out);
+                replica.advance(&mut out)
+            })?
+            .map_err(|fatal| format!("node {id} hit a fatal error: {fatal}"))?;
+            self.handle_output(i, out);
+        }
+        Ok(())
+    }
+
+    /// Acts on what the replica at `i` put out: schedules the sync it asked
+    /// for, sends its messages, and routes its answers to the clients.
+    pub(super) fn handle_output(&mut self, i: usize, out: Output) {
+        let node_id = self.nodes[i].id;
+        let mut rng = StdRng::seed_from_u64(self.now_ms ^ (node_id << 32) ^ self.config.seed);
+        if out.sync.is_some() && self.nodes[i].sync_due_ms.is_none() {
+            let delay_ms = rng.random_range(0..=self.faults.sync_delay_ms_max);
+            self.nodes[i].sync_due_ms = Some(self.now_ms + delay_ms);
+        }
+        self.send_messages(i, out.messages, &mut rng);
+        self.answer_writes(i, out.answers, out.answered_at);
+        self.answer_reads(i, out.reads);
+    }
+
+    /// Sends the messages of the node at `i`; a snapshot the network loses
+    /// is reported to the sender at once, as a failed stream.
+    fn send_messages(&mut self, i: usize, messages: Vec<Message>, rng: &mut StdRng) {
+        let node_id = self.nodes[i].id;
+        let mut lost_snapshots = Vec::new();
+        let clock = self.node_clock(i);
+        for message in messages {
+            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let to = message.to;
+            let reading = self.nodes[i].clocks.reading_for(to, clock);
+            if !self.network.send(self.now_ms, message, reading, rng) && is_snapshot {
+                lost_snapshots.push(to);
+            }
+        }
+        for to in lost_snapshots {
+            if let Some(replica) = self.nodes[i].replica.as_mut() {
+                // Reported at once: the stream to `to` failed.
+                let _ = guard(node_id, || replica.report_snapshot(to, false));
+            }
+        }
+    }
+}
+
+/// Whether to print every peer message a replica refuses
+/// (`STOCKRAFT_SIM_SHOW_REFUSED=1`), to look into a seed.
+fn show_refused() -> bool {
+    static SHOW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SHOW.get_or_init(|| std::env::var_os("STOCKRAFT_SIM_SHOW_REFUSED").is_some())
+}
+
+/// Runs replica code; a panic (a broken invariant, in raft-rs or in
+/// stockraft) would stop a real node, so here it is a violation.
+pub(super) fn guard<T>(node: u64, work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into());
+        format!("node {node} stopped on a broken invariant: {message}")
+    })
+}
