@@ -50,6 +50,8 @@
 //! - [`certs`]: `stockraft certs`, a CA and a cluster's certificates.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+// Functions of at most 70 code lines (clippy.toml), tests excepted.
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod certs;
 pub mod chunked;

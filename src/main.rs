@@ -1,5 +1,8 @@
 //! The `stockraft` binary: see `stockraft --help`.
 
+// Functions of at most 70 code lines (clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 mod cli;
 
 use anyhow::Result;
