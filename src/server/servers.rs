@@ -27,7 +27,7 @@ use super::forward::Forwarder;
 use super::identity::Identity;
 use super::inventory_service::InventoryService;
 use super::node::{Node, NodeHandle};
-use super::peer_service::{self, PeerService};
+use super::peer_service::PeerService;
 use super::transport::{Faults, SharedClocks};
 use super::{incoming, ServeConfig, ServeError};
 use crate::limits::{PEER_MESSAGE_BYTES_MAX, REQUEST_BYTES_MAX};
@@ -143,7 +143,7 @@ pub(super) async fn serve_until_shutdown(
     #[cfg(feature = "fault-injection")]
     let router = router.add_service(
         crate::proto::internal::fault_injection_server::FaultInjectionServer::new(
-            peer_service::FaultService::new(started.faults.clone()),
+            super::peer_service::FaultService::new(started.faults.clone()),
         ),
     );
     let (peers_stop_tx, peers_stop_rx) = oneshot::channel::<()>();
@@ -315,7 +315,7 @@ async fn serve_peers(
     #[cfg(feature = "fault-injection")]
     let router = router.add_service(
         crate::proto::internal::fault_injection_server::FaultInjectionServer::new(
-            peer_service::FaultService::new(faults),
+            super::peer_service::FaultService::new(faults),
         ),
     );
     #[cfg(not(feature = "fault-injection"))]
