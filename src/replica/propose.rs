@@ -166,15 +166,20 @@ impl<S: LogStore> Replica<S> {
     /// A leader of a cluster with no id yet (new, or made by a version
     /// that had none) proposes one, once per term: an empty entry whose
     /// context is the id, which every member stores once applied.
+    ///
+    /// A proposal raft-rs drops (it takes none while a leadership transfer
+    /// is under way) is tried again at the next tick: a term that began
+    /// with an aborted transfer would otherwise end, perhaps never, with
+    /// the cluster still unnamed.
     pub(super) fn propose_cluster_id(&mut self) {
         let term = self.raw.raft.term;
         if self.cluster_id_proposed_term == term || self.raw.store().cluster_id().is_some() {
             return;
         }
-        self.cluster_id_proposed_term = term;
         let context = membership::encode_cluster_identity(&self.config.cluster_id_candidate);
-        if let Err(e) = self.raw.propose(context, Vec::new()) {
-            tracing::debug!("proposing the cluster's id: {e}");
+        match self.raw.propose(context, Vec::new()) {
+            Ok(()) => self.cluster_id_proposed_term = term,
+            Err(e) => tracing::debug!("proposing the cluster's id: {e}"),
         }
     }
 
