@@ -1,8 +1,10 @@
 //! `stockraft-sim`: runs the deterministic simulator over many seeds, for
 //! long bug hunts, and reports seeds per second. A failing seed prints
-//! itself and replays exactly with `--seed N`.
+//! itself, the kind of rule it broke, and how to replay it exactly.
 //!
 //!   stockraft-sim --seeds 100000 [--first 0] [--ops 2000] [--threads 2]
+//!   stockraft-sim --hunt [--first N] [--seconds 3600]   (fresh seeds from a
+//!   random first one, or from N, until the first failure or the time is up)
 //!   stockraft-sim --seed 1234 [--bug fsync-lies|skip-read-index]
 //!   stockraft-sim --seed 60538492796 --no-leader-removals   (a seed whose
 //!   run has no leader removal drawn on purpose, replayed as it was made)
@@ -10,11 +12,19 @@
 // Functions of at most 70 code lines (clippy.toml).
 #![warn(clippy::too_many_lines)]
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use clap::Parser;
-use stockraft::sim::{run, run_seeds, Bug, SimConfig};
+use stockraft::sim::{run, run_seeds, Bug, SimConfig, SimReport};
+
+/// Seeds run between two progress lines.
+const CHUNK_SEEDS: u64 = 200;
+
+/// Fresh hunts start below this, so `first + seeds` never wraps and a
+/// seed stays short enough to type.
+const HUNT_FIRST_MAX: u64 = 1 << 40;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,14 +33,20 @@ use stockraft::sim::{run, run_seeds, Bug, SimConfig};
 )]
 struct Args {
     /// Run this one seed and print its report.
-    #[arg(long, conflicts_with = "seeds")]
+    #[arg(long, conflicts_with_all = ["seeds", "hunt"])]
     seed: Option<u64>,
     /// How many seeds to run.
     #[arg(long, default_value_t = 1_000)]
     seeds: u64,
-    /// The first seed.
-    #[arg(long, default_value_t = 0)]
-    first: u64,
+    /// The first seed (a hunt draws one at random unless given).
+    #[arg(long)]
+    first: Option<u64>,
+    /// Run fresh seeds until the first failure (or `--seconds`).
+    #[arg(long)]
+    hunt: bool,
+    /// Stop a hunt after this long, passing.
+    #[arg(long)]
+    seconds: Option<u64>,
     /// Client operations per seed.
     #[arg(long, default_value_t = 2_000)]
     ops: usize,
@@ -46,6 +62,53 @@ struct Args {
     no_leader_removals: bool,
 }
 
+/// What the seeds run so far did, summed.
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    acked: usize,
+    crashes: u64,
+    partitions: u64,
+    leader_removals: u64,
+    step_downs: u64,
+    clock_jumps: u64,
+    clock_step_downs: u64,
+    refused: BTreeMap<&'static str, u64>,
+}
+
+impl Totals {
+    fn add(&mut self, report: &SimReport) {
+        self.seeds += 1;
+        self.acked += report.ops_acked;
+        self.crashes += report.crashes;
+        self.partitions += report.partitions;
+        self.leader_removals += report.leader_removals;
+        self.step_downs += report.removed_step_downs;
+        self.clock_jumps += report.clock_jumps;
+        self.clock_step_downs += report.clock_step_downs;
+        for (reason, count) in &report.refused {
+            *self.refused.entry(reason).or_default() += count;
+        }
+    }
+
+    fn print(&self, first: u64, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        eprintln!(
+            "{} seeds from {first} passed in {seconds:.1} s ({:.2} seeds/s): {} acknowledged writes, {} crashes, {} partitions, {} leader removals, {} removed leaders stepped down, {} leader clocks a day off ({} clock step-downs); peer messages refused: {:?}",
+            self.seeds,
+            self.seeds as f64 / seconds,
+            self.acked,
+            self.crashes,
+            self.partitions,
+            self.leader_removals,
+            self.step_downs,
+            self.clock_jumps,
+            self.clock_step_downs,
+            self.refused
+        );
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let bug = match args.bug.as_deref() {
@@ -53,55 +116,60 @@ fn main() -> Result<()> {
         Some("skip-read-index") => Some(Bug::SkipReadIndex),
         _ => None,
     };
+    let first = match (args.first, args.hunt) {
+        (Some(first), _) => first,
+        (None, true) => rand::random::<u64>() % HUNT_FIRST_MAX,
+        (None, false) => 0,
+    };
     let template = SimConfig {
         leader_removals: !args.no_leader_removals,
-        ..SimConfig::new(args.first, args.ops, bug)
+        ..SimConfig::new(first, args.ops, bug)
     };
     if let Some(seed) = args.seed {
-        return match run(&SimConfig { seed, ..template }) {
-            Ok(report) => {
-                println!("{report:#?}");
-                Ok(())
-            }
-            Err(violation) => Err(anyhow!("{violation}")),
-        };
+        let report = run(&SimConfig { seed, ..template }).map_err(|v| anyhow!("{v}"))?;
+        println!("{report:#?}");
+        return Ok(());
     }
+    let (count, deadline) = if args.hunt {
+        eprintln!("hunting from seed {first}");
+        let limit = args.seconds.map(Duration::from_secs);
+        (u64::MAX - first, limit)
+    } else {
+        (args.seeds, None)
+    };
+    run_range(&template, first, count, deadline, args.threads)
+}
+
+/// Runs seeds `first..first + count` in chunks, printing progress after
+/// each, until one fails or `deadline` passes.
+fn run_range(
+    template: &SimConfig,
+    first: u64,
+    count: u64,
+    deadline: Option<Duration>,
+    threads: usize,
+) -> Result<()> {
     let started = Instant::now();
-    let mut done = 0u64;
-    let mut first = args.first;
-    let end = args.first + args.seeds;
-    let mut acked = 0usize;
-    let mut crashes = 0u64;
-    let mut partitions = 0u64;
-    let mut leader_removals = 0u64;
-    let mut step_downs = 0u64;
-    let mut clock_jumps = 0u64;
-    let mut clock_step_downs = 0u64;
-    let mut refused = std::collections::BTreeMap::<&str, u64>::new();
-    // In chunks, so progress shows on long hunts.
-    while first < end {
-        let count = (end - first).min(200);
-        let reports =
-            run_seeds(first, count, &template, args.threads).map_err(|v| anyhow!("{v}"))?;
-        done += reports.len() as u64;
-        acked += reports.iter().map(|r| r.ops_acked).sum::<usize>();
-        crashes += reports.iter().map(|r| r.crashes).sum::<u64>();
-        partitions += reports.iter().map(|r| r.partitions).sum::<u64>();
-        leader_removals += reports.iter().map(|r| r.leader_removals).sum::<u64>();
-        step_downs += reports.iter().map(|r| r.removed_step_downs).sum::<u64>();
-        clock_jumps += reports.iter().map(|r| r.clock_jumps).sum::<u64>();
-        clock_step_downs += reports.iter().map(|r| r.clock_step_downs).sum::<u64>();
-        for report in &reports {
-            for (reason, count) in &report.refused {
-                *refused.entry(reason).or_default() += count;
-            }
+    let mut totals = Totals::default();
+    let mut next = first;
+    let end = first.saturating_add(count);
+    while next < end {
+        if deadline.is_some_and(|limit| started.elapsed() >= limit) {
+            break;
         }
-        first += count;
-        let elapsed = started.elapsed().as_secs_f64();
-        eprintln!(
-            "{done} seeds passed in {elapsed:.1} s ({:.2} seeds/s): {acked} acknowledged writes, {crashes} crashes, {partitions} partitions, {leader_removals} leader removals, {step_downs} removed leaders stepped down, {clock_jumps} leader clocks a day off ({clock_step_downs} clock step-downs); peer messages refused: {refused:?}",
-            done as f64 / elapsed
-        );
+        let chunk = (end - next).min(CHUNK_SEEDS);
+        let reports = match run_seeds(next, chunk, template, threads) {
+            Ok(reports) => reports,
+            Err(violation) => {
+                totals.print(first, started.elapsed());
+                return Err(anyhow!("{violation}"));
+            }
+        };
+        for report in &reports {
+            totals.add(report);
+        }
+        next += chunk;
+        totals.print(first, started.elapsed());
     }
     Ok(())
 }

@@ -127,6 +127,11 @@ pub struct ReplicaStatus {
     pub commit_index: u64,
     pub applied_index: u64,
     pub last_index: u64,
+    /// The last log index this replica made durable and told raft-rs so:
+    /// what its append responses, and so the commit of entries, stand on.
+    pub persisted_index: u64,
+    /// The term of the entry at `persisted_index` (0 once compacted away).
+    pub persisted_term: u64,
     pub snapshot_index: u64,
     pub open_reservations: u64,
     pub role: Role,
@@ -278,6 +283,13 @@ impl<S: LogStore> Replica<S> {
             commit_index: self.raw.raft.raft_log.committed,
             applied_index: self.inventory.applied_index(),
             last_index: self.raw.raft.raft_log.last_index(),
+            persisted_index: self.raw.raft.raft_log.persisted,
+            persisted_term: self
+                .raw
+                .raft
+                .raft_log
+                .term(self.raw.raft.raft_log.persisted)
+                .unwrap_or(0),
             snapshot_index: self.snapshot_index,
             open_reservations: self.inventory.open_count() as u64,
             role: match self.raw.raft.state {

@@ -6,11 +6,20 @@ use raft::eraftpb::{Entry, EntryType};
 
 use super::client::Client;
 use super::disk::SimDisk;
+use super::durability::Promises;
 use super::model::{Model, State};
 use super::node::{CLOCK_DRIFT_PPM_MAX, TRUE_CLOCK_BASE_MS};
 use crate::inventory::codec::decode_batch;
 use crate::inventory::{Applied, Command, ReservationState, StockLevel};
 use crate::replica::Replica;
+
+use super::report::{Checked, Failure, ViolationKind};
+use ViolationKind::*;
+
+/// A failure of `kind`, as a check's result.
+fn fail<T>(kind: ViolationKind, message: String) -> Checked<T> {
+    Err(Failure::new(kind, message))
+}
 
 #[derive(Debug, Clone)]
 struct WriteRecord {
@@ -44,8 +53,10 @@ pub struct Checker {
     digests: BTreeMap<u64, (u64, u64)>,
     writes: Vec<WriteRecord>,
     reads: Vec<ReadRecord>,
-    failures: Vec<String>,
+    failures: Vec<Failure>,
     pub reads_checked: usize,
+    /// What members promised was durable (see `durability.rs`).
+    pub promises: Promises,
     /// How far ahead of true time a stamp may be: honest clocks' skew
     /// (drift comes on top, by the time elapsed) and `--max-clock-offset`.
     stamp_ahead_ms_base: u64,
@@ -72,8 +83,13 @@ impl Checker {
         self.committed.keys().next_back().copied().unwrap_or(0)
     }
 
-    pub fn note_failure(&mut self, message: String) {
-        self.failures.push(message);
+    pub fn note_failure(&mut self, kind: ViolationKind, message: String) {
+        self.failures.push(Failure::new(kind, message));
+    }
+
+    /// Records a failure found outside the checker's own steps.
+    pub fn note(&mut self, failure: Failure) {
+        self.failures.push(failure);
     }
 
     pub fn record_write(
@@ -113,7 +129,7 @@ impl Checker {
     }
 
     /// Checks run after every simulated millisecond.
-    pub fn step(&mut self, now_ms: u64, nodes: &Nodes) -> Result<(), String> {
+    pub fn step(&mut self, now_ms: u64, nodes: &Nodes) -> Checked {
         if let Some(failure) = self.failures.first() {
             return Err(failure.clone());
         }
@@ -126,10 +142,13 @@ impl Checker {
             if status.is_leader {
                 if let Some(other) = self.leaders.insert(status.term, *id) {
                     if other != *id {
-                        return Err(format!(
-                            "two leaders in term {}: nodes {other} and {id}",
-                            status.term
-                        ));
+                        return fail(
+                            TwoLeaders,
+                            format!(
+                                "two leaders in term {}: nodes {other} and {id}",
+                                status.term
+                            ),
+                        );
                     }
                 }
             }
@@ -146,13 +165,14 @@ impl Checker {
                             // Installed from a snapshot: not in this node's log.
                             continue;
                         }
-                        return Err(format!(
-                            "node {id} applied entry {index} that it never appended"
-                        ));
+                        return fail(
+                            LogDiverged,
+                            format!("node {id} applied entry {index} that it never appended"),
+                        );
                     };
                     match self.committed.get(&index) {
                         Some(seen) if seen.term != entry.term || seen.data != entry.data => {
-                            return Err(format!(
+                            return fail(LogDiverged, format!(
                                 "at {now_ms} ms node {id} applied entry {index} (term {}) but entry {index} was committed with term {}",
                                 entry.term, seen.term
                             ));
@@ -174,25 +194,29 @@ impl Checker {
     /// and the offset bound allow: a leader with a clock a day fast never
     /// stamps, so no hold expires early and no retained id is forgotten
     /// early (both go by stamps).
-    fn check_stamp(&self, now_ms: u64, index: u64, entry: &Entry) -> Result<(), String> {
+    fn check_stamp(&self, now_ms: u64, index: u64, entry: &Entry) -> Checked {
         if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
             return Ok(());
         }
-        let batch = decode_batch(&entry.data).map_err(|e| format!("entry {index}: {e}"))?;
+        let batch = decode_batch(&entry.data)
+            .map_err(|e| Failure::new(Harness, format!("entry {index}: {e}")))?;
         let drift_ms = now_ms * CLOCK_DRIFT_PPM_MAX as u64 / 1_000_000;
         let bound_ms = TRUE_CLOCK_BASE_MS + now_ms + self.stamp_ahead_ms_base + drift_ms;
         if batch.stamp_ms > bound_ms {
-            return Err(format!(
-                "entry {index} is stamped {} ms ahead of true time (at most {} allowed)",
-                batch.stamp_ms - (TRUE_CLOCK_BASE_MS + now_ms),
-                self.stamp_ahead_ms_base + drift_ms
-            ));
+            return fail(
+                StampAhead,
+                format!(
+                    "entry {index} is stamped {} ms ahead of true time (at most {} allowed)",
+                    batch.stamp_ms - (TRUE_CLOCK_BASE_MS + now_ms),
+                    self.stamp_ahead_ms_base + drift_ms
+                ),
+            );
         }
         Ok(())
     }
 
     /// Replicas at the same applied index have the same state.
-    pub fn compare_digests(&mut self, nodes: &Nodes) -> Result<(), String> {
+    pub fn compare_digests(&mut self, nodes: &Nodes) -> Checked {
         for (id, replica) in nodes {
             let Some(replica) = replica else {
                 continue;
@@ -202,9 +226,12 @@ impl Checker {
             let digest = inventory.digest();
             match self.digests.get(&index) {
                 Some((other, seen)) if *seen != digest => {
-                    return Err(format!(
-                        "nodes {other} and {id} applied index {index} but their states differ"
-                    ));
+                    return fail(
+                        StatesDiverged,
+                        format!(
+                            "nodes {other} and {id} applied index {index} but their states differ"
+                        ),
+                    );
                 }
                 Some(_) => {}
                 None => {
@@ -217,7 +244,7 @@ impl Checker {
 
     /// Every replica ends with the cluster id of the first identity entry
     /// committed (the model's rule: the first one wins), and there is one.
-    fn check_cluster_id(&self, nodes: &Nodes, max: u64) -> Result<(), String> {
+    fn check_cluster_id(&self, nodes: &Nodes, max: u64) -> Checked {
         let first = (1..=max).find_map(|index| {
             let entry = self.committed.get(&index)?;
             let normal = entry.get_entry_type() == EntryType::EntryNormal;
@@ -227,26 +254,30 @@ impl Checker {
             crate::replica::membership::decode_cluster_identity(&entry.context)
         });
         let Some(first) = first else {
-            return Err("no entry ever gave the cluster an id".into());
+            return fail(ClusterId, "no entry ever gave the cluster an id".into());
         };
         for (id, replica) in nodes {
             let held = replica.and_then(|r| r.cluster_id());
             if held != Some(first) {
-                return Err(format!(
-                    "node {id} holds cluster id {held:?}, the log gave {first:?}"
-                ));
+                return fail(
+                    ClusterId,
+                    format!("node {id} holds cluster id {held:?}, the log gave {first:?}"),
+                );
             }
         }
         Ok(())
     }
 
     /// The checks at the end of a seed.
-    pub fn finish(&mut self, nodes: &Nodes, clients: &[Client]) -> Result<(), String> {
+    pub fn finish(&mut self, nodes: &Nodes, clients: &[Client]) -> Checked {
         if let Some(failure) = self.failures.first() {
             return Err(failure.clone());
         }
         if let Some(c) = clients.iter().find(|c| !c.done()) {
-            return Err(format!("liveness: client {} never finished", c.index));
+            return fail(
+                Liveness,
+                format!("liveness: client {} never finished", c.index),
+            );
         }
         let max = self.check_caught_up(nodes)?;
         self.compare_digests(nodes)?;
@@ -265,37 +296,45 @@ impl Checker {
     }
 
     /// Every replica is up and caught up: the index they all applied.
-    fn check_caught_up(&self, nodes: &Nodes) -> Result<u64, String> {
+    fn check_caught_up(&self, nodes: &Nodes) -> Checked<u64> {
         let mut applied = Vec::new();
         for (id, replica) in nodes {
             let Some(replica) = replica else {
-                return Err(format!("liveness: node {id} is still down at the end"));
+                return fail(
+                    Liveness,
+                    format!("liveness: node {id} is still down at the end"),
+                );
             };
             applied.push((*id, replica.inventory().applied_index()));
         }
         let max = applied.iter().map(|(_, a)| *a).max().unwrap_or(0);
         if let Some((id, a)) = applied.iter().find(|(_, a)| *a != max) {
-            return Err(format!(
-                "liveness: node {id} applied {a} of {max} after faults stopped"
-            ));
+            return fail(
+                Liveness,
+                format!("liveness: node {id} applied {a} of {max} after faults stopped"),
+            );
         }
         Ok(max)
     }
 
     /// Replays the committed log through the model: the model after
     /// entry `max`, and its answer for each command by (index, position).
-    fn replay(&self, max: u64) -> Result<(Model, Answers), String> {
+    fn replay(&self, max: u64) -> Checked<(Model, Answers)> {
         let mut model = Model::default();
         let mut answers: Answers = HashMap::new();
         for index in 1..=max {
             let Some(entry) = self.committed.get(&index) else {
-                return Err(format!("the checker never saw committed entry {index}"));
+                return fail(
+                    Harness,
+                    format!("the checker never saw committed entry {index}"),
+                );
             };
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 model.applied_index = index;
                 continue;
             }
-            let batch = decode_batch(&entry.data).map_err(|e| format!("entry {index}: {e}"))?;
+            let batch = decode_batch(&entry.data)
+                .map_err(|e| Failure::new(Harness, format!("entry {index}: {e}")))?;
             let results = model.apply(
                 index,
                 batch.stamp_ms,
@@ -311,25 +350,34 @@ impl Checker {
     }
 
     /// Every acknowledged answer is the log's answer for that entry.
-    fn check_answers(&self, answers: &Answers) -> Result<(), String> {
+    fn check_answers(&self, answers: &Answers) -> Checked {
         for w in &self.writes {
             let Some((command, answer)) = answers.get(&w.at) else {
-                return Err(format!(
-                    "client {} was answered from entry {:?}, which holds no such command: {:?}",
-                    w.client, w.at, w.command
-                ));
+                return fail(
+                    LostWrite,
+                    format!(
+                        "client {} was answered from entry {:?}, which holds no such command: {:?}",
+                        w.client, w.at, w.command
+                    ),
+                );
             };
             if *command != w.command {
-                return Err(format!(
-                    "client {} was answered for {:?} from entry {:?}, which holds {:?}",
-                    w.client, w.command, w.at, command
-                ));
+                return fail(
+                    LostWrite,
+                    format!(
+                        "client {} was answered for {:?} from entry {:?}, which holds {:?}",
+                        w.client, w.command, w.at, command
+                    ),
+                );
             }
             if *answer != w.answer {
-                return Err(format!(
-                    "client {} was told {:?} for {:?}, but the log's sequential answer is {:?}",
-                    w.client, w.answer, w.command, answer
-                ));
+                return fail(
+                    WrongAnswer,
+                    format!(
+                        "client {} was told {:?} for {:?}, but the log's sequential answer is {:?}",
+                        w.client, w.answer, w.command, answer
+                    ),
+                );
             }
         }
         Ok(())
@@ -337,7 +385,7 @@ impl Checker {
 
     /// Real time: an operation acknowledged before another began sits
     /// earlier in the log.
-    fn check_real_time_order(&self) -> Result<(), String> {
+    fn check_real_time_order(&self) -> Checked {
         let mut events: Vec<(u64, u8, usize)> = Vec::new();
         for (i, w) in self.writes.iter().enumerate() {
             events.push((w.acked_ms, 0, i));
@@ -361,7 +409,7 @@ impl Checker {
         for (i, w) in self.writes.iter().enumerate() {
             if let Some(before) = bound.get(&i) {
                 if w.at <= *before {
-                    return Err(format!(
+                    return fail(NotLinearizable, format!(
                         "not linearizable: {:?} (invoked at {} ms) was applied at {:?}, not after {:?}, which was acknowledged before it began",
                         w.command, w.invoked_ms, w.at, before
                     ));
@@ -373,12 +421,12 @@ impl Checker {
 
     /// Reads: the model's state at the index read; linearizable reads
     /// no older than any write acknowledged before they began.
-    fn check_reads(&mut self, model: &Model) -> Result<(), String> {
+    fn check_reads(&mut self, model: &Model) -> Checked {
         for r in &self.reads {
             for (sku, node, level) in &r.values {
                 let expected = model.level_at(sku, node, r.applied_index);
                 if expected != *level {
-                    return Err(format!(
+                    return fail(WrongRead, format!(
                         "a read at index {} saw {sku}@{node} = {level:?}, but the log says {expected:?}",
                         r.applied_index
                     ));
@@ -393,7 +441,7 @@ impl Checker {
                     .max()
                     .unwrap_or(0);
                 if r.applied_index < newest {
-                    return Err(format!(
+                    return fail(StaleRead, format!(
                         "stale linearizable read: read at index {} (invoked {} ms, answered {} ms) after a write acknowledged at index {newest}",
                         r.applied_index, r.invoked_ms, r.acked_ms
                     ));
@@ -407,17 +455,17 @@ impl Checker {
 
 /// The final state of replica `id` is the model's: the same counters, the
 /// same holds, and the state machine's own invariants hold.
-fn check_final_state(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Result<(), String> {
+fn check_final_state(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Checked {
     check_counters(id, replica, model)?;
     check_holds(id, replica, model)?;
     if let Err(broken) = replica.inventory().check_invariants() {
-        return Err(format!("node {id}: {broken}"));
+        return fail(Invariant, format!("node {id}: {broken}"));
     }
     Ok(())
 }
 
 /// Every counter is at the model's level, and no other counter is set.
-fn check_counters(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Result<(), String> {
+fn check_counters(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Checked {
     let mut real = BTreeMap::new();
     replica.inventory().stock().for_each(|s, n, l| {
         real.insert((s.to_string(), n.to_string()), *l);
@@ -425,28 +473,37 @@ fn check_counters(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Result<
     for (key, level) in &model.counters {
         let got = real.remove(key).unwrap_or_default();
         if got != *level {
-            return Err(format!(
-                "node {id}: {}@{} is {got:?}, the model says {level:?}",
-                key.0, key.1
-            ));
+            return fail(
+                StateMismatch,
+                format!(
+                    "node {id}: {}@{} is {got:?}, the model says {level:?}",
+                    key.0, key.1
+                ),
+            );
         }
     }
     if let Some((key, level)) = real.iter().find(|(_, l)| **l != StockLevel::default()) {
-        return Err(format!(
-            "node {id}: {}@{} is {level:?}, unknown to the model",
-            key.0, key.1
-        ));
+        return fail(
+            StateMismatch,
+            format!(
+                "node {id}: {}@{} is {level:?}, unknown to the model",
+                key.0, key.1
+            ),
+        );
     }
     Ok(())
 }
 
 /// Every hold the model keeps is in the same state with the same deadline,
 /// and none expired before its deadline.
-fn check_holds(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Result<(), String> {
+fn check_holds(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Checked {
     let inventory = replica.inventory();
     for (rid, hold) in &model.holds {
         let Some(r) = inventory.reservation(rid) else {
-            return Err(format!("node {id}: reservation {rid} is missing"));
+            return fail(
+                StateMismatch,
+                format!("node {id}: reservation {rid} is missing"),
+            );
         };
         let state = match r.state {
             ReservationState::Open => State::Open,
@@ -455,15 +512,19 @@ fn check_holds(id: u64, replica: &Replica<SimDisk>, model: &Model) -> Result<(),
             ReservationState::Expired => State::Expired,
         };
         if state != hold.state || r.expires_at_ms != hold.expires_at_ms {
-            return Err(format!(
-                "node {id}: reservation {rid} is {:?} until {}, the model says {:?} until {}",
-                state, r.expires_at_ms, hold.state, hold.expires_at_ms
-            ));
+            return fail(
+                StateMismatch,
+                format!(
+                    "node {id}: reservation {rid} is {:?} until {}, the model says {:?} until {}",
+                    state, r.expires_at_ms, hold.state, hold.expires_at_ms
+                ),
+            );
         }
         if state == State::Expired && r.finished_at_ms < r.expires_at_ms {
-            return Err(format!(
-                "node {id}: reservation {rid} expired before its deadline"
-            ));
+            return fail(
+                HoldExpiredEarly,
+                format!("node {id}: reservation {rid} expired before its deadline"),
+            );
         }
     }
     Ok(())

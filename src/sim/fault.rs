@@ -8,6 +8,7 @@ use rand::Rng;
 
 use super::network::NetworkFaults;
 use super::node::{logger, replica_config, DAY_MS};
+use super::report::ViolationKind;
 use super::world::Sim;
 use crate::replica::clock::PeerClocks;
 use crate::replica::Replica;
@@ -160,6 +161,7 @@ impl Sim {
         let Some(replica) = self.nodes[i].replica.take() else {
             return;
         };
+        self.checker.promises.note_crash(self.nodes[i].id, &replica);
         self.nodes[i].step_downs_before += replica.removed_step_downs();
         self.nodes[i].clock_step_downs_before += replica.clock_step_downs();
         self.nodes[i].clocks = PeerClocks::default();
@@ -191,12 +193,20 @@ impl Sim {
             disk,
             &logger(),
         ) {
-            Ok(replica) => self.nodes[i].replica = Some(replica),
+            Ok(replica) => {
+                let id = self.nodes[i].id;
+                if let Err(failure) = self.checker.promises.check_restart(id, &replica) {
+                    self.checker.note(failure);
+                }
+                self.nodes[i].replica = Some(replica);
+            }
             Err(e) => {
                 // Recorded for the checker: a node that cannot restart from
                 // its own durable state is a bug.
-                self.checker
-                    .note_failure(format!("node {} cannot restart: {e}", self.nodes[i].id));
+                self.checker.note_failure(
+                    ViolationKind::Fatal,
+                    format!("node {} cannot restart: {e}", self.nodes[i].id),
+                );
             }
         }
     }

@@ -43,12 +43,15 @@
 //! - `operator.rs`: membership changes, as the Cluster service makes them;
 //! - `client.rs`, `model.rs`, `checker.rs`, `disk.rs`, `network.rs`: the
 //!   clients, the oracle, the checkers, the disk and the network;
+//! - `durability.rs`: the checker of what members promised was durable
+//!   (persisted entries, granted votes), held to it at each restart;
 //! - `seeds.rs`: running one seed, or many on threads;
 //! - `report.rs`: what a seed did, or the violation it found.
 
 pub(crate) mod checker;
 mod client;
 pub(crate) mod disk;
+mod durability;
 mod fault;
 pub(crate) mod model;
 pub(crate) mod network;
@@ -60,7 +63,7 @@ mod requests;
 mod seeds;
 mod world;
 
-pub use report::{SimReport, Violation};
+pub use report::{SimReport, Violation, ViolationKind};
 pub use seeds::{run, run_seeds};
 
 /// A bug the simulator can inject, to show the checkers catch it.

@@ -15,6 +15,7 @@ use rand::Rng;
 
 use super::disk::SimDisk;
 use super::node::SimNode;
+use super::report::ViolationKind;
 use super::world::Sim;
 use super::Bug;
 use crate::replica::membership::Member;
@@ -160,10 +161,13 @@ impl Sim {
             .any(|(_, answer)| *answer == Err(ProposeError::RemovesLeader))
             && self.nodes[l].id != id
         {
-            self.checker.note_failure(format!(
-                "node {} refused to remove node {id} as if it were removing itself",
-                self.nodes[l].id
-            ));
+            self.checker.note_failure(
+                ViolationKind::Misbehaved,
+                format!(
+                    "node {} refused to remove node {id} as if it were removing itself",
+                    self.nodes[l].id
+                ),
+            );
         }
         self.handle_output(l, out);
         !refused

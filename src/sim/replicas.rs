@@ -8,13 +8,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::node::TICK_MS;
+use super::report::{Checked, Failure, ViolationKind};
 use super::world::Sim;
 use crate::replica::{Output, StepError};
 
 impl Sim {
     /// Hands each message due now to its receiver, after telling the
     /// sender of a lost or delivered snapshot how its stream ended.
-    pub(super) fn deliver_messages(&mut self) -> Result<(), String> {
+    pub(super) fn deliver_messages(&mut self) -> Checked {
         let (due, lost) = self.network.due(self.now_ms);
         for message in lost {
             self.report_snapshot(message.from, message.to, false)?;
@@ -39,7 +40,7 @@ impl Sim {
 
     /// Steps the receiver's replica with `message`, if it is up. A message
     /// a replica refuses is dropped, as the server does, and counted.
-    fn step_receiver(&mut self, message: Message) -> Result<(), String> {
+    fn step_receiver(&mut self, message: Message) -> Checked {
         let Some(i) = self.nodes.iter().position(|n| n.id == message.to) else {
             return Ok(());
         };
@@ -59,7 +60,7 @@ impl Sim {
     }
 
     /// Tells a snapshot's sender how its stream ended, as the transport does.
-    fn report_snapshot(&mut self, from: u64, to: u64, delivered: bool) -> Result<(), String> {
+    fn report_snapshot(&mut self, from: u64, to: u64, delivered: bool) -> Checked {
         let Some(i) = self.nodes.iter().position(|n| n.id == from) else {
             return Ok(());
         };
@@ -71,7 +72,7 @@ impl Sim {
 
     /// Lands the syncs that are due (`persist_async`): everything the
     /// replica wrote until now becomes durable, then it learns so.
-    pub(super) fn sync_disks(&mut self) -> Result<(), String> {
+    pub(super) fn sync_disks(&mut self) -> Checked {
         for i in 0..self.nodes.len() {
             let Some(due_ms) = self.nodes[i].sync_due_ms else {
                 continue;
@@ -89,14 +90,19 @@ impl Sim {
                 let number = replica.sync_store()?;
                 replica.persisted(number, &mut out)
             })?
-            .map_err(|fatal| format!("node {id} hit a fatal error: {fatal}"))?;
+            .map_err(|fatal| {
+                Failure::new(
+                    ViolationKind::Fatal,
+                    format!("node {id} hit a fatal error: {fatal}"),
+                )
+            })?;
             self.handle_output(i, out);
         }
         Ok(())
     }
 
     /// Ticks every node whose tick is due, after the verdict on its clock.
-    pub(super) fn tick_nodes(&mut self) -> Result<(), String> {
+    pub(super) fn tick_nodes(&mut self) -> Checked {
         for i in 0..self.nodes.len() {
             if self.nodes[i].next_tick_ms > self.now_ms {
                 continue;
@@ -116,7 +122,7 @@ impl Sim {
 
     /// Each up node's turn: it proposes the commands handed to it, starts
     /// the reads, and handles its next Ready.
-    pub(super) fn node_turns(&mut self) -> Result<(), String> {
+    pub(super) fn node_turns(&mut self) -> Checked {
         for i in 0..self.nodes.len() {
             let clock = self.node_clock(i);
             let id = self.nodes[i].id;
@@ -136,7 +142,12 @@ impl Sim {
                 replica.read(reads, &mut out);
                 replica.advance(&mut out)
             })?
-            .map_err(|fatal| format!("node {id} hit a fatal error: {fatal}"))?;
+            .map_err(|fatal| {
+                Failure::new(
+                    ViolationKind::Fatal,
+                    format!("node {id} hit a fatal error: {fatal}"),
+                )
+            })?;
             self.handle_output(i, out);
         }
         Ok(())
@@ -166,6 +177,7 @@ impl Sim {
             let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
             let to = message.to;
             let reading = self.nodes[i].clocks.reading_for(to, clock);
+            self.checker.promises.note_sent(node_id, &message);
             if !self.network.send(self.now_ms, message, reading, rng) && is_snapshot {
                 lost_snapshots.push(to);
             }
@@ -188,13 +200,16 @@ fn show_refused() -> bool {
 
 /// Runs replica code; a panic (a broken invariant, in raft-rs or in
 /// stockraft) would stop a real node, so here it is a violation.
-pub(super) fn guard<T>(node: u64, work: impl FnOnce() -> T) -> Result<T, String> {
+pub(super) fn guard<T>(node: u64, work: impl FnOnce() -> T) -> Checked<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|panic| {
         let message = panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "a panic".into());
-        format!("node {node} stopped on a broken invariant: {message}")
+        Failure::new(
+            ViolationKind::Panicked,
+            format!("node {node} stopped on a broken invariant: {message}"),
+        )
     })
 }

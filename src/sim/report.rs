@@ -42,11 +42,84 @@ pub struct SimReport {
     pub crashes_before_sync: u64,
 }
 
+/// Which rule a run broke: each checker reports its own kind, so a test
+/// of an injected bug names the checker that must catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViolationKind {
+    /// Two members led the same term.
+    TwoLeaders,
+    /// A member applied an entry other than the one committed at that
+    /// index, or one it never appended.
+    LogDiverged,
+    /// An entry's stamp is further ahead of true time than honest clocks
+    /// and the offset bound allow (holds would expire early by it).
+    StampAhead,
+    /// Members at the same applied index hold different states.
+    StatesDiverged,
+    /// The cluster never got an id, or a member holds another one.
+    ClusterId,
+    /// A client was answered from an entry that holds another command, or
+    /// none: an acknowledged write is not in the committed log.
+    LostWrite,
+    /// A client was told an answer other than the log's sequential one.
+    WrongAnswer,
+    /// The log order does not respect real time: a write acknowledged
+    /// before another began sits after it.
+    NotLinearizable,
+    /// A linearizable read missed a write acknowledged before it began.
+    StaleRead,
+    /// A read returned a value other than the log's at the index it read.
+    WrongRead,
+    /// A member's final counters or holds are not the model's.
+    StateMismatch,
+    /// A member restarted without an entry or a vote it had made durable
+    /// and acted on (an append it acknowledged, a vote it granted).
+    DurableLost,
+    /// A hold expired before its deadline.
+    HoldExpiredEarly,
+    /// The state machine's own invariants do not hold.
+    Invariant,
+    /// Replica code panicked (a broken assertion, in raft-rs or here).
+    Panicked,
+    /// A member stopped on a fatal error, or could not restart from its
+    /// own durable state.
+    Fatal,
+    /// A member answered against its contract (a refusal or a hand-back
+    /// that names the wrong thing).
+    Misbehaved,
+    /// Requests stayed unanswered, or members stayed behind, after the
+    /// faults stopped.
+    Liveness,
+    /// The checker itself could not follow the run (an entry it never saw,
+    /// one it cannot decode): a bug in the simulator or the log.
+    Harness,
+}
+
+/// A broken rule, as a checker found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: ViolationKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: ViolationKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// What the simulator's checks return.
+pub type Checked<T = ()> = Result<T, Failure>;
+
 /// A checker failed: the seed reproduces it.
 #[derive(Debug, Clone)]
 pub struct Violation {
     pub seed: u64,
     pub at_ms: u64,
+    pub kind: ViolationKind,
     pub message: String,
     /// Whether the seed ran with deliberate leader removals (the flag its
     /// replay needs otherwise).
@@ -58,14 +131,14 @@ impl fmt::Display for Violation {
         if !self.leader_removals {
             return write!(
                 f,
-                "seed {} failed at {} ms: {}\nreplay: stockraft-sim --seed {} --no-leader-removals",
-                self.seed, self.at_ms, self.message, self.seed
+                "seed {} failed at {} ms ({:?}): {}\nreplay: stockraft-sim --seed {} --no-leader-removals",
+                self.seed, self.at_ms, self.kind, self.message, self.seed
             );
         }
         write!(
             f,
-            "seed {} failed at {} ms: {}\nreplay: STOCKRAFT_SIM_SEED={} cargo test --release --lib simulation -- --nocapture (or: stockraft-sim --seed {})",
-            self.seed, self.at_ms, self.message, self.seed, self.seed
+            "seed {} failed at {} ms ({:?}): {}\nreplay: STOCKRAFT_SIM_SEED={} cargo test --release --lib simulation -- --nocapture (or: stockraft-sim --seed {})",
+            self.seed, self.at_ms, self.kind, self.message, self.seed, self.seed
         )
     }
 }

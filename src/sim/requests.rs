@@ -9,6 +9,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::client::OpKind;
+use super::report::ViolationKind;
 use super::world::Sim;
 use super::Bug;
 use crate::inventory::Applied;
@@ -145,9 +146,10 @@ impl Sim {
         let sent = self.clients[ticket.client].write_command(ticket.op);
         if let (Some(sent), Some(returned)) = (sent, &unanswered.command) {
             if sent != returned {
-                self.checker.note_failure(format!(
-                    "node {node_id} handed back {returned:?} for a proposal of {sent:?}"
-                ));
+                self.checker.note_failure(
+                    ViolationKind::Misbehaved,
+                    format!("node {node_id} handed back {returned:?} for a proposal of {sent:?}"),
+                );
             }
         }
         let hint = match unanswered.error {

@@ -20,10 +20,11 @@ pub fn run(config: &SimConfig) -> Result<SimReport, Violation> {
     let outcome = sim.run(&mut rng);
     match outcome {
         Ok(()) => Ok(sim.report()),
-        Err(message) => Err(Violation {
+        Err(failure) => Err(Violation {
             seed: config.seed,
             at_ms: sim.now_ms,
-            message,
+            kind: failure.kind,
+            message: failure.message,
             leader_removals: config.leader_removals,
         }),
     }

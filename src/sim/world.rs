@@ -14,6 +14,7 @@ use super::fault::Faults;
 use super::network::Network;
 use super::node::{SimNode, MAX_CLOCK_OFFSET_MS, TICK_MS};
 use super::operator::PendingChange;
+use super::report::{Checked, Failure, ViolationKind};
 use super::requests::Ticket;
 use super::{Bug, SimConfig, SimReport};
 use crate::replica::{Replica, Token};
@@ -119,7 +120,7 @@ impl Sim {
 
     /// Runs the clients to the end under faults, lets the replicas settle,
     /// then runs the final checks.
-    pub(super) fn run(&mut self, rng: &mut StdRng) -> Result<(), String> {
+    pub(super) fn run(&mut self, rng: &mut StdRng) -> Checked {
         self.run_clients(rng)?;
         // Let every replica catch up (no client traffic now), then check
         // everything.
@@ -131,13 +132,14 @@ impl Sim {
 
     /// Advances the world a millisecond at a time until every client is
     /// done; faults stop once most operations are.
-    fn run_clients(&mut self, rng: &mut StdRng) -> Result<(), String> {
+    fn run_clients(&mut self, rng: &mut StdRng) -> Checked {
         let total: usize = self.clients.iter().map(|c| c.budget).sum();
         loop {
             self.now_ms += 1;
             if self.now_ms > SIM_MS_MAX {
-                return Err(format!(
-                    "the run did not finish within {SIM_MS_MAX} simulated ms"
+                return Err(Failure::new(
+                    ViolationKind::Liveness,
+                    format!("the run did not finish within {SIM_MS_MAX} simulated ms"),
                 ));
             }
             self.deliver_messages()?;
@@ -165,23 +167,26 @@ impl Sim {
 
     /// The liveness failure: the requests still pending long after the
     /// faults stopped.
-    fn pending_requests(&self) -> String {
+    fn pending_requests(&self) -> Failure {
         let pending: Vec<String> = self
             .clients
             .iter()
             .filter_map(|c| c.describe_pending())
             .collect();
-        format!(
-            "liveness: {LIVENESS_MS} ms after faults stopped, requests are still pending ({}); leader: {:?}",
-            pending.join("; "),
-            self.leader().map(|i| self.nodes[i].id)
+        Failure::new(
+            ViolationKind::Liveness,
+            format!(
+                "liveness: {LIVENESS_MS} ms after faults stopped, requests are still pending ({}); leader: {:?}",
+                pending.join("; "),
+                self.leader().map(|i| self.nodes[i].id)
+            ),
         )
     }
 
     /// Advances the world without client traffic until every node has
     /// applied the same index and the network is quiet, or for
     /// `SETTLE_MS` at most.
-    fn settle(&mut self) -> Result<(), String> {
+    fn settle(&mut self) -> Checked {
         let settle_until = self.now_ms + SETTLE_MS;
         loop {
             self.now_ms += 1;
