@@ -72,7 +72,9 @@ struct Totals {
     leader_removals: u64,
     step_downs: u64,
     clock_jumps: u64,
+    leader_clock_jumps: u64,
     clock_step_downs: u64,
+    pauses: u64,
     refused: BTreeMap<&'static str, u64>,
 }
 
@@ -85,6 +87,8 @@ impl Totals {
         self.leader_removals += report.leader_removals;
         self.step_downs += report.removed_step_downs;
         self.clock_jumps += report.clock_jumps;
+        self.leader_clock_jumps += report.leader_clock_jumps;
+        self.pauses += report.pauses;
         self.clock_step_downs += report.clock_step_downs;
         for (reason, count) in &report.refused {
             *self.refused.entry(reason).or_default() += count;
@@ -94,7 +98,7 @@ impl Totals {
     fn print(&self, first: u64, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         eprintln!(
-            "{} seeds from {first} passed in {seconds:.1} s ({:.2} seeds/s): {} acknowledged writes, {} crashes, {} partitions, {} leader removals, {} removed leaders stepped down, {} leader clocks a day off ({} clock step-downs); peer messages refused: {:?}",
+            "{} seeds from {first} passed in {seconds:.1} s ({:.2} seeds/s): {} acknowledged writes, {} crashes, {} partitions, {} leader removals, {} removed leaders stepped down, {} clocks set hours off ({} of the leader; {} clock step-downs), {} members paused; peer messages refused: {:?}",
             self.seeds,
             self.seeds as f64 / seconds,
             self.acked,
@@ -103,7 +107,9 @@ impl Totals {
             self.leader_removals,
             self.step_downs,
             self.clock_jumps,
+            self.leader_clock_jumps,
             self.clock_step_downs,
+            self.pauses,
             self.refused
         );
     }

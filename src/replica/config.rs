@@ -61,6 +61,11 @@ pub struct ReplicaConfig {
     /// [`ClusterId`]): random in the server, drawn from the
     /// seed in the simulator.
     pub cluster_id_candidate: ClusterId,
+    /// Injected bug (simulator tests only): a leader stamps with its own
+    /// clock whatever the verdict on it, as a server that took its stamps
+    /// from a clock other than the one its peers checked would.
+    #[cfg(test)]
+    pub bug_stamp_unchecked: bool,
 }
 
 impl ReplicaConfig {
@@ -81,6 +86,8 @@ impl ReplicaConfig {
             snapshot_by_caller: false,
             persist_async: false,
             cluster_id_candidate: candidate_of(id),
+            #[cfg(test)]
+            bug_stamp_unchecked: false,
         }
     }
 

@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::network::NetworkFaults;
-use super::node::{logger, replica_config, DAY_MS};
+use super::node::{logger, replica_config, CLOCK_JUMP_HOURS_MAX, HOUR_MS};
 use super::report::ViolationKind;
 use super::world::Sim;
 use crate::replica::clock::PeerClocks;
@@ -22,7 +22,7 @@ pub(super) struct Faults {
     pub(super) membership_per_mille: u32,
     pub(super) network: NetworkFaults,
     pub(super) max_clock_skew_ms: i64,
-    /// Whether the leader's clock is set a day fast or slow now and then.
+    /// Whether members' clocks are set hours fast or slow now and then.
     pub(super) clock_jumps: bool,
     /// Replicas write appends unsynced and sync them later
     /// (`ReplicaConfig::persist_async`, as the server does), each sync
@@ -30,6 +30,9 @@ pub(super) struct Faults {
     /// meanwhile loses the writes not yet synced.
     pub(super) persist_async: bool,
     pub(super) sync_delay_ms_max: u64,
+    /// How often a member is paused (as by SIGSTOP) for up to
+    /// `PAUSE_MS_MAX`, per tick.
+    pub(super) pause_per_mille: u32,
 }
 
 impl Faults {
@@ -51,6 +54,7 @@ impl Faults {
             clock_jumps: rng.random_bool(0.5),
             persist_async: rng.random_bool(0.5),
             sync_delay_ms_max: rng.random_range(0..=5),
+            pause_per_mille: rng.random_range(0..=10),
         }
     }
 }
@@ -69,6 +73,7 @@ impl Sim {
         self.restart_a_node(down, rng);
         self.cut_or_heal_links(rng);
         self.transfer_leadership(rng);
+        self.pause_a_node(rng);
     }
 
     /// Crashes an up node now and then, while fewer than half of them
@@ -128,9 +133,11 @@ impl Sim {
         }
     }
 
-    /// Sets the leader's clock a day fast or a day slow now and then (one
-    /// node at a time), and puts it right again later: the checker's
-    /// stamp bound shows no hold expired early meanwhile.
+    /// Sets a member's clock 1 to 24 hours fast or slow now and then (the
+    /// leader's half the time), and puts it right again later: the
+    /// checker's stamp bound shows that no hold expired, and no retained
+    /// id was forgotten, early meanwhile. One member at a time, so a
+    /// majority's clocks stay honest: the bound is kept by theirs.
     fn jump_clocks(&mut self, rng: &mut StdRng) {
         if !self.faults.clock_jumps {
             return;
@@ -144,15 +151,25 @@ impl Sim {
         if rng.random_range(0..1_000) >= 20 {
             return;
         }
-        let Some(leader) = self.leader() else {
+        let up = self.up();
+        if up.is_empty() {
             return;
+        }
+        let leader = self.leader();
+        let target = match leader {
+            Some(l) if rng.random_bool(0.5) => l,
+            _ => up[rng.random_range(0..up.len())],
         };
-        self.nodes[leader].clock_jump_ms = if rng.random_bool(0.5) {
-            DAY_MS
+        let jump_ms = rng.random_range(1..=CLOCK_JUMP_HOURS_MAX) * HOUR_MS;
+        self.nodes[target].clock_jump_ms = if rng.random_bool(0.5) {
+            jump_ms
         } else {
-            -DAY_MS
+            -jump_ms
         };
         self.report.clock_jumps += 1;
+        if leader == Some(target) {
+            self.report.leader_clock_jumps += 1;
+        }
     }
 
     /// Stops the node at `i` as a power cut would: what its disk had not
@@ -173,6 +190,8 @@ impl Sim {
         }
         self.nodes[i].commands.clear();
         self.nodes[i].reads.clear();
+        self.nodes[i].paused_until_ms = None;
+        self.nodes[i].inbox.clear();
         let id = self.nodes[i].id;
         // Callers waiting on this node never hear back; they time out.
         self.tickets.retain(|(node, _), _| *node != id);
@@ -189,6 +208,7 @@ impl Sim {
                 self.nodes[i].id,
                 self.nodes[i].election_ticks,
                 self.faults.persist_async,
+                self.config.bug,
             ),
             disk,
             &logger(),
@@ -221,6 +241,9 @@ impl Sim {
         self.network.heal();
         for node in &mut self.nodes {
             node.clock_jump_ms = 0;
+            if node.paused_until_ms.is_some() {
+                node.paused_until_ms = Some(self.now_ms);
+            }
         }
         self.network.faults.drop_per_mille = 0;
         self.network.faults.duplicate_per_mille = 0;

@@ -6,7 +6,8 @@
 //! state machine over simulated disks (`disk::SimDisk`, which lose
 //! unsynced writes on a crash), a simulated network (`network::Network`)
 //! that delays, drops, duplicates and reorders messages and makes
-//! partitions, drifting clocks, crashes and restarts, leadership transfers,
+//! partitions, drifting clocks and clocks set hours off, crashes and
+//! restarts, members paused for seconds, leadership transfers,
 //! and clients that issue the whole API and retry with the same ids after a
 //! timeout, as real clients do. Time is simulated, so a run is exact: the
 //! same seed gives the same run, bit for bit.
@@ -40,6 +41,7 @@
 //!   routed back to them;
 //! - `fault.rs`: the fault mix a seed draws, and the crashes, restarts,
 //!   partitions, transfers and clock jumps it injects;
+//! - `pause.rs`: members stopped for seconds and resumed (process faults);
 //! - `operator.rs`: membership changes, as the Cluster service makes them;
 //! - `client.rs`, `model.rs`, `checker.rs`, `disk.rs`, `network.rs`: the
 //!   clients, the oracle, the checkers, the disk and the network;
@@ -57,6 +59,7 @@ pub(crate) mod model;
 pub(crate) mod network;
 mod node;
 mod operator;
+mod pause;
 mod replicas;
 mod report;
 mod requests;
@@ -75,6 +78,11 @@ pub enum Bug {
     /// Linearizable reads skip the ReadIndex round and are served from
     /// whatever node was asked, as a server that "optimised" them would.
     SkipReadIndex,
+    /// A leader stamps batches with its own clock whatever the verdict of
+    /// its peers on it (`ReplicaConfig::bug_stamp_unchecked`): only a clock
+    /// fault makes that clock wrong. Test builds only.
+    #[cfg(test)]
+    StampUnchecked,
 }
 
 #[derive(Debug, Clone)]

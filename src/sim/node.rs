@@ -1,14 +1,16 @@
 //! One simulated node: its replica while it is up, its disk while it is
-//! down, its clock (off by a fixed offset, drifting, a day off while a
+//! down, its clock (off by a fixed offset, drifting, hours off while a
 //! clock fault lasts) and the work queued for its next turn.
 
+use raft::eraftpb::Message;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::disk::SimDisk;
 use super::fault::Faults;
+use super::Bug;
 use crate::inventory::Command;
-use crate::replica::clock::PeerClocks;
+use crate::replica::clock::{ClockReading, PeerClocks};
 use crate::replica::{Replica, ReplicaConfig, Token};
 
 /// A node's tick, as the server's.
@@ -17,10 +19,12 @@ pub(super) const TICK_MS: u64 = 100;
 /// longest run, 600 ms.
 pub(super) const CLOCK_DRIFT_PPM_MAX: i64 = 1_000;
 /// The replicas' `--max-clock-offset`: above what drift and skew make of
-/// honest clocks here (at most 2 x (200 + 600) ms apart), far below a day.
+/// honest clocks here (at most 2 x (200 + 600) ms apart), far below an hour.
 pub(super) const MAX_CLOCK_OFFSET_MS: u64 = 2_000;
-/// How far a clock fault sets a leader's clock off, either way.
-pub(super) const DAY_MS: i64 = 86_400_000;
+/// Clock faults set a member's clock off by whole hours, either way.
+pub(super) const HOUR_MS: i64 = 3_600_000;
+/// The most hours a clock fault sets a clock off.
+pub(super) const CLOCK_JUMP_HOURS_MAX: i64 = 24;
 /// The true time at the start of every run, in ms since the Unix epoch.
 pub(crate) const TRUE_CLOCK_BASE_MS: u64 = 1_700_000_000_000;
 
@@ -37,12 +41,16 @@ pub(super) struct SimNode {
     /// Its clock's fixed error and drift, drawn at its start.
     clock_offset_ms: i64,
     clock_drift_ppm: i64,
-    /// A day fast or slow while a clock fault lasts, else 0.
+    /// Hours fast or slow while a clock fault lasts, else 0.
     pub(super) clock_jump_ms: i64,
     /// Fellow members' clocks as this node measured them (memory: lost
     /// in a crash).
     pub(super) clocks: PeerClocks,
     pub(super) next_tick_ms: u64,
+    /// While the process is stopped (as by SIGSTOP), when it runs again.
+    pub(super) paused_until_ms: Option<u64>,
+    /// Messages that reached it while it was paused, in arrival order.
+    pub(super) inbox: Vec<(Message, ClockReading)>,
     /// Commands and linearizable reads handed to the node, for its next
     /// turn.
     pub(super) commands: Vec<(Token, Command)>,
@@ -61,12 +69,13 @@ impl SimNode {
         id: u64,
         disk: SimDisk,
         faults: &Faults,
+        bug: Option<Bug>,
         now_ms: u64,
         rng: &mut StdRng,
     ) -> SimNode {
         let election_ticks = rng.random_range(10..20);
         let replica = Replica::new(
-            replica_config(id, election_ticks, faults.persist_async),
+            replica_config(id, election_ticks, faults.persist_async, bug),
             disk,
             &logger(),
         )
@@ -82,6 +91,8 @@ impl SimNode {
             clock_jump_ms: 0,
             clocks: PeerClocks::default(),
             next_tick_ms: now_ms + rng.random_range(0..TICK_MS),
+            paused_until_ms: None,
+            inbox: Vec::new(),
             commands: Vec::new(),
             reads: Vec::new(),
             step_downs_before: 0,
@@ -90,11 +101,17 @@ impl SimNode {
     }
 
     /// The node's wall clock at true time `now_ms`: off by a fixed offset,
-    /// drifting at its own rate, and a day off while a clock fault lasts.
+    /// drifting at its own rate, and hours off while a clock fault lasts.
     pub(super) fn wall_clock(&self, now_ms: u64) -> u64 {
         let drift = now_ms as i64 * self.clock_drift_ppm / 1_000_000;
         let error = self.clock_offset_ms + drift + self.clock_jump_ms;
         (TRUE_CLOCK_BASE_MS as i64 + now_ms as i64 + error).max(0) as u64
+    }
+
+    /// Whether the process is up and stopped: it takes no message, tick,
+    /// sync or turn until it runs again.
+    pub(super) fn is_paused(&self) -> bool {
+        self.replica.is_some() && self.paused_until_ms.is_some()
     }
 
     /// Clock step-downs over all the node's lives.
@@ -120,8 +137,19 @@ impl SimNode {
 
 /// The replica settings of every simulated node: small snapshots and a
 /// short log, so snapshots and their transfers happen often.
-pub(super) fn replica_config(id: u64, election_ticks: usize, persist_async: bool) -> ReplicaConfig {
+pub(super) fn replica_config(
+    id: u64,
+    election_ticks: usize,
+    persist_async: bool,
+    bug: Option<Bug>,
+) -> ReplicaConfig {
     let mut config = ReplicaConfig::new(id);
+    #[cfg(test)]
+    {
+        config.bug_stamp_unchecked = bug == Some(Bug::StampUnchecked);
+    }
+    #[cfg(not(test))]
+    let _ = bug;
     config.persist_async = persist_async;
     config.fixed_election_ticks = Some(election_ticks);
     config.snapshot_entries = 40;

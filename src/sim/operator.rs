@@ -99,7 +99,7 @@ impl Sim {
             MemStore::joining(&members),
             self.config.bug == Some(Bug::FsyncLies),
         );
-        let node = SimNode::start(id, disk, &self.faults, self.now_ms, rng);
+        let node = SimNode::start(id, disk, &self.faults, self.config.bug, self.now_ms, rng);
         self.nodes.push(node);
         self.membership_pending = Some(PendingChange {
             node: id,

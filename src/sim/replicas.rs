@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use super::node::TICK_MS;
 use super::report::{Checked, Failure, ViolationKind};
 use super::world::Sim;
+use crate::replica::clock::ClockReading;
 use crate::replica::{Output, StepError};
 
 impl Sim {
@@ -22,20 +23,33 @@ impl Sim {
         }
         for (message, reading) in due {
             if let Some(i) = self.nodes.iter().position(|n| n.id == message.to) {
-                if self.nodes[i].replica.is_some() {
-                    let clock = self.node_clock(i);
-                    self.nodes[i].clocks.observe(message.from, &reading, clock);
+                if self.nodes[i].is_paused() {
+                    // It waits in the socket until the process runs again.
+                    self.nodes[i].inbox.push((message, reading));
+                    continue;
                 }
             }
-            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-            let (from, to) = (message.from, message.to);
-            let receiver_up = self.nodes.iter().any(|n| n.id == to && n.replica.is_some());
-            if is_snapshot {
-                self.report_snapshot(from, to, receiver_up)?;
-            }
-            self.step_receiver(message)?;
+            self.deliver(message, reading)?;
         }
         Ok(())
+    }
+
+    /// Hands `message` to its receiver, which reads the sender's clock off
+    /// it first; tells the sender of a snapshot how its stream ended.
+    pub(super) fn deliver(&mut self, message: Message, reading: ClockReading) -> Checked {
+        if let Some(i) = self.nodes.iter().position(|n| n.id == message.to) {
+            if self.nodes[i].replica.is_some() {
+                let clock = self.node_clock(i);
+                self.nodes[i].clocks.observe(message.from, &reading, clock);
+            }
+        }
+        let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let (from, to) = (message.from, message.to);
+        let receiver_up = self.nodes.iter().any(|n| n.id == to && n.replica.is_some());
+        if is_snapshot {
+            self.report_snapshot(from, to, receiver_up)?;
+        }
+        self.step_receiver(message)
     }
 
     /// Steps the receiver's replica with `message`, if it is up. A message
@@ -77,7 +91,8 @@ impl Sim {
             let Some(due_ms) = self.nodes[i].sync_due_ms else {
                 continue;
             };
-            if due_ms > self.now_ms {
+            // A paused process learns of its sync when it runs again.
+            if due_ms > self.now_ms || self.nodes[i].is_paused() {
                 continue;
             }
             self.nodes[i].sync_due_ms = None;
@@ -104,7 +119,9 @@ impl Sim {
     /// Ticks every node whose tick is due, after the verdict on its clock.
     pub(super) fn tick_nodes(&mut self) -> Checked {
         for i in 0..self.nodes.len() {
-            if self.nodes[i].next_tick_ms > self.now_ms {
+            // A paused process ticks once as it runs again (the server's
+            // ticker skips the ticks it missed).
+            if self.nodes[i].next_tick_ms > self.now_ms || self.nodes[i].is_paused() {
                 continue;
             }
             self.nodes[i].next_tick_ms = self.now_ms + TICK_MS;
@@ -126,6 +143,9 @@ impl Sim {
         for i in 0..self.nodes.len() {
             let clock = self.node_clock(i);
             let id = self.nodes[i].id;
+            if self.nodes[i].is_paused() {
+                continue;
+            }
             let commands = std::mem::take(&mut self.nodes[i].commands);
             let reads = std::mem::take(&mut self.nodes[i].reads);
             let mut out = Output::default();

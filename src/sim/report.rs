@@ -23,8 +23,12 @@ pub struct SimReport {
     pub leader_removals: u64,
     /// Leaders that applied their own removal and stepped down.
     pub removed_step_downs: u64,
-    /// Leader clocks set a day fast or a day slow.
+    /// Members' clocks set hours fast or slow.
     pub clock_jumps: u64,
+    /// Of those, the leader's.
+    pub leader_clock_jumps: u64,
+    /// Members paused for seconds (as by SIGSTOP), then resumed.
+    pub pauses: u64,
     /// Leaders that stepped down because their clock was not within the
     /// bound of a majority's.
     pub clock_step_downs: u64,

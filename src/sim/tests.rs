@@ -77,6 +77,8 @@ fn summary(reports: &[SimReport], elapsed: std::time::Duration) -> String {
     let leader_removals: u64 = reports.iter().map(|r| r.leader_removals).sum();
     let step_downs: u64 = reports.iter().map(|r| r.removed_step_downs).sum();
     let clock_jumps: u64 = reports.iter().map(|r| r.clock_jumps).sum();
+    let leader_jumps: u64 = reports.iter().map(|r| r.leader_clock_jumps).sum();
+    let pauses: u64 = reports.iter().map(|r| r.pauses).sum();
     let clock_step_downs: u64 = reports.iter().map(|r| r.clock_step_downs).sum();
     let five = reports.iter().filter(|r| r.replicas == 5).count();
     let deferred = reports.iter().filter(|r| r.persist_async).count();
@@ -86,7 +88,8 @@ fn summary(reports: &[SimReport], elapsed: std::time::Duration) -> String {
          {acked} acknowledged writes, {crashes} crashes ({before_sync} with a sync in flight), \
          {partitions} partitions, {transfers} leadership transfers, {changes} membership changes \
          ({leader_removals} of the leader; {step_downs} leaders applied their own removal), \
-         {clock_jumps} leader clocks set a day off ({clock_step_downs} clock step-downs)",
+         {clock_jumps} clocks set hours off ({leader_jumps} of the leader; {clock_step_downs} \
+         clock step-downs), {pauses} members paused",
         reports.len(),
         elapsed.as_secs_f64()
     )
@@ -115,8 +118,12 @@ fn check_coverage(reports: &[SimReport]) {
         "the seeds never removed the leader, or never had a leader apply its own removal"
     );
     assert!(
-        sum(|r| r.clock_jumps) > 0 && sum(|r| r.clock_step_downs) > 0,
-        "the seeds never set a leader's clock a day off, or no leader stepped down for it"
+        sum(|r| r.leader_clock_jumps) > 0 && sum(|r| r.clock_step_downs) > 0,
+        "the seeds never set a leader's clock hours off, or no leader stepped down for it"
+    );
+    assert!(
+        sum(|r| r.clock_jumps) > sum(|r| r.leader_clock_jumps) && sum(|r| r.pauses) > 0,
+        "the seeds never set a follower's clock off, or never paused a member"
     );
 }
 
@@ -178,4 +185,12 @@ fn the_checkers_catch_an_fsync_that_lies() {
 #[test]
 fn the_checkers_catch_reads_that_skip_read_index() {
     caught_by(Bug::SkipReadIndex, ViolationKind::StaleRead);
+}
+
+/// A leader that stamps with its own clock whatever its peers say of it
+/// stamps hours ahead once a clock fault strikes it: the stamp bound (by
+/// which no hold expires, and no retained id is forgotten, early) sees it.
+#[test]
+fn the_checkers_catch_stamps_from_an_unchecked_clock() {
+    caught_by(Bug::StampUnchecked, ViolationKind::StampAhead);
 }

@@ -72,7 +72,7 @@ impl Sim {
         let mut nodes = Vec::new();
         for id in 1..=replicas as u64 {
             let disk = SimDisk::new(MemStore::new(&voters), fsync_lies);
-            nodes.push(SimNode::start(id, disk, &faults, 0, rng));
+            nodes.push(SimNode::start(id, disk, &faults, config.bug, 0, rng));
         }
         let workload = draw_workload(config.ops, rng);
         let report = SimReport {
@@ -142,6 +142,7 @@ impl Sim {
                     format!("the run did not finish within {SIM_MS_MAX} simulated ms"),
                 ));
             }
+            self.resume_paused()?;
             self.deliver_messages()?;
             self.sync_disks()?;
             self.tick_nodes()?;
@@ -190,6 +191,7 @@ impl Sim {
         let settle_until = self.now_ms + SETTLE_MS;
         loop {
             self.now_ms += 1;
+            self.resume_paused()?;
             self.deliver_messages()?;
             self.sync_disks()?;
             self.tick_nodes()?;
