@@ -492,6 +492,15 @@ async fn a_damaged_log_tail_is_detected_and_the_node_rebuilt_from_a_peer() {
         .filter_map(|e| e.ok())
         .any(|e| e.file_name().to_string_lossy().contains(".damaged-"));
     assert!(kept, "the damaged data dir was not kept aside");
+    // Caught up, the rebuilt member votes again (replica/rebuild.rs).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.status(victim, false).await.unwrap().rebuilding {
+        assert!(
+            Instant::now() < deadline,
+            "the rebuilt member never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for id in 1..=3 {
         check_node(&cluster, id, &ledger).await;
     }

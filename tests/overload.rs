@@ -153,6 +153,12 @@ impl LogStore for SlowStore {
     fn cluster_id(&self) -> Option<stockraft::replica::ClusterId> {
         self.0.cluster_id()
     }
+    fn rebuilt_term(&self) -> Option<u64> {
+        self.0.rebuilt_term()
+    }
+    fn clear_rebuilt(&mut self) -> Result<(), StoreError> {
+        self.0.clear_rebuilt()
+    }
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {
         self.0.chunk_writer()
     }

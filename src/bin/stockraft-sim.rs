@@ -5,7 +5,8 @@
 //!   stockraft-sim --seeds 100000 [--first 0] [--ops 2000] [--threads 2]
 //!   stockraft-sim --hunt [--first N] [--seconds 3600]   (fresh seeds from a
 //!   random first one, or from N, until the first failure or the time is up)
-//!   stockraft-sim --seed 1234 [--bug fsync-lies|skip-read-index]
+//!   stockraft-sim --seed 1234 [--bug fsync-lies|skip-read-index|rebuild-votes|
+//!   ignore-failed-sync]
 //!   stockraft-sim --seed 60538492796 --no-leader-removals   (a seed whose
 //!   run has no leader removal drawn on purpose, replayed as it was made)
 
@@ -54,7 +55,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Inject a known bug (to see the checkers catch it).
-    #[arg(long, value_parser = ["fsync-lies", "skip-read-index"])]
+    #[arg(long, value_parser = ["fsync-lies", "skip-read-index", "rebuild-votes", "ignore-failed-sync"])]
     bug: Option<String>,
     /// The fault mix before membership changes removed the leader on
     /// purpose: replays seeds found then exactly as they ran.
@@ -75,6 +76,10 @@ struct Totals {
     leader_clock_jumps: u64,
     clock_step_downs: u64,
     pauses: u64,
+    dir_losses: u64,
+    disk_failures: u64,
+    disk_failure_stops: u64,
+    sync_stalls: u64,
     refused: BTreeMap<&'static str, u64>,
 }
 
@@ -89,6 +94,10 @@ impl Totals {
         self.clock_jumps += report.clock_jumps;
         self.leader_clock_jumps += report.leader_clock_jumps;
         self.pauses += report.pauses;
+        self.dir_losses += report.dir_losses;
+        self.disk_failures += report.disk_failures;
+        self.disk_failure_stops += report.disk_failure_stops;
+        self.sync_stalls += report.sync_stalls;
         self.clock_step_downs += report.clock_step_downs;
         for (reason, count) in &report.refused {
             *self.refused.entry(reason).or_default() += count;
@@ -98,7 +107,7 @@ impl Totals {
     fn print(&self, first: u64, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         eprintln!(
-            "{} seeds from {first} passed in {seconds:.1} s ({:.2} seeds/s): {} acknowledged writes, {} crashes, {} partitions, {} leader removals, {} removed leaders stepped down, {} clocks set hours off ({} of the leader; {} clock step-downs), {} members paused; peer messages refused: {:?}",
+            "{} seeds from {first} passed in {seconds:.1} s ({:.2} seeds/s): {} acknowledged writes, {} crashes, {} partitions, {} leader removals, {} removed leaders stepped down, {} clocks set hours off ({} of the leader; {} clock step-downs), {} members paused, {} data dirs lost, {} disks failing ({} stops on a storage error), {} syncs stalled; peer messages refused: {:?}",
             self.seeds,
             self.seeds as f64 / seconds,
             self.acked,
@@ -110,6 +119,10 @@ impl Totals {
             self.leader_clock_jumps,
             self.clock_step_downs,
             self.pauses,
+            self.dir_losses,
+            self.disk_failures,
+            self.disk_failure_stops,
+            self.sync_stalls,
             self.refused
         );
     }
@@ -120,6 +133,8 @@ fn main() -> Result<()> {
     let bug = match args.bug.as_deref() {
         Some("fsync-lies") => Some(Bug::FsyncLies),
         Some("skip-read-index") => Some(Bug::SkipReadIndex),
+        Some("rebuild-votes") => Some(Bug::RebuildVotes),
+        Some("ignore-failed-sync") => Some(Bug::IgnoreFailedSync),
         _ => None,
     };
     let first = match (args.first, args.hunt) {

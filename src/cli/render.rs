@@ -266,7 +266,8 @@ impl Render for ClusterStatus {
                     "reachable": true, "role": s.role, "leader_id": s.leader_id, "term": s.term,
                     "commit_index": s.commit_index, "applied_index": s.applied_index,
                     "last_index": s.last_index, "snapshot_index": s.snapshot_index, "ready": s.ready,
-                    "state_digest": s.state_digest, "open_reservations": s.open_reservations}),
+                    "state_digest": s.state_digest, "open_reservations": s.open_reservations,
+                    "rebuilding": s.rebuilding}),
                 Err(e) => json!({"node_id": m.node_id, "address": m.address, "member_role": m.role,
                     "reachable": false, "error": e}),
             })
@@ -305,10 +306,11 @@ impl Render for ClusterStatus {
                     s.commit_index,
                     s.applied_index,
                     s.snapshot_index,
-                    if self.digest {
-                        format!("{:016x}", s.state_digest)
-                    } else {
-                        String::new()
+                    match (self.digest, s.rebuilding) {
+                        (true, true) => format!("{:016x} rebuilding", s.state_digest),
+                        (true, false) => format!("{:016x}", s.state_digest),
+                        (false, true) => "rebuilding".to_string(),
+                        (false, false) => String::new(),
                     }
                 ),
                 Err(e) => format!(

@@ -50,6 +50,9 @@ pub enum Refusal {
     Malformed,
     /// From a leader other than the one this member follows in this term.
     NotTheLeader,
+    /// A vote request (or an order to campaign) to a member rebuilt from
+    /// its peers that has not caught up yet (see `replica::rebuild`).
+    Rebuilding,
 }
 
 impl Refusal {
@@ -59,6 +62,7 @@ impl Refusal {
             Refusal::NotFromPeers => "not_from_peers",
             Refusal::Malformed => "malformed",
             Refusal::NotTheLeader => "not_the_leader",
+            Refusal::Rebuilding => "rebuilding",
         }
     }
 }
@@ -114,12 +118,33 @@ pub fn refusal<S: Storage>(raft: &Raft<S>, members: &Members, m: &Message) -> Op
                 && raft.raft_log.persisted < raft.raft_log.last_index();
             early.then_some(Refusal::Malformed)
         }
-        // A member still at term 0 (it joined and has heard from no
-        // leader) would panic rejecting one; granting is not needed of it.
-        MsgRequestPreVote if raft.term == 0 => Some(Refusal::Malformed),
+        // A member still at term 0 (it joined and has heard from no leader)
+        // would panic rejecting one (raft-rs answers a rejection with its
+        // own term, 0). A grant carries the candidate's term and is let
+        // through: a new member's pre-vote can be needed for a quorum, as
+        // when a rebuilding member withholds its own.
+        MsgRequestPreVote if raft.term == 0 && !pre_vote_granted(raft, m) => {
+            Some(Refusal::Malformed)
+        }
         MsgTimeoutNow => timeout_now(raft, m),
         _ => None,
     }
+}
+
+/// Whether raft-rs grants the pre-vote `m` (its rule in `Raft::step`,
+/// read at raft-rs 0.7).
+fn pre_vote_granted<S: Storage>(raft: &Raft<S>, m: &Message) -> bool {
+    let can_vote = raft.vote == m.from
+        || (raft.vote == raft::INVALID_ID && raft.leader_id == raft::INVALID_ID)
+        || m.term > raft.term;
+    let priority = if m.priority != 0 {
+        m.priority
+    } else {
+        i64::try_from(m.deprecated_priority).unwrap_or(i64::MAX)
+    };
+    can_vote
+        && raft.raft_log.is_up_to_date(m.index, m.log_term)
+        && (m.index > raft.raft_log.last_index() || raft.priority <= priority)
 }
 
 /// An append, heartbeat or snapshot: from the one leader of its term, and

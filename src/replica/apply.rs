@@ -61,6 +61,7 @@ impl<S: LogStore> Replica<S> {
                     self.answer(index, entry.term, EntryResult::Membership(answer), out);
                 }
             }
+            self.end_rebuild_at(entry.term)?;
         }
         Ok(())
     }

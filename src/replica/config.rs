@@ -57,6 +57,14 @@ pub struct ReplicaConfig {
     /// (raft-rs's asynchronous Ready). When false each Ready's write is
     /// synced before [`Replica::advance`](super::Replica::advance) returns.
     pub persist_async: bool,
+    /// The context of this replica's first ReadIndex request; each next one
+    /// adds one. It must differ from every earlier life's: an answer to a
+    /// read asked before a restart can still be on its way (queued at the
+    /// leader for this member), and matched to a new read by its context it
+    /// would serve that read at an index older than writes acknowledged
+    /// before it began. Random by default; the simulator derives it from
+    /// the simulated time of the start.
+    pub read_ctx_first: u64,
     /// The id this replica gives the cluster if it leads it first (see
     /// [`ClusterId`]): random in the server, drawn from the
     /// seed in the simulator.
@@ -85,6 +93,7 @@ impl ReplicaConfig {
             fixed_election_ticks: None,
             snapshot_by_caller: false,
             persist_async: false,
+            read_ctx_first: rand::random(),
             cluster_id_candidate: candidate_of(id),
             #[cfg(test)]
             bug_stamp_unchecked: false,

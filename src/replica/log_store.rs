@@ -168,6 +168,15 @@ pub trait LogStore: raft::Storage {
     /// entry naming it was applied here.
     fn cluster_id(&self) -> Option<ClusterId>;
 
+    /// The term a rebuild from the peers started this member at, while it
+    /// has not caught up (`replica::rebuild`); None otherwise.
+    fn rebuilt_term(&self) -> Option<u64>;
+
+    /// Records that the rebuild is over. Not synced: a crash before the
+    /// next sync leaves the member rebuilding until it applies an entry of
+    /// a later term again, which costs nothing but a vote withheld.
+    fn clear_rebuilt(&mut self) -> Result<(), StoreError>;
+
     /// A writer of snapshot chunks, usable on another thread.
     fn chunk_writer(&self) -> Box<dyn ChunkWriter>;
 

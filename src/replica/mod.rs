@@ -80,6 +80,7 @@ mod output;
 mod propose;
 mod reads;
 mod ready;
+mod rebuild;
 pub mod snapshot_task;
 mod snapshots;
 pub mod wire;
@@ -88,6 +89,10 @@ pub mod wire;
 mod admission_tests;
 #[cfg(test)]
 mod clock_tests;
+#[cfg(test)]
+mod read_tests;
+#[cfg(test)]
+mod rebuild_tests;
 #[cfg(test)]
 mod removal_tests;
 #[cfg(test)]
@@ -138,6 +143,9 @@ pub struct ReplicaStatus {
     /// This replica applied its own removal from the group (and no later
     /// re-addition): it gets no more entries, so it serves nothing.
     pub removed: bool,
+    /// Rebuilt from the peers and not caught up yet: it withholds its vote
+    /// (see [`Replica::is_rebuilding`]).
+    pub rebuilding: bool,
     /// See [`Replica::cluster_id`].
     pub cluster_id: Option<ClusterId>,
 }
@@ -212,6 +220,9 @@ pub struct Replica<S: LogStore> {
     /// A snapshot from the leader read whole when it was stepped, for its
     /// install (see [`Replica::check_snapshot`]).
     snapshot_checked: Option<ReadSnapshot>,
+    /// The term a rebuild from the peers started this member at, until it
+    /// has caught up (see `rebuild.rs`).
+    rebuilding_term: Option<u64>,
 }
 
 impl<S: LogStore> Replica<S> {
@@ -224,6 +235,8 @@ impl<S: LogStore> Replica<S> {
     ) -> Result<Replica<S>, Fatal> {
         let (inventory, applied, image_bytes) = snapshots::load_snapshot(&store)?;
         let members = store.members();
+        let rebuilding_term = store.rebuilt_term();
+        let next_read_ctx = config.read_ctx_first;
         let raft_config = config.raft_config(applied);
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, store, logger)?;
@@ -236,7 +249,7 @@ impl<S: LogStore> Replica<S> {
             waiting: BTreeMap::new(),
             reads_unconfirmed: VecDeque::new(),
             reads_confirmed: BTreeMap::new(),
-            next_read_ctx: 1,
+            next_read_ctx,
             last_stamp_ms: 0,
             last_expiry_proposal_ms: 0,
             snapshot_index: applied,
@@ -254,6 +267,7 @@ impl<S: LogStore> Replica<S> {
             clock_step_downs: 0,
             clock_checked_at_ms: None,
             snapshot_checked: None,
+            rebuilding_term,
         })
     }
 
@@ -299,6 +313,7 @@ impl<S: LogStore> Replica<S> {
                 StateRole::Follower => Role::Follower,
             },
             removed: self.removed,
+            rebuilding: self.rebuilding_term.is_some(),
             cluster_id: self.cluster_id(),
         }
     }
@@ -362,6 +377,9 @@ impl<S: LogStore> Replica<S> {
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         self.step_down_if_removed();
         let mut refused = admission::refusal(&self.raw.raft, &self.members, &message);
+        if refused.is_none() && self.withheld_while_rebuilding(&message) {
+            refused = Some(admission::Refusal::Rebuilding);
+        }
         if refused.is_none() && message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
             refused = self.check_snapshot(message.get_snapshot()).err();
         }
@@ -377,7 +395,8 @@ impl<S: LogStore> Replica<S> {
     /// proposes an expiry when a hold came due.
     pub fn tick(&mut self, now_ms: u64, out: &mut Output) {
         self.step_down_if_removed();
-        if !self.removed {
+        // A rebuilding member starts no election (see `rebuild.rs`).
+        if !self.removed && self.rebuilding_term.is_none() {
             self.raw.tick();
         }
         self.time_out_reads(out);

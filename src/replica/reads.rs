@@ -33,7 +33,7 @@ impl<S: LogStore> Replica<S> {
             return;
         }
         let ctx = self.next_read_ctx;
-        self.next_read_ctx += 1;
+        self.next_read_ctx = self.next_read_ctx.wrapping_add(1);
         self.raw.read_index(ctx.to_be_bytes().to_vec());
         self.reads_unconfirmed.push_back(PendingRead {
             ctx,

@@ -102,6 +102,12 @@ impl<S: LogStore> Replica<S> {
         Ok(self.written_number)
     }
 
+    /// The number of the last Ready written (the simulator's injected bug
+    /// of a failed sync taken for done needs it).
+    pub(crate) fn written_number(&self) -> u64 {
+        self.written_number
+    }
+
     /// The caller synced the store after the Ready numbered `number` was
     /// written (see [`Output::sync`]): its held messages go out, raft-rs
     /// learns the entries are durable (on a leader that may commit them),

@@ -92,7 +92,7 @@ impl<S: LogStore> Replica<S> {
                 fail_waiting(waiting, out);
             }
         }
-        Ok(())
+        self.end_rebuild_at(meta.term)
     }
 
     /// Takes a snapshot when one is due (see

@@ -456,6 +456,9 @@ fn a_joining_replica_learns_the_full_membership() {
         &logger(),
     )
     .unwrap();
+    // Having acknowledged nothing, it forgot nothing: it may vote at once
+    // (only a rebuilt member withholds its vote, `rebuild.rs`).
+    assert!(!joining.is_rebuilding());
     group.replicas.push(joining);
     // The leader's next heartbeat reaches the new node.
     for _ in 0..5 {

@@ -224,6 +224,7 @@ impl Cluster for ClusterService {
                 .as_ref()
                 .map(crate::replica::membership::cluster_id_hex)
                 .unwrap_or_default(),
+            rebuilding: s.rebuilding,
         }))
     }
 

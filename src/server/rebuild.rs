@@ -13,10 +13,13 @@
 //! 3. starts a fresh store as a joining node with hard state (term T + 1,
 //!    vote for itself): it can never vote again in a term it saw before the
 //!    damage. Its first reply makes the leader step down once, and a new
-//!    election (term T + 2 or later) follows; the node's empty log keeps it
-//!    from winning;
+//!    election (term T + 2 or later) follows among the other members: the
+//!    store is marked rebuilding, and the node grants no vote and starts no
+//!    election until it has caught up (`replica::rebuild`), since with its
+//!    empty log it would vote for a candidate missing entries it had helped
+//!    commit;
 //! 4. the leader then sends it the log, or a snapshot when the log is
-//!    compacted, and it catches up like a new member.
+//!    compacted, and it catches up like a new member, then votes again.
 //!
 //! A node with no peers (a one-node cluster) cannot be rebuilt: it refuses
 //! to start and says so.

@@ -7,6 +7,12 @@
 //! commit index, and with persistence off the thread every append until its
 //! sync lands) stays volatile. A crash throws the volatile part away: the
 //! replica restarts from `durable`.
+//!
+//! The simulator can also make a disk fail (`DiskFailure`), until the
+//! machine restarts: every write, or every sync, returns an error, and a
+//! failed sync makes nothing durable (as Linux may drop the dirty pages of
+//! a failed fsync). The rule the replica keeps: any storage error stops
+//! the node; the simulator then crashes it, as the server aborts.
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState};
@@ -15,8 +21,41 @@ use crate::replica::membership::{ClusterId, Members};
 use crate::replica::{ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer};
 use crate::storage::MemStore;
 
+/// How a failing disk fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFailure {
+    /// fsync returns EIO; writes still land in the page cache.
+    SyncEio,
+    /// Writes return EIO, and so do syncs.
+    WriteEio,
+    /// Writes return ENOSPC; syncs of what was written before succeed.
+    NoSpace,
+}
+
+impl DiskFailure {
+    fn code(self) -> u8 {
+        match self {
+            DiskFailure::SyncEio => 1,
+            DiskFailure::WriteEio => 2,
+            DiskFailure::NoSpace => 3,
+        }
+    }
+
+    fn of(code: u8) -> Option<DiskFailure> {
+        match code {
+            1 => Some(DiskFailure::SyncEio),
+            2 => Some(DiskFailure::WriteEio),
+            3 => Some(DiskFailure::NoSpace),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimDisk {
+    /// The failure switched on, shared by the clones of this disk (the
+    /// simulator switches it through the replica that owns the disk).
+    failure: std::sync::Arc<std::sync::atomic::AtomicU8>,
     current: MemStore,
     durable: MemStore,
     /// Injected bug: a sync returns without making anything durable.
@@ -47,6 +86,7 @@ impl SimDisk {
             }
         }
         SimDisk {
+            failure: std::sync::Arc::default(),
             current: store.clone(),
             durable: store,
             fsync_lies,
@@ -67,9 +107,45 @@ impl SimDisk {
         }
     }
 
-    /// The machine lost power: only durable writes survive.
+    /// The machine lost power: only durable writes survive; a failure
+    /// switched on ends with the restart (the disk was replaced or freed).
     pub fn crash(&mut self) {
         self.current = self.durable.clone();
+        self.fail(None);
+    }
+
+    /// Switches a failure on (or off, with None).
+    pub fn fail(&self, failure: Option<DiskFailure>) {
+        let code = failure.map_or(0, DiskFailure::code);
+        self.failure
+            .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The failure switched on, if any.
+    pub fn failure(&self) -> Option<DiskFailure> {
+        DiskFailure::of(self.failure.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Err when writes fail now.
+    fn check_write(&self) -> Result<(), StoreError> {
+        match self.failure() {
+            Some(DiskFailure::WriteEio) => Err(StoreError::Io("injected: write: EIO".into())),
+            Some(DiskFailure::NoSpace) => Err(StoreError::Io("injected: write: ENOSPC".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes everything written so far durable, unless syncs fail now.
+    fn sync_or_fail(&mut self) -> Result<(), StoreError> {
+        match self.failure() {
+            Some(DiskFailure::SyncEio | DiskFailure::WriteEio) => {
+                Err(StoreError::Io("injected: fsync: EIO".into()))
+            }
+            _ => {
+                self.synced();
+                Ok(())
+            }
+        }
     }
 }
 
@@ -122,6 +198,7 @@ impl LogStore for SimDisk {
         hard_state: Option<&HardState>,
         sync: bool,
     ) -> Result<(), StoreError> {
+        self.check_write()?;
         self.current.append(entries, hard_state, sync)?;
         if let Some(first) = entries.first() {
             let stale: Vec<u64> = self.journal.range(first.index..).map(|(i, _)| *i).collect();
@@ -133,12 +210,13 @@ impl LogStore for SimDisk {
             self.journal.insert(entry.index, entry.clone());
         }
         if sync {
-            self.synced();
+            self.sync_or_fail()?;
         }
         Ok(())
     }
 
     fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        self.check_write()?;
         self.current.set_commit(commit)
     }
 
@@ -147,9 +225,9 @@ impl LogStore for SimDisk {
         conf_state: &ConfState,
         members: &Members,
     ) -> Result<(), StoreError> {
+        self.check_write()?;
         self.current.set_conf_state(conf_state, members)?;
-        self.synced();
-        Ok(())
+        self.sync_or_fail()
     }
 
     fn members(&self) -> Members {
@@ -157,18 +235,26 @@ impl LogStore for SimDisk {
     }
 
     fn set_cluster_id(&mut self, id: &ClusterId) -> Result<(), StoreError> {
+        self.check_write()?;
         self.current.set_cluster_id(id)?;
-        self.synced();
-        Ok(())
+        self.sync_or_fail()
     }
 
     fn cluster_id(&self) -> Option<ClusterId> {
         self.current.cluster_id()
     }
 
+    fn rebuilt_term(&self) -> Option<u64> {
+        self.current.rebuilt_term()
+    }
+
+    fn clear_rebuilt(&mut self) -> Result<(), StoreError> {
+        self.check_write()?;
+        self.current.clear_rebuilt()
+    }
+
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.synced();
-        Ok(())
+        self.sync_or_fail()
     }
 
     /// The simulated disk is one value owned by its replica, not shared
@@ -187,9 +273,9 @@ impl LogStore for SimDisk {
         snapshot: &SnapshotRecord,
         compact_to: u64,
     ) -> Result<(), StoreError> {
+        self.check_write()?;
         self.current.save_snapshot(snapshot, compact_to)?;
-        self.synced();
-        Ok(())
+        self.sync_or_fail()
     }
 
     fn install_snapshot(
@@ -197,10 +283,12 @@ impl LogStore for SimDisk {
         snapshot: &SnapshotRecord,
         chunks: &[&[u8]],
     ) -> Result<(), StoreError> {
+        self.check_write()?;
         self.current.install_snapshot(snapshot, chunks)?;
-        // The snapshot replaces the whole log: older appends are void.
+        self.sync_or_fail()?;
+        // The snapshot replaces the whole log: older appends are void (once
+        // it is durable: a failed sync leaves the node on its old log).
         self.journal.clear();
-        self.synced();
         Ok(())
     }
 

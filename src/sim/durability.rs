@@ -42,6 +42,13 @@ impl Promises {
         }
     }
 
+    /// The member `id` lost its disk: what it had persisted is gone with
+    /// it (the cluster answers for it now). Its votes stay promised: the
+    /// rebuild's term keeps it from voting again in a term it voted in.
+    pub fn forget_log(&mut self, id: u64) {
+        self.persisted.remove(&id);
+    }
+
     /// Records what the member `id` had persisted as it crashes.
     pub fn note_crash(&mut self, id: u64, replica: &Replica<SimDisk>) {
         let status = replica.status();

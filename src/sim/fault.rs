@@ -33,6 +33,12 @@ pub(super) struct Faults {
     /// How often a member is paused (as by SIGSTOP) for up to
     /// `PAUSE_MS_MAX`, per tick.
     pub(super) pause_per_mille: u32,
+    /// How often a member loses its whole data dir, per tick.
+    pub(super) dir_loss_per_mille: u32,
+    /// How often a member's disk starts failing, per tick.
+    pub(super) disk_failure_per_mille: u32,
+    /// How often a sync stalls for seconds, per sync (`persist_async`).
+    pub(super) sync_stall_per_mille: u32,
 }
 
 impl Faults {
@@ -55,6 +61,9 @@ impl Faults {
             persist_async: rng.random_bool(0.5),
             sync_delay_ms_max: rng.random_range(0..=5),
             pause_per_mille: rng.random_range(0..=10),
+            dir_loss_per_mille: rng.random_range(0..=5),
+            disk_failure_per_mille: rng.random_range(0..=5),
+            sync_stall_per_mille: rng.random_range(0..=20),
         }
     }
 }
@@ -74,6 +83,8 @@ impl Sim {
         self.cut_or_heal_links(rng);
         self.transfer_leadership(rng);
         self.pause_a_node(rng);
+        self.lose_a_data_dir(rng);
+        self.fail_a_disk(rng);
     }
 
     /// Crashes an up node now and then, while fewer than half of them
@@ -174,7 +185,7 @@ impl Sim {
 
     /// Stops the node at `i` as a power cut would: what its disk had not
     /// synced is lost, and so is everything it held in memory.
-    fn crash(&mut self, i: usize) {
+    pub(super) fn crash(&mut self, i: usize) {
         let Some(replica) = self.nodes[i].replica.take() else {
             return;
         };
@@ -192,6 +203,7 @@ impl Sim {
         self.nodes[i].reads.clear();
         self.nodes[i].paused_until_ms = None;
         self.nodes[i].inbox.clear();
+        self.nodes[i].reboot_at_ms = None;
         let id = self.nodes[i].id;
         // Callers waiting on this node never hear back; they time out.
         self.tickets.retain(|(node, _), _| *node != id);
@@ -209,6 +221,7 @@ impl Sim {
                 self.nodes[i].election_ticks,
                 self.faults.persist_async,
                 self.config.bug,
+                self.now_ms,
             ),
             disk,
             &logger(),
@@ -231,19 +244,27 @@ impl Sim {
         }
     }
 
-    /// Stops every fault for good: links heal, clocks come right, no
-    /// message is lost or duplicated any more, and every down node restarts.
+    /// Stops every fault for good: links heal, clocks come right, paused
+    /// members run, disks work and syncs land without stalling, no message
+    /// is lost or duplicated any more, and every down node restarts.
     pub(super) fn end_faults(&mut self) {
         if !self.faults_over {
             self.faults_over = true;
             self.faults_over_at_ms = self.now_ms;
         }
         self.network.heal();
+        self.faults.sync_stall_per_mille = 0;
         for node in &mut self.nodes {
             node.clock_jump_ms = 0;
             if node.paused_until_ms.is_some() {
                 node.paused_until_ms = Some(self.now_ms);
             }
+            // Disks work again, and a stalled sync lands now.
+            node.reboot_at_ms = None;
+            if let Some(replica) = node.replica.as_ref() {
+                replica.store().fail(None);
+            }
+            node.sync_due_ms = node.sync_due_ms.map(|due| due.min(self.now_ms));
         }
         self.network.faults.drop_per_mille = 0;
         self.network.faults.duplicate_per_mille = 0;

@@ -41,6 +41,8 @@
 //!   routed back to them;
 //! - `fault.rs`: the fault mix a seed draws, and the crashes, restarts,
 //!   partitions, transfers and clock jumps it injects;
+//! - `disk_faults.rs`: a member's data dir lost, and its rebuild from the
+//!   peers;
 //! - `pause.rs`: members stopped for seconds and resumed (process faults);
 //! - `operator.rs`: membership changes, as the Cluster service makes them;
 //! - `client.rs`, `model.rs`, `checker.rs`, `disk.rs`, `network.rs`: the
@@ -53,6 +55,7 @@
 pub(crate) mod checker;
 mod client;
 pub(crate) mod disk;
+mod disk_faults;
 mod durability;
 mod fault;
 pub(crate) mod model;
@@ -83,6 +86,12 @@ pub enum Bug {
     /// fault makes that clock wrong. Test builds only.
     #[cfg(test)]
     StampUnchecked,
+    /// A member rebuilt after losing its data dir votes with its empty
+    /// log at once (no rebuilding mark): only a lost dir exposes it.
+    RebuildVotes,
+    /// The loop takes a sync that failed (EIO) for done and tells raft-rs
+    /// the entries are durable: only a failing disk exposes it.
+    IgnoreFailedSync,
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use super::fault::Faults;
 use super::Bug;
 use crate::inventory::Command;
 use crate::replica::clock::{ClockReading, PeerClocks};
-use crate::replica::{Replica, ReplicaConfig, Token};
+use crate::replica::{LogStore, Replica, ReplicaConfig, Token};
 
 /// A node's tick, as the server's.
 pub(super) const TICK_MS: u64 = 100;
@@ -51,6 +51,9 @@ pub(super) struct SimNode {
     pub(super) paused_until_ms: Option<u64>,
     /// Messages that reached it while it was paused, in arrival order.
     pub(super) inbox: Vec<(Message, ClockReading)>,
+    /// When a machine whose disk fails is restarted, if it has not
+    /// stopped on its own by then.
+    pub(super) reboot_at_ms: Option<u64>,
     /// Commands and linearizable reads handed to the node, for its next
     /// turn.
     pub(super) commands: Vec<(Token, Command)>,
@@ -75,7 +78,7 @@ impl SimNode {
     ) -> SimNode {
         let election_ticks = rng.random_range(10..20);
         let replica = Replica::new(
-            replica_config(id, election_ticks, faults.persist_async, bug),
+            replica_config(id, election_ticks, faults.persist_async, bug, now_ms),
             disk,
             &logger(),
         )
@@ -93,6 +96,7 @@ impl SimNode {
             next_tick_ms: now_ms + rng.random_range(0..TICK_MS),
             paused_until_ms: None,
             inbox: Vec::new(),
+            reboot_at_ms: None,
             commands: Vec::new(),
             reads: Vec::new(),
             step_downs_before: 0,
@@ -112,6 +116,26 @@ impl SimNode {
     /// sync or turn until it runs again.
     pub(super) fn is_paused(&self) -> bool {
         self.replica.is_some() && self.paused_until_ms.is_some()
+    }
+
+    /// Whether the member is rebuilding from its peers (up or down).
+    pub(super) fn rebuilding(&self) -> bool {
+        match (&self.replica, &self.down_disk) {
+            (Some(replica), _) => replica.is_rebuilding(),
+            (None, Some(disk)) => disk.rebuilt_term().is_some(),
+            (None, None) => false,
+        }
+    }
+
+    /// The member's current term: its replica's, or its disk's while down.
+    pub(super) fn term(&self) -> u64 {
+        match (&self.replica, &self.down_disk) {
+            (Some(replica), _) => replica.status().term,
+            (None, Some(disk)) => raft::Storage::initial_state(disk)
+                .map(|state| state.hard_state.term)
+                .unwrap_or(0),
+            (None, None) => 0,
+        }
     }
 
     /// Clock step-downs over all the node's lives.
@@ -142,8 +166,12 @@ pub(super) fn replica_config(
     election_ticks: usize,
     persist_async: bool,
     bug: Option<Bug>,
+    started_ms: u64,
 ) -> ReplicaConfig {
     let mut config = ReplicaConfig::new(id);
+    // Each life of a replica asks reads with contexts of its own (see
+    // `ReplicaConfig::read_ctx_first`); a life asks at most one per ms.
+    config.read_ctx_first = started_ms << 32;
     #[cfg(test)]
     {
         config.bug_stamp_unchecked = bug == Some(Bug::StampUnchecked);

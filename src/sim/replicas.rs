@@ -10,8 +10,14 @@ use rand::{Rng, SeedableRng};
 use super::node::TICK_MS;
 use super::report::{Checked, Failure, ViolationKind};
 use super::world::Sim;
+use super::Bug;
 use crate::replica::clock::ClockReading;
-use crate::replica::{Output, StepError};
+use crate::replica::{Fatal, Output, StepError};
+
+/// A stalled sync lands after this long at least, in ms.
+const SYNC_STALL_MS_MIN: u64 = 1_000;
+/// And at most.
+const SYNC_STALL_MS_MAX: u64 = 5_000;
 
 impl Sim {
     /// Hands each message due now to its receiver, after telling the
@@ -24,10 +30,21 @@ impl Sim {
         for (message, reading) in due {
             if let Some(i) = self.nodes.iter().position(|n| n.id == message.to) {
                 if self.nodes[i].is_paused() {
-                    // It waits in the socket until the process runs again.
+                    // It waits in the socket until the process runs again;
+                    // a snapshot's stream has ended (a crash meanwhile
+                    // loses it, and the leader, told it was sent, probes
+                    // again).
+                    if message.get_msg_type() == MessageType::MsgSnapshot {
+                        self.report_snapshot(message.from, message.to, true)?;
+                    }
                     self.nodes[i].inbox.push((message, reading));
                     continue;
                 }
+            }
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                let (from, to) = (message.from, message.to);
+                let receiver_up = self.nodes.iter().any(|n| n.id == to && n.replica.is_some());
+                self.report_snapshot(from, to, receiver_up)?;
             }
             self.deliver(message, reading)?;
         }
@@ -35,19 +52,13 @@ impl Sim {
     }
 
     /// Hands `message` to its receiver, which reads the sender's clock off
-    /// it first; tells the sender of a snapshot how its stream ended.
+    /// it first.
     pub(super) fn deliver(&mut self, message: Message, reading: ClockReading) -> Checked {
         if let Some(i) = self.nodes.iter().position(|n| n.id == message.to) {
             if self.nodes[i].replica.is_some() {
                 let clock = self.node_clock(i);
                 self.nodes[i].clocks.observe(message.from, &reading, clock);
             }
-        }
-        let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-        let (from, to) = (message.from, message.to);
-        let receiver_up = self.nodes.iter().any(|n| n.id == to && n.replica.is_some());
-        if is_snapshot {
-            self.report_snapshot(from, to, receiver_up)?;
         }
         self.step_receiver(message)
     }
@@ -101,16 +112,20 @@ impl Sim {
             let Some(replica) = self.nodes[i].replica.as_mut() else {
                 continue;
             };
-            guard(id, || {
-                let number = replica.sync_store()?;
+            let ignore_failed_sync = self.config.bug == Some(Bug::IgnoreFailedSync);
+            let synced = guard(id, || {
+                let number = match replica.sync_store() {
+                    Ok(number) => number,
+                    // The injected bug: a failed sync taken for done.
+                    Err(_) if ignore_failed_sync => replica.written_number(),
+                    Err(fatal) => return Err(fatal),
+                };
                 replica.persisted(number, &mut out)
-            })?
-            .map_err(|fatal| {
-                Failure::new(
-                    ViolationKind::Fatal,
-                    format!("node {id} hit a fatal error: {fatal}"),
-                )
             })?;
+            if let Err(fatal) = synced {
+                self.stop_on_fatal(i, &fatal)?;
+                continue;
+            }
             self.handle_output(i, out);
         }
         Ok(())
@@ -155,21 +170,40 @@ impl Sim {
             let Some(replica) = self.nodes[i].replica.as_mut() else {
                 continue;
             };
-            guard(id, || {
+            let advanced = guard(id, || {
                 if !commands.is_empty() {
                     replica.propose(clock, commands, &mut out);
                 }
                 replica.read(reads, &mut out);
                 replica.advance(&mut out)
-            })?
-            .map_err(|fatal| {
-                Failure::new(
-                    ViolationKind::Fatal,
-                    format!("node {id} hit a fatal error: {fatal}"),
-                )
             })?;
+            if let Err(fatal) = advanced {
+                self.stop_on_fatal(i, &fatal)?;
+                continue;
+            }
             self.handle_output(i, out);
         }
+        Ok(())
+    }
+
+    /// The replica at `i` returned `fatal`: the server aborts, so the node
+    /// crashes here, and what it put out is never sent. Expected when its
+    /// disk was made to fail (the rule: any storage error stops the node);
+    /// a violation otherwise.
+    fn stop_on_fatal(&mut self, i: usize, fatal: &Fatal) -> Checked {
+        let id = self.nodes[i].id;
+        let failing = self.nodes[i]
+            .replica
+            .as_ref()
+            .and_then(|r| r.store().failure());
+        if failing.is_none() {
+            return Err(Failure::new(
+                ViolationKind::Fatal,
+                format!("node {id} hit a fatal error: {fatal}"),
+            ));
+        }
+        self.crash(i);
+        self.report.disk_failure_stops += 1;
         Ok(())
     }
 
@@ -179,7 +213,13 @@ impl Sim {
         let node_id = self.nodes[i].id;
         let mut rng = StdRng::seed_from_u64(self.now_ms ^ (node_id << 32) ^ self.config.seed);
         if out.sync.is_some() && self.nodes[i].sync_due_ms.is_none() {
-            let delay_ms = rng.random_range(0..=self.faults.sync_delay_ms_max);
+            let mut delay_ms = rng.random_range(0..=self.faults.sync_delay_ms_max);
+            if rng.random_range(0..1_000) < self.faults.sync_stall_per_mille {
+                // A sync that stalls for seconds (a device resetting, a
+                // saturated volume): appends wait behind it.
+                delay_ms = rng.random_range(SYNC_STALL_MS_MIN..=SYNC_STALL_MS_MAX);
+                self.report.sync_stalls += 1;
+            }
             self.nodes[i].sync_due_ms = Some(self.now_ms + delay_ms);
         }
         self.send_messages(i, out.messages, &mut rng);

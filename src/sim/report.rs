@@ -29,6 +29,14 @@ pub struct SimReport {
     pub leader_clock_jumps: u64,
     /// Members paused for seconds (as by SIGSTOP), then resumed.
     pub pauses: u64,
+    /// Members whose whole data dir was lost, then rebuilt from the peers.
+    pub dir_losses: u64,
+    /// Disks made to fail (EIO on sync or write, ENOSPC).
+    pub disk_failures: u64,
+    /// Members that stopped on a storage error, as the rule says.
+    pub disk_failure_stops: u64,
+    /// Syncs that stalled for seconds.
+    pub sync_stalls: u64,
     /// Leaders that stepped down because their clock was not within the
     /// bound of a majority's.
     pub clock_step_downs: u64,

@@ -79,6 +79,10 @@ fn summary(reports: &[SimReport], elapsed: std::time::Duration) -> String {
     let clock_jumps: u64 = reports.iter().map(|r| r.clock_jumps).sum();
     let leader_jumps: u64 = reports.iter().map(|r| r.leader_clock_jumps).sum();
     let pauses: u64 = reports.iter().map(|r| r.pauses).sum();
+    let dir_losses: u64 = reports.iter().map(|r| r.dir_losses).sum();
+    let disk_failures: u64 = reports.iter().map(|r| r.disk_failures).sum();
+    let disk_stops: u64 = reports.iter().map(|r| r.disk_failure_stops).sum();
+    let stalls: u64 = reports.iter().map(|r| r.sync_stalls).sum();
     let clock_step_downs: u64 = reports.iter().map(|r| r.clock_step_downs).sum();
     let five = reports.iter().filter(|r| r.replicas == 5).count();
     let deferred = reports.iter().filter(|r| r.persist_async).count();
@@ -89,7 +93,9 @@ fn summary(reports: &[SimReport], elapsed: std::time::Duration) -> String {
          {partitions} partitions, {transfers} leadership transfers, {changes} membership changes \
          ({leader_removals} of the leader; {step_downs} leaders applied their own removal), \
          {clock_jumps} clocks set hours off ({leader_jumps} of the leader; {clock_step_downs} \
-         clock step-downs), {pauses} members paused",
+         clock step-downs), {pauses} members paused, {dir_losses} data dirs lost and rebuilt, \
+         {disk_failures} disks failing ({disk_stops} stops on a storage error), {stalls} syncs \
+         stalled for seconds",
         reports.len(),
         elapsed.as_secs_f64()
     )
@@ -125,6 +131,13 @@ fn check_coverage(reports: &[SimReport]) {
         sum(|r| r.clock_jumps) > sum(|r| r.leader_clock_jumps) && sum(|r| r.pauses) > 0,
         "the seeds never set a follower's clock off, or never paused a member"
     );
+    assert!(
+        sum(|r| r.dir_losses) > 0
+            && sum(|r| r.disk_failure_stops) > 0
+            && sum(|r| r.sync_stalls) > 0,
+        "the seeds never lost a data dir, never stopped a member on a failing disk, or never \
+         stalled a sync"
+    );
 }
 
 /// Seed 60538492796 (issue 27: a removal committed under the node it
@@ -158,17 +171,17 @@ fn seed_540084898197_names_the_cluster() {
     }
 }
 
-/// Runs seeds from 0 with `bug` until one fails, and checks that the
-/// checker meant for the bug caught it (not any other, and not a panic).
+/// Runs seeds 0..500 with `bug` (on two threads, stopping at the first
+/// failure) and checks that the lowest failing seed was caught by the
+/// checker meant for the bug (not any other, and not a panic).
 fn caught_by(bug: Bug, kind: ViolationKind) {
-    for seed in 0..500 {
-        if let Err(violation) = run(&SimConfig::new(seed, OPS, Some(bug))) {
+    match run_seeds(0, 500, &SimConfig::new(0, OPS, Some(bug)), 2) {
+        Err(violation) => {
             eprintln!("caught: {violation}");
             assert_eq!(violation.kind, kind, "{violation}");
-            return;
         }
+        Ok(_) => panic!("500 seeds with {bug:?} and no checker noticed"),
     }
-    panic!("500 seeds with {bug:?} and no checker noticed");
 }
 
 /// With a disk whose fsync lies (so a node acknowledges writes a crash
@@ -185,6 +198,22 @@ fn the_checkers_catch_an_fsync_that_lies() {
 #[test]
 fn the_checkers_catch_reads_that_skip_read_index() {
     caught_by(Bug::SkipReadIndex, ViolationKind::StaleRead);
+}
+
+/// A member rebuilt after losing its data dir that votes with its empty
+/// log helps elect a leader without entries committed on a bare majority
+/// that included it: a committed entry is overwritten.
+#[test]
+fn the_checkers_catch_a_rebuild_that_votes_with_an_empty_log() {
+    caught_by(Bug::RebuildVotes, ViolationKind::LogDiverged);
+}
+
+/// A loop that takes a failed sync (EIO) for done tells raft-rs entries
+/// are durable that a crash then loses: the durability checker sees the
+/// member restart without them.
+#[test]
+fn the_checkers_catch_a_failed_sync_taken_for_done() {
+    caught_by(Bug::IgnoreFailedSync, ViolationKind::DurableLost);
 }
 
 /// A leader that stamps with its own clock whatever its peers say of it

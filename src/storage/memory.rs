@@ -64,6 +64,8 @@ pub struct MemStore {
     cache: LogCache,
     members: Members,
     cluster_id: Option<ClusterId>,
+    /// See [`LogStore::rebuilt_term`].
+    rebuilt_term: Option<u64>,
     /// Shared, so cloning a store (the simulator does, at every sync) is cheap.
     snapshot: Option<Arc<SavedSnapshot>>,
     pending: PendingChunks,
@@ -88,12 +90,29 @@ impl MemStore {
         store
     }
 
-    /// A store for a node joining a running cluster: no log, no vote.
+    /// A store for a node joining a running cluster: no log, no vote. (A
+    /// new member may vote with its empty log: having acknowledged nothing,
+    /// it forgot nothing. Only a rebuilt member withholds its vote.)
     pub(crate) fn joining(members: &Members) -> MemStore {
         MemStore {
             members: members.clone(),
             ..MemStore::default()
         }
+    }
+
+    /// A store for a member rebuilt from its peers (`server::rebuild`): no
+    /// log, `hard_state` (a term no other member reached, its own vote),
+    /// and rebuilding until it catches up (`replica::rebuild`).
+    pub(crate) fn rebuilt(
+        members: &Members,
+        cluster_id: Option<ClusterId>,
+        hard_state: HardState,
+    ) -> MemStore {
+        let mut store = MemStore::joining(members);
+        store.cluster_id = cluster_id;
+        store.rebuilt_term = Some(hard_state.term);
+        store.cache.hard_state = hard_state;
+        store
     }
 }
 
@@ -184,6 +203,15 @@ impl LogStore for MemStore {
 
     fn cluster_id(&self) -> Option<ClusterId> {
         self.cluster_id
+    }
+
+    fn rebuilt_term(&self) -> Option<u64> {
+        self.rebuilt_term
+    }
+
+    fn clear_rebuilt(&mut self) -> Result<(), StoreError> {
+        self.rebuilt_term = None;
+        Ok(())
     }
 
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {

@@ -11,7 +11,7 @@ use rocksdb::{WriteBatch, DB};
 use super::chunks::RocksChunks;
 use super::{
     corrupt, encode_pb, log_key, sync_wal, RocksStore, KEY_CONF_STATE, KEY_HARD_STATE, KEY_MEMBERS,
-    KEY_TRUNCATED,
+    KEY_REBUILT, KEY_TRUNCATED,
 };
 use crate::inventory::snapshot;
 use crate::replica::membership::{
@@ -176,6 +176,18 @@ impl LogStore for RocksStore {
 
     fn cluster_id(&self) -> Option<ClusterId> {
         self.cluster_id
+    }
+
+    fn rebuilt_term(&self) -> Option<u64> {
+        self.rebuilt_term
+    }
+
+    fn clear_rebuilt(&mut self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete(KEY_REBUILT);
+        self.write(batch, false)?;
+        self.rebuilt_term = None;
+        Ok(())
     }
 
     fn chunk_writer(&self) -> Box<dyn ChunkWriter> {

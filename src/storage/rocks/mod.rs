@@ -55,6 +55,9 @@ const KEY_CONF_STATE: &[u8] = b"c";
 const KEY_MEMBERS: &[u8] = b"a";
 const KEY_TRUNCATED: &[u8] = b"t";
 const KEY_SNAPSHOT: &[u8] = b"s";
+/// The term a rebuild started this member at, until it caught up (8 bytes,
+/// big-endian; absent otherwise).
+const KEY_REBUILT: &[u8] = b"r";
 const PREFIX_LOG: u8 = b'l';
 const PREFIX_CHUNK: u8 = b'S';
 
@@ -118,6 +121,8 @@ pub struct RocksStore {
     cluster_id: Option<ClusterId>,
     /// True when the database held no Raft state when opened.
     fresh: bool,
+    /// See [`LogStore::rebuilt_term`](crate::replica::LogStore::rebuilt_term).
+    rebuilt_term: Option<u64>,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -136,6 +141,7 @@ impl RocksStore {
         let mut cache = LogCache::default();
         let fresh = read_raft_state(&db, &mut cache)?;
         let (members, cluster_id) = read_members(&db)?;
+        let rebuilt_term = read_rebuilt(&db)?;
         read_truncation(&db, &mut cache)?;
         read_snapshot_meta(&db, &mut cache)?;
         read_log(&db, &mut cache)?;
@@ -146,6 +152,7 @@ impl RocksStore {
             members,
             cluster_id,
             fresh,
+            rebuilt_term,
         })
     }
 
@@ -179,27 +186,31 @@ impl RocksStore {
 
     /// Writes what a node joining a running cluster knows: where its
     /// members are, the cluster's id (so that it refuses other clusters'
-    /// members from its first message), and (for a node rebuilt after its
-    /// data was damaged) a hard state that keeps it from voting again in
-    /// any term it might have voted in before. Its log, membership and
-    /// state arrive from the leader.
+    /// members from its first message), and, for a node rebuilt after its
+    /// data was damaged, a hard state that keeps it from voting again in
+    /// any term it might have voted in before, with the mark that it is
+    /// rebuilding from that term on: it withholds its vote until it has
+    /// caught up (`replica::rebuild`). Its log, membership and state arrive
+    /// from the leader.
     pub(crate) fn bootstrap_joining(
         &mut self,
         members: &Members,
         cluster_id: Option<&ClusterId>,
-        hard_state: Option<&HardState>,
+        rebuilt: Option<&HardState>,
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.put(KEY_CONF_STATE, encode_pb(&ConfState::default())?);
         batch.put(KEY_MEMBERS, envelope(members, cluster_id).encode_to_vec());
-        if let Some(hs) = hard_state {
-            batch.put(KEY_HARD_STATE, encode_pb(hs)?);
+        if let Some(hard_state) = rebuilt {
+            batch.put(KEY_HARD_STATE, encode_pb(hard_state)?);
+            batch.put(KEY_REBUILT, hard_state.term.to_be_bytes());
         }
         self.write(batch, true)?;
         self.members = members.clone();
         self.cluster_id = cluster_id.copied();
-        if let Some(hs) = hard_state {
-            self.cache.hard_state = hs.clone();
+        if let Some(hard_state) = rebuilt {
+            self.cache.hard_state = hard_state.clone();
+            self.rebuilt_term = Some(hard_state.term);
         }
         self.fresh = false;
         Ok(())
@@ -274,6 +285,21 @@ fn read_members(db: &DB) -> Result<(Members, Option<ClusterId>), StoreError> {
         cluster_id = cluster_id_of(&envelope.cluster_id);
     }
     Ok((members, cluster_id))
+}
+
+/// The term a rebuild started this member at, if it has not caught up.
+fn read_rebuilt(db: &DB) -> Result<Option<u64>, StoreError> {
+    let Some(bytes) = db
+        .get(KEY_REBUILT)
+        .map_err(|e| io("reading the rebuild mark", e))?
+    else {
+        return Ok(None);
+    };
+    let term: [u8; 8] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("rebuild mark", format!("{} bytes, not 8", bytes.len())))?;
+    Ok(Some(u64::from_be_bytes(term)))
 }
 
 /// Reads the index and term of the last dropped entry into `cache`.
