@@ -39,6 +39,17 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` founding nodes with ids 1..=n.
     pub fn start(n: u64, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::founding(n, extra);
+        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+        for id in ids {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// `n` founding nodes with ids 1..=n, not started yet (a test may move
+    /// their data dirs first).
+    pub fn founding(n: u64, extra: &[&str]) -> Cluster {
         let temp = tempfile::tempdir().expect("temp dir");
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
@@ -57,10 +68,6 @@ impl Cluster {
             .join(",");
         for (id, addr) in addrs {
             cluster.add_proc(id, addr, vec!["--peers".into(), peers.clone()]);
-        }
-        let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
-        for id in ids {
-            cluster.spawn(id);
         }
         cluster
     }

@@ -257,4 +257,5 @@ pub async fn get(client: &mut InventoryClient<Channel>, id: &str) -> pb::GetRese
 }
 
 pub mod cluster;
+pub mod lossyfs;
 pub mod workload;

@@ -33,7 +33,6 @@ pub struct Record {
     pub release_acked: bool,
 }
 
-#[derive(Default)]
 pub struct Ledger {
     pub records: Mutex<BTreeMap<String, Record>>,
     pub acks: AtomicU64,
@@ -43,9 +42,30 @@ pub struct Ledger {
     /// The longest a call took from its first attempt to its answer,
     /// retries included, in milliseconds (reset by a test to time a window).
     pub slowest_call_ms: AtomicU64,
+    /// Units of each SKU seeded: STOCK, unless a test seeds more so that
+    /// its clients never run out.
+    pub stock: i64,
+}
+
+impl Default for Ledger {
+    fn default() -> Ledger {
+        Ledger::with_stock(STOCK)
+    }
 }
 
 impl Ledger {
+    /// A ledger for SKUs seeded with `stock` units ([`seed_stock`]).
+    pub fn with_stock(stock: i64) -> Ledger {
+        Ledger {
+            records: Mutex::default(),
+            acks: AtomicU64::default(),
+            errors: AtomicU64::default(),
+            last_ack_ms: AtomicU64::default(),
+            slowest_call_ms: AtomicU64::default(),
+            stock,
+        }
+    }
+
     fn update(&self, id: &str, change: impl FnOnce(&mut Record)) {
         if let Ok(mut records) = self.records.lock() {
             change(records.entry(id.to_string()).or_default());
@@ -55,13 +75,18 @@ impl Ledger {
 
 /// Seeds every SKU with STOCK units at NODE.
 pub async fn seed(cluster: &Cluster, via: u64) {
+    seed_stock(cluster, via, STOCK).await;
+}
+
+/// Seeds every SKU with `stock` units at NODE.
+pub async fn seed_stock(cluster: &Cluster, via: u64, stock: i64) {
     let mut c = cluster.client(via).await;
     for i in 0..SKUS {
         c.set_on_hand(pb::SetOnHandRequest {
             txn_id: format!("seed-{i}"),
             sku: sku(i),
             node: NODE.into(),
-            on_hand: STOCK,
+            on_hand: stock,
             expected_on_hand: None,
         })
         .await
@@ -144,18 +169,44 @@ pub fn start_clients_with(
     stop: Arc<AtomicBool>,
     started: Instant,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    spawn_clients("", addrs, tls, clients, ledger, stop, started)
+}
+
+/// [`start_clients`] whose reservation ids begin with `prefix`: clients
+/// started again later in a test, into the same ledger, use new ids.
+pub fn start_clients_prefixed(
+    prefix: &str,
+    addrs: Vec<String>,
+    clients: usize,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    spawn_clients(prefix, addrs, None, clients, ledger, stop, started)
+}
+
+fn spawn_clients(
+    prefix: &str,
+    addrs: Vec<String>,
+    tls: Option<ClientTlsConfig>,
+    clients: usize,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for client_no in 0..clients {
         let addrs = addrs.clone();
         let tls = tls.clone();
         let ledger = ledger.clone();
         let stop = stop.clone();
+        let prefix = prefix.to_string();
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(client_no as u64);
             let mut at = client_no;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let id = format!("c{client_no}-{n}");
+                let id = format!("{prefix}c{client_no}-{n}");
                 n += 1;
                 let sku = sku(rng.random_range(0..SKUS));
                 let qty = rng.random_range(1..=3);
@@ -233,12 +284,50 @@ pub fn start_clients_with(
     tasks
 }
 
+/// What [`audit_node`] found wrong on a node.
+#[derive(Debug, Clone)]
+pub enum Finding {
+    /// An acknowledged answer the node does not reflect: the write was
+    /// lost, or its outcome changed.
+    AckLost(String),
+    /// Anything else: counters that disagree with the reservations held
+    /// (a command applied twice, or not at all), or stock oversold.
+    Wrong(String),
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::AckLost(s) | Finding::Wrong(s) => f.write_str(s),
+        }
+    }
+}
+
 /// Checks one node's state against the ledger: every acknowledged answer is
 /// reflected, every counter equals the reservations it holds (each applied
-/// exactly once), and nothing is oversold.
+/// exactly once), and nothing is oversold. Panics listing what is not.
 pub async fn check_node(cluster: &Cluster, id: u64, ledger: &Ledger) {
+    let findings = audit_node(cluster, id, ledger).await;
+    assert!(
+        findings.is_empty(),
+        "{} findings, the first ones:\n{}",
+        findings.len(),
+        findings
+            .iter()
+            .take(20)
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The checks of [`check_node`], returning what failed instead of
+/// panicking (a test that must see them fail, too). Panics only when the
+/// node cannot be asked.
+pub async fn audit_node(cluster: &Cluster, id: u64, ledger: &Ledger) -> Vec<Finding> {
     let mut c = cluster.client(id).await;
     let records = ledger.records.lock().expect("ledger").clone();
+    let mut findings = Vec::new();
     let mut open: HashMap<String, i64> = HashMap::new();
     let mut consumed: HashMap<String, i64> = HashMap::new();
     for (rid, record) in &records {
@@ -250,32 +339,9 @@ pub async fn check_node(cluster: &Cluster, id: u64, ledger: &Ledger) {
             .await
             .expect("get reservation")
             .into_inner();
+        findings.extend(audit_record(id, rid, record, &got));
         let state = got.state;
         use pb::ReservationState as S;
-        if record.reserve_acked {
-            assert_ne!(
-                got.outcome,
-                pb::Outcome::NotFound as i32,
-                "node {id}: acknowledged reserve {rid} lost"
-            );
-        }
-        if record.commit_acked {
-            assert_eq!(
-                state,
-                S::Committed as i32,
-                "node {id}: acknowledged commit of {rid} not reflected"
-            );
-        }
-        if record.release_acked {
-            assert_eq!(
-                state,
-                S::Released as i32,
-                "node {id}: acknowledged release of {rid} not reflected"
-            );
-        }
-        if record.reserve_acked && !record.commit_attempted && !record.release_attempted {
-            assert_eq!(state, S::Open as i32, "node {id}: {rid} should be open");
-        }
         if state == S::Open as i32 {
             *open.entry(record.sku.clone()).or_default() += record.qty;
         }
@@ -294,28 +360,84 @@ pub async fn check_node(cluster: &Cluster, id: u64, ledger: &Ledger) {
             .await
             .expect("availability")
             .into_inner()
-            .skus[0]
-            .nodes[0]
-            .clone();
+            .skus
+            .first()
+            .and_then(|s| s.nodes.first().cloned())
+            .unwrap_or_default();
         let held = open.get(&name).copied().unwrap_or(0);
         let gone = consumed.get(&name).copied().unwrap_or(0);
-        assert_eq!(
-            level.reserved, held,
-            "node {id} {name}: reserved != open reservations"
-        );
-        assert_eq!(
+        findings.extend(audit_level(id, &name, &level, held, gone, ledger.stock));
+    }
+    findings
+}
+
+/// One reservation as the node holds it against what its client was told.
+fn audit_record(
+    id: u64,
+    rid: &str,
+    record: &Record,
+    got: &pb::GetReservationResponse,
+) -> Vec<Finding> {
+    use pb::ReservationState as S;
+    let mut findings = Vec::new();
+    let state = got.state;
+    if record.reserve_acked && got.outcome == pb::Outcome::NotFound as i32 {
+        findings.push(Finding::AckLost(format!(
+            "node {id}: acknowledged reserve {rid} lost"
+        )));
+    }
+    if record.commit_acked && state != S::Committed as i32 {
+        findings.push(Finding::AckLost(format!(
+            "node {id}: acknowledged commit of {rid} not reflected (state {state})"
+        )));
+    }
+    if record.release_acked && state != S::Released as i32 {
+        findings.push(Finding::AckLost(format!(
+            "node {id}: acknowledged release of {rid} not reflected (state {state})"
+        )));
+    }
+    let left_open = record.reserve_acked && !record.commit_attempted && !record.release_attempted;
+    if left_open && got.outcome != pb::Outcome::NotFound as i32 && state != S::Open as i32 {
+        findings.push(Finding::Wrong(format!(
+            "node {id}: {rid} should be open (state {state})"
+        )));
+    }
+    findings
+}
+
+/// One SKU's counters against the reservations the node holds.
+fn audit_level(
+    id: u64,
+    name: &str,
+    level: &pb::NodeAvailability,
+    held: i64,
+    gone: i64,
+    stock: i64,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if level.reserved != held {
+        findings.push(Finding::Wrong(format!(
+            "node {id} {name}: reserved {} != open reservations {held}",
+            level.reserved
+        )));
+    }
+    if level.on_hand != stock - gone {
+        findings.push(Finding::Wrong(format!(
+            "node {id} {name}: on_hand {} != stock - committed {}",
             level.on_hand,
-            STOCK - gone,
-            "node {id} {name}: on_hand != stock - committed"
-        );
-        assert!(
-            held + gone <= STOCK,
-            "node {id} {name}: oversold: {held} held + {gone} committed > {STOCK}"
-        );
-        assert!(
-            level.available >= 0,
+            stock - gone
+        )));
+    }
+    if held + gone > stock {
+        findings.push(Finding::Wrong(format!(
+            "node {id} {name}: oversold: {held} held + {gone} committed > {stock}"
+        )));
+    }
+    if level.available < 0 {
+        findings.push(Finding::Wrong(format!(
             "node {id} {name}: available {}",
             level.available
-        );
+        )));
     }
+    findings
 }

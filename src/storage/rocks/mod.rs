@@ -103,10 +103,22 @@ fn sync_wal(db: &DB) -> Result<(), StoreError> {
     // Crash points for the crash tests: entries written, not yet synced;
     // synced, no one told yet.
     fail::fail_point!("sync::before");
+    if skip_sync() {
+        return Ok(());
+    }
     db.flush_wal(true).map_err(|e| io("syncing the log", e))?;
     fail::fail_point!("sync::after");
     metrics::histogram!("stockraft_fsync_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// True when the `sync::skip` crash point is armed: every sync of the log
+/// (this one and synced writes) is then skipped, a mutation that the
+/// power-loss tests (`tests/power_loss.rs`) must catch. Always false in a
+/// build without the `failpoints` feature.
+fn skip_sync() -> bool {
+    fail::fail_point!("sync::skip", |_| true);
+    false
 }
 
 /// A replica's durable state in RocksDB, with its log tail cached in memory.
@@ -217,6 +229,7 @@ impl RocksStore {
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let sync = sync && !skip_sync();
         let mut options = WriteOptions::default();
         options.set_sync(sync);
         let started = Instant::now();
