@@ -7,14 +7,19 @@
 //! unsynced writes on a crash), a simulated network (`network::Network`)
 //! that delays, drops, duplicates and reorders messages and makes
 //! partitions, drifting clocks and clocks set hours off, crashes and
-//! restarts, members paused for seconds, leadership transfers,
+//! restarts, members paused for seconds, disks that fail (EIO, ENOSPC) or
+//! stall, data dirs lost and rebuilt, leadership transfers,
 //! and clients that issue the whole API and retry with the same ids after a
 //! timeout, as real clients do. Time is simulated, so a run is exact: the
 //! same seed gives the same run, bit for bit.
 //!
-//! What is checked (`checker.rs`):
+//! What is checked (`checker.rs`, `durability.rs`); each failure names
+//! its kind ([`ViolationKind`]), so a test of an injected [`Bug`] names the
+//! checker that must catch it:
 //! - safety: at most one leader per term; a committed entry never changes;
 //!   replicas at the same applied index have the same state digest;
+//! - durability: a member restarts with every entry it had persisted and
+//!   every vote it had granted (unless its data dir was lost);
 //! - inventory: the real state machine asserts its invariants after every
 //!   entry (reserved = open lines, never negative, no reserve below zero);
 //!   an independent model (`model::Model`) replays the committed log, and
