@@ -13,12 +13,11 @@
 // Functions of at most 70 code lines (clippy.toml).
 #![warn(clippy::too_many_lines)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use clap::Parser;
-use stockraft::sim::{run, run_seeds, Bug, SimConfig, SimReport};
+use stockraft::sim::{run, run_seeds, Bug, SimConfig, Totals};
 
 /// Seeds run between two progress lines.
 const CHUNK_SEEDS: u64 = 200;
@@ -61,71 +60,6 @@ struct Args {
     /// purpose: replays seeds found then exactly as they ran.
     #[arg(long)]
     no_leader_removals: bool,
-}
-
-/// What the seeds run so far did, summed.
-#[derive(Default)]
-struct Totals {
-    seeds: u64,
-    acked: usize,
-    crashes: u64,
-    partitions: u64,
-    leader_removals: u64,
-    step_downs: u64,
-    clock_jumps: u64,
-    leader_clock_jumps: u64,
-    clock_step_downs: u64,
-    pauses: u64,
-    dir_losses: u64,
-    disk_failures: u64,
-    disk_failure_stops: u64,
-    sync_stalls: u64,
-    refused: BTreeMap<&'static str, u64>,
-}
-
-impl Totals {
-    fn add(&mut self, report: &SimReport) {
-        self.seeds += 1;
-        self.acked += report.ops_acked;
-        self.crashes += report.crashes;
-        self.partitions += report.partitions;
-        self.leader_removals += report.leader_removals;
-        self.step_downs += report.removed_step_downs;
-        self.clock_jumps += report.clock_jumps;
-        self.leader_clock_jumps += report.leader_clock_jumps;
-        self.pauses += report.pauses;
-        self.dir_losses += report.dir_losses;
-        self.disk_failures += report.disk_failures;
-        self.disk_failure_stops += report.disk_failure_stops;
-        self.sync_stalls += report.sync_stalls;
-        self.clock_step_downs += report.clock_step_downs;
-        for (reason, count) in &report.refused {
-            *self.refused.entry(reason).or_default() += count;
-        }
-    }
-
-    fn print(&self, first: u64, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        eprintln!(
-            "{} seeds from {first} passed in {seconds:.1} s ({:.2} seeds/s): {} acknowledged writes, {} crashes, {} partitions, {} leader removals, {} removed leaders stepped down, {} clocks set hours off ({} of the leader; {} clock step-downs), {} members paused, {} data dirs lost, {} disks failing ({} stops on a storage error), {} syncs stalled; peer messages refused: {:?}",
-            self.seeds,
-            self.seeds as f64 / seconds,
-            self.acked,
-            self.crashes,
-            self.partitions,
-            self.leader_removals,
-            self.step_downs,
-            self.clock_jumps,
-            self.leader_clock_jumps,
-            self.clock_step_downs,
-            self.pauses,
-            self.dir_losses,
-            self.disk_failures,
-            self.disk_failure_stops,
-            self.sync_stalls,
-            self.refused
-        );
-    }
 }
 
 fn main() -> Result<()> {
@@ -182,7 +116,7 @@ fn run_range(
         let reports = match run_seeds(next, chunk, template, threads) {
             Ok(reports) => reports,
             Err(violation) => {
-                totals.print(first, started.elapsed());
+                progress(&totals, first, started.elapsed());
                 return Err(anyhow!("{violation}"));
             }
         };
@@ -190,7 +124,16 @@ fn run_range(
             totals.add(report);
         }
         next += chunk;
-        totals.print(first, started.elapsed());
+        progress(&totals, first, started.elapsed());
     }
     Ok(())
+}
+
+/// One progress line: what passed so far, and how fast.
+fn progress(totals: &Totals, first: u64, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    eprintln!(
+        "from seed {first}, passed in {seconds:.1} s ({:.2} seeds/s): {totals}",
+        totals.seeds as f64 / seconds
+    );
 }

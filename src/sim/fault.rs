@@ -162,15 +162,10 @@ impl Sim {
         if rng.random_range(0..1_000) >= 20 {
             return;
         }
-        let up = self.up();
-        if up.is_empty() {
+        let Some(target) = self.pick_up_node(rng) else {
             return;
-        }
-        let leader = self.leader();
-        let target = match leader {
-            Some(l) if rng.random_bool(0.5) => l,
-            _ => up[rng.random_range(0..up.len())],
         };
+        let leader = self.leader();
         let jump_ms = rng.random_range(1..=CLOCK_JUMP_HOURS_MAX) * HOUR_MS;
         self.nodes[target].clock_jump_ms = if rng.random_bool(0.5) {
             jump_ms

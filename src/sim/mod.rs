@@ -74,7 +74,7 @@ mod requests;
 mod seeds;
 mod world;
 
-pub use report::{SimReport, Violation, ViolationKind};
+pub use report::{SimReport, Totals, Violation, ViolationKind};
 pub use seeds::{run, run_seeds};
 
 /// A bug the simulator can inject, to show the checkers catch it.

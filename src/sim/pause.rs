@@ -30,13 +30,8 @@ impl Sim {
         if self.nodes.iter().any(|n| n.is_paused()) {
             return;
         }
-        let up = self.up();
-        if up.is_empty() {
+        let Some(target) = self.pick_up_node(rng) else {
             return;
-        }
-        let target = match self.leader() {
-            Some(l) if rng.random_bool(0.5) => l,
-            _ => up[rng.random_range(0..up.len())],
         };
         let pause_ms = rng.random_range(PAUSE_MS_MIN..=PAUSE_MS_MAX);
         self.nodes[target].paused_until_ms = Some(self.now_ms + pause_ms);

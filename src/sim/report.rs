@@ -54,6 +54,89 @@ pub struct SimReport {
     pub crashes_before_sync: u64,
 }
 
+/// What many seeds did, summed: the CI test's closing line and
+/// `stockraft-sim`'s progress lines.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub seeds: u64,
+    /// Seeds that started with 5 replicas.
+    pub five_replicas: u64,
+    /// Seeds that ran with persistence off the thread.
+    pub persist_async: u64,
+    /// Every counter of the seeds' reports, summed (`seed`, `replicas`,
+    /// `sim_ms` and `workload` are not).
+    pub sum: SimReport,
+}
+
+impl Totals {
+    pub fn add(&mut self, r: &SimReport) {
+        self.seeds += 1;
+        self.five_replicas += u64::from(r.replicas == 5);
+        self.persist_async += u64::from(r.persist_async);
+        let s = &mut self.sum;
+        s.ops_acked += r.ops_acked;
+        s.reads_checked += r.reads_checked;
+        s.entries += r.entries;
+        s.crashes += r.crashes;
+        s.crashes_before_sync += r.crashes_before_sync;
+        s.partitions += r.partitions;
+        s.transfers += r.transfers;
+        s.membership_changes += r.membership_changes;
+        s.leader_removals += r.leader_removals;
+        s.removed_step_downs += r.removed_step_downs;
+        s.clock_jumps += r.clock_jumps;
+        s.leader_clock_jumps += r.leader_clock_jumps;
+        s.clock_step_downs += r.clock_step_downs;
+        s.pauses += r.pauses;
+        s.dir_losses += r.dir_losses;
+        s.disk_failures += r.disk_failures;
+        s.disk_failure_stops += r.disk_failure_stops;
+        s.sync_stalls += r.sync_stalls;
+        s.elections += r.elections;
+        s.messages += r.messages;
+        s.dropped += r.dropped;
+        s.duplicated += r.duplicated;
+        for (reason, count) in &r.refused {
+            *s.refused.entry(reason).or_default() += count;
+        }
+    }
+}
+
+impl fmt::Display for Totals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.sum;
+        write!(
+            f,
+            "{} seeds ({} starting with 5 replicas, {} syncing later): {} acknowledged writes, \
+             {} crashes ({} with a sync in flight), {} partitions, {} leadership transfers, \
+             {} membership changes ({} of the leader; {} leaders applied their own removal), \
+             {} clocks set hours off ({} of the leader; {} clock step-downs), {} members paused, \
+             {} data dirs lost and rebuilt, {} disks failing ({} stops on a storage error), \
+             {} syncs stalled for seconds; peer messages refused: {:?}",
+            self.seeds,
+            self.five_replicas,
+            self.persist_async,
+            s.ops_acked,
+            s.crashes,
+            s.crashes_before_sync,
+            s.partitions,
+            s.transfers,
+            s.membership_changes,
+            s.leader_removals,
+            s.removed_step_downs,
+            s.clock_jumps,
+            s.leader_clock_jumps,
+            s.clock_step_downs,
+            s.pauses,
+            s.dir_losses,
+            s.disk_failures,
+            s.disk_failure_stops,
+            s.sync_stalls,
+            s.refused
+        )
+    }
+}
+
 /// Which rule a run broke: each checker reports its own kind, so a test
 /// of an injected bug names the checker that must catch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

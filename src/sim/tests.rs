@@ -59,82 +59,47 @@ fn simulation() {
             Err(violation) => panic!("{violation}"),
         }
     }
+    let mut totals = Totals::default();
+    for report in &reports {
+        totals.add(report);
+    }
     let _ = writeln!(
         std::io::stderr(),
-        "simulation: {}",
-        summary(&reports, started.elapsed())
+        "simulation: {totals} in {:.1} s",
+        started.elapsed().as_secs_f64()
     );
-    check_coverage(&reports);
-}
-
-/// One line on what the seeds did.
-fn summary(reports: &[SimReport], elapsed: std::time::Duration) -> String {
-    let crashes: u64 = reports.iter().map(|r| r.crashes).sum();
-    let partitions: u64 = reports.iter().map(|r| r.partitions).sum();
-    let acked: usize = reports.iter().map(|r| r.ops_acked).sum();
-    let changes: u64 = reports.iter().map(|r| r.membership_changes).sum();
-    let transfers: u64 = reports.iter().map(|r| r.transfers).sum();
-    let leader_removals: u64 = reports.iter().map(|r| r.leader_removals).sum();
-    let step_downs: u64 = reports.iter().map(|r| r.removed_step_downs).sum();
-    let clock_jumps: u64 = reports.iter().map(|r| r.clock_jumps).sum();
-    let leader_jumps: u64 = reports.iter().map(|r| r.leader_clock_jumps).sum();
-    let pauses: u64 = reports.iter().map(|r| r.pauses).sum();
-    let dir_losses: u64 = reports.iter().map(|r| r.dir_losses).sum();
-    let disk_failures: u64 = reports.iter().map(|r| r.disk_failures).sum();
-    let disk_stops: u64 = reports.iter().map(|r| r.disk_failure_stops).sum();
-    let stalls: u64 = reports.iter().map(|r| r.sync_stalls).sum();
-    let clock_step_downs: u64 = reports.iter().map(|r| r.clock_step_downs).sum();
-    let five = reports.iter().filter(|r| r.replicas == 5).count();
-    let deferred = reports.iter().filter(|r| r.persist_async).count();
-    let before_sync: u64 = reports.iter().map(|r| r.crashes_before_sync).sum();
-    format!(
-        "{} seeds ({five} starting with 5 replicas, {deferred} syncing later) in {:.1} s: \
-         {acked} acknowledged writes, {crashes} crashes ({before_sync} with a sync in flight), \
-         {partitions} partitions, {transfers} leadership transfers, {changes} membership changes \
-         ({leader_removals} of the leader; {step_downs} leaders applied their own removal), \
-         {clock_jumps} clocks set hours off ({leader_jumps} of the leader; {clock_step_downs} \
-         clock step-downs), {pauses} members paused, {dir_losses} data dirs lost and rebuilt, \
-         {disk_failures} disks failing ({disk_stops} stops on a storage error), {stalls} syncs \
-         stalled for seconds",
-        reports.len(),
-        elapsed.as_secs_f64()
-    )
+    assert!(reports.iter().all(|r| r.ops_acked > 0));
+    check_coverage(&totals);
 }
 
 /// The seeds met every fault the simulator injects: a budget that never
 /// crashed a node with a sync in flight, say, proves nothing about it.
-fn check_coverage(reports: &[SimReport]) {
-    let deferred = reports.iter().filter(|r| r.persist_async).count();
-    let before_sync: u64 = reports.iter().map(|r| r.crashes_before_sync).sum();
+fn check_coverage(totals: &Totals) {
+    let s = &totals.sum;
     assert!(
-        deferred > 0 && deferred < reports.len() && before_sync > 0,
+        totals.persist_async > 0
+            && totals.persist_async < totals.seeds
+            && s.crashes_before_sync > 0,
         "the seeds did not exercise both ways of syncing, and crashes while a sync is in flight"
     );
-    assert!(reports.iter().all(|r| r.ops_acked > 0));
-    let sum = |field: fn(&SimReport) -> u64| reports.iter().map(field).sum::<u64>();
     assert!(
-        sum(|r| r.crashes) > 0
-            && sum(|r| r.partitions) > 0
-            && sum(|r| r.transfers) > 0
-            && sum(|r| r.membership_changes) > 0,
+        s.crashes > 0 && s.partitions > 0 && s.transfers > 0 && s.membership_changes > 0,
         "the seeds did not exercise every kind of fault"
     );
     assert!(
-        sum(|r| r.leader_removals) > 0 && sum(|r| r.removed_step_downs) > 0,
+        s.leader_removals > 0 && s.removed_step_downs > 0,
         "the seeds never removed the leader, or never had a leader apply its own removal"
     );
     assert!(
-        sum(|r| r.leader_clock_jumps) > 0 && sum(|r| r.clock_step_downs) > 0,
+        s.leader_clock_jumps > 0 && s.clock_step_downs > 0,
         "the seeds never set a leader's clock hours off, or no leader stepped down for it"
     );
     assert!(
-        sum(|r| r.clock_jumps) > sum(|r| r.leader_clock_jumps) && sum(|r| r.pauses) > 0,
+        s.clock_jumps > s.leader_clock_jumps && s.pauses > 0,
         "the seeds never set a follower's clock off, or never paused a member"
     );
     assert!(
-        sum(|r| r.dir_losses) > 0
-            && sum(|r| r.disk_failure_stops) > 0
-            && sum(|r| r.sync_stalls) > 0,
+        s.dir_losses > 0 && s.disk_failure_stops > 0 && s.sync_stalls > 0,
         "the seeds never lost a data dir, never stopped a member on a failing disk, or never \
          stalled a sync"
     );

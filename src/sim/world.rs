@@ -104,6 +104,19 @@ impl Sim {
         self.nodes[i].wall_clock(self.now_ms)
     }
 
+    /// An up node for a fault to strike: the leader half the time when
+    /// there is one, else any up node; None when none is up.
+    pub(super) fn pick_up_node(&self, rng: &mut StdRng) -> Option<usize> {
+        let up = self.up();
+        if up.is_empty() {
+            return None;
+        }
+        Some(match self.leader() {
+            Some(l) if rng.random_bool(0.5) => l,
+            _ => up[rng.random_range(0..up.len())],
+        })
+    }
+
     /// The positions of the nodes that are up.
     pub(super) fn up(&self) -> Vec<usize> {
         (0..self.nodes.len())
