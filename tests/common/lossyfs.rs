@@ -753,8 +753,14 @@ impl LossyMount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Unmounted: the session's thread reads ENODEV and ends.
-        session.join();
+        // Unmounted: the session's thread reads ENODEV and ends, or
+        // ECONNABORTED when the kernel aborted the connection as the
+        // unmount raced a killed server's last requests. fuser 0.14's
+        // `join` unwraps the thread's result and would panic on the
+        // second, so the session is dropped instead (its mount handle
+        // with it) and the thread ends on its own; it holds nothing the
+        // next mount uses but the shared disk, which it no longer reaches.
+        drop(session);
         Ok(())
     }
 }
