@@ -154,6 +154,8 @@ impl<S: LogStore> Replica<S> {
                     }
                     if single.node_id == self.config.id {
                         self.removed = false;
+                    } else {
+                        self.snapshot_for_member = true;
                     }
                 }
                 ConfChangeType::RemoveNode => {
@@ -201,8 +203,9 @@ impl<S: LogStore> Replica<S> {
             (WaitKind::Commands, EntryResult::Commands(answers))
                 if answers.len() == waiting.tokens.len() =>
             {
-                for (token, applied) in waiting.tokens.into_iter().zip(answers) {
-                    out.answered_at.push((token, index));
+                let answered = waiting.tokens.into_iter().zip(answers);
+                for (position, (token, applied)) in answered.enumerate() {
+                    out.answered_at.push((token, index, position));
                     out.answers.push((token, Ok(applied)));
                 }
             }

@@ -47,9 +47,14 @@
 //! command that gets no answer comes back with its error ([`Unanswered`]),
 //! so a caller retries it without keeping a copy of everything it proposes.
 //!
+//! The loop itself, as a state machine the server and the simulator both
+//! drive, is [`Driver`] (`driver.rs`).
+//!
 //! Files:
 //! - `mod.rs`: the [`Replica`], opening it, its status, and the entry
 //!   points of steps 1 and 2.
+//! - `driver.rs`: [`Driver`], the loop around the replica;
+//!   `callers.rs`: the callers it answers, by token.
 //! - `config.rs`: [`ReplicaConfig`]; `output.rs`: [`Output`];
 //!   `error.rs`: why a call was refused or failed.
 //! - `propose.rs`: proposals (step 3) and the callers they leave waiting.
@@ -69,8 +74,10 @@
 
 pub mod admission;
 mod apply;
+mod callers;
 pub mod clock;
 mod config;
+pub mod driver;
 mod error;
 mod leadership;
 pub mod log_store;
@@ -90,6 +97,8 @@ mod admission_tests;
 #[cfg(test)]
 mod clock_tests;
 #[cfg(test)]
+mod driver_tests;
+#[cfg(test)]
 mod read_tests;
 #[cfg(test)]
 mod rebuild_tests;
@@ -104,7 +113,9 @@ use std::sync::Arc;
 use raft::eraftpb::Message;
 use raft::{RawNode, SnapshotStatus, StateRole};
 
+pub use callers::{Answer, Finished};
 pub use config::ReplicaConfig;
+pub use driver::{ClockCheck, Driver, Effects, Now, Request};
 pub use error::{Fatal, ProposeError, ReadError, StepError, Unanswered};
 pub(crate) use log_store::put_chunks;
 pub use log_store::{ChunkWriter, LogStore, SavedSnapshot, SnapshotRecord, StoreError, Syncer};
@@ -192,6 +203,9 @@ pub struct Replica<S: LogStore> {
     /// The index of a snapshot handed to the caller and not yet handed
     /// back: no other is started meanwhile.
     snapshot_pending: Option<u64>,
+    /// A member was added since the last snapshot taken here: the next is
+    /// taken at once (see `Replica::maybe_snapshot`).
+    snapshot_for_member: bool,
     /// Whether this replica led when the last Ready was handled, to notice
     /// it stepped down and fail the callers waiting on it.
     was_leader: bool,
@@ -255,6 +269,7 @@ impl<S: LogStore> Replica<S> {
             snapshot_index: applied,
             snapshot_image_bytes: image_bytes,
             snapshot_pending: None,
+            snapshot_for_member: false,
             was_leader: false,
             members,
             unsynced: VecDeque::new(),

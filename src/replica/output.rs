@@ -15,9 +15,10 @@ pub struct Output {
     pub messages: Vec<Message>,
     /// Answers to commands, by token; a failed one hands its command back.
     pub answers: Vec<(Token, Result<Applied, Unanswered>)>,
-    /// The log index each successful answer came from, by token (for
-    /// checkers that compare answers with the log; the server ignores it).
-    pub answered_at: Vec<(Token, u64)>,
+    /// The log index each successful answer came from and its position in
+    /// that entry, by token (for checkers that compare answers with the
+    /// log; the server ignores it).
+    pub answered_at: Vec<(Token, u64, usize)>,
     /// Linearizable reads now safe to serve from the shared state (the
     /// applied index they may read at), by token.
     pub reads: Vec<(Token, Result<u64, ReadError>)>,

@@ -97,7 +97,14 @@ impl<S: LogStore> Replica<S> {
 
     /// Takes a snapshot when one is due (see
     /// [`ReplicaConfig::snapshot_entries`](super::ReplicaConfig::snapshot_entries))
-    /// and none is under way.
+    /// and none is under way, or at once when a member was added since the
+    /// last one behind a compacted log. A leader catches a new member up
+    /// with its last snapshot, and raft-rs refuses to restore one whose
+    /// members do not include it: with only the old one on hand, the new
+    /// member could not catch up until enough entries had been applied for
+    /// the next, and when its vote is needed for a quorum none ever would
+    /// be. (A restart replays the change from the log, so it sets this
+    /// again.)
     pub(super) fn maybe_snapshot(&mut self, out: &mut Output) -> Result<(), Fatal> {
         let applied = self.inventory.applied_index();
         if applied <= self.snapshot_index || self.snapshot_pending.is_some() {
@@ -111,9 +118,11 @@ impl<S: LogStore> Replica<S> {
         let by_entries =
             applied - self.snapshot_index >= self.config.snapshot_entries && log_bytes >= log_due;
         let by_bytes = log_bytes >= self.config.snapshot_log_bytes;
-        if !by_entries && !by_bytes {
+        let for_member = self.snapshot_for_member && self.snapshot_index > 0;
+        if !by_entries && !by_bytes && !for_member {
             return Ok(());
         }
+        self.snapshot_for_member = false;
         self.take_snapshot(out)
     }
 

@@ -63,7 +63,7 @@ impl Sim {
             1 => DiskFailure::WriteEio,
             _ => DiskFailure::NoSpace,
         };
-        if let Some(replica) = self.nodes[failing].replica.as_ref() {
+        if let Some(replica) = self.nodes[failing].replica() {
             replica.store().fail(Some(failure));
             let reboot_ms = rng.random_range(REBOOT_MS_MIN..=REBOOT_MS_MAX);
             self.nodes[failing].reboot_at_ms = Some(self.now_ms + reboot_ms);
@@ -103,7 +103,7 @@ impl Sim {
             .leader()
             .filter(|l| *l != lost)
             .or_else(|| self.up().into_iter().find(|i| *i != lost))?;
-        let peer = self.nodes[source].replica.as_ref()?;
+        let peer = self.nodes[source].replica()?;
         let mut members = peer.members().clone();
         let id = self.nodes[lost].id;
         if !members.contains_key(&id) {

@@ -7,11 +7,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::network::NetworkFaults;
-use super::node::{logger, replica_config, CLOCK_JUMP_HOURS_MAX, HOUR_MS};
+use super::node::{open, CLOCK_JUMP_HOURS_MAX, HOUR_MS};
 use super::report::ViolationKind;
 use super::world::Sim;
 use crate::replica::clock::PeerClocks;
-use crate::replica::Replica;
 
 /// The fault mix a seed picks for itself.
 #[derive(Debug, Clone)]
@@ -24,11 +23,9 @@ pub(super) struct Faults {
     pub(super) max_clock_skew_ms: i64,
     /// Whether members' clocks are set hours fast or slow now and then.
     pub(super) clock_jumps: bool,
-    /// Replicas write appends unsynced and sync them later
-    /// (`ReplicaConfig::persist_async`, as the server does), each sync
-    /// landing 0 to `sync_delay_ms_max` ms after it was asked for; a crash
+    /// Replicas write appends unsynced and sync them later, as the server
+    /// does, each sync landing 0 to this many ms after it started; a crash
     /// meanwhile loses the writes not yet synced.
-    pub(super) persist_async: bool,
     pub(super) sync_delay_ms_max: u64,
     /// How often a member is paused (as by SIGSTOP) for up to
     /// `PAUSE_MS_MAX`, per tick.
@@ -37,7 +34,7 @@ pub(super) struct Faults {
     pub(super) dir_loss_per_mille: u32,
     /// How often a member's disk starts failing, per tick.
     pub(super) disk_failure_per_mille: u32,
-    /// How often a sync stalls for seconds, per sync (`persist_async`).
+    /// How often a sync stalls for seconds, per sync.
     pub(super) sync_stall_per_mille: u32,
 }
 
@@ -58,7 +55,6 @@ impl Faults {
             },
             max_clock_skew_ms: rng.random_range(0..=200),
             clock_jumps: rng.random_bool(0.5),
-            persist_async: rng.random_bool(0.5),
             sync_delay_ms_max: rng.random_range(0..=5),
             pause_per_mille: rng.random_range(0..=10),
             dir_loss_per_mille: rng.random_range(0..=5),
@@ -103,7 +99,7 @@ impl Sim {
     fn restart_a_node(&mut self, down: usize, rng: &mut StdRng) {
         if down > 0 && rng.random_range(0..1_000) < 150 {
             let downs: Vec<usize> = (0..self.nodes.len())
-                .filter(|i| self.nodes[*i].replica.is_none())
+                .filter(|i| self.nodes[*i].driver.is_none())
                 .collect();
             let back = downs[rng.random_range(0..downs.len())];
             self.restart(back);
@@ -136,8 +132,8 @@ impl Sim {
         if rng.random_range(0..1_000) < self.faults.transfer_per_mille {
             if let Some(l) = self.leader() {
                 let target = self.nodes[rng.random_range(0..self.nodes.len())].id;
-                if let Some(replica) = self.nodes[l].replica.as_mut() {
-                    replica.transfer_leader(target);
+                if let Some(driver) = self.nodes[l].driver.as_mut() {
+                    driver.transfer_leader(target);
                     self.report.transfers += 1;
                 }
             }
@@ -181,27 +177,28 @@ impl Sim {
     /// Stops the node at `i` as a power cut would: what its disk had not
     /// synced is lost, and so is everything it held in memory.
     pub(super) fn crash(&mut self, i: usize) {
-        let Some(replica) = self.nodes[i].replica.take() else {
+        let Some(driver) = self.nodes[i].driver.take() else {
             return;
         };
-        self.checker.promises.note_crash(self.nodes[i].id, &replica);
+        let replica = driver.replica();
+        self.checker.promises.note_crash(self.nodes[i].id, replica);
         self.nodes[i].step_downs_before += replica.removed_step_downs();
         self.nodes[i].clock_step_downs_before += replica.clock_step_downs();
         self.nodes[i].clocks = PeerClocks::default();
         let mut disk = replica.store().clone();
         disk.crash();
         self.nodes[i].down_disk = Some(disk);
-        if self.nodes[i].sync_due_ms.take().is_some() {
+        if self.nodes[i].sync_running.take().is_some() {
             self.report.crashes_before_sync += 1;
         }
-        self.nodes[i].commands.clear();
-        self.nodes[i].reads.clear();
+        self.nodes[i].sync_asked = 0;
+        self.nodes[i].snapshot_job = None;
+        self.nodes[i].requests.clear();
         self.nodes[i].paused_until_ms = None;
         self.nodes[i].inbox.clear();
         self.nodes[i].reboot_at_ms = None;
-        let id = self.nodes[i].id;
-        // Callers waiting on this node never hear back; they time out.
-        self.tickets.retain(|(node, _), _| *node != id);
+        // Callers waiting on this node never hear back (they went with its
+        // driver); they time out.
         self.report.crashes += 1;
     }
 
@@ -210,23 +207,21 @@ impl Sim {
         let Some(disk) = self.nodes[i].down_disk.take() else {
             return;
         };
-        match Replica::new(
-            replica_config(
-                self.nodes[i].id,
-                self.nodes[i].election_ticks,
-                self.faults.persist_async,
-                self.config.bug,
-                self.now_ms,
-            ),
+        let node = &self.nodes[i];
+        let opened = open(
+            node.id,
+            node.election_ticks,
+            self.config.bug,
+            self.now_ms,
             disk,
-            &logger(),
-        ) {
-            Ok(replica) => {
+        );
+        match opened {
+            Ok(driver) => {
                 let id = self.nodes[i].id;
-                if let Err(failure) = self.checker.promises.check_restart(id, &replica) {
+                if let Err(failure) = self.checker.promises.check_restart(id, driver.replica()) {
                     self.checker.note(failure);
                 }
-                self.nodes[i].replica = Some(replica);
+                self.nodes[i].driver = Some(driver);
             }
             Err(e) => {
                 // Recorded for the checker: a node that cannot restart from
@@ -256,15 +251,17 @@ impl Sim {
             }
             // Disks work again, and a stalled sync lands now.
             node.reboot_at_ms = None;
-            if let Some(replica) = node.replica.as_ref() {
+            if let Some(replica) = node.replica() {
                 replica.store().fail(None);
             }
-            node.sync_due_ms = node.sync_due_ms.map(|due| due.min(self.now_ms));
+            if let Some((due_ms, number)) = node.sync_running {
+                node.sync_running = Some((due_ms.min(self.now_ms), number));
+            }
         }
         self.network.faults.drop_per_mille = 0;
         self.network.faults.duplicate_per_mille = 0;
         for i in 0..self.nodes.len() {
-            if self.nodes[i].replica.is_none() {
+            if self.nodes[i].driver.is_none() {
                 self.restart(i);
             }
         }

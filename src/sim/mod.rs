@@ -2,8 +2,11 @@
 //! FoundationDB's simulator and TigerBeetle's VOPR.
 //!
 //! One seeded random generator drives everything: 3 or 5 replicas running
-//! the real replication core ([`crate::replica::Replica`]) and the real
-//! state machine over simulated disks (`disk::SimDisk`, which lose
+//! the real replication core ([`crate::replica::Replica`]) inside the
+//! server's own loop ([`crate::replica::Driver`]: group commit, the gate
+//! on unsynced writes, ticks, groups of answers, shutdown), whose syncs and
+//! snapshots land at seeded times as the server's threads would finish
+//! them, and the real state machine over simulated disks (`disk::SimDisk`, which lose
 //! unsynced writes on a crash), a simulated network (`network::Network`)
 //! that delays, drops, duplicates and reorders messages and makes
 //! partitions, drifting clocks and clocks set hours off, crashes and
@@ -38,10 +41,10 @@
 //! The files, one concept each:
 //! - `world.rs`: the simulated world (nodes, network, clients) and its
 //!   millisecond loop, then the settling and the final checks;
-//! - `node.rs`: one simulated node: its replica, its disk while it is down,
-//!   its drifting clock;
-//! - `replicas.rs`: each millisecond's work for the replicas (messages in,
-//!   syncs landing, ticks, proposals and reads) and what they put out;
+//! - `node.rs`: one simulated node: its driver, its disk while it is down,
+//!   its drifting clock, the sync and snapshot it runs for its driver;
+//! - `replicas.rs`: each millisecond's work for the drivers (messages in,
+//!   syncs and snapshots landing, turns) and their effects acted on;
 //! - `requests.rs`: clients' attempts handed to a node, and the answers
 //!   routed back to them;
 //! - `fault.rs`: the fault mix a seed draws, and the crashes, restarts,

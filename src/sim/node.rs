@@ -1,6 +1,8 @@
-//! One simulated node: its replica while it is up, its disk while it is
-//! down, its clock (off by a fixed offset, drifting, hours off while a
-//! clock fault lasts) and the work queued for its next turn.
+//! One simulated node: its replica, driven by the server's own loop (a
+//! [`Driver`]), while it is up; its disk while it is down; its clock (off
+//! by a fixed offset, drifting, hours off while a clock fault lasts); the
+//! requests queued for its next turn, and the sync and snapshot it runs
+//! for its driver.
 
 use raft::eraftpb::Message;
 use rand::rngs::StdRng;
@@ -8,10 +10,10 @@ use rand::Rng;
 
 use super::disk::SimDisk;
 use super::fault::Faults;
+use super::requests::Caller;
 use super::Bug;
-use crate::inventory::Command;
 use crate::replica::clock::{ClockReading, PeerClocks};
-use crate::replica::{LogStore, Replica, ReplicaConfig, Token};
+use crate::replica::{Driver, Fatal, LogStore, Replica, ReplicaConfig, Request, SnapshotTask};
 
 /// A node's tick, as the server's.
 pub(super) const TICK_MS: u64 = 100;
@@ -33,11 +35,21 @@ pub(super) struct SimNode {
     pub(super) id: u64,
     /// This replica's (fixed) election timeout, in ticks.
     pub(super) election_ticks: usize,
-    pub(super) replica: Option<Replica<SimDisk>>,
+    /// The replica and its loop, while the node is up.
+    pub(super) driver: Option<Driver<SimDisk, Caller>>,
     /// The disk while the node is down.
     pub(super) down_disk: Option<SimDisk>,
-    /// When the sync the replica asked for lands (`persist_async`).
-    pub(super) sync_due_ms: Option<u64>,
+    /// The highest Ready number the driver asked to sync.
+    pub(super) sync_asked: u64,
+    /// The sync under way, as the server's sync thread runs it: when it
+    /// lands, and the Ready number it covers (the highest asked when it
+    /// started).
+    pub(super) sync_running: Option<(u64, u64)>,
+    /// The snapshot being encoded and written, as the server's snapshot
+    /// threads do it: when it is done, and the frozen task.
+    pub(super) snapshot_job: Option<(u64, SnapshotTask)>,
+    /// Its monotonic clock's offset from true time (ticks fall due by it).
+    monotonic_offset_ms: u64,
     /// Its clock's fixed error and drift, drawn at its start.
     clock_offset_ms: i64,
     clock_drift_ppm: i64,
@@ -46,7 +58,6 @@ pub(super) struct SimNode {
     /// Fellow members' clocks as this node measured them (memory: lost
     /// in a crash).
     pub(super) clocks: PeerClocks,
-    pub(super) next_tick_ms: u64,
     /// While the process is stopped (as by SIGSTOP), when it runs again.
     pub(super) paused_until_ms: Option<u64>,
     /// Messages that reached it while it was paused, in arrival order.
@@ -54,10 +65,9 @@ pub(super) struct SimNode {
     /// When a machine whose disk fails is restarted, if it has not
     /// stopped on its own by then.
     pub(super) reboot_at_ms: Option<u64>,
-    /// Commands and linearizable reads handed to the node, for its next
-    /// turn.
-    pub(super) commands: Vec<(Token, Command)>,
-    pub(super) reads: Vec<Token>,
+    /// Requests handed to the node and not yet taken by its driver, in
+    /// order (the server's client queue).
+    pub(super) requests: std::collections::VecDeque<(Request, Caller)>,
     /// Removed-leader step-downs of the node's earlier lives (before a
     /// crash), for the report.
     pub(super) step_downs_before: u64,
@@ -77,28 +87,24 @@ impl SimNode {
         rng: &mut StdRng,
     ) -> SimNode {
         let election_ticks = rng.random_range(10..20);
-        let replica = Replica::new(
-            replica_config(id, election_ticks, faults.persist_async, bug, now_ms),
-            disk,
-            &logger(),
-        )
-        .ok();
+        let driver = open(id, election_ticks, bug, now_ms, disk).ok();
         SimNode {
             id,
             election_ticks,
-            replica,
+            driver,
             down_disk: None,
-            sync_due_ms: None,
+            sync_asked: 0,
+            sync_running: None,
+            snapshot_job: None,
+            monotonic_offset_ms: rng.random_range(0..TICK_MS),
             clock_offset_ms: rng.random_range(-faults.max_clock_skew_ms..=faults.max_clock_skew_ms),
             clock_drift_ppm: rng.random_range(-CLOCK_DRIFT_PPM_MAX..=CLOCK_DRIFT_PPM_MAX),
             clock_jump_ms: 0,
             clocks: PeerClocks::default(),
-            next_tick_ms: now_ms + rng.random_range(0..TICK_MS),
             paused_until_ms: None,
             inbox: Vec::new(),
             reboot_at_ms: None,
-            commands: Vec::new(),
-            reads: Vec::new(),
+            requests: std::collections::VecDeque::new(),
             step_downs_before: 0,
             clock_step_downs_before: 0,
         }
@@ -112,15 +118,25 @@ impl SimNode {
         (TRUE_CLOCK_BASE_MS as i64 + now_ms as i64 + error).max(0) as u64
     }
 
+    /// The replica, while the node is up.
+    pub(super) fn replica(&self) -> Option<&Replica<SimDisk>> {
+        self.driver.as_ref().map(|d| d.replica())
+    }
+
+    /// The node's monotonic clock at true time `now_ms`.
+    pub(super) fn monotonic_clock(&self, now_ms: u64) -> u64 {
+        now_ms + self.monotonic_offset_ms
+    }
+
     /// Whether the process is up and stopped: it takes no message, tick,
     /// sync or turn until it runs again.
     pub(super) fn is_paused(&self) -> bool {
-        self.replica.is_some() && self.paused_until_ms.is_some()
+        self.driver.is_some() && self.paused_until_ms.is_some()
     }
 
     /// Whether the member is rebuilding from its peers (up or down).
     pub(super) fn rebuilding(&self) -> bool {
-        match (&self.replica, &self.down_disk) {
+        match (self.replica(), &self.down_disk) {
             (Some(replica), _) => replica.is_rebuilding(),
             (None, Some(disk)) => disk.rebuilt_term().is_some(),
             (None, None) => false,
@@ -129,7 +145,7 @@ impl SimNode {
 
     /// The member's current term: its replica's, or its disk's while down.
     pub(super) fn term(&self) -> u64 {
-        match (&self.replica, &self.down_disk) {
+        match (self.replica(), &self.down_disk) {
             (Some(replica), _) => replica.status().term,
             (None, Some(disk)) => raft::Storage::initial_state(disk)
                 .map(|state| state.hard_state.term)
@@ -140,31 +156,37 @@ impl SimNode {
 
     /// Clock step-downs over all the node's lives.
     pub(super) fn clock_step_downs(&self) -> u64 {
-        let now = self.replica.as_ref().map_or(0, |r| r.clock_step_downs());
+        let now = self.replica().map_or(0, |r| r.clock_step_downs());
         self.clock_step_downs_before + now
-    }
-
-    /// Gives the replica the verdict on its clock at `clock` (the server
-    /// does it at every tick; the simulator also before every proposal).
-    pub(super) fn check_clock(&mut self, clock: u64) {
-        if let Some(replica) = self.replica.as_mut() {
-            replica.check_clock(&self.clocks, clock, MAX_CLOCK_OFFSET_MS);
-        }
     }
 
     /// Removed-leader step-downs over all the node's lives.
     pub(super) fn removed_step_downs(&self) -> u64 {
-        let now = self.replica.as_ref().map_or(0, |r| r.removed_step_downs());
+        let now = self.replica().map_or(0, |r| r.removed_step_downs());
         self.step_downs_before + now
     }
 }
 
-/// The replica settings of every simulated node: small snapshots and a
-/// short log, so snapshots and their transfers happen often.
-pub(super) fn replica_config(
+/// Opens the replica of node `id` on `disk` at `now_ms`, in the driver
+/// the server runs it in.
+pub(super) fn open(
     id: u64,
     election_ticks: usize,
-    persist_async: bool,
+    bug: Option<Bug>,
+    now_ms: u64,
+    disk: SimDisk,
+) -> Result<Driver<SimDisk, Caller>, Fatal> {
+    let config = replica_config(id, election_ticks, bug, now_ms);
+    let replica = Replica::new(config, disk, &logger())?;
+    Driver::new(replica, TICK_MS)
+}
+
+/// The replica settings of every simulated node: the server's mode, with
+/// small snapshots and a short log, so snapshots and their transfers
+/// happen often.
+fn replica_config(
+    id: u64,
+    election_ticks: usize,
     bug: Option<Bug>,
     started_ms: u64,
 ) -> ReplicaConfig {
@@ -178,7 +200,8 @@ pub(super) fn replica_config(
     }
     #[cfg(not(test))]
     let _ = bug;
-    config.persist_async = persist_async;
+    config.persist_async = true;
+    config.snapshot_by_caller = true;
     config.fixed_election_ticks = Some(election_ticks);
     config.snapshot_entries = 40;
     config.snapshot_log_floor_bytes = 0;

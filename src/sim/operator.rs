@@ -16,10 +16,11 @@ use rand::Rng;
 use super::disk::SimDisk;
 use super::node::SimNode;
 use super::report::ViolationKind;
+use super::requests::Caller;
 use super::world::Sim;
 use super::Bug;
 use crate::replica::membership::Member;
-use crate::replica::{MembershipChange, Output, ProposeError};
+use crate::replica::{Answer, MembershipChange, ProposeError, Request};
 use crate::storage::MemStore;
 
 /// A change under way.
@@ -71,8 +72,7 @@ impl Sim {
 
     fn voters_seen_by(&self, l: usize) -> Vec<u64> {
         self.nodes[l]
-            .replica
-            .as_ref()
+            .replica()
             .map(|r| r.conf_state().voters)
             .unwrap_or_default()
     }
@@ -80,21 +80,17 @@ impl Sim {
     fn add_voter(&mut self, l: usize, rng: &mut StdRng) {
         let id = self.next_node_id;
         self.next_node_id += 1;
-        let mut out = Output::default();
-        let Some(leader) = self.nodes[l].replica.as_mut() else {
+        let Some(leader) = self.nodes[l].driver.as_mut() else {
             return;
         };
-        let mut members = leader.members().clone();
+        let mut members = leader.replica().members().clone();
         let member = Member::at(&format!("node-{id}"));
         members.insert(id, member.clone());
-        leader.propose_membership(
-            0,
-            MembershipChange::Add {
-                node_id: id,
-                member,
-            },
-            &mut out,
-        );
+        let change = MembershipChange::Add {
+            node_id: id,
+            member,
+        };
+        leader.submit(Request::Membership(change), Caller::Operator);
         let disk = SimDisk::new(
             MemStore::joining(&members),
             self.config.bug == Some(Bug::FsyncLies),
@@ -108,7 +104,7 @@ impl Sim {
             proposed: true,
             handover_asked_ms: 0,
         });
-        self.handle_output(l, out);
+        self.act(l);
     }
 
     /// Removes a voter other than the leader, or (when the seed draws
@@ -136,7 +132,7 @@ impl Sim {
             // An operator moving leadership to the node being removed
             // while its removal is on its way.
             if self.config.leader_removals && rng.random_bool(0.5) {
-                if let Some(leader) = self.nodes[l].replica.as_mut() {
+                if let Some(leader) = self.nodes[l].driver.as_mut() {
                     leader.transfer_leader(id);
                     self.report.transfers += 1;
                 }
@@ -150,17 +146,22 @@ impl Sim {
     /// leader refused at once (it is the node to remove, or another change
     /// or a transfer is in progress): it is tried again later.
     fn propose_removal(&mut self, l: usize, id: u64) -> bool {
-        let mut out = Output::default();
-        if let Some(leader) = self.nodes[l].replica.as_mut() {
-            leader.propose_membership(0, MembershipChange::Remove { node_id: id }, &mut out);
-        }
-        let refused = out.membership.iter().any(|(_, answer)| answer.is_err());
-        if out
-            .membership
+        let Some(leader) = self.nodes[l].driver.as_mut() else {
+            return false;
+        };
+        let change = MembershipChange::Remove { node_id: id };
+        let token = leader.submit(Request::Membership(change), Caller::Operator);
+        // A refusal comes at once, among the driver's finished callers.
+        let answer = leader
+            .effects()
+            .finished
             .iter()
-            .any(|(_, answer)| *answer == Err(ProposeError::RemovesLeader))
-            && self.nodes[l].id != id
-        {
+            .find_map(|f| match &f.answer {
+                Answer::Membership(Err(error)) if f.token == token => Some(error.clone()),
+                _ => None,
+            });
+        let refused = answer.is_some();
+        if answer == Some(ProposeError::RemovesLeader) && self.nodes[l].id != id {
             self.checker.note_failure(
                 ViolationKind::Misbehaved,
                 format!(
@@ -169,16 +170,23 @@ impl Sim {
                 ),
             );
         }
-        self.handle_output(l, out);
+        self.act(l);
         !refused
     }
 
     /// Moves a change along: the leader to remove hands over; the new
-    /// leader proposes the removal; a removed node is stopped once the
-    /// leader no longer counts it, as an operator would.
+    /// leader proposes the removal; a removed node is stopped once every
+    /// other member up has applied its removal, as a careful operator
+    /// checks on each member's status. (Stopped as soon as the leader
+    /// applied it, its vote could still be needed: members that hold the
+    /// removal but have not learned it committed still count it, and
+    /// should the leader then lose its data dir, the rebuilt member
+    /// withholds its vote until a new leader is elected, which, without
+    /// the stopped node, none can be.)
     fn follow_change(&mut self, l: usize, mut pending: PendingChange) {
         let voters = self.voters_seen_by(l);
-        let done = voters.contains(&pending.node) == pending.adding;
+        let applied_by_leader = voters.contains(&pending.node) == pending.adding;
+        let done = applied_by_leader && (pending.adding || self.removal_applied(pending.node));
         if done || self.now_ms > pending.since_ms + CHANGE_GIVE_UP_MS {
             if done && !pending.adding {
                 self.stop_node(pending.node);
@@ -186,7 +194,7 @@ impl Sim {
             self.membership_pending = None;
             return;
         }
-        if pending.proposed {
+        if pending.proposed || applied_by_leader {
             return;
         }
         if self.nodes[l].id != pending.node {
@@ -195,11 +203,21 @@ impl Sim {
             || self.now_ms >= pending.handover_asked_ms + HANDOVER_RETRY_MS
         {
             pending.handover_asked_ms = self.now_ms;
-            if let Some(leader) = self.nodes[l].replica.as_mut() {
+            if let Some(leader) = self.nodes[l].driver.as_mut() {
                 leader.hand_over_leadership();
             }
         }
         self.membership_pending = Some(pending);
+    }
+
+    /// Whether every member up, other than `id`, has applied the removal
+    /// of `id`.
+    fn removal_applied(&self, id: u64) -> bool {
+        self.nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .filter_map(|n| n.replica())
+            .all(|r| !r.conf_state().voters.contains(&id))
     }
 
     /// The operator stops a removed node; what it counted goes to the
@@ -209,6 +227,5 @@ impl Sim {
             self.report.removed_step_downs += node.removed_step_downs();
         }
         self.nodes.retain(|n| n.id != id);
-        self.tickets.retain(|(node, _), _| *node != id);
     }
 }

@@ -1,23 +1,34 @@
-//! Each millisecond's work for the replicas, as the server's threads do it:
-//! messages delivered, syncs landing, ticks, then each node's turn
-//! (proposals, reads, the next Ready); and what a replica puts out (syncs
-//! to schedule, messages to send, answers for the clients).
+//! Each millisecond's work for the replicas, as the server's threads do it,
+//! on the server's own loop ([`crate::replica::Driver`]): messages
+//! delivered, syncs and snapshots landing at seeded times, then each
+//! node's turn (its queued requests taken, a tick when due, proposals,
+//! reads, the next Ready); and its driver's effects acted on (a sync or a
+//! snapshot to schedule, messages to send, answers for the clients).
 
 use raft::eraftpb::{Message, MessageType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::node::TICK_MS;
+use super::node::MAX_CLOCK_OFFSET_MS;
 use super::report::{Checked, Failure, ViolationKind};
 use super::world::Sim;
 use super::Bug;
 use crate::replica::clock::ClockReading;
-use crate::replica::{Fatal, Output, StepError};
+use crate::replica::{ClockCheck, Fatal, LogStore, Now, StepError};
 
 /// A stalled sync lands after this long at least, in ms.
 const SYNC_STALL_MS_MIN: u64 = 1_000;
 /// And at most.
 const SYNC_STALL_MS_MAX: u64 = 5_000;
+/// A snapshot's encoding and writing takes up to this long, in ms (the
+/// server's snapshot threads run beside the loop; here they take seeded
+/// time, so entries are applied and snapshots installed meanwhile).
+const SNAPSHOT_MS_MAX: u64 = 300;
+/// Now and then, per mille, a snapshot takes seconds (a large state at
+/// idle priority on a busy machine).
+const SNAPSHOT_SLOW_PER_MILLE: u64 = 100;
+/// How long such a slow snapshot takes at most, in ms.
+const SNAPSHOT_SLOW_MS_MAX: u64 = 4_000;
 
 impl Sim {
     /// Hands each message due now to its receiver, after telling the
@@ -43,7 +54,7 @@ impl Sim {
             }
             if message.get_msg_type() == MessageType::MsgSnapshot {
                 let (from, to) = (message.from, message.to);
-                let receiver_up = self.nodes.iter().any(|n| n.id == to && n.replica.is_some());
+                let receiver_up = self.nodes.iter().any(|n| n.id == to && n.driver.is_some());
                 self.report_snapshot(from, to, receiver_up)?;
             }
             self.deliver(message, reading)?;
@@ -55,7 +66,7 @@ impl Sim {
     /// it first.
     pub(super) fn deliver(&mut self, message: Message, reading: ClockReading) -> Checked {
         if let Some(i) = self.nodes.iter().position(|n| n.id == message.to) {
-            if self.nodes[i].replica.is_some() {
+            if self.nodes[i].driver.is_some() {
                 let clock = self.node_clock(i);
                 self.nodes[i].clocks.observe(message.from, &reading, clock);
             }
@@ -70,11 +81,11 @@ impl Sim {
             return Ok(());
         };
         let id = self.nodes[i].id;
-        let Some(replica) = self.nodes[i].replica.as_mut() else {
+        let Some(driver) = self.nodes[i].driver.as_mut() else {
             return Ok(());
         };
         let shown = show_refused().then(|| format!("{message:?}"));
-        let stepped = guard(id, || replica.step(message))?;
+        let stepped = guard(id, || driver.step(message))?;
         if let Err(StepError::Refused(refusal)) = stepped {
             *self.report.refused.entry(refusal.label()).or_default() += 1;
             if let Some(shown) = shown {
@@ -89,99 +100,124 @@ impl Sim {
         let Some(i) = self.nodes.iter().position(|n| n.id == from) else {
             return Ok(());
         };
-        if let Some(replica) = self.nodes[i].replica.as_mut() {
-            guard(from, || replica.report_snapshot(to, delivered))?;
+        if let Some(driver) = self.nodes[i].driver.as_mut() {
+            guard(from, || driver.report_snapshot(to, delivered))?;
         }
         Ok(())
     }
 
-    /// Lands the syncs that are due (`persist_async`): everything the
-    /// replica wrote until now becomes durable, then it learns so.
+    /// Lands the syncs that are due, as the server's sync thread does:
+    /// the disk syncs everything written until now, and the driver learns
+    /// of the Ready number the sync was started for. A sync still asked
+    /// for starts next.
     pub(super) fn sync_disks(&mut self) -> Checked {
         for i in 0..self.nodes.len() {
-            let Some(due_ms) = self.nodes[i].sync_due_ms else {
+            let Some((due_ms, number)) = self.nodes[i].sync_running else {
                 continue;
             };
             // A paused process learns of its sync when it runs again.
             if due_ms > self.now_ms || self.nodes[i].is_paused() {
                 continue;
             }
-            self.nodes[i].sync_due_ms = None;
+            self.nodes[i].sync_running = None;
             let id = self.nodes[i].id;
-            let mut out = Output::default();
-            let Some(replica) = self.nodes[i].replica.as_mut() else {
+            let Some(driver) = self.nodes[i].driver.as_mut() else {
                 continue;
             };
             let ignore_failed_sync = self.config.bug == Some(Bug::IgnoreFailedSync);
             let synced = guard(id, || {
-                let number = match replica.sync_store() {
-                    Ok(number) => number,
+                match driver.sync_store() {
+                    Ok(_) => {}
                     // The injected bug: a failed sync taken for done.
-                    Err(_) if ignore_failed_sync => replica.written_number(),
+                    Err(_) if ignore_failed_sync => {}
                     Err(fatal) => return Err(fatal),
-                };
-                replica.persisted(number, &mut out)
+                }
+                driver.synced(number)
             })?;
             if let Err(fatal) = synced {
                 self.stop_on_fatal(i, &fatal)?;
                 continue;
             }
-            self.handle_output(i, out);
+            self.act(i);
         }
         Ok(())
     }
 
-    /// Ticks every node whose tick is due, after the verdict on its clock.
-    pub(super) fn tick_nodes(&mut self) -> Checked {
+    /// Hands each snapshot whose encoding and writing is done back to its
+    /// driver, as the server's loop does when its snapshot thread ends.
+    pub(super) fn finish_snapshots(&mut self) -> Checked {
         for i in 0..self.nodes.len() {
-            // A paused process ticks once as it runs again (the server's
-            // ticker skips the ticks it missed).
-            if self.nodes[i].next_tick_ms > self.now_ms || self.nodes[i].is_paused() {
+            let due = self.nodes[i]
+                .snapshot_job
+                .as_ref()
+                .is_some_and(|(due_ms, _)| *due_ms <= self.now_ms);
+            if !due || self.nodes[i].is_paused() {
                 continue;
             }
-            self.nodes[i].next_tick_ms = self.now_ms + TICK_MS;
-            let clock = self.node_clock(i);
+            let Some((_, task)) = self.nodes[i].snapshot_job.take() else {
+                continue;
+            };
             let id = self.nodes[i].id;
-            let mut out = Output::default();
-            self.nodes[i].check_clock(clock);
-            if let Some(replica) = self.nodes[i].replica.as_mut() {
-                guard(id, || replica.tick(clock, &mut out))?;
-            }
-            self.handle_output(i, out);
+            let Some(driver) = self.nodes[i].driver.as_mut() else {
+                continue;
+            };
+            let finished = guard(id, || {
+                let mut writer = driver.replica().store().chunk_writer();
+                let written = task.run(&mut *writer).map_err(Fatal::from)?;
+                let stale = written.index() <= driver.replica().status().snapshot_index;
+                driver.snapshot_written(written).map(|()| stale)
+            })?;
+            let stale = match finished {
+                Ok(stale) => stale,
+                Err(fatal) => {
+                    self.stop_on_fatal(i, &fatal)?;
+                    continue;
+                }
+            };
+            self.report.snapshots_by_caller += 1;
+            self.report.snapshots_stale += u64::from(stale);
+            self.act(i);
         }
         Ok(())
     }
 
-    /// Each up node's turn: it proposes the commands handed to it, starts
-    /// the reads, and handles its next Ready.
+    /// Each up node's turn, as the server's loop takes it: the requests
+    /// queued for it (while its driver wants commands), then the driver's
+    /// turn at the node's clocks: a tick when due, after the verdict on
+    /// its clock; the batch, the reads, the next Ready.
     pub(super) fn node_turns(&mut self) -> Checked {
         for i in 0..self.nodes.len() {
-            let clock = self.node_clock(i);
-            let id = self.nodes[i].id;
             if self.nodes[i].is_paused() {
                 continue;
             }
-            let commands = std::mem::take(&mut self.nodes[i].commands);
-            let reads = std::mem::take(&mut self.nodes[i].reads);
-            let mut out = Output::default();
-            if !commands.is_empty() {
-                self.nodes[i].check_clock(clock);
-            }
-            let Some(replica) = self.nodes[i].replica.as_mut() else {
+            let id = self.nodes[i].id;
+            let now = Now {
+                monotonic_ms: self.nodes[i].monotonic_clock(self.now_ms),
+                wall_ms: self.node_clock(i),
+            };
+            let node = &mut self.nodes[i];
+            let Some(driver) = node.driver.as_mut() else {
                 continue;
             };
-            let advanced = guard(id, || {
-                if !commands.is_empty() {
-                    replica.propose(clock, commands, &mut out);
+            let requests = &mut node.requests;
+            let clocks = ClockCheck {
+                peers: &node.clocks,
+                max_offset_ms: MAX_CLOCK_OFFSET_MS,
+            };
+            let turned = guard(id, || {
+                while driver.wants_commands() {
+                    let Some((request, caller)) = requests.pop_front() else {
+                        break;
+                    };
+                    driver.submit(request, caller);
                 }
-                replica.read(reads, &mut out);
-                replica.advance(&mut out)
+                driver.turn(now, Some(clocks))
             })?;
-            if let Err(fatal) = advanced {
+            if let Err(fatal) = turned {
                 self.stop_on_fatal(i, &fatal)?;
                 continue;
             }
-            self.handle_output(i, out);
+            self.act(i);
         }
         Ok(())
     }
@@ -192,10 +228,7 @@ impl Sim {
     /// a violation otherwise.
     fn stop_on_fatal(&mut self, i: usize, fatal: &Fatal) -> Checked {
         let id = self.nodes[i].id;
-        let failing = self.nodes[i]
-            .replica
-            .as_ref()
-            .and_then(|r| r.store().failure());
+        let failing = self.nodes[i].replica().and_then(|r| r.store().failure());
         if failing.is_none() {
             return Err(Failure::new(
                 ViolationKind::Fatal,
@@ -207,24 +240,56 @@ impl Sim {
         Ok(())
     }
 
-    /// Acts on what the replica at `i` put out: schedules the sync it asked
-    /// for, sends its messages, and routes its answers to the clients.
-    pub(super) fn handle_output(&mut self, i: usize, out: Output) {
+    /// Acts on the effects of the driver at `i`: schedules the sync and
+    /// the snapshot it asks for, sends its messages, and routes its
+    /// answers to the clients.
+    pub(super) fn act(&mut self, i: usize) {
         let node_id = self.nodes[i].id;
         let mut rng = StdRng::seed_from_u64(self.now_ms ^ (node_id << 32) ^ self.config.seed);
-        if out.sync.is_some() && self.nodes[i].sync_due_ms.is_none() {
-            let mut delay_ms = rng.random_range(0..=self.faults.sync_delay_ms_max);
-            if rng.random_range(0..1_000) < self.faults.sync_stall_per_mille {
-                // A sync that stalls for seconds (a device resetting, a
-                // saturated volume): appends wait behind it.
-                delay_ms = rng.random_range(SYNC_STALL_MS_MIN..=SYNC_STALL_MS_MAX);
-                self.report.sync_stalls += 1;
-            }
-            self.nodes[i].sync_due_ms = Some(self.now_ms + delay_ms);
+        let Some(driver) = self.nodes[i].driver.as_mut() else {
+            return;
+        };
+        let effects = driver.effects();
+        let sync = effects.sync.take();
+        let snapshot = effects.snapshot.take();
+        let messages = std::mem::take(&mut effects.messages);
+        let finished = std::mem::take(&mut effects.finished);
+        let answered_at = std::mem::take(&mut effects.answered_at);
+        // The transport routes by id: it needs nothing of members or ids.
+        effects.members_changed = false;
+        effects.cluster = None;
+        if let Some(number) = sync {
+            self.nodes[i].sync_asked = self.nodes[i].sync_asked.max(number);
         }
-        self.send_messages(i, out.messages, &mut rng);
-        self.answer_writes(i, out.answers, out.answered_at);
-        self.answer_reads(i, out.reads);
+        self.start_sync(i, &mut rng);
+        if let Some(task) = snapshot {
+            let mut took_ms = rng.random_range(0..=SNAPSHOT_MS_MAX);
+            if rng.random_range(0..1_000) < SNAPSHOT_SLOW_PER_MILLE {
+                took_ms = rng.random_range(SNAPSHOT_MS_MAX..=SNAPSHOT_SLOW_MS_MAX);
+            }
+            self.nodes[i].snapshot_job = Some((self.now_ms + took_ms, task));
+        }
+        self.send_messages(i, messages, &mut rng);
+        self.answer_callers(i, finished, answered_at);
+    }
+
+    /// Starts a sync of everything asked for when none runs, as the
+    /// server's sync thread takes every request waiting: it lands after a
+    /// seeded delay, now and then after seconds.
+    fn start_sync(&mut self, i: usize, rng: &mut StdRng) {
+        let node = &self.nodes[i];
+        let outstanding = node.driver.as_ref().is_some_and(|d| d.syncs_outstanding());
+        if node.sync_running.is_some() || !outstanding {
+            return;
+        }
+        let mut delay_ms = rng.random_range(0..=self.faults.sync_delay_ms_max);
+        if rng.random_range(0..1_000) < self.faults.sync_stall_per_mille {
+            // A sync that stalls for seconds (a device resetting, a
+            // saturated volume): appends wait behind it.
+            delay_ms = rng.random_range(SYNC_STALL_MS_MIN..=SYNC_STALL_MS_MAX);
+            self.report.sync_stalls += 1;
+        }
+        self.nodes[i].sync_running = Some((self.now_ms + delay_ms, self.nodes[i].sync_asked));
     }
 
     /// Sends the messages of the node at `i`; a snapshot the network loses
@@ -243,9 +308,9 @@ impl Sim {
             }
         }
         for to in lost_snapshots {
-            if let Some(replica) = self.nodes[i].replica.as_mut() {
+            if let Some(driver) = self.nodes[i].driver.as_mut() {
                 // Reported at once: the stream to `to` failed.
-                let _ = guard(node_id, || replica.report_snapshot(to, false));
+                let _ = guard(node_id, || driver.report_snapshot(to, false));
             }
         }
     }

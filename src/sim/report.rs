@@ -47,8 +47,12 @@ pub struct SimReport {
     pub dropped: u64,
     pub duplicated: u64,
     pub workload: String,
-    /// The seed ran with persistence off the thread (appends synced later).
-    pub persist_async: bool,
+    /// Snapshots frozen by a driver, then encoded and written for it over
+    /// seeded time, as the server's snapshot threads do.
+    pub snapshots_by_caller: u64,
+    /// Of those, the ones a snapshot from the leader made stale while
+    /// they were written: handed back, and dropped.
+    pub snapshots_stale: u64,
     /// Crashes that struck a node with a sync asked for and not yet landed:
     /// writes the crash lost while their sync was in flight.
     pub crashes_before_sync: u64,
@@ -61,8 +65,6 @@ pub struct Totals {
     pub seeds: u64,
     /// Seeds that started with 5 replicas.
     pub five_replicas: u64,
-    /// Seeds that ran with persistence off the thread.
-    pub persist_async: u64,
     /// Every counter of the seeds' reports, summed (`seed`, `replicas`,
     /// `sim_ms` and `workload` are not).
     pub sum: SimReport,
@@ -72,13 +74,14 @@ impl Totals {
     pub fn add(&mut self, r: &SimReport) {
         self.seeds += 1;
         self.five_replicas += u64::from(r.replicas == 5);
-        self.persist_async += u64::from(r.persist_async);
         let s = &mut self.sum;
         s.ops_acked += r.ops_acked;
         s.reads_checked += r.reads_checked;
         s.entries += r.entries;
         s.crashes += r.crashes;
         s.crashes_before_sync += r.crashes_before_sync;
+        s.snapshots_by_caller += r.snapshots_by_caller;
+        s.snapshots_stale += r.snapshots_stale;
         s.partitions += r.partitions;
         s.transfers += r.transfers;
         s.membership_changes += r.membership_changes;
@@ -107,18 +110,20 @@ impl fmt::Display for Totals {
         let s = &self.sum;
         write!(
             f,
-            "{} seeds ({} starting with 5 replicas, {} syncing later): {} acknowledged writes, \
-             {} crashes ({} with a sync in flight), {} partitions, {} leadership transfers, \
+            "{} seeds ({} starting with 5 replicas): {} acknowledged writes, \
+             {} crashes ({} with a sync in flight), {} snapshots written beside the loop \
+             ({} made stale meanwhile), {} partitions, {} leadership transfers, \
              {} membership changes ({} of the leader; {} leaders applied their own removal), \
              {} clocks set hours off ({} of the leader; {} clock step-downs), {} members paused, \
              {} data dirs lost and rebuilt, {} disks failing ({} stops on a storage error), \
              {} syncs stalled for seconds; peer messages refused: {:?}",
             self.seeds,
             self.five_replicas,
-            self.persist_async,
             s.ops_acked,
             s.crashes,
             s.crashes_before_sync,
+            s.snapshots_by_caller,
+            s.snapshots_stale,
             s.partitions,
             s.transfers,
             s.membership_changes,
@@ -251,7 +256,6 @@ impl Sim {
         report.reads_checked = self.checker.reads_checked;
         report.entries = self.checker.max_committed();
         report.elections = self.checker.elections();
-        report.persist_async = self.faults.persist_async;
         report.removed_step_downs += self
             .nodes
             .iter()

@@ -1,7 +1,7 @@
 //! Client requests in flight: each attempt a client makes is handed to a
 //! node (the one it was pointed at, mostly the leader for writes, any node
-//! for reads) under a token, and the answers that node's replica puts out
-//! are routed back to the client by [`Ticket`].
+//! for reads) with a [`Ticket`], and the answers its driver finishes are
+//! routed back to the client by that ticket.
 
 use std::collections::HashMap;
 
@@ -12,16 +12,21 @@ use super::client::OpKind;
 use super::report::ViolationKind;
 use super::world::Sim;
 use super::Bug;
-use crate::inventory::Applied;
-use crate::replica::{ProposeError, ReadError, Token, Unanswered};
+use crate::replica::{Answer, Finished, ProposeError, ReadError, Request, Token, Unanswered};
 
-/// Where a token's answer goes.
+/// Where a client's answer goes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ticket {
     client: usize,
     op: u64,
-    /// Position of the command in its batch.
-    position: usize,
+}
+
+/// Who waits for a driver's answer: a client, or the operator (whose
+/// membership changes are followed by watching the members).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Caller {
+    Client(Ticket),
+    Operator,
 }
 
 impl Sim {
@@ -68,72 +73,62 @@ impl Sim {
     /// Queues client `c`'s attempt at op `op` for the node at `target`'s
     /// next turn, or answers a read that needs no ReadIndex round at once.
     fn hand_to_node(&mut self, target: usize, c: usize, op: u64, kind: OpKind) {
-        let token = self.next_token;
-        self.next_token += 1;
+        let ticket = Caller::Client(Ticket { client: c, op });
         match kind {
             OpKind::Write(command) => {
-                let position = self.nodes[target].commands.len();
-                self.nodes[target].commands.push((token, command));
-                self.tickets.insert(
-                    (self.nodes[target].id, token),
-                    Ticket {
-                        client: c,
-                        op,
-                        position,
-                    },
-                );
+                let request = (Request::Command(command), ticket);
+                self.nodes[target].requests.push_back(request);
             }
             OpKind::Read { linearizable, .. }
                 if !linearizable || self.config.bug == Some(Bug::SkipReadIndex) =>
             {
                 // Served at once from the node's applied state (for a
                 // linearizable read, only under the injected bug).
-                if let Some(replica) = self.nodes[target].replica.as_ref() {
+                if let Some(replica) = self.nodes[target].replica() {
                     let shared = replica.shared().load_full();
                     let now = self.now_ms;
                     self.clients[c].read_answered(op, now, &shared, &mut self.checker);
                 }
             }
             OpKind::Read { .. } => {
-                self.nodes[target].reads.push(token);
-                self.tickets.insert(
-                    (self.nodes[target].id, token),
-                    Ticket {
-                        client: c,
-                        op,
-                        position: 0,
-                    },
-                );
+                self.nodes[target]
+                    .requests
+                    .push_back((Request::Read, ticket));
             }
         }
     }
 
-    /// Routes the answers to the writes the node at `i` proposed back to
-    /// their clients, with the log position each came from.
-    pub(super) fn answer_writes(
+    /// Routes the answers the driver of the node at `i` finished back to
+    /// their clients, each write with the log position it came from.
+    pub(super) fn answer_callers(
         &mut self,
         i: usize,
-        answers: Vec<(Token, Result<Applied, Unanswered>)>,
-        answered_at: Vec<(Token, u64)>,
+        finished: Vec<Finished<Caller>>,
+        answered_at: Vec<(Token, u64, usize)>,
     ) {
         let node_id = self.nodes[i].id;
-        let answered_at: HashMap<Token, u64> = answered_at.into_iter().collect();
-        for (token, answer) in answers {
-            let Some(ticket) = self.tickets.remove(&(node_id, token)) else {
+        let answered_at: HashMap<Token, (u64, usize)> = answered_at
+            .into_iter()
+            .map(|(token, index, position)| (token, (index, position)))
+            .collect();
+        for done in finished {
+            let Caller::Client(ticket) = done.reply else {
                 continue;
             };
-            match answer {
-                Ok(applied) => {
-                    let index = answered_at.get(&token).copied().unwrap_or(0);
+            match done.answer {
+                Answer::Command(Ok(applied)) => {
+                    let at = answered_at.get(&done.token).copied().unwrap_or((0, 0));
                     self.clients[ticket.client].write_answered(
                         ticket.op,
                         self.now_ms,
                         applied,
-                        (index, ticket.position),
+                        at,
                         &mut self.checker,
                     );
                 }
-                Err(unanswered) => self.write_failed(node_id, ticket, unanswered),
+                Answer::Command(Err(unanswered)) => self.write_failed(node_id, ticket, unanswered),
+                Answer::Read(answer) => self.answer_read(i, ticket, answer),
+                Answer::Group(_) | Answer::Membership(_) => {}
             }
         }
     }
@@ -159,33 +154,27 @@ impl Sim {
         self.clients[ticket.client].attempt_failed(ticket.op, self.now_ms, hint);
     }
 
-    /// Answers the linearizable reads the node at `i` may now serve from
-    /// its applied state; the refused ones try again.
-    pub(super) fn answer_reads(&mut self, i: usize, reads: Vec<(Token, Result<u64, ReadError>)>) {
-        let node_id = self.nodes[i].id;
-        for (token, answer) in reads {
-            let Some(ticket) = self.tickets.remove(&(node_id, token)) else {
-                continue;
-            };
-            match answer {
-                Ok(_) => {
-                    if let Some(replica) = self.nodes[i].replica.as_ref() {
-                        let shared = replica.shared().load_full();
-                        self.clients[ticket.client].read_answered(
-                            ticket.op,
-                            self.now_ms,
-                            &shared,
-                            &mut self.checker,
-                        );
-                    }
+    /// Answers a linearizable read the node at `i` may now serve from its
+    /// applied state; a refused one tries again.
+    fn answer_read(&mut self, i: usize, ticket: Ticket, answer: Result<u64, ReadError>) {
+        match answer {
+            Ok(_) => {
+                if let Some(replica) = self.nodes[i].replica() {
+                    let shared = replica.shared().load_full();
+                    self.clients[ticket.client].read_answered(
+                        ticket.op,
+                        self.now_ms,
+                        &shared,
+                        &mut self.checker,
+                    );
                 }
-                Err(error) => {
-                    let hint = match error {
-                        ReadError::NotLeader { leader } => Some(leader),
-                        _ => None,
-                    };
-                    self.clients[ticket.client].attempt_failed(ticket.op, self.now_ms, hint);
-                }
+            }
+            Err(error) => {
+                let hint = match error {
+                    ReadError::NotLeader { leader } => Some(leader),
+                    _ => None,
+                };
+                self.clients[ticket.client].attempt_failed(ticket.op, self.now_ms, hint);
             }
         }
     }

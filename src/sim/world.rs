@@ -2,8 +2,6 @@
 //! and the checker, all on one simulated clock, and the loop that advances
 //! it a millisecond at a time.
 
-use std::collections::HashMap;
-
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -15,9 +13,8 @@ use super::network::Network;
 use super::node::{SimNode, MAX_CLOCK_OFFSET_MS, TICK_MS};
 use super::operator::PendingChange;
 use super::report::{Checked, Failure, ViolationKind};
-use super::requests::Ticket;
 use super::{Bug, SimConfig, SimReport};
-use crate::replica::{Replica, Token};
+use crate::replica::Replica;
 use crate::storage::MemStore;
 
 /// Faults stop once this share of the client operations is done; the rest
@@ -37,10 +34,6 @@ pub(super) struct Sim {
     pub(super) nodes: Vec<SimNode>,
     pub(super) network: Network,
     pub(super) clients: Vec<Client>,
-    /// Where each request in flight at a node goes back to, by (node id,
-    /// token).
-    pub(super) tickets: HashMap<(u64, Token), Ticket>,
-    pub(super) next_token: Token,
     pub(super) faults: Faults,
     pub(super) checker: Checker,
     /// What the run counts as it goes; [`Sim::report`] adds the rest.
@@ -87,8 +80,6 @@ impl Sim {
             nodes,
             network: Network::new(faults.network),
             clients: workload.clients,
-            tickets: HashMap::new(),
-            next_token: 1,
             faults,
             checker: Checker::with_stamp_bound(stamp_ahead_ms_base),
             report,
@@ -120,7 +111,7 @@ impl Sim {
     /// The positions of the nodes that are up.
     pub(super) fn up(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].replica.is_some())
+            .filter(|i| self.nodes[*i].driver.is_some())
             .collect()
     }
 
@@ -128,7 +119,7 @@ impl Sim {
     pub(super) fn leader(&self) -> Option<usize> {
         self.nodes
             .iter()
-            .position(|n| n.replica.as_ref().is_some_and(|r| r.is_leader()))
+            .position(|n| n.replica().is_some_and(|r| r.is_leader()))
     }
 
     /// Runs the clients to the end under faults, lets the replicas settle,
@@ -158,7 +149,7 @@ impl Sim {
             self.resume_paused()?;
             self.deliver_messages()?;
             self.sync_disks()?;
-            self.tick_nodes()?;
+            self.finish_snapshots()?;
             self.drive_clients(rng);
             self.node_turns()?;
             self.checker.step(self.now_ms, &view(&self.nodes))?;
@@ -207,13 +198,13 @@ impl Sim {
             self.resume_paused()?;
             self.deliver_messages()?;
             self.sync_disks()?;
-            self.tick_nodes()?;
+            self.finish_snapshots()?;
             self.node_turns()?;
             self.checker.step(self.now_ms, &view(&self.nodes))?;
             let applied: Vec<u64> = self
                 .nodes
                 .iter()
-                .filter_map(|n| n.replica.as_ref().map(|r| r.inventory().applied_index()))
+                .filter_map(|n| n.replica().map(|r| r.inventory().applied_index()))
                 .collect();
             let even =
                 applied.len() == self.nodes.len() && applied.iter().all(|a| *a == applied[0]);
@@ -232,8 +223,7 @@ impl Sim {
             return;
         };
         let voters = self.nodes[l]
-            .replica
-            .as_ref()
+            .replica()
             .map(|r| r.conf_state().voters)
             .unwrap_or_default();
         let removed: Vec<u64> = self
@@ -281,5 +271,5 @@ fn draw_workload(ops: usize, rng: &mut StdRng) -> Workload {
 
 /// The nodes as the checker sees them: id, and the replica when up.
 pub(super) fn view(nodes: &[SimNode]) -> Vec<(u64, Option<&Replica<SimDisk>>)> {
-    nodes.iter().map(|n| (n.id, n.replica.as_ref())).collect()
+    nodes.iter().map(|n| (n.id, n.replica())).collect()
 }

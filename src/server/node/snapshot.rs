@@ -1,5 +1,5 @@
-//! A snapshot the replica froze, handed to threads of its own to encode
-//! and write, and handed back to the replica once written (see
+//! A frozen snapshot the driver hands out, run on threads of its own to
+//! encode and write, and handed back once written (see
 //! `replica::snapshot_task`). Client calls go on being served meanwhile.
 
 use super::run::Loop;
@@ -8,13 +8,15 @@ use crate::replica::LogStore;
 use crate::server::snapshot_thread;
 
 impl<S: LogStore, T: Transport> Loop<S, T> {
-    /// Runs a snapshot the replica froze on a thread of its own.
+    /// Runs a snapshot the driver handed out on a thread of its own.
     pub(super) fn start_snapshot(&mut self) {
-        let Some(task) = self.out.snapshot.take() else {
+        let Some(task) = self.driver.effects().snapshot.take() else {
             return;
         };
-        assert!(self.snapshot_job.is_none(), "two snapshots at once");
-        let writer = self.replica.store().chunk_writer();
+        if self.snapshot_job.is_some() {
+            stop_fatal("a second snapshot was handed out while one was being written");
+        }
+        let writer = self.driver.replica().store().chunk_writer();
         let spawned = snapshot_thread::spawn(task, writer);
         match spawned {
             Ok(handle) => self.snapshot_job = Some(handle),
@@ -22,7 +24,7 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
         }
     }
 
-    /// Hands a written snapshot back to the replica: when its thread is
+    /// Hands a written snapshot back to the driver: when its thread is
     /// done, or, with `wait`, after waiting for it (at shutdown, so the
     /// store is not written from two places as it closes).
     pub(super) fn finish_snapshot(&mut self, wait: bool) {
@@ -41,7 +43,7 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
             Ok(Err(e)) => stop_fatal(&format!("writing a snapshot failed: {e}")),
             Err(_) => stop_fatal("the snapshot thread panicked"),
         };
-        if let Err(fatal) = self.replica.snapshot_written(written) {
+        if let Err(fatal) = self.driver.snapshot_written(written) {
             stop_fatal(&fatal.to_string());
         }
     }

@@ -80,63 +80,36 @@ fn sync_thread(
 }
 
 impl<S: LogStore, T: Transport> Loop<S, T> {
-    /// Makes durable what was written before the thread started (a single
-    /// voter's election, campaigned before the node started), before
-    /// anything else: the replica's first turn replays the committed log
-    /// tail behind it.
-    pub(super) fn sync_written_before_start(&mut self, channels: &Channels) {
-        if self.replica.unsynced_count() == 0 {
-            return;
-        }
-        match self.replica.sync_store() {
-            Ok(number) => self.persisted(number, channels),
-            Err(fatal) => stop_fatal(&fatal.to_string()),
-        }
-    }
-
-    /// Asks the sync thread to make the Ready just written durable, unless
-    /// a request already covers it.
+    /// Asks the sync thread to make the Ready the driver wrote durable
+    /// (it asks once per number).
     pub(super) fn request_sync(&mut self, channels: &Channels) {
-        let Some(number) = self.out.sync.take() else {
+        let Some(number) = self.driver.effects().sync.take() else {
             return;
         };
-        if number <= self.sync_asked {
-            return;
-        }
-        self.sync_asked = number;
         if channels.sync_tx.send(number).is_err() {
             stop_fatal("the sync thread stopped");
         }
     }
 
-    /// Hands the replica what the sync thread made durable since the last
+    /// Hands the driver what the sync thread made durable since the last
     /// call, if anything.
     pub(super) fn take_synced(&mut self, channels: &Channels) {
         while channels.synced_wake.try_recv().is_ok() {}
         let number = channels.synced.load(Ordering::Acquire);
-        if number > self.sync_done {
-            self.persisted(number, channels);
+        if let Err(fatal) = self.driver.synced(number) {
+            stop_fatal(&fatal.to_string());
         }
     }
 
     /// Waits for every sync asked for (at shutdown: what was written is
     /// made durable and answered before the thread ends).
     pub(super) fn finish_syncs(&mut self, channels: &Channels) {
-        while self.sync_done < self.sync_asked {
+        while self.driver.syncs_outstanding() {
             if channels.synced_wake.recv().is_err() {
                 stop_fatal("the sync thread stopped");
             }
             self.take_synced(channels);
+            self.act(channels);
         }
-    }
-
-    /// The sync thread made Readies up to `number` durable: the replica
-    /// releases the messages it held and may commit and answer.
-    fn persisted(&mut self, number: u64, channels: &Channels) {
-        self.sync_done = self.sync_done.max(number);
-        if let Err(fatal) = self.replica.persisted(number, &mut self.out) {
-            stop_fatal(&fatal.to_string());
-        }
-        self.after_advance(channels);
     }
 }
