@@ -27,9 +27,12 @@
 //! Files: `mod.rs` (the keys, opening and checking what is read back, a
 //! new node's first writes), `log_store.rs` (raft-rs's `Storage` and
 //! `LogStore`), `chunks.rs` (snapshot chunks written ahead of their
-//! record and scanned back in order), `tests.rs`.
+//! record and scanned back in order), `tests.rs`, `damage_tests.rs` (a
+//! torn last record, a damaged one before it).
 
 mod chunks;
+#[cfg(test)]
+mod damage_tests;
 mod log_store;
 #[cfg(test)]
 mod tests;
