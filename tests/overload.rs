@@ -188,6 +188,9 @@ impl LogStore for SlowStore {
     fn log_bytes(&self) -> u64 {
         self.0.log_bytes()
     }
+    fn snapshot_unreadable(&self) -> bool {
+        self.0.snapshot_unreadable()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

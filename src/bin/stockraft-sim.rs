@@ -5,7 +5,7 @@
 //!   stockraft-sim --seeds 100000 [--first 0] [--ops 2000] [--threads 2]
 //!   stockraft-sim --hunt [--first N] [--seconds 3600]   (fresh seeds from a
 //!   random first one, or from N, until the first failure or the time is up)
-//!   stockraft-sim --seed 1234 [--bug fsync-lies|skip-read-index|rebuild-votes|
+//!   stockraft-sim --seed 1234 [--bug fsync-lies|skip-read-index|rebuild-votes|damage-ignored|
 //!   ignore-failed-sync]
 //!   stockraft-sim --seed 60538492796 --no-leader-removals   (a seed whose
 //!   run has no leader removal drawn on purpose, replayed as it was made)
@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Inject a known bug (to see the checkers catch it).
-    #[arg(long, value_parser = ["fsync-lies", "skip-read-index", "rebuild-votes", "ignore-failed-sync"])]
+    #[arg(long, value_parser = ["fsync-lies", "skip-read-index", "rebuild-votes", "ignore-failed-sync", "damage-ignored"])]
     bug: Option<String>,
     /// The fault mix before membership changes removed the leader on
     /// purpose: replays seeds found then exactly as they ran.
@@ -69,6 +69,7 @@ fn main() -> Result<()> {
         Some("skip-read-index") => Some(Bug::SkipReadIndex),
         Some("rebuild-votes") => Some(Bug::RebuildVotes),
         Some("ignore-failed-sync") => Some(Bug::IgnoreFailedSync),
+        Some("damage-ignored") => Some(Bug::DamageIgnored),
         _ => None,
     };
     let first = match (args.first, args.hunt) {

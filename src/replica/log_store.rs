@@ -239,4 +239,11 @@ pub trait LogStore: raft::Storage {
     /// Bytes of log entries held since the last snapshot, to decide when to
     /// take the next one.
     fn log_bytes(&self) -> u64;
+
+    /// Whether the stored snapshot failed to read back as it was being
+    /// sent to a follower (a damaged chunk fails RocksDB's checksum). The
+    /// replica then stops, as on any storage error: serving on, it could
+    /// never catch that follower up, and restarted, the store refuses to
+    /// open, so the member is rebuilt from its peers.
+    fn snapshot_unreadable(&self) -> bool;
 }

@@ -6,13 +6,18 @@
 
 use super::error::Fatal;
 use super::output::Output;
-use super::{LogStore, Replica};
+use super::{LogStore, Replica, StoreError};
 
 impl<S: LogStore> Replica<S> {
     /// Handles everything raft-rs has ready. Any error is fatal.
     pub fn advance(&mut self, out: &mut Output) -> Result<(), Fatal> {
         while self.raw.has_ready() {
             self.handle_ready(out)?;
+        }
+        if self.raw.store().snapshot_unreadable() {
+            return Err(Fatal::Store(StoreError::Corrupt(
+                "the stored snapshot cannot be read back to send it".into(),
+            )));
         }
         Ok(())
     }

@@ -434,39 +434,36 @@ fn a_deposed_leader_hands_back_the_commands_it_could_not_answer() {
     );
 }
 
-#[test]
-fn a_joining_replica_learns_the_full_membership() {
-    let mut group = Group::new();
-    group.elect_first();
+/// The leader (replica 1) adds member 4, which starts from an empty data
+/// dir as `--join` makes it, and hears from the leader.
+fn join_fourth(group: &mut Group) {
     let mut out = Output::default();
-    group.replicas[0].propose_membership(
-        77,
-        MembershipChange::Add {
-            node_id: 4,
-            member: membership::Member::at("node-4"),
-        },
-        &mut out,
-    );
+    let member = membership::Member::at("node-4");
+    let change = MembershipChange::Add { node_id: 4, member };
+    group.replicas[0].propose_membership(77, change, &mut out);
     group.queue.extend(out.messages);
     group.settle();
     let members = group.replicas[0].members().clone();
-    let joining = Replica::new(
-        ReplicaConfig::new(4),
-        MemStore::joining(&members),
-        &logger(),
-    )
-    .unwrap();
+    let store = MemStore::joining(&members);
+    let joining = Replica::new(ReplicaConfig::new(4), store, &logger()).unwrap();
     // Having acknowledged nothing, it forgot nothing: it may vote at once
     // (only a rebuilt member withholds its vote, `rebuild.rs`).
     assert!(!joining.is_rebuilding());
     group.replicas.push(joining);
-    // The leader's next heartbeat reaches the new node.
+    // The leader's next heartbeats reach the new node.
     for _ in 0..5 {
         let mut out = Output::default();
         group.replicas[0].tick(0, &mut out);
         group.queue.extend(out.messages);
         group.settle();
     }
+}
+
+#[test]
+fn a_joining_replica_learns_the_full_membership() {
+    let mut group = Group::new();
+    group.elect_first();
+    join_fourth(&mut group);
     let mut voters = group.replicas[3].conf_state().voters;
     voters.sort();
     assert_eq!(voters, vec![1, 2, 3, 4]);
@@ -506,31 +503,7 @@ fn a_member_added_behind_a_compacted_log_catches_up_from_a_new_snapshot() {
     let snapshot_before = group.replicas[0].status().snapshot_index;
     assert!(snapshot_before > 0, "the log was never compacted");
     group.cut = Some(3);
-    let mut out = Output::default();
-    group.replicas[0].propose_membership(
-        77,
-        MembershipChange::Add {
-            node_id: 4,
-            member: membership::Member::at("node-4"),
-        },
-        &mut out,
-    );
-    group.queue.extend(out.messages);
-    group.settle();
-    let members = group.replicas[0].members().clone();
-    let joining = Replica::new(
-        ReplicaConfig::new(4),
-        MemStore::joining(&members),
-        &logger(),
-    )
-    .unwrap();
-    group.replicas.push(joining);
-    for _ in 0..5 {
-        let mut out = Output::default();
-        group.replicas[0].tick(0, &mut out);
-        group.queue.extend(out.messages);
-        group.settle();
-    }
+    join_fourth(&mut group);
     let mut out = Output::default();
     group.replicas[0].propose(2_000, vec![(99, set("after", 9))], &mut out);
     group.queue.extend(out.messages);

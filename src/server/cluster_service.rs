@@ -305,7 +305,7 @@ impl Cluster for ClusterService {
                 if node_id == self.node.status().id {
                     // The new leader will send this node nothing more, not
                     // even the commit of its removal: it learns it here.
-                    self.node.note_removed().map_err(status::submit)?;
+                    self.node.note_removed().await.map_err(status::submit)?;
                 }
                 return Ok(answer);
             }

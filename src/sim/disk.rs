@@ -58,6 +58,12 @@ pub struct SimDisk {
     failure: std::sync::Arc<std::sync::atomic::AtomicU8>,
     current: MemStore,
     durable: MemStore,
+    /// A chunk of the stored snapshot damaged at rest (bit rot), shared by
+    /// the clones of this disk: found when the snapshot is read back, to
+    /// send it or at a restart, as RocksDB's checksums find it.
+    damaged: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The damaged snapshot was read to be sent.
+    damage_read: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Injected bug: a sync returns without making anything durable.
     fsync_lies: bool,
     pub syncs: u64,
@@ -87,6 +93,8 @@ impl SimDisk {
         }
         SimDisk {
             failure: std::sync::Arc::default(),
+            damaged: std::sync::Arc::default(),
+            damage_read: std::sync::Arc::default(),
             current: store.clone(),
             durable: store,
             fsync_lies,
@@ -119,6 +127,35 @@ impl SimDisk {
         let code = failure.map_or(0, DiskFailure::code);
         self.failure
             .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Damages a chunk of the stored snapshot, if there is one; true if
+    /// there was.
+    pub fn damage_snapshot(&self) -> bool {
+        if self.current.load_snapshot().ok().flatten().is_none() {
+            return false;
+        }
+        self.damaged
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    /// Whether the stored snapshot is damaged.
+    pub fn is_damaged(&self) -> bool {
+        self.damaged.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A new snapshot replaced the damaged one (its chunks deleted with
+    /// the old record).
+    fn snapshot_replaced(&self) {
+        self.damaged
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.damage_read
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn damage_error() -> StoreError {
+        StoreError::Corrupt("injected: a snapshot chunk fails its checksum".into())
     }
 
     /// The failure switched on, if any.
@@ -187,6 +224,13 @@ impl raft::Storage for SimDisk {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        if self.is_damaged() {
+            self.damage_read
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         self.current.snapshot(request_index, to)
     }
 }
@@ -275,7 +319,9 @@ impl LogStore for SimDisk {
     ) -> Result<(), StoreError> {
         self.check_write()?;
         self.current.save_snapshot(snapshot, compact_to)?;
-        self.sync_or_fail()
+        self.sync_or_fail()?;
+        self.snapshot_replaced();
+        Ok(())
     }
 
     fn install_snapshot(
@@ -286,6 +332,7 @@ impl LogStore for SimDisk {
         self.check_write()?;
         self.current.install_snapshot(snapshot, chunks)?;
         self.sync_or_fail()?;
+        self.snapshot_replaced();
         // The snapshot replaces the whole log: older appends are void (once
         // it is durable: a failed sync leaves the node on its old log).
         self.journal.clear();
@@ -293,11 +340,18 @@ impl LogStore for SimDisk {
     }
 
     fn load_snapshot(&self) -> Result<Option<SavedSnapshot>, StoreError> {
+        if self.is_damaged() {
+            return Err(SimDisk::damage_error());
+        }
         self.current.load_snapshot()
     }
 
     fn log_bytes(&self) -> u64 {
         self.current.log_bytes()
+    }
+
+    fn snapshot_unreadable(&self) -> bool {
+        self.damage_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

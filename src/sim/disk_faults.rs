@@ -1,6 +1,7 @@
 //! Storage faults: a member's disk failing (EIO on sync or on write,
-//! ENOSPC), and a member's whole data dir lost (a disk replaced, a volume
-//! wiped) or damaged past reading, and its rebuild from the peers. (Syncs
+//! ENOSPC), a chunk of its stored snapshot damaged at rest, and a member's
+//! whole data dir lost (a disk replaced, a volume wiped) or damaged past
+//! reading, and its rebuild from the peers. (Syncs
 //! that stall for seconds are drawn where syncs are scheduled,
 //! `replicas.rs`.)
 //!
@@ -71,20 +72,64 @@ impl Sim {
         }
     }
 
-    /// Loses an up member's data dir now and then, while no other member
-    /// is rebuilding.
-    pub(super) fn lose_a_data_dir(&mut self, rng: &mut StdRng) {
-        if rng.random_range(0..1_000) >= self.faults.dir_loss_per_mille {
+    /// Damages a chunk of an up member's stored snapshot now and then
+    /// (bit rot at rest), while no other member is rebuilding or damaged.
+    /// Found when the member reads it back, to send it to a follower (it
+    /// stops: a storage error) or at its next start (its store refuses to
+    /// open, and it is rebuilt, [`Sim::rebuild_damaged`]); lost unseen when
+    /// a newer snapshot replaces it first.
+    pub(super) fn damage_a_snapshot(&mut self, rng: &mut StdRng) {
+        let per_mille = self.faults.snapshot_damage_per_mille;
+        let Some(target) = self.pick_for_data_fault(per_mille, rng) else {
             return;
+        };
+        let damaged = self.nodes[target]
+            .replica()
+            .is_some_and(|r| r.store().damage_snapshot());
+        if damaged {
+            self.report.snapshot_damages += 1;
         }
-        if self.nodes.iter().any(|n| n.rebuilding()) {
-            return;
+    }
+
+    /// An up member to lose data, drawn `per_mille` of the time: one at a
+    /// time (none rebuilding or holding a damaged snapshot), with another
+    /// up to rebuild it from.
+    fn pick_for_data_fault(&self, per_mille: u32, rng: &mut StdRng) -> Option<usize> {
+        if rng.random_range(0..1_000) >= per_mille {
+            return None;
+        }
+        if self.nodes.iter().any(|n| n.rebuilding() || n.damaged()) {
+            return None;
         }
         let up = self.up();
         if up.len() < 2 {
-            return;
+            return None;
         }
-        let lost = up[rng.random_range(0..up.len())];
+        Some(up[rng.random_range(0..up.len())])
+    }
+
+    /// A down member whose store refuses to open (a damaged snapshot) is
+    /// rebuilt from its peers, as `server::rebuild` does for a damaged
+    /// data dir; it stays down while no peer is up to rebuild from. True
+    /// when it was rebuilt.
+    pub(super) fn rebuild_damaged(&mut self, i: usize) -> bool {
+        let Some(rebuilt) = self.rebuilt_disk(i) else {
+            return false;
+        };
+        let id = self.nodes[i].id;
+        self.nodes[i].down_disk = Some(rebuilt);
+        self.checker.promises.forget_log(id);
+        self.report.damage_rebuilds += 1;
+        true
+    }
+
+    /// Loses an up member's data dir now and then, while no other member
+    /// is rebuilding or holds a damaged snapshot (one at a time).
+    pub(super) fn lose_a_data_dir(&mut self, rng: &mut StdRng) {
+        let per_mille = self.faults.dir_loss_per_mille;
+        let Some(lost) = self.pick_for_data_fault(per_mille, rng) else {
+            return;
+        };
         let Some(rebuilt) = self.rebuilt_disk(lost) else {
             return;
         };

@@ -6,11 +6,15 @@
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::disk::SimDisk;
 use super::network::NetworkFaults;
 use super::node::{open, CLOCK_JUMP_HOURS_MAX, HOUR_MS};
 use super::report::ViolationKind;
 use super::world::Sim;
+use super::Bug;
 use crate::replica::clock::PeerClocks;
+use crate::replica::LogStore;
+use crate::storage::MemStore;
 
 /// The fault mix a seed picks for itself.
 #[derive(Debug, Clone)]
@@ -34,6 +38,9 @@ pub(super) struct Faults {
     pub(super) dir_loss_per_mille: u32,
     /// How often a member's disk starts failing, per tick.
     pub(super) disk_failure_per_mille: u32,
+    /// How often a chunk of a member's stored snapshot is damaged at rest,
+    /// per tick.
+    pub(super) snapshot_damage_per_mille: u32,
     /// How often a sync stalls for seconds, per sync.
     pub(super) sync_stall_per_mille: u32,
 }
@@ -60,6 +67,7 @@ impl Faults {
             dir_loss_per_mille: rng.random_range(0..=5),
             disk_failure_per_mille: rng.random_range(0..=5),
             sync_stall_per_mille: rng.random_range(0..=20),
+            snapshot_damage_per_mille: rng.random_range(0..=5),
         }
     }
 }
@@ -81,6 +89,7 @@ impl Sim {
         self.pause_a_node(rng);
         self.lose_a_data_dir(rng);
         self.fail_a_disk(rng);
+        self.damage_a_snapshot(rng);
     }
 
     /// Crashes an up node now and then, while fewer than half of them
@@ -202,8 +211,17 @@ impl Sim {
         self.report.crashes += 1;
     }
 
-    /// Starts a down node again from what its disk kept.
+    /// Starts a down node again from what its disk kept. A damaged store
+    /// refuses to open, and the member is rebuilt from its peers first
+    /// (unless the injected bug opens it as if nothing was lost).
     fn restart(&mut self, i: usize) {
+        if self.nodes[i].damaged() && self.nodes[i].down_disk.is_some() {
+            if self.config.bug == Some(Bug::DamageIgnored) {
+                self.open_damaged_blank(i);
+            } else if !self.rebuild_damaged(i) {
+                return;
+            }
+        }
         let Some(disk) = self.nodes[i].down_disk.take() else {
             return;
         };
@@ -234,6 +252,19 @@ impl Sim {
         }
     }
 
+    /// The injected bug: a store that finds its snapshot damaged opens
+    /// anyway, with nothing but its members, as RocksDB's point-in-time
+    /// recovery would drop everything after a damaged record in silence.
+    fn open_damaged_blank(&mut self, i: usize) {
+        let Some(disk) = self.nodes[i].down_disk.as_ref() else {
+            return;
+        };
+        let members = disk.members();
+        let fsync_lies = self.config.bug == Some(Bug::FsyncLies);
+        let blank = SimDisk::new(MemStore::joining(&members), fsync_lies);
+        self.nodes[i].down_disk = Some(blank);
+    }
+
     /// Stops every fault for good: links heal, clocks come right, paused
     /// members run, disks work and syncs land without stalling, no message
     /// is lost or duplicated any more, and every down node restarts.
@@ -260,9 +291,13 @@ impl Sim {
         }
         self.network.faults.drop_per_mille = 0;
         self.network.faults.duplicate_per_mille = 0;
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].driver.is_none() {
-                self.restart(i);
+        // Twice: a damaged member is rebuilt from a peer, which may be
+        // restarted after it in the first pass.
+        for _ in 0..2 {
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].driver.is_none() {
+                    self.restart(i);
+                }
             }
         }
     }

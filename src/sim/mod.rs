@@ -11,7 +11,8 @@
 //! that delays, drops, duplicates and reorders messages and makes
 //! partitions, drifting clocks and clocks set hours off, crashes and
 //! restarts, members paused for seconds, disks that fail (EIO, ENOSPC) or
-//! stall, data dirs lost and rebuilt, leadership transfers,
+//! stall, snapshot chunks damaged at rest, data dirs lost and rebuilt,
+//! leadership transfers,
 //! and clients that issue the whole API and retry with the same ids after a
 //! timeout, as real clients do. Time is simulated, so a run is exact: the
 //! same seed gives the same run, bit for bit.
@@ -100,6 +101,11 @@ pub enum Bug {
     /// The loop takes a sync that failed (EIO) for done and tells raft-rs
     /// the entries are durable: only a failing disk exposes it.
     IgnoreFailedSync,
+    /// A store whose snapshot is damaged opens anyway, with nothing but its
+    /// members (as RocksDB's point-in-time recovery drops every record
+    /// after a damaged one), instead of refusing so that the member is
+    /// rebuilt: only a damaged snapshot exposes it.
+    DamageIgnored,
 }
 
 #[derive(Debug, Clone)]

@@ -143,6 +143,15 @@ impl SimNode {
         }
     }
 
+    /// Whether its stored snapshot is damaged (up or down).
+    pub(super) fn damaged(&self) -> bool {
+        match (self.replica(), &self.down_disk) {
+            (Some(replica), _) => replica.store().is_damaged(),
+            (None, Some(disk)) => disk.is_damaged(),
+            (None, None) => false,
+        }
+    }
+
     /// The member's current term: its replica's, or its disk's while down.
     pub(super) fn term(&self) -> u64 {
         match (self.replica(), &self.down_disk) {

@@ -224,19 +224,24 @@ impl Sim {
 
     /// The replica at `i` returned `fatal`: the server aborts, so the node
     /// crashes here, and what it put out is never sent. Expected when its
-    /// disk was made to fail (the rule: any storage error stops the node);
-    /// a violation otherwise.
+    /// disk was made to fail, or its snapshot damaged (the rule: any
+    /// storage error stops the node); a violation otherwise.
     fn stop_on_fatal(&mut self, i: usize, fatal: &Fatal) -> Checked {
         let id = self.nodes[i].id;
         let failing = self.nodes[i].replica().and_then(|r| r.store().failure());
-        if failing.is_none() {
+        let damaged = self.nodes[i].damaged();
+        if failing.is_none() && !damaged {
             return Err(Failure::new(
                 ViolationKind::Fatal,
                 format!("node {id} hit a fatal error: {fatal}"),
             ));
         }
         self.crash(i);
-        self.report.disk_failure_stops += 1;
+        if damaged {
+            self.report.damage_stops += 1;
+        } else {
+            self.report.disk_failure_stops += 1;
+        }
         Ok(())
     }
 

@@ -47,6 +47,12 @@ pub struct SimReport {
     pub dropped: u64,
     pub duplicated: u64,
     pub workload: String,
+    /// Stored snapshots damaged at rest.
+    pub snapshot_damages: u64,
+    /// Members stopped on reading a damaged snapshot to send it.
+    pub damage_stops: u64,
+    /// Members rebuilt because their store refused to open (damaged).
+    pub damage_rebuilds: u64,
     /// Snapshots frozen by a driver, then encoded and written for it over
     /// seeded time, as the server's snapshot threads do.
     pub snapshots_by_caller: u64,
@@ -82,6 +88,9 @@ impl Totals {
         s.crashes_before_sync += r.crashes_before_sync;
         s.snapshots_by_caller += r.snapshots_by_caller;
         s.snapshots_stale += r.snapshots_stale;
+        s.snapshot_damages += r.snapshot_damages;
+        s.damage_stops += r.damage_stops;
+        s.damage_rebuilds += r.damage_rebuilds;
         s.partitions += r.partitions;
         s.transfers += r.transfers;
         s.membership_changes += r.membership_changes;
@@ -116,6 +125,7 @@ impl fmt::Display for Totals {
              {} membership changes ({} of the leader; {} leaders applied their own removal), \
              {} clocks set hours off ({} of the leader; {} clock step-downs), {} members paused, \
              {} data dirs lost and rebuilt, {} disks failing ({} stops on a storage error), \
+             {} snapshots damaged at rest ({} stops reading one, {} rebuilds), \
              {} syncs stalled for seconds; peer messages refused: {:?}",
             self.seeds,
             self.five_replicas,
@@ -136,6 +146,9 @@ impl fmt::Display for Totals {
             s.dir_losses,
             s.disk_failures,
             s.disk_failure_stops,
+            s.snapshot_damages,
+            s.damage_stops,
+            s.damage_rebuilds,
             s.sync_stalls,
             s.refused
         )

@@ -77,6 +77,11 @@ fn simulation() {
 fn check_coverage(totals: &Totals) {
     let s = &totals.sum;
     assert!(
+        s.snapshot_damages > 0 && s.damage_stops > 0 && s.damage_rebuilds > 0,
+        "the seeds never damaged a snapshot, or never stopped a member reading one, or never \
+         rebuilt a member whose store refused to open"
+    );
+    assert!(
         s.crashes_before_sync > 0 && s.snapshots_by_caller > 0 && s.snapshots_stale > 0,
         "the seeds never crashed a node with a sync in flight, never wrote a snapshot beside \
          the loop, or never had one made stale by an install while it was written"
@@ -178,6 +183,14 @@ fn the_checkers_catch_a_rebuild_that_votes_with_an_empty_log() {
 #[test]
 fn the_checkers_catch_a_failed_sync_taken_for_done() {
     caught_by(Bug::IgnoreFailedSync, ViolationKind::DurableLost);
+}
+
+/// A store that opens over a damaged snapshot, as if nothing was lost,
+/// restarts a member without the entries it had persisted: the durability
+/// checker sees it.
+#[test]
+fn the_checkers_catch_a_damaged_store_opened_anyway() {
+    caught_by(Bug::DamageIgnored, ViolationKind::DurableLost);
 }
 
 /// A leader that stamps with its own clock whatever its peers say of it

@@ -302,4 +302,9 @@ impl LogStore for MemStore {
     fn log_bytes(&self) -> u64 {
         self.cache.entry_bytes()
     }
+
+    /// Memory is never damaged at rest.
+    fn snapshot_unreadable(&self) -> bool {
+        false
+    }
 }

@@ -144,9 +144,13 @@ impl NodeHandle {
     }
 
     /// The leader answered that this node was removed from the cluster
-    /// ([`crate::replica::Replica::note_removed`]).
-    pub fn note_removed(&self) -> Result<(), SubmitError> {
-        self.send(ClientInput::NoteRemoved)
+    /// ([`crate::replica::Replica::note_removed`]). Returns once the
+    /// node's status says so: a call that comes after is refused as to a
+    /// removed node, never served.
+    pub async fn note_removed(&self) -> Result<(), SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(ClientInput::NoteRemoved { reply })?;
+        answer.await.map_err(|_| SubmitError::Stopped)
     }
 
     /// The state's digest and the applied index it is at. The replication

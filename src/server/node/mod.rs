@@ -152,7 +152,10 @@ enum ClientInput {
     HandOver {
         reply: oneshot::Sender<Option<u64>>,
     },
-    NoteRemoved,
+    NoteRemoved {
+        /// Answered once the status says so.
+        reply: oneshot::Sender<()>,
+    },
     Digest {
         reply: oneshot::Sender<(crate::inventory::snapshot::Frozen, u64)>,
     },

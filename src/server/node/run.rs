@@ -69,6 +69,8 @@ pub(super) struct Loop<S: LogStore, T: Transport> {
     pub(super) snapshot_job: Option<JoinHandle<Result<WrittenSnapshot, StoreError>>>,
     /// To the task that completes the callers' oneshots, if one runs.
     pub(super) relay: Option<UnboundedSender<Vec<Relayed>>>,
+    /// Callers told once the status shows this node removed.
+    removal_noted: Vec<oneshot::Sender<()>>,
 }
 
 /// The replication thread: runs turns until told to shut down.
@@ -91,6 +93,7 @@ pub(super) fn run<S: LogStore, T: Transport>(
         clocks: config.clocks,
         snapshot_job: None,
         relay,
+        removal_noted: Vec::new(),
     };
     state.act(channels);
     loop {
@@ -205,7 +208,10 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
             ClientInput::HandOver { reply } => {
                 let _ = reply.send(self.driver.hand_over_leadership());
             }
-            ClientInput::NoteRemoved => self.driver.note_removed(),
+            ClientInput::NoteRemoved { reply } => {
+                self.driver.note_removed();
+                self.removal_noted.push(reply);
+            }
             ClientInput::Digest { reply } => self.freeze_for_digest(reply),
             ClientInput::Shutdown => return true,
         }
@@ -256,6 +262,9 @@ impl<S: LogStore, T: Transport> Loop<S, T> {
             self.transport.send(std::mem::take(&mut effects.messages));
         }
         self.publish_status(channels);
+        for noted in self.removal_noted.drain(..) {
+            let _ = noted.send(());
+        }
     }
 
     /// Tells the transport (and the status pages) of changed members and

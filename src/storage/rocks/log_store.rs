@@ -86,7 +86,9 @@ impl raft::Storage for RocksStore {
             snapshot::put_chunk(&bytes, &mut data)
         });
         if let Err(e) = read {
-            tracing::warn!("reading the snapshot to send: {e}");
+            tracing::error!("reading the snapshot to send: {e}");
+            self.snapshot_unreadable
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(unavailable);
         }
         let mut snapshot = Snapshot::default();
@@ -320,5 +322,10 @@ impl LogStore for RocksStore {
 
     fn log_bytes(&self) -> u64 {
         self.cache.entry_bytes()
+    }
+
+    fn snapshot_unreadable(&self) -> bool {
+        self.snapshot_unreadable
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

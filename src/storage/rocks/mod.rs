@@ -138,6 +138,8 @@ pub struct RocksStore {
     fresh: bool,
     /// See [`LogStore::rebuilt_term`](crate::replica::LogStore::rebuilt_term).
     rebuilt_term: Option<u64>,
+    /// See [`LogStore::snapshot_unreadable`](crate::replica::LogStore::snapshot_unreadable).
+    snapshot_unreadable: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -168,6 +170,7 @@ impl RocksStore {
             cluster_id,
             fresh,
             rebuilt_term,
+            snapshot_unreadable: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
