@@ -172,9 +172,11 @@ pub trait LogStore: raft::Storage {
     /// has not caught up (`replica::rebuild`); None otherwise.
     fn rebuilt_term(&self) -> Option<u64>;
 
-    /// Records that the rebuild is over. Not synced: a crash before the
-    /// next sync leaves the member rebuilding until it applies an entry of
-    /// a later term again, which costs nothing but a vote withheld.
+    /// Records that the rebuild is over, synced: a crash that brought the
+    /// mark back would set a member that had caught up rebuilding again,
+    /// withholding its vote, and an operator who saw it caught up may be
+    /// rebuilding another member by then: with two withholding, a cluster
+    /// of three or four elects no one.
     fn clear_rebuilt(&mut self) -> Result<(), StoreError>;
 
     /// A writer of snapshot chunks, usable on another thread.

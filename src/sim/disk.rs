@@ -294,7 +294,8 @@ impl LogStore for SimDisk {
 
     fn clear_rebuilt(&mut self) -> Result<(), StoreError> {
         self.check_write()?;
-        self.current.clear_rebuilt()
+        self.current.clear_rebuilt()?;
+        self.sync_or_fail()
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {

@@ -187,7 +187,10 @@ impl LogStore for RocksStore {
     fn clear_rebuilt(&mut self) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         batch.delete(KEY_REBUILT);
-        self.write(batch, false)?;
+        // Synced: a crash that brought the mark back would set a member
+        // that had caught up rebuilding again, withholding its vote while
+        // the operator, seeing it healthy, rebuilds another.
+        self.write(batch, true)?;
         self.rebuilt_term = None;
         Ok(())
     }
