@@ -5,7 +5,8 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: run test deps build release check fmt lint unit bench clean help fuzz-deps fuzz-build fuzz-smoke fuzz
+.PHONY: run test deps build release check fmt lint unit bench clean help fuzz-deps fuzz-build fuzz-smoke fuzz \
+	proto-check proto-baseline
 
 help:
 	@echo "make run    build and start a one-node server on 127.0.0.1:50051 (data in ./stockraft-data)"
@@ -35,18 +36,51 @@ build: deps
 fmt:
 	$(CARGO) fmt --all
 
-lint: deps
+# buf, from the npm registry at the version tools/package-lock.json pins,
+# into tools/node_modules (the Makefile installs it; nothing global).
+BUF := tools/node_modules/.bin/buf
+BUF_BASELINE := baseline/stockraft-v1.json
+
+$(BUF): tools/package.json tools/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: apt-get install nodejs npm"; exit 1; }
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The protobuf contracts: buf's lint rules (exceptions and their reasons
+# in proto/buf.yaml) and no breaking change against the released contract.
+# The check is shown able to fail: a copy of the contract with one field
+# renamed must be refused (a baseline that lost its contents would let
+# everything through).
+proto-check: $(BUF)
+	cd proto && ../$(BUF) lint
+	cd proto && ../$(BUF) breaking --against $(BUF_BASELINE)
+	@scratch=$$(mktemp -d) && cp -r proto/. $$scratch && \
+	  sed -i 's/  int64 qty = 3;/  int64 quantity = 3;/' $$scratch/stockraft/v1/inventory.proto && \
+	  if (cd $$scratch && $(CURDIR)/$(BUF) breaking --against $(BUF_BASELINE) >/dev/null 2>&1); then \
+	    rm -rf $$scratch; echo "proto-check: buf breaking let a renamed field through"; exit 1; fi; \
+	  rm -rf $$scratch
+	@echo "proto-check: buf lint and buf breaking passed"
+
+# At a release: the contract as it stands becomes the baseline.
+proto-baseline: $(BUF)
+	cd proto && ../$(BUF) build --exclude-source-info -o $(BUF_BASELINE)
+
+lint: deps proto-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	@# Again without the test-only features: the build that ships.
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The clients' suites run against the server binary the tests just built.
 test: lint
 	$(CARGO) test --all-targets --all-features
+	$(MAKE) clients-test
 	$(MAKE) fuzz-smoke
 
 bench: deps
 	$(CARGO) bench
+
+include clients/clients.mk
 
 clean:
 	$(CARGO) clean

@@ -17,9 +17,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // The public messages know their full names (`prost::Name`): the CLI
+    // prints any of them in the proto3 JSON mapping through reflection.
+    let mut public = tonic_prost_build::Config::new();
+    public.enable_type_names();
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("stockraft_public_descriptor.bin"))
-        .compile_protos(
+        .compile_with_config(
+            public,
             &[
                 "proto/stockraft/v1/inventory.proto",
                 "proto/stockraft/v1/cluster.proto",

@@ -177,7 +177,7 @@ three_nodes() {
   local i peers="1=127.0.0.1:26061,2=127.0.0.1:26062,3=127.0.0.1:26063"
   for i in 1 2 3; do
     rm -rf "$work/three-$i"
-    "$sr" serve --node-id "$i" --data-dir "$work/three-$i" --listen "127.0.0.1:2606$i" \
+    "$sr" serve --member-id "$i" --data-dir "$work/three-$i" --listen "127.0.0.1:2606$i" \
       --peers "$peers" --metrics-listen off >/dev/null 2>&1 & pids+=($!)
   done
   for _ in $(seq 1 100); do
@@ -221,7 +221,7 @@ three_tls() {
   local i peers="1=127.0.0.1:26071/127.0.0.1:26081,2=127.0.0.1:26072/127.0.0.1:26082,3=127.0.0.1:26073/127.0.0.1:26083"
   for i in 1 2 3; do
     rm -rf "$work/three-$i"
-    "$sr" serve --node-id "$i" --data-dir "$work/three-$i" --listen "127.0.0.1:2607$i" \
+    "$sr" serve --member-id "$i" --data-dir "$work/three-$i" --listen "127.0.0.1:2607$i" \
       --peer-listen "127.0.0.1:2608$i" --peers "$peers" --metrics-listen off \
       --tls-cert "$certs/member-$i.pem" --tls-key "$certs/member-$i.key" --tokens "$work/tokens" \
       --peer-cert "$certs/member-$i.pem" --peer-key "$certs/member-$i.key" --peer-ca "$certs/ca.pem" \

@@ -77,7 +77,7 @@ start() {
     if [ -f "$dir/node-$i.pid" ] && kill -0 "$(cat "$dir/node-$i.pid")" 2>/dev/null; then
       echo "node $i already running (pid $(cat "$dir/node-$i.pid"))"; continue
     fi
-    "$b" serve --node-id "$i" --data-dir "$dir/node-$i" \
+    "$b" serve --member-id "$i" --data-dir "$dir/node-$i" \
       --listen "127.0.0.1:$(client_port "$i")" --peer-listen "127.0.0.1:$(peer_port "$i")" \
       --peers "$peers" --metrics-listen "127.0.0.1:$(metrics_port "$i")" \
       --tls-cert "$dir/certs/member-$i.pem" --tls-key "$dir/certs/member-$i.key" \

@@ -8,7 +8,7 @@ mod cli;
 use anyhow::Result;
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, Exit};
 
 /// mimalloc instead of glibc's allocator: the server allocates and frees
 /// small objects on every call (gRPC frames, commands, answers) and by the
@@ -27,14 +27,30 @@ fn main() {
     // Crash tests configure crash points through FAILPOINTS (test builds only).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
+    rename_old_environment();
     let args = Cli::parse();
-    if let Err(error) = run(args) {
-        eprintln!("error: {error:#}");
-        std::process::exit(1);
+    match run(args) {
+        Ok(exit) => std::process::exit(exit as i32),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(Exit::Other as i32);
+        }
     }
 }
 
-fn run(args: Cli) -> Result<()> {
+/// STOCKRAFT_NODE_ID, the member id's name before "node" came to mean only
+/// a fulfilment location, is read for one more release.
+fn rename_old_environment() {
+    if std::env::var_os("STOCKRAFT_MEMBER_ID").is_some() {
+        return;
+    }
+    if let Some(id) = std::env::var_os("STOCKRAFT_NODE_ID") {
+        // Safe: nothing else runs yet (no runtime, no other thread).
+        unsafe { std::env::set_var("STOCKRAFT_MEMBER_ID", id) };
+    }
+}
+
+fn run(args: Cli) -> Result<Exit> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -43,9 +59,9 @@ fn run(args: Cli) -> Result<()> {
             init_logging();
             let config = serve_args.into_config()?;
             runtime.block_on(stockraft::server::serve(config, shutdown_signal()))?;
-            Ok(())
+            Ok(Exit::Ok)
         }
-        client_command => runtime.block_on(cli::run_client(client_command)),
+        client_command => Ok(runtime.block_on(cli::run_client(client_command))),
     }
 }
 

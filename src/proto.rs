@@ -4,6 +4,16 @@
 pub mod v1 {
     #![allow(clippy::all, clippy::too_many_lines, missing_docs)]
     tonic::include_proto!("stockraft.v1");
+
+    impl Outcome {
+        /// The name without its enum prefix (`INSUFFICIENT_STOCK`): the
+        /// label of metrics and reports, which keep the names they had
+        /// before the values took the prefix buf's lint asks for.
+        pub fn short_name(self) -> &'static str {
+            let name = self.as_str_name();
+            name.strip_prefix("OUTCOME_").unwrap_or(name)
+        }
+    }
 }
 
 /// The log, snapshot and peer formats, package `stockraft.internal.v1`.

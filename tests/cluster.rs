@@ -133,7 +133,7 @@ async fn growing_to_five_and_back_to_three_under_load() {
         let mut admin = cluster.cluster_client(2).await;
         let added = admin
             .add_member(pb::AddMemberRequest {
-                node_id: id,
+                member_id: id,
                 address: addr.clone(),
                 peer_address: peer_address.clone(),
             })
@@ -145,10 +145,9 @@ async fn growing_to_five_and_back_to_three_under_load() {
         } else {
             peer_address
         };
-        assert!(added
-            .members
-            .iter()
-            .any(|m| m.node_id == id && m.role == "VOTER" && m.peer_address == expected_peer));
+        assert!(added.members.iter().any(|m| m.member_id == id
+            && m.role == pb::MemberRole::Voter as i32
+            && m.peer_address == expected_peer));
         cluster.spawn(id);
         cluster
             .wait_caught_up(id, 1, Duration::from_secs(30))
@@ -162,11 +161,11 @@ async fn growing_to_five_and_back_to_three_under_load() {
     for id in [4u64, 5] {
         let mut admin = cluster.cluster_client(1).await;
         let removed = admin
-            .remove_member(pb::RemoveMemberRequest { node_id: id })
+            .remove_member(pb::RemoveMemberRequest { member_id: id })
             .await
             .unwrap()
             .into_inner();
-        assert!(!removed.members.iter().any(|m| m.node_id == id));
+        assert!(!removed.members.iter().any(|m| m.member_id == id));
         assert_eq!(removed.leadership_moved_to, 0);
         // The removed node learns its removal (the last message it gets
         // carries the commit) and refuses calls from then on.
@@ -259,8 +258,11 @@ async fn removing_the_leader_under_load_hands_leadership_over_first() {
         String::from_utf8_lossy(&output.stderr),
         cluster.all_logs()
     );
+    // The proto3 JSON mapping: lowerCamelCase names, 64-bit integers as
+    // strings.
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let moved_to = answer["leadership_moved_to"].as_u64().unwrap_or(0);
+    let number = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<u64>().ok());
+    let moved_to = number(&answer["leadershipMovedTo"]).unwrap_or(0);
     assert!(
         moved_to != 0 && moved_to != leader,
         "the answer does not say where leadership went: {answer}"
@@ -269,7 +271,7 @@ async fn removing_the_leader_under_load_hands_leadership_over_first() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["node_id"].as_u64().unwrap())
+        .map(|m| number(&m["memberId"]).unwrap())
         .collect();
     assert!(!members.contains(&leader), "{answer}");
     // The removed node learnt it from the answer it relayed: it refuses at
@@ -358,7 +360,7 @@ async fn peers_on_ports_of_their_own() {
     let status = cluster.status(leader, false).await.unwrap();
     for member in &status.members {
         assert_eq!(
-            member.peer_address, peer_addrs[&member.node_id],
+            member.peer_address, peer_addrs[&member.member_id],
             "{status:?}"
         );
         assert_ne!(member.peer_address, member.address);
@@ -421,7 +423,7 @@ async fn leadership_can_be_handed_over() {
     let target = (1..=3).find(|id| *id != leader).unwrap();
     let mut admin = cluster.cluster_client(leader).await;
     let moved = admin
-        .transfer_leader(pb::TransferLeaderRequest { node_id: target })
+        .transfer_leader(pb::TransferLeaderRequest { member_id: target })
         .await
         .unwrap()
         .into_inner();

@@ -43,7 +43,7 @@ async fn crash_under_load(point: &str, lead: bool) {
     if lead {
         let mut admin = cluster.cluster_client(target).await;
         admin
-            .transfer_leader(pb::TransferLeaderRequest { node_id: target })
+            .transfer_leader(pb::TransferLeaderRequest { member_id: target })
             .await
             .unwrap();
         // The crash point must strike a leader: wait until it leads.

@@ -68,6 +68,8 @@ async fn without_a_leader_writes_and_linearizable_reads_are_unavailable() {
     let status = service.reserve(reserve_request("o")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(status.message().contains("leader"), "{}", status.message());
+    // Retry advice a client can act on without parsing the message.
+    assert_retry_advice(&status, "NO_LEADER");
     let status = service
         .get_availability(Request::new(pb::GetAvailabilityRequest {
             skus: vec!["S".into()],
@@ -253,6 +255,7 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_it_accepted()
                     "{}",
                     status.message()
                 );
+                assert_retry_advice(&status, "OVERLOADED");
                 refused += 1;
             }
         }
@@ -269,4 +272,25 @@ async fn a_full_queue_answers_resource_exhausted_and_loses_nothing_it_accepted()
         .unwrap()
         .into_inner();
     assert_eq!(avail.skus[0].nodes[0].reserved, accepted);
+}
+
+/// `status` carries ErrorInfo with `reason`, a RetryInfo, and the same
+/// delay as the `grpc-retry-pushback-ms` that gRPC's retry policy reads.
+fn assert_retry_advice(status: &tonic::Status, reason: &str) {
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, reason, "{status:?}");
+    assert_eq!(info.domain, "stockraft");
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    let pushback = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("pushback")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(pushback, delay.as_millis().to_string());
 }

@@ -96,7 +96,8 @@ async fn the_minority_stops_acknowledging_and_the_majority_serves_on() {
     // The old leader knows it is not leading any more.
     let old_view = cluster.status(old, false).await.unwrap();
     assert_ne!(
-        old_view.role, "LEADER",
+        old_view.role,
+        pb::RaftRole::Leader as i32,
         "the isolated node still thinks it leads: {old_view:?}"
     );
 

@@ -437,7 +437,7 @@ async fn call(channel: Authed, method: &str) -> tonic::Code {
         "AddMember" => code(
             cluster
                 .add_member(pb::AddMemberRequest {
-                    node_id: 1,
+                    member_id: 1,
                     address: "127.0.0.1:1".into(),
                     peer_address: String::new(),
                 })
@@ -446,13 +446,13 @@ async fn call(channel: Authed, method: &str) -> tonic::Code {
         ),
         "RemoveMember" => code(
             cluster
-                .remove_member(pb::RemoveMemberRequest { node_id: 9 })
+                .remove_member(pb::RemoveMemberRequest { member_id: 9 })
                 .await
                 .map(|_| ()),
         ),
         "TransferLeader" => code(
             cluster
-                .transfer_leader(pb::TransferLeaderRequest { node_id: 9 })
+                .transfer_leader(pb::TransferLeaderRequest { member_id: 9 })
                 .await
                 .map(|_| ()),
         ),
@@ -604,9 +604,22 @@ async fn tokens_travel_with_forwarded_calls() {
     let mut reader = InventoryClient::new(caller(Some(read), None).await);
     let refused = reader.set_on_hand(set(6)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let info = reason_of(&refused);
+    assert_eq!(info.reason, "ROLE_TOO_LOW");
+    assert_eq!(
+        (
+            info.metadata["role"].as_str(),
+            info.metadata["role_needed"].as_str()
+        ),
+        ("read", "write")
+    );
     let mut nobody = InventoryClient::new(caller(None, Some("client-ops")).await);
     let refused = nobody.set_on_hand(set(7)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert_eq!(reason_of(&refused).reason, "TOKEN_MISSING");
+    let mut stranger = InventoryClient::new(caller(Some("not-a-token"), None).await);
+    let refused = stranger.set_on_hand(set(8)).await.unwrap_err();
+    assert_eq!(reason_of(&refused).reason, "TOKEN_UNKNOWN", "{refused:?}");
     let status = stockraft::proto::v1::cluster_client::ClusterClient::new(
         caller(None, Some("client-ops")).await,
     )
@@ -866,7 +879,7 @@ async fn another_cluster_and_a_wiped_member_are_refused() {
     // The remedy the refusal names: remove it, add it again, join.
     let mut admin = cluster.cluster_client(leader).await;
     admin
-        .remove_member(pb::RemoveMemberRequest { node_id: victim })
+        .remove_member(pb::RemoveMemberRequest { member_id: victim })
         .await
         .unwrap();
     cluster.kill9(victim);
@@ -874,7 +887,7 @@ async fn another_cluster_and_a_wiped_member_are_refused() {
     let address = cluster.addr(victim);
     admin
         .add_member(pb::AddMemberRequest {
-            node_id: victim,
+            member_id: victim,
             address,
             peer_address: String::new(),
         })
@@ -904,4 +917,12 @@ async fn another_cluster_and_a_wiped_member_are_refused() {
             cluster.logs(id)
         );
     }
+}
+
+/// The ErrorInfo every refusal carries (google.rpc details).
+fn reason_of(status: &tonic::Status) -> tonic_types::ErrorInfo {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"))
 }

@@ -314,7 +314,7 @@ async fn stream_writes_in_flight_survive_a_leadership_transfer() {
     let transfer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(30)).await;
         admin
-            .transfer_leader(pb::TransferLeaderRequest { node_id: target })
+            .transfer_leader(pb::TransferLeaderRequest { member_id: target })
             .await
             .map(|r| r.into_inner().leader_id)
     });

@@ -43,9 +43,16 @@ async fn the_readme_tour_runs_as_written() {
             .output()
             .expect("run the CLI");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "`{command}` failed: {}{}",
+        // The README says: a reserve refused for lack of stock exits 3.
+        let expected = if command.starts_with("stockraft reserve CART-10") {
+            3
+        } else {
+            0
+        };
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "`{command}`: {}{}",
             stdout,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -79,14 +86,16 @@ fn cli_errors_are_clear() {
         .args(["avail", "SKU-1", "--server", &format!("127.0.0.1:{port}")])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    // Unavailable: 5.
+    assert_eq!(out.status.code(), Some(5));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot connect"), "{stderr}");
     let out = Command::new(BIN)
         .args(["reserve", "O", "not-a-line"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    // Usage: 2.
+    assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("SKU@NODE:NUMBER"), "{stderr}");
 }

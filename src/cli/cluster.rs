@@ -8,36 +8,38 @@ use stockraft::proto::v1 as pb;
 use stockraft::proto::v1::cluster_client::ClusterClient;
 
 use super::connection::{status_error, ClientArgs};
-use super::render::{ClusterStatus, Leader, MemberView, Membership, Render};
+use super::render::{self, Answer, MemberView};
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Members, leader, term, commit and applied index of every node.
+    /// Members, leader, term, commit and applied index of every member.
     Status {
-        /// Also compare the state digests of the nodes.
+        /// Also compare the state digests of the members.
         #[arg(long)]
         digest: bool,
     },
-    /// Add a node as a voter; then start it with `--join` (any member).
+    /// Add a member as a voter; then start it with `--join` (any member).
     Add {
-        node_id: u64,
-        /// Where clients reach the new node (HOST:PORT).
+        member_id: u64,
+        /// Where clients reach the new member (HOST:PORT).
         address: String,
         /// Where members reach it for Raft traffic, when it listens for
         /// peers on a port of its own (--peer-listen).
         #[arg(long)]
         peer_address: Option<String>,
     },
-    /// Remove a node, then stop it. Removing the leader first hands
+    /// Remove a member, then stop it. Removing the leader first hands
     /// leadership to the most caught-up other voter, which removes it.
-    Remove { node_id: u64 },
+    Remove { member_id: u64 },
     /// Hand leadership to another voter.
-    TransferLeader { node_id: u64 },
+    TransferLeader { member_id: u64 },
 }
 
-/// Runs a cluster command against --server and returns its answer.
-pub(super) async fn run(command: ClusterCommand, client: &ClientArgs) -> Result<Box<dyn Render>> {
-    let mut api = ClusterClient::new(client.authed_to(&client.server).await?);
+/// Runs a cluster command against the member to call and returns its
+/// answer. Changes may go to any member: a follower forwards them.
+pub(super) async fn run(command: ClusterCommand, client: &ClientArgs) -> Result<Answer> {
+    let target = client.target().await?;
+    let mut api = ClusterClient::new(client.authed_to(&target).await?);
     match command {
         ClusterCommand::Status { digest } => {
             let first = api
@@ -48,43 +50,43 @@ pub(super) async fn run(command: ClusterCommand, client: &ClientArgs) -> Result<
                 .map_err(status_error)?
                 .into_inner();
             let rows = member_views(client, &first.members, digest).await;
-            Ok(Box::new(ClusterStatus {
-                first,
-                rows,
-                digest,
-            }))
+            Ok(render::cluster_status(&first, &rows, digest))
         }
         ClusterCommand::Add {
-            node_id,
+            member_id,
             address,
             peer_address,
         } => {
             let answer = api
                 .add_member(pb::AddMemberRequest {
-                    node_id,
+                    member_id,
                     address,
                     peer_address: peer_address.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Ok(Box::new(Membership(answer)))
+            Ok(render::membership(&answer, &answer.members, 0))
         }
-        ClusterCommand::Remove { node_id } => {
+        ClusterCommand::Remove { member_id } => {
             let answer = api
-                .remove_member(pb::RemoveMemberRequest { node_id })
+                .remove_member(pb::RemoveMemberRequest { member_id })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Ok(Box::new(Membership(answer)))
+            Ok(render::membership(
+                &answer,
+                &answer.members,
+                answer.leadership_moved_to,
+            ))
         }
-        ClusterCommand::TransferLeader { node_id } => {
+        ClusterCommand::TransferLeader { member_id } => {
             let answer = api
-                .transfer_leader(pb::TransferLeaderRequest { node_id })
+                .transfer_leader(pb::TransferLeaderRequest { member_id })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            Ok(Box::new(Leader(answer)))
+            Ok(render::leader(&answer))
         }
     }
 }

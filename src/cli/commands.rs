@@ -10,10 +10,9 @@ use stockraft::proto::v1 as pb;
 
 use super::connection::{status_error, ClientArgs};
 use super::counter_arg::parse_counter_arg;
+use super::exit::Exit;
 use super::millis;
-use super::render::{
-    Availability, CounterChange, Extended, Finished, Health, Reservation, Reserved,
-};
+use super::render::{self, Answer};
 
 /// Why on_hand changed, for `adjust --reason`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -43,7 +42,7 @@ pub(super) async fn reserve(
     id: String,
     lines: &[String],
     ttl: Option<Duration>,
-) -> Result<Reserved> {
+) -> Result<Answer> {
     let mut parsed = Vec::new();
     for line in lines {
         let c = parse_counter_arg(line)?;
@@ -63,10 +62,10 @@ pub(super) async fn reserve(
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(Reserved { id, answer })
+    Ok(render::reserved(&id, &answer))
 }
 
-pub(super) async fn commit(client: &ClientArgs, id: String) -> Result<Finished> {
+pub(super) async fn commit(client: &ClientArgs, id: String) -> Result<Answer> {
     let mut api = client.connect().await?;
     let answer = api
         .commit(pb::CommitRequest {
@@ -75,13 +74,12 @@ pub(super) async fn commit(client: &ClientArgs, id: String) -> Result<Finished> 
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(Finished {
-        id,
-        outcome: answer.outcome,
-    })
+    let exit = Exit::of_outcome(answer.outcome, pb::Outcome::Committed, &[]);
+    Ok(render::finished(&id, &answer, answer.outcome, exit))
 }
 
-pub(super) async fn release(client: &ClientArgs, id: String) -> Result<Finished> {
+/// `release`. A hold that already expired has its stock back: done too.
+pub(super) async fn release(client: &ClientArgs, id: String) -> Result<Answer> {
     let mut api = client.connect().await?;
     let answer = api
         .release(pb::ReleaseRequest {
@@ -90,17 +88,19 @@ pub(super) async fn release(client: &ClientArgs, id: String) -> Result<Finished>
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(Finished {
-        id,
-        outcome: answer.outcome,
-    })
+    let exit = Exit::of_outcome(
+        answer.outcome,
+        pb::Outcome::Released,
+        &[pb::Outcome::Expired],
+    );
+    Ok(render::finished(&id, &answer, answer.outcome, exit))
 }
 
 pub(super) async fn extend(
     client: &ClientArgs,
     id: String,
     ttl: Option<Duration>,
-) -> Result<Extended> {
+) -> Result<Answer> {
     let mut api = client.connect().await?;
     let answer = api
         .extend(pb::ExtendRequest {
@@ -110,10 +110,10 @@ pub(super) async fn extend(
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(Extended { id, answer })
+    Ok(render::extended(&id, &answer))
 }
 
-pub(super) async fn get(client: &ClientArgs, id: String, local: bool) -> Result<Reservation> {
+pub(super) async fn get(client: &ClientArgs, id: String, local: bool) -> Result<Answer> {
     let mut api = client.connect().await?;
     let answer = api
         .get_reservation(pb::GetReservationRequest {
@@ -123,16 +123,21 @@ pub(super) async fn get(client: &ClientArgs, id: String, local: bool) -> Result<
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(Reservation { id, answer })
+    Ok(render::reservation(&id, &answer))
 }
 
-pub(super) async fn sell(
-    client: &ClientArgs,
-    line: &str,
-    txn: Option<String>,
-) -> Result<CounterChange> {
+/// The txn id of a change: the one given, or a new one. Told on stderr
+/// before the call is sent, so that a call that times out or fails can be
+/// retried with `--txn` and is applied at most once.
+fn txn_id_of(txn: Option<String>) -> String {
+    let id = txn.unwrap_or_else(new_txn_id);
+    eprintln!("txn_id: {id}");
+    id
+}
+
+pub(super) async fn sell(client: &ClientArgs, line: &str, txn: Option<String>) -> Result<Answer> {
     let c = parse_counter_arg(line)?;
-    let txn_id = txn.unwrap_or_else(new_txn_id);
+    let txn_id = txn_id_of(txn);
     let mut api = client.connect().await?;
     let r = api
         .sell(pb::SellRequest {
@@ -142,16 +147,17 @@ pub(super) async fn sell(
             qty: c.number,
         })
         .await
-        .map_err(status_error)?
+        .map_err(|s| retry_with(s, &txn_id))?
         .into_inner();
-    Ok(CounterChange {
-        txn_id,
-        sku: c.sku,
-        node: c.node,
-        outcome: r.outcome,
-        level: r.level,
-        short: r.short,
-    })
+    let target = format!("{}@{}", c.sku, c.node);
+    Ok(render::counter_change(
+        &r,
+        Some(&txn_id),
+        &target,
+        r.outcome,
+        &r.level,
+        r.short,
+    ))
 }
 
 pub(super) async fn adjust(
@@ -159,9 +165,9 @@ pub(super) async fn adjust(
     line: &str,
     reason: Reason,
     txn: Option<String>,
-) -> Result<CounterChange> {
+) -> Result<Answer> {
     let c = parse_counter_arg(line)?;
-    let txn_id = txn.unwrap_or_else(new_txn_id);
+    let txn_id = txn_id_of(txn);
     let mut api = client.connect().await?;
     let r = api
         .adjust(pb::AdjustRequest {
@@ -172,16 +178,17 @@ pub(super) async fn adjust(
             reason: pb::AdjustReason::from(reason) as i32,
         })
         .await
-        .map_err(status_error)?
+        .map_err(|s| retry_with(s, &txn_id))?
         .into_inner();
-    Ok(CounterChange {
-        txn_id,
-        sku: c.sku,
-        node: c.node,
-        outcome: r.outcome,
-        level: r.level,
-        short: r.short,
-    })
+    let target = format!("{}@{}", c.sku, c.node);
+    Ok(render::counter_change(
+        &r,
+        Some(&txn_id),
+        &target,
+        r.outcome,
+        &r.level,
+        r.short,
+    ))
 }
 
 /// `set`: on_hand to a count, compare-and-set when `expected` is given.
@@ -190,9 +197,9 @@ pub(super) async fn set_on_hand(
     line: &str,
     expected: Option<i64>,
     txn: Option<String>,
-) -> Result<CounterChange> {
+) -> Result<Answer> {
     let c = parse_counter_arg(line)?;
-    let txn_id = txn.unwrap_or_else(new_txn_id);
+    let txn_id = txn_id_of(txn);
     let mut api = client.connect().await?;
     let r = api
         .set_on_hand(pb::SetOnHandRequest {
@@ -203,20 +210,21 @@ pub(super) async fn set_on_hand(
             expected_on_hand: expected,
         })
         .await
-        .map_err(status_error)?
+        .map_err(|s| retry_with(s, &txn_id))?
         .into_inner();
-    Ok(CounterChange {
-        txn_id,
-        sku: c.sku,
-        node: c.node,
-        outcome: r.outcome,
-        level: r.level,
-        short: r.short,
-    })
+    let target = format!("{}@{}", c.sku, c.node);
+    Ok(render::counter_change(
+        &r,
+        Some(&txn_id),
+        &target,
+        r.outcome,
+        &r.level,
+        r.short,
+    ))
 }
 
 /// `safety`. Setting the same value again is harmless, so it takes no txn id.
-pub(super) async fn safety(client: &ClientArgs, line: &str) -> Result<CounterChange> {
+pub(super) async fn safety(client: &ClientArgs, line: &str) -> Result<Answer> {
     let c = parse_counter_arg(line)?;
     let mut api = client.connect().await?;
     let r = api
@@ -228,14 +236,10 @@ pub(super) async fn safety(client: &ClientArgs, line: &str) -> Result<CounterCha
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(CounterChange {
-        txn_id: "-".to_string(),
-        sku: c.sku,
-        node: c.node,
-        outcome: r.outcome,
-        level: r.level,
-        short: r.short,
-    })
+    let target = format!("{}@{}", c.sku, c.node);
+    Ok(render::counter_change(
+        &r, None, &target, r.outcome, &r.level, r.short,
+    ))
 }
 
 pub(super) async fn avail(
@@ -243,7 +247,7 @@ pub(super) async fn avail(
     skus: Vec<String>,
     nodes: Vec<String>,
     local: bool,
-) -> Result<Availability> {
+) -> Result<Answer> {
     let mut api = client.connect().await?;
     let answer = api
         .get_availability(pb::GetAvailabilityRequest {
@@ -254,11 +258,11 @@ pub(super) async fn avail(
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(Availability(answer))
+    Ok(render::availability(&answer))
 }
 
 /// `health`: the gRPC health service's answer for the whole server.
-pub(super) async fn health(client: &ClientArgs) -> Result<Health> {
+pub(super) async fn health(client: &ClientArgs) -> Result<Answer> {
     let channel = client.channel().await?;
     let answer = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
@@ -267,12 +271,10 @@ pub(super) async fn health(client: &ClientArgs) -> Result<Health> {
         .await
         .map_err(status_error)?
         .into_inner();
-    Ok(Health {
-        status: answer.status,
-    })
+    Ok(render::health(&answer))
 }
 
-/// `--local` reads this node's applied state; otherwise a read is
+/// `--local` reads this member's applied state; otherwise a read is
 /// linearizable (confirmed with the leader).
 fn consistency(local: bool) -> i32 {
     if local {
@@ -280,6 +282,21 @@ fn consistency(local: bool) -> i32 {
     } else {
         pb::Consistency::Linearizable as i32
     }
+}
+
+/// A failed change, with the way to retry it safely when retrying can help.
+fn retry_with(status: tonic::Status, txn_id: &str) -> anyhow::Error {
+    let retryable = matches!(
+        Exit::of_code(status.code()),
+        Exit::Unavailable | Exit::Other
+    );
+    let error = status_error(status);
+    if !retryable {
+        return error;
+    }
+    error.context(format!(
+        "the change may or may not have been applied; retry with --txn {txn_id}, which applies it at most once"
+    ))
 }
 
 /// A random transaction id for commands run by hand.

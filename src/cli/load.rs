@@ -48,8 +48,16 @@ pub struct LoadArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// Use the bidirectional Stream call instead of unary calls.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mux")]
     pub stream: bool,
+    /// Every client makes one call at a time through the Rust client's
+    /// multiplexer, which carries all clients' calls over a few `Stream`
+    /// calls (`--mux-streams`).
+    #[arg(long)]
+    pub mux: bool,
+    /// Streams of the multiplexer (`--mux`).
+    #[arg(long, default_value_t = 2, requires = "mux")]
+    pub mux_streams: usize,
     /// SKUs to seed and use.
     #[arg(long, default_value_t = 10_000)]
     pub skus: usize,
@@ -141,6 +149,7 @@ fn config(args: &LoadArgs) -> Result<load::LoadConfig> {
         seed: !args.no_seed,
         ttl_ms: millis(args.ttl),
         stream: args.stream,
+        mux: args.mux.then_some(args.mux_streams),
         call_timeout: args.timeout,
         json: args.json.clone(),
         report: args.report.clone(),

@@ -1,9 +1,11 @@
 //! The `stockraft` command line: `serve`, and a client command for every
 //! call of the public API.
 //!
-//! Client commands print a short human-readable answer, or with `--json` one
-//! JSON object for scripts. Errors print the gRPC status code and the
-//! server's message, and exit with status 1.
+//! Client commands print a short human-readable answer, or with `--json`
+//! the response in the proto3 JSON mapping, for scripts. Errors print the
+//! gRPC status code and the server's message (with `--json`, the
+//! google.rpc.Status and its details, on stderr). The exit status says
+//! what happened (`exit.rs`).
 //!
 //! - this file: the clap commands and the dispatch of a client command.
 //! - `serve.rs`: `serve`'s flags, checked and turned into a `ServeConfig`.
@@ -13,6 +15,8 @@
 //! - `counter_arg.rs`: the `SKU@NODE:NUMBER` notation.
 //! - `cluster.rs`: `cluster status|add|remove|transfer-leader`.
 //! - `render.rs`: every answer as JSON or as text, printed in one place.
+//! - `json.rs`: the proto3 JSON mapping of any message, by reflection.
+//! - `exit.rs`: the exit statuses, and how a failure maps to one.
 //! - `load.rs`: `load`'s flags and reports.
 //! - `credentials.rs`: `certs` and `token`.
 
@@ -21,21 +25,24 @@ mod commands;
 mod connection;
 mod counter_arg;
 mod credentials;
+mod exit;
+mod json;
 mod load;
 mod render;
 mod serve;
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
-use clap::{Parser, Subcommand};
+use anyhow::Result;
+use clap::{CommandFactory, Parser, Subcommand};
 
 use cluster::ClusterCommand;
 use commands::Reason;
 use connection::ClientArgs;
 use credentials::CertsArgs;
+pub use exit::Exit;
 use load::LoadArgs;
-use render::Render;
+use render::Answer;
 use serve::ServeArgs;
 
 #[derive(Debug, Parser)]
@@ -55,7 +62,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a server node.
+    /// Run a server (a member of a cluster).
     Serve(Box<ServeArgs>),
     /// Hold stock for an order: `stockraft reserve ORDER-1 SKU-1@store-7:2 SKU-2@dc-1:1`.
     Reserve {
@@ -102,7 +109,8 @@ pub enum Command {
     /// Record a point-of-sale sale: SKU@NODE:QTY (never refused for lack of stock).
     Sell {
         line: String,
-        /// Transaction id for exactly-once retries (default: a new random id).
+        /// Transaction id for exactly-once retries (default: a new random
+        /// id, printed on stderr before the call: retry with it).
         #[arg(long)]
         txn: Option<String>,
         #[command(flatten)]
@@ -113,6 +121,7 @@ pub enum Command {
         line: String,
         #[arg(long, value_enum)]
         reason: Reason,
+        /// Transaction id for exactly-once retries (see `sell --help`).
         #[arg(long)]
         txn: Option<String>,
         #[command(flatten)]
@@ -124,6 +133,7 @@ pub enum Command {
         /// Only if on_hand is still this value (compare-and-set).
         #[arg(long, allow_hyphen_values = true)]
         expected: Option<i64>,
+        /// Transaction id for exactly-once retries (see `sell --help`).
         #[arg(long)]
         txn: Option<String>,
         #[command(flatten)]
@@ -155,7 +165,7 @@ pub enum Command {
         name: String,
     },
     /// Exit 0 if the server reports SERVING on the gRPC health service
-    /// (a leader is known and its log is applied), 1 otherwise.
+    /// (a leader is known and its log is applied), 5 otherwise.
     Health {
         #[command(flatten)]
         client: ClientArgs,
@@ -171,13 +181,19 @@ pub enum Command {
     Avail {
         #[arg(required = true)]
         skus: Vec<String>,
-        /// Only these nodes (repeat the flag for several).
+        /// Only these fulfilment nodes (repeat the flag for several).
         #[arg(long = "node")]
         nodes: Vec<String>,
         #[arg(long)]
         local: bool,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Print a shell completion script: `stockraft completions bash >
+    /// /etc/bash_completion.d/stockraft`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -192,74 +208,101 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Runs a client command and prints its answer.
-pub async fn run_client(command: Command) -> Result<()> {
-    match command {
-        Command::Serve(_) => Err(anyhow!("serve is not a client command")),
-        Command::Load(args) => load::run(args).await,
-        Command::Token { role, name } => credentials::token(&role, &name),
-        Command::Certs(args) => credentials::certs(args),
-        Command::Health { client } => {
-            let health = commands::health(&client).await?;
-            show(&client, &health)?;
-            if !health.serving() {
-                return Err(anyhow!("the server is not serving ({})", health.name()));
+/// Runs a client command, prints its answer or why it failed, and says
+/// how the process exits.
+pub async fn run_client(command: Command) -> Exit {
+    let json = command_json(&command);
+    match answer_of(command).await {
+        Ok(answer) => {
+            if let Some(answer) = answer {
+                render::print(&answer, json);
+                return answer.exit();
             }
-            Ok(())
+            Exit::Ok
         }
-        Command::Cluster { command, client } => {
-            show(&client, cluster::run(command, &client).await?.as_ref())
+        Err(error) => {
+            print_error(&error, json);
+            exit::of_error(&error)
         }
+    }
+}
+
+/// Whether the command asked for --json.
+fn command_json(command: &Command) -> bool {
+    match command {
+        Command::Reserve { client, .. }
+        | Command::Commit { client, .. }
+        | Command::Release { client, .. }
+        | Command::Extend { client, .. }
+        | Command::Get { client, .. }
+        | Command::Sell { client, .. }
+        | Command::Adjust { client, .. }
+        | Command::Set { client, .. }
+        | Command::Safety { client, .. }
+        | Command::Health { client }
+        | Command::Cluster { client, .. }
+        | Command::Avail { client, .. } => client.json,
+        _ => false,
+    }
+}
+
+/// A failure on stderr: `error: CODE: message`, or with --json the
+/// google.rpc.Status of a refused call (details included), one object.
+fn print_error(error: &anyhow::Error, json: bool) {
+    if json {
+        if let Some(failed) = error.downcast_ref::<exit::CallFailed>() {
+            eprintln!("{}", json::status(&failed.status));
+            return;
+        }
+    }
+    eprintln!("error: {error:#}");
+}
+
+/// Makes the call and the answer to print (None for commands that print
+/// their own).
+async fn answer_of(command: Command) -> Result<Option<Answer>> {
+    let answer = match command {
+        Command::Serve(_) => return Err(anyhow::anyhow!("serve is not a client command")),
+        Command::Load(args) => return load::run(args).await.map(|()| None),
+        Command::Token { role, name } => return credentials::token(&role, &name).map(|()| None),
+        Command::Certs(args) => return credentials::certs(args).map(|()| None),
+        Command::Completions { shell } => {
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "stockraft", &mut std::io::stdout());
+            return Ok(None);
+        }
+        Command::Health { client } => commands::health(&client).await?,
+        Command::Cluster { command, client } => cluster::run(command, &client).await?,
         Command::Reserve {
             id,
             lines,
             ttl,
             client,
-        } => show(&client, &commands::reserve(&client, id, &lines, ttl).await?),
-        Command::Commit { id, client } => show(&client, &commands::commit(&client, id).await?),
-        Command::Release { id, client } => show(&client, &commands::release(&client, id).await?),
-        Command::Extend { id, ttl, client } => {
-            show(&client, &commands::extend(&client, id, ttl).await?)
-        }
-        Command::Get { id, local, client } => {
-            show(&client, &commands::get(&client, id, local).await?)
-        }
-        Command::Sell { line, txn, client } => {
-            show(&client, &commands::sell(&client, &line, txn).await?)
-        }
+        } => commands::reserve(&client, id, &lines, ttl).await?,
+        Command::Commit { id, client } => commands::commit(&client, id).await?,
+        Command::Release { id, client } => commands::release(&client, id).await?,
+        Command::Extend { id, ttl, client } => commands::extend(&client, id, ttl).await?,
+        Command::Get { id, local, client } => commands::get(&client, id, local).await?,
+        Command::Sell { line, txn, client } => commands::sell(&client, &line, txn).await?,
         Command::Adjust {
             line,
             reason,
             txn,
             client,
-        } => show(
-            &client,
-            &commands::adjust(&client, &line, reason, txn).await?,
-        ),
+        } => commands::adjust(&client, &line, reason, txn).await?,
         Command::Set {
             line,
             expected,
             txn,
             client,
-        } => show(
-            &client,
-            &commands::set_on_hand(&client, &line, expected, txn).await?,
-        ),
-        Command::Safety { line, client } => show(&client, &commands::safety(&client, &line).await?),
+        } => commands::set_on_hand(&client, &line, expected, txn).await?,
+        Command::Safety { line, client } => commands::safety(&client, &line).await?,
         Command::Avail {
             skus,
             nodes,
             local,
             client,
-        } => show(
-            &client,
-            &commands::avail(&client, skus, nodes, local).await?,
-        ),
-    }
-}
-
-/// Prints an answer as the command's flags ask (`--json` or text).
-fn show(client: &ClientArgs, answer: &dyn Render) -> Result<()> {
-    render::print(answer, client.json);
-    Ok(())
+        } => commands::avail(&client, skus, nodes, local).await?,
+    };
+    Ok(Some(answer))
 }

@@ -1,395 +1,294 @@
-//! What a client command's answer looks like: one JSON object with
-//! `--json`, short lines of text without.
+//! What a client command's answer looks like: with `--json`, the response
+//! in the proto3 JSON mapping (see `json.rs`); without, short lines of
+//! text. Each answer also says how the process exits (see `exit.rs`).
 //!
-//! Every answer implements [`Render`] and goes through [`print`], so the
-//! choice between JSON and text is made once. Scripts and tests parse both
-//! forms: a change of wording or spacing here is a change of interface.
+//! Every command builds an [`Answer`] and goes through [`print`], so the
+//! choice between JSON and text is made once. Scripts parse both forms: a
+//! change of wording or spacing in the text is a change of interface.
 
 use serde_json::{json, Value};
 
 use stockraft::proto::v1 as pb;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// An answer that prints as JSON or as text.
-pub(super) trait Render {
-    /// The one JSON object `--json` prints.
-    fn json(&self) -> Value;
-    /// The lines printed without `--json` (none is a valid answer).
-    fn text(&self) -> Vec<String>;
+use super::exit::Exit;
+use super::json;
+
+/// An answer ready to print, and the exit status it implies.
+pub(super) struct Answer {
+    json: Value,
+    text: Vec<String>,
+    exit: Exit,
+}
+
+impl Answer {
+    /// The answer of a call: `response` in JSON, `text` without.
+    pub fn of<M: prost::Message + prost::Name>(response: &M, text: Vec<String>) -> Answer {
+        Answer {
+            json: json::message(response),
+            text,
+            exit: Exit::Ok,
+        }
+    }
+
+    /// An answer whose JSON is assembled from several responses.
+    pub fn assembled(json: Value, text: Vec<String>) -> Answer {
+        Answer {
+            json,
+            text,
+            exit: Exit::Ok,
+        }
+    }
+
+    pub fn exiting(mut self, exit: Exit) -> Answer {
+        self.exit = exit;
+        self
+    }
+
+    pub fn exit(&self) -> Exit {
+        self.exit
+    }
 }
 
 /// Prints `answer` to stdout, as JSON when `json` is set.
-pub(super) fn print(answer: &dyn Render, json: bool) {
+pub(super) fn print(answer: &Answer, json: bool) {
     if json {
-        println!("{}", answer.json());
+        println!("{}", answer.json);
         return;
     }
-    for line in answer.text() {
+    for line in &answer.text {
         println!("{line}");
     }
 }
 
 /// `reserve`: the outcome, its deadline, and what was short.
-pub(super) struct Reserved {
-    pub id: String,
-    pub answer: pb::ReserveResponse,
+pub(super) fn reserved(id: &str, r: &pb::ReserveResponse) -> Answer {
+    let mut lines = vec![if r.expires_at_ms == 0 {
+        format!("{id}: {}", outcome_name(r.outcome))
+    } else {
+        format!(
+            "{id}: {} (expires {})",
+            outcome_name(r.outcome),
+            format_ms(r.expires_at_ms)
+        )
+    }];
+    for s in &r.shortages {
+        lines.push(format!(
+            "  short: {}@{} requested {} available {}",
+            s.sku, s.node, s.requested, s.available
+        ));
+    }
+    Answer::of(r, lines).exiting(Exit::of_outcome(r.outcome, pb::Outcome::Reserved, &[]))
 }
 
-impl Render for Reserved {
-    fn json(&self) -> Value {
-        let shortages: Vec<Value> = self
-            .answer
-            .shortages
-            .iter()
-            .map(|s| json!({"sku": s.sku, "node": s.node, "requested": s.requested, "available": s.available}))
-            .collect();
-        json!({"reservation_id": self.id, "outcome": outcome_name(self.answer.outcome), "expires_at_ms": self.answer.expires_at_ms, "shortages": shortages})
-    }
-
-    fn text(&self) -> Vec<String> {
-        let (id, r) = (&self.id, &self.answer);
-        let mut lines = vec![if r.expires_at_ms == 0 {
-            format!("{id}: {}", outcome_name(r.outcome))
-        } else {
-            format!(
-                "{id}: {} (expires {})",
-                outcome_name(r.outcome),
-                format_ms(r.expires_at_ms)
-            )
-        }];
-        for s in &r.shortages {
-            lines.push(format!(
-                "  short: {}@{} requested {} available {}",
-                s.sku, s.node, s.requested, s.available
-            ));
-        }
-        lines
-    }
-}
-
-/// `commit` and `release`: the outcome alone.
-pub(super) struct Finished {
-    pub id: String,
-    pub outcome: i32,
-}
-
-impl Render for Finished {
-    fn json(&self) -> Value {
-        json!({"reservation_id": self.id, "outcome": outcome_name(self.outcome)})
-    }
-
-    fn text(&self) -> Vec<String> {
-        vec![format!("{}: {}", self.id, outcome_name(self.outcome))]
-    }
+/// `commit`, `release`: the outcome alone.
+pub(super) fn finished<M: prost::Message + prost::Name>(
+    id: &str,
+    response: &M,
+    outcome: i32,
+    exit: Exit,
+) -> Answer {
+    Answer::of(response, vec![format!("{id}: {}", outcome_name(outcome))]).exiting(exit)
 }
 
 /// `extend`: the outcome and the new deadline.
-pub(super) struct Extended {
-    pub id: String,
-    pub answer: pb::ExtendResponse,
-}
-
-impl Render for Extended {
-    fn json(&self) -> Value {
-        json!({"reservation_id": self.id, "outcome": outcome_name(self.answer.outcome), "expires_at_ms": self.answer.expires_at_ms})
-    }
-
-    fn text(&self) -> Vec<String> {
-        vec![format!(
-            "{}: {} (expires {})",
-            self.id,
-            outcome_name(self.answer.outcome),
-            format_ms(self.answer.expires_at_ms)
-        )]
-    }
+pub(super) fn extended(id: &str, r: &pb::ExtendResponse) -> Answer {
+    let line = format!(
+        "{id}: {} (expires {})",
+        outcome_name(r.outcome),
+        format_ms(r.expires_at_ms)
+    );
+    Answer::of(r, vec![line]).exiting(Exit::of_outcome(r.outcome, pb::Outcome::Reserved, &[]))
 }
 
 /// `get`: a reservation's state, times and lines.
-pub(super) struct Reservation {
-    pub id: String,
-    pub answer: pb::GetReservationResponse,
+pub(super) fn reservation(id: &str, r: &pb::GetReservationResponse) -> Answer {
+    if r.outcome == pb::Outcome::NotFound as i32 {
+        return Answer::of(r, vec![format!("{id}: NOT_FOUND")]).exiting(Exit::NotFound);
+    }
+    let state = pb::ReservationState::try_from(r.state)
+        .map(|s| s.as_str_name().trim_start_matches("RESERVATION_STATE_"))
+        .unwrap_or("UNKNOWN");
+    let mut lines = vec![format!(
+        "{id}: {state} (created {}, expires {}, finished {})",
+        format_ms(r.created_at_ms),
+        format_ms(r.expires_at_ms),
+        format_ms(r.finished_at_ms)
+    )];
+    for l in &r.lines {
+        lines.push(format!("  {}@{}: {}", l.sku, l.node, l.qty));
+    }
+    Answer::of(r, lines)
 }
 
-impl Reservation {
-    fn state(&self) -> &'static str {
-        pb::ReservationState::try_from(self.answer.state)
-            .map(|s| s.as_str_name().trim_start_matches("RESERVATION_STATE_"))
-            .unwrap_or("UNKNOWN")
-    }
-}
-
-impl Render for Reservation {
-    fn json(&self) -> Value {
-        let (id, r) = (&self.id, &self.answer);
-        let lines: Vec<Value> = r
-            .lines
-            .iter()
-            .map(|l| json!({"sku": l.sku, "node": l.node, "qty": l.qty}))
-            .collect();
-        json!({"reservation_id": id, "outcome": outcome_name(r.outcome), "state": self.state(), "lines": lines,
-            "created_at_ms": r.created_at_ms, "expires_at_ms": r.expires_at_ms, "finished_at_ms": r.finished_at_ms})
-    }
-
-    fn text(&self) -> Vec<String> {
-        let (id, r) = (&self.id, &self.answer);
-        if r.outcome == pb::Outcome::NotFound as i32 {
-            return vec![format!("{id}: NOT_FOUND")];
-        }
-        let mut lines = vec![format!(
-            "{id}: {} (created {}, expires {}, finished {})",
-            self.state(),
-            format_ms(r.created_at_ms),
-            format_ms(r.expires_at_ms),
-            format_ms(r.finished_at_ms)
-        )];
-        for l in &r.lines {
-            lines.push(format!("  {}@{}: {}", l.sku, l.node, l.qty));
-        }
-        lines
-    }
-}
-
-/// `sell`, `adjust`, `set` and `safety`: a counter's level after the change.
-pub(super) struct CounterChange {
-    /// The transaction id, `-` for a change that has none.
-    pub txn_id: String,
-    pub sku: String,
-    pub node: String,
-    pub outcome: i32,
-    pub level: Option<pb::StockLevel>,
-    /// The node is short: available is below 0 after the change.
-    pub short: bool,
-}
-
-impl Render for CounterChange {
-    fn json(&self) -> Value {
-        json!({"txn_id": self.txn_id, "sku": self.sku, "node": self.node, "outcome": outcome_name(self.outcome),
-            "level": level_json(&self.level), "short": self.short})
-    }
-
-    fn text(&self) -> Vec<String> {
-        vec![format!(
-            "{}@{}: {} {}",
-            self.sku,
-            self.node,
-            outcome_name(self.outcome),
-            level_text(&self.level, self.short)
-        )]
-    }
+/// `sell`, `adjust`, `set` and `safety`: a counter's level after the
+/// change, and the txn id that makes retrying it safe.
+pub(super) fn counter_change<M: prost::Message + prost::Name>(
+    response: &M,
+    txn_id: Option<&str>,
+    target: &str,
+    outcome: i32,
+    level: &Option<pb::StockLevel>,
+    short: bool,
+) -> Answer {
+    let txn = match txn_id {
+        Some(id) => format!("  (txn {id})"),
+        None => String::new(),
+    };
+    let line = format!(
+        "{target}: {} {}{txn}",
+        outcome_name(outcome),
+        level_text(level, short)
+    );
+    Answer::of(response, vec![line])
 }
 
 /// `avail`: each SKU's total and its nodes' counters.
-pub(super) struct Availability(pub pb::GetAvailabilityResponse);
-
-impl Render for Availability {
-    fn json(&self) -> Value {
-        let skus: Vec<Value> = self
-            .0
-            .skus
-            .iter()
-            .map(|s| {
-                let nodes: Vec<Value> = s
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        json!({"node": n.node, "on_hand": n.on_hand, "reserved": n.reserved,
-                        "safety_stock": n.safety_stock, "available": n.available})
-                    })
-                    .collect();
-                json!({"sku": s.sku, "total_available": s.total_available, "nodes": nodes})
-            })
-            .collect();
-        json!({"skus": skus, "applied_index": self.0.applied_index})
-    }
-
-    fn text(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        for s in &self.0.skus {
-            lines.push(format!("{}: total_available={}", s.sku, s.total_available));
-            for n in &s.nodes {
-                lines.push(format!(
-                    "  {:<20} on_hand={:<6} reserved={:<6} safety_stock={:<6} available={}",
-                    n.node, n.on_hand, n.reserved, n.safety_stock, n.available
-                ));
-            }
+pub(super) fn availability(r: &pb::GetAvailabilityResponse) -> Answer {
+    let mut lines = Vec::new();
+    for s in &r.skus {
+        lines.push(format!("{}: total_available={}", s.sku, s.total_available));
+        for n in &s.nodes {
+            lines.push(format!(
+                "  {:<20} on_hand={:<6} reserved={:<6} safety_stock={:<6} available={}",
+                n.node, n.on_hand, n.reserved, n.safety_stock, n.available
+            ));
         }
-        lines
     }
+    Answer::of(r, lines)
 }
 
-/// `health`: the gRPC health service's status of the server.
-pub(super) struct Health {
-    pub status: i32,
-}
-
-impl Health {
-    pub fn name(&self) -> &'static str {
-        ServingStatus::try_from(self.status)
-            .map(|s| s.as_str_name())
-            .unwrap_or("UNKNOWN")
-    }
-
-    pub fn serving(&self) -> bool {
-        self.status == ServingStatus::Serving as i32
-    }
-}
-
-impl Render for Health {
-    fn json(&self) -> Value {
-        json!({"status": self.name()})
-    }
-
-    fn text(&self) -> Vec<String> {
-        vec![self.name().to_string()]
-    }
+/// `health`: the gRPC health service's status of the server; exits 5
+/// when it is not SERVING.
+pub(super) fn health(r: &tonic_health::pb::HealthCheckResponse) -> Answer {
+    let name = ServingStatus::try_from(r.status)
+        .map(|s| s.as_str_name())
+        .unwrap_or("UNKNOWN");
+    let json = json::to_json(r, "grpc.health.v1.HealthCheckResponse");
+    let exit = if r.status == ServingStatus::Serving as i32 {
+        Exit::Ok
+    } else {
+        Exit::Unavailable
+    };
+    Answer::assembled(json, vec![name.to_string()]).exiting(exit)
 }
 
 /// What one member said when asked for its own view, or why it could not.
 pub(super) type MemberView = Result<pb::ClusterStatusResponse, String>;
 
-/// `cluster status`: the leader as the server called sees it, then a row
-/// per member from that member's own answer.
-pub(super) struct ClusterStatus {
-    pub first: pb::ClusterStatusResponse,
-    pub rows: Vec<(pb::Member, MemberView)>,
-    /// Whether the state digests were asked for (a column of their own).
-    pub digest: bool,
+/// `cluster status`: the answer of the member called, then each member's
+/// own answer (or why it could not be reached).
+pub(super) fn cluster_status(
+    first: &pb::ClusterStatusResponse,
+    rows: &[(pb::Member, MemberView)],
+    digest: bool,
+) -> Answer {
+    let members: Vec<Value> = rows
+        .iter()
+        .map(|(m, row)| match row {
+            Ok(s) => json!({"member": json::message(m), "status": json::message(s)}),
+            Err(e) => json!({"member": json::message(m), "error": e}),
+        })
+        .collect();
+    let json = json!({"status": json::message(first), "members": members});
+    Answer::assembled(json, cluster_status_text(first, rows, digest))
 }
 
-impl Render for ClusterStatus {
-    fn json(&self) -> Value {
-        let nodes: Vec<Value> = self
-            .rows
-            .iter()
-            .map(|(m, row)| match row {
-                Ok(s) => json!({"node_id": m.node_id, "address": m.address, "member_role": m.role,
-                    "reachable": true, "role": s.role, "leader_id": s.leader_id, "term": s.term,
-                    "commit_index": s.commit_index, "applied_index": s.applied_index,
-                    "last_index": s.last_index, "snapshot_index": s.snapshot_index, "ready": s.ready,
-                    "state_digest": s.state_digest, "open_reservations": s.open_reservations,
-                    "rebuilding": s.rebuilding}),
-                Err(e) => json!({"node_id": m.node_id, "address": m.address, "member_role": m.role,
-                    "reachable": false, "error": e}),
-            })
-            .collect();
-        json!({"leader_id": self.first.leader_id, "term": self.first.term, "nodes": nodes})
-    }
-
-    fn text(&self) -> Vec<String> {
-        let mut lines = vec![
-            format!(
-                "leader: node {}  term: {}",
-                self.first.leader_id, self.first.term
+fn cluster_status_text(
+    first: &pb::ClusterStatusResponse,
+    rows: &[(pb::Member, MemberView)],
+    digest: bool,
+) -> Vec<String> {
+    let mut lines = vec![
+        format!("leader: member {}  term: {}", first.leader_id, first.term),
+        format!(
+            "{:<6} {:<22} {:<8} {:<13} {:>6} {:>10} {:>10} {:>10} {}",
+            "member",
+            "address",
+            "votes",
+            "role",
+            "term",
+            "commit",
+            "applied",
+            "snapshot",
+            if digest { "digest" } else { "" }
+        ),
+    ];
+    for (m, row) in rows {
+        let role = member_role(m.role);
+        lines.push(match row {
+            Ok(s) => format!(
+                "{:<6} {:<22} {:<8} {:<13} {:>6} {:>10} {:>10} {:>10} {}",
+                m.member_id,
+                m.address,
+                role,
+                raft_role(s.role),
+                s.term,
+                s.commit_index,
+                s.applied_index,
+                s.snapshot_index,
+                match (digest, s.rebuilding) {
+                    (true, true) => format!("{:016x} rebuilding", s.state_digest),
+                    (true, false) => format!("{:016x}", s.state_digest),
+                    (false, true) => "rebuilding".to_string(),
+                    (false, false) => String::new(),
+                }
             ),
-            format!(
-                "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {}",
-                "node",
-                "address",
-                "member",
-                "role",
-                "term",
-                "commit",
-                "applied",
-                "snapshot",
-                if self.digest { "digest" } else { "" }
+            Err(e) => format!(
+                "{:<6} {:<22} {:<8} unreachable: {e}",
+                m.member_id, m.address, role
             ),
-        ];
-        for (m, row) in &self.rows {
-            lines.push(match row {
-                Ok(s) => format!(
-                    "{:<6} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {}",
-                    m.node_id,
-                    m.address,
-                    m.role,
-                    s.role,
-                    s.term,
-                    s.commit_index,
-                    s.applied_index,
-                    s.snapshot_index,
-                    match (self.digest, s.rebuilding) {
-                        (true, true) => format!("{:016x} rebuilding", s.state_digest),
-                        (true, false) => format!("{:016x}", s.state_digest),
-                        (false, true) => "rebuilding".to_string(),
-                        (false, false) => String::new(),
-                    }
-                ),
-                Err(e) => format!(
-                    "{:<6} {:<22} {:<8} unreachable: {e}",
-                    m.node_id, m.address, m.role
-                ),
-            });
-        }
-        lines
+        });
     }
+    lines
 }
 
 /// `cluster add` and `cluster remove`: the members after the change.
-pub(super) struct Membership(pub pb::MembershipResponse);
-
-impl Render for Membership {
-    fn json(&self) -> Value {
-        let r = &self.0;
-        let members: Vec<Value> = r
-            .members
-            .iter()
-            .map(|m| json!({"node_id": m.node_id, "address": m.address, "role": m.role}))
-            .collect();
-        let mut out = json!({"members": members, "index": r.index});
-        if r.leadership_moved_to != 0 {
-            out["leadership_moved_to"] = json!(r.leadership_moved_to);
-        }
-        out
+pub(super) fn membership<M: prost::Message + prost::Name>(
+    response: &M,
+    members: &[pb::Member],
+    leadership_moved_to: u64,
+) -> Answer {
+    let mut lines = Vec::new();
+    if leadership_moved_to != 0 {
+        lines.push(format!(
+            "the member removed was leading: it handed leadership to member {leadership_moved_to} first, which removed it"
+        ));
     }
-
-    fn text(&self) -> Vec<String> {
-        let r = &self.0;
-        let mut lines = Vec::new();
-        if r.leadership_moved_to != 0 {
-            lines.push(format!(
-                "the node removed was leading: it handed leadership to node {} first, which removed it",
-                r.leadership_moved_to
-            ));
-        }
-        for m in &r.members {
-            lines.push(format!(
-                "node {:<4} {:<24} {}",
-                m.node_id, m.address, m.role
-            ));
-        }
-        lines
+    for m in members {
+        lines.push(format!(
+            "member {:<4} {:<24} {}",
+            m.member_id,
+            m.address,
+            member_role(m.role)
+        ));
     }
+    Answer::of(response, lines)
 }
 
 /// `cluster transfer-leader`: the leader after the transfer.
-pub(super) struct Leader(pub pb::TransferLeaderResponse);
-
-impl Render for Leader {
-    fn json(&self) -> Value {
-        json!({"leader_id": self.0.leader_id, "term": self.0.term})
-    }
-
-    fn text(&self) -> Vec<String> {
-        vec![format!(
-            "leader: node {} (term {})",
-            self.0.leader_id, self.0.term
-        )]
-    }
+pub(super) fn leader(r: &pb::TransferLeaderResponse) -> Answer {
+    let line = format!("leader: member {} (term {})", r.leader_id, r.term);
+    Answer::of(r, vec![line])
 }
 
+fn member_role(role: i32) -> &'static str {
+    pb::MemberRole::try_from(role)
+        .map(|r| r.as_str_name().trim_start_matches("MEMBER_ROLE_"))
+        .unwrap_or("UNKNOWN")
+}
+
+fn raft_role(role: i32) -> &'static str {
+    pb::RaftRole::try_from(role)
+        .map(|r| r.as_str_name().trim_start_matches("RAFT_ROLE_"))
+        .unwrap_or("UNKNOWN")
+}
+
+/// An outcome as text prints it: without the enum's prefix.
 fn outcome_name(outcome: i32) -> &'static str {
     pb::Outcome::try_from(outcome)
-        .map(|o| o.as_str_name())
+        .map(|o| o.short_name())
         .unwrap_or("UNKNOWN_OUTCOME")
-}
-
-fn level_json(level: &Option<pb::StockLevel>) -> Value {
-    match level {
-        Some(l) => json!({
-            "on_hand": l.on_hand, "reserved": l.reserved,
-            "safety_stock": l.safety_stock, "available": l.available,
-        }),
-        None => Value::Null,
-    }
 }
 
 fn level_text(level: &Option<pb::StockLevel>, short: bool) -> String {

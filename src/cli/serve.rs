@@ -18,9 +18,10 @@ use super::{millis, parse_duration};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// This node's id in the cluster (a positive integer).
-    #[arg(long, env = "STOCKRAFT_NODE_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    pub node_id: u64,
+    /// This member's id in the cluster (a positive integer). `--node-id`
+    /// and STOCKRAFT_NODE_ID, its names before, still work for one release.
+    #[arg(long, alias = "node-id", env = "STOCKRAFT_MEMBER_ID", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub member_id: u64,
     /// Address for clients (and, in a cluster, peers, unless
     /// --peer-listen gives them a port of their own).
     #[arg(long, env = "STOCKRAFT_LISTEN", default_value = "127.0.0.1:50051")]
@@ -164,7 +165,7 @@ impl ServeArgs {
             peers,
             join: self.join,
             leader_wait_ms: millis(self.leader_wait),
-            node_id: self.node_id,
+            node_id: self.member_id,
             listen: self.listen,
             data_dir: self.data_dir,
             metrics_listen,
@@ -213,7 +214,7 @@ impl ServeArgs {
                 "--election-ticks must be greater than --heartbeat-ticks"
             ));
         }
-        let mut replica = ReplicaConfig::new(self.node_id);
+        let mut replica = ReplicaConfig::new(self.member_id);
         replica.cluster_id_candidate = rand::random();
         replica.election_tick = self.election_ticks;
         replica.heartbeat_tick = self.heartbeat_ticks;

@@ -6,7 +6,10 @@
 //! Beneath everything that makes calls: the CLI and the load harness call
 //! the public API with it, the server reaches other members with it
 //! (forwarding writes to the leader, Raft traffic, joining, rebuilding),
-//! and tests call servers with it.
+//! and tests call servers with it. `mux/`: one awaited call per operation
+//! for the application, carried over a few `Stream` calls.
+
+pub mod mux;
 
 use std::time::Duration;
 

@@ -49,6 +49,20 @@ pub enum InvalidInput {
         sign: &'static str,
         delta: i64,
     },
+    #[error("{count} {field} asked; at most {max} per call")]
+    TooManyItems {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("the read would answer {rows} (sku, node) rows, more than {max}; ask for fewer SKUs, or name the nodes")]
+    TooManyRows { rows: usize, max: usize },
+    /// What was wrong with one line of a reservation: its index says which.
+    #[error("lines[{index}]: {error}")]
+    InLine {
+        index: usize,
+        error: Box<InvalidInput>,
+    },
 }
 
 /// One line of a reservation after validation. In a [`Reserve`] command the
@@ -250,6 +264,12 @@ pub(crate) fn resolve_ttl(
     Ok(ttl)
 }
 
+fn check_line(line: &Line) -> Result<(), InvalidInput> {
+    check_name("sku", &line.sku)?;
+    check_name("node", &line.node)?;
+    check_range("qty", line.qty, 1, QTY_MAX)
+}
+
 impl Reserve {
     /// Validates a reserve and normalises its lines: quantities of lines that
     /// name the same (sku, node) are summed (bundles), and lines are sorted.
@@ -274,10 +294,11 @@ impl Reserve {
                 max: TTL_MS_MAX,
             });
         }
-        for line in &lines {
-            check_name("sku", &line.sku)?;
-            check_name("node", &line.node)?;
-            check_range("qty", line.qty, 1, QTY_MAX)?;
+        for (index, line) in lines.iter().enumerate() {
+            check_line(line).map_err(|error| InvalidInput::InLine {
+                index,
+                error: Box::new(error),
+            })?;
         }
         let mut sorted = lines;
         sorted.sort();
@@ -447,6 +468,14 @@ mod tests {
         assert_eq!(reserve.lines, vec![line("a", "n1", 1), line("b", "n1", 5)]);
     }
 
+    /// The error of line `index`, which must be where the error was found.
+    fn in_line(index: usize, error: InvalidInput) -> InvalidInput {
+        match error {
+            InvalidInput::InLine { index: at, error } if at == index => *error,
+            other => panic!("expected an error in lines[{index}], got {other:?}"),
+        }
+    }
+
     #[test]
     fn reserve_refuses_bad_input() {
         let ok = vec![line("a", "n", 1)];
@@ -465,15 +494,22 @@ mod tests {
             InvalidInput::NoLines
         );
         assert!(matches!(
-            Reserve::new("o".into(), vec![line("a", "n", 0)], 1).unwrap_err(),
+            in_line(
+                0,
+                Reserve::new("o".into(), vec![line("a", "n", 0)], 1).unwrap_err()
+            ),
+            InvalidInput::OutOfRange { field: "qty", .. }
+        ));
+        let second_bad = vec![line("a", "n", 1), line("b", "n", -5)];
+        assert!(matches!(
+            in_line(1, Reserve::new("o".into(), second_bad, 1).unwrap_err()),
             InvalidInput::OutOfRange { field: "qty", .. }
         ));
         assert!(matches!(
-            Reserve::new("o".into(), vec![line("a", "n", -5)], 1).unwrap_err(),
-            InvalidInput::OutOfRange { field: "qty", .. }
-        ));
-        assert!(matches!(
-            Reserve::new("o".into(), vec![line("", "n", 1)], 1).unwrap_err(),
+            in_line(
+                0,
+                Reserve::new("o".into(), vec![line("", "n", 1)], 1).unwrap_err()
+            ),
             InvalidInput::Empty { field: "sku" }
         ));
         let many = vec![line("a", "n", 1); 1_001];

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::client::mux::Multiplexed;
 use crate::client::Authed;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -158,6 +159,8 @@ fn expire(pending: &Shared, timeout: Duration) {
 pub enum Conn {
     Unary(InventoryClient<Authed>),
     Stream(StreamConn),
+    /// Shared by every client (`--mux`), with the call timeout.
+    Mux(Arc<Multiplexed>, Duration),
 }
 
 fn mismatch() -> Status {
@@ -176,6 +179,7 @@ macro_rules! call {
                     R::$op(response) => Ok(response),
                     _ => Err(mismatch()),
                 },
+                Conn::Mux(mux, timeout) => mux.$name(request, *timeout).await,
             }
         }
     };
@@ -198,6 +202,7 @@ impl Conn {
     pub async fn call(&self, op: Op) -> Result<R, Status> {
         match self {
             Conn::Stream(stream) => stream.call(op).await,
+            Conn::Mux(mux, timeout) => mux.call(op, *timeout).await,
             Conn::Unary(client) => {
                 let mut client = client.clone();
                 match op {
@@ -220,7 +225,7 @@ impl Conn {
     pub fn stream_channel(&self) -> Option<Authed> {
         match self {
             Conn::Stream(stream) => Some(stream.channel.clone()),
-            Conn::Unary(_) => None,
+            Conn::Unary(_) | Conn::Mux(..) => None,
         }
     }
 

@@ -75,11 +75,15 @@ pub(super) async fn connect(config: &LoadConfig) -> Result<Connected, LoadError>
     }
 }
 
-/// One connection per client, client `i` to `targets[i % targets.len()]`.
+/// One connection per client, client `i` to `targets[i % targets.len()]`;
+/// with `--mux`, one multiplexer over the targets that every client shares.
 pub(super) async fn open_conns(
     config: &LoadConfig,
     targets: &[String],
 ) -> Result<Vec<Arc<Conn>>, LoadError> {
+    if let Some(streams) = config.mux {
+        return open_mux(config, targets, streams).await;
+    }
     let mut conns = Vec::with_capacity(config.clients);
     for i in 0..config.clients {
         let addr = &targets[i % targets.len()];
@@ -109,6 +113,34 @@ pub(super) async fn open_conns(
         conns.push(Arc::new(conn));
     }
     Ok(conns)
+}
+
+async fn open_mux(
+    config: &LoadConfig,
+    targets: &[String],
+    streams: usize,
+) -> Result<Vec<Arc<Conn>>, LoadError> {
+    let mut members = Vec::with_capacity(targets.len());
+    for addr in targets {
+        let channel =
+            config
+                .dial(addr, config.call_timeout)
+                .await
+                .map_err(|e| LoadError::Unreachable {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        members.push(channel);
+    }
+    let mux = Arc::new(crate::client::mux::Multiplexed::new(
+        members,
+        crate::client::mux::MuxConfig {
+            streams: streams.max(1),
+            ..crate::client::mux::MuxConfig::default()
+        },
+    ));
+    let conn = Arc::new(Conn::Mux(mux, config.call_timeout));
+    Ok(vec![conn; config.clients])
 }
 
 /// Makes one call on every connection before the clock starts. The first

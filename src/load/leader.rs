@@ -151,7 +151,7 @@ pub(super) async fn find_leader(
             match status
                 .members
                 .iter()
-                .find(|m| m.node_id == status.leader_id)
+                .find(|m| m.member_id == status.leader_id)
             {
                 // Just after the leader died its followers still name it,
                 // until their election timeout: keep asking until the one

@@ -222,6 +222,7 @@ mod tests {
             seed: true,
             ttl_ms: 1,
             stream: false,
+            mux: None,
             call_timeout: Duration::from_secs(1),
             json: None,
             report: None,

@@ -129,6 +129,10 @@ pub struct LoadConfig {
     pub seed: bool,
     pub ttl_ms: u64,
     pub stream: bool,
+    /// Some(streams): every client calls one operation at a time through
+    /// one shared `client::mux::Multiplexed` over that many streams, as an
+    /// application written one call at a time would with the Rust client.
+    pub mux: Option<usize>,
     pub call_timeout: Duration,
     pub json: Option<PathBuf>,
     pub report: Option<PathBuf>,
@@ -187,7 +191,7 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// An outcome's name, as the report lists it.
 fn outcome_name(code: i32) -> &'static str {
     pb::Outcome::try_from(code)
-        .map(|o| o.as_str_name())
+        .map(|o| o.short_name())
         .unwrap_or("UNKNOWN_OUTCOME")
 }
 

@@ -41,6 +41,7 @@ pub(super) async fn seed(
         &LoadConfig {
             clients: SEED_STREAMS,
             stream: true,
+            mux: None,
             ..config.clone()
         },
         targets,

@@ -24,7 +24,9 @@ use futures_util::future::Either;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::Status;
+use tonic::{Code, Status};
+
+use super::status::Problem;
 
 use crate::tls::member_of_certificate;
 
@@ -184,21 +186,34 @@ fn check<B>(tokens: &Tokens, request: &http::Request<B>) -> Result<(), Status> {
         match bearer {
             Some(token) => tokens.role_of(token.trim()),
             None if is_member(request) => Some(Role::Admin),
-            None => return Err(Status::unauthenticated(
+            None => return Err(Problem::new(
+                Code::Unauthenticated,
+                "TOKEN_MISSING",
                 "this call needs a token: send `authorization: Bearer TOKEN` (stockraft --token)",
-            )),
+            )
+            .into_status()),
         };
     let Some(role) = role else {
-        return Err(Status::unauthenticated(
+        return Err(Problem::new(
+            Code::Unauthenticated,
+            "TOKEN_UNKNOWN",
             "the token is not one this server accepts",
-        ));
+        )
+        .into_status());
     };
     if role < needed {
-        return Err(Status::permission_denied(format!(
-            "this call needs the {} role; the token has {}",
-            needed.name(),
-            role.name()
-        )));
+        return Err(Problem::new(
+            Code::PermissionDenied,
+            "ROLE_TOO_LOW",
+            format!(
+                "this call needs the {} role; the token has {}",
+                needed.name(),
+                role.name()
+            ),
+        )
+        .fact("role", role.name())
+        .fact("role_needed", needed.name())
+        .into_status());
     }
     Ok(())
 }

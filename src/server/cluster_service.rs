@@ -3,16 +3,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::forward::{Forwarder, Route};
 use super::node::{NodeHandle, SubmitError};
-use super::status;
+use super::status::{self, Problem};
 use crate::proto::v1 as pb;
 use crate::proto::v1::cluster_client::ClusterClient;
 use crate::proto::v1::cluster_server::Cluster;
 use crate::replica::membership::Member;
-use crate::replica::{MembershipAnswer, MembershipChange, ProposeError};
+use crate::replica::{MembershipAnswer, MembershipChange, ProposeError, Role};
 
 pub(crate) struct ClusterService {
     node: NodeHandle,
@@ -29,23 +29,23 @@ impl ClusterService {
         let mut out = Vec::new();
         for (id, member) in &view.members {
             let role = if view.conf_state.voters.contains(id) {
-                "VOTER"
+                pb::MemberRole::Voter
             } else if view.conf_state.learners.contains(id) {
-                "LEARNER"
+                pb::MemberRole::Learner
             } else {
-                "JOINING"
+                pb::MemberRole::Joining
             };
             out.push(pb::Member {
-                node_id: *id,
+                member_id: *id,
                 address: member.address.clone(),
-                role: role.into(),
                 peer_address: member.peer_address.clone(),
+                role: role as i32,
             });
         }
         out
     }
 
-    async fn change(&self, change: MembershipChange) -> Result<pb::MembershipResponse, Status> {
+    async fn change(&self, change: MembershipChange) -> Result<Changed, Status> {
         let deadline = Instant::now() + self.forwarder.budget;
         loop {
             match self.node.change_membership(change.clone()).await {
@@ -62,10 +62,9 @@ impl ClusterService {
                         }
                     };
                     if done {
-                        return Ok(pb::MembershipResponse {
+                        return Ok(Changed {
                             members: self.members(),
                             index: 0,
-                            leadership_moved_to: 0,
                         });
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -76,18 +75,23 @@ impl ClusterService {
                     // one until it applied its first entry (just after a
                     // hand-over, say): usually over within a round trip.
                     if Instant::now() >= deadline {
-                        return Err(Status::failed_precondition(format!(
-                            "the leader refused the change: {reason}; retry when it is done"
-                        )));
+                        return Err(Problem::new(
+                            Code::FailedPrecondition,
+                            "CHANGE_REFUSED",
+                            format!(
+                                "the leader refused the change: {reason}; retry when it is done"
+                            ),
+                        )
+                        .into_status());
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(SubmitError::Propose(ProposeError::RemovesLeader)) => {
                     // Leadership came back to the node being removed
                     // between its hand-over and this proposal.
-                    return Err(Status::unavailable(
-                        "the node to remove leads again; retry, and it will hand leadership over first",
-                    ));
+                    return Err(status::submit(SubmitError::Propose(
+                        ProposeError::RemovesLeader,
+                    )));
                 }
                 Err(e) => return Err(status::submit(e)),
             }
@@ -101,12 +105,22 @@ impl ClusterService {
         let view = self.node.members();
         let is_voter = view.conf_state.voters.contains(&node_id);
         if !is_voter && !view.conf_state.learners.contains(&node_id) {
-            return Err(Status::not_found(format!("node {node_id} is not a member")));
+            return Err(Problem::new(
+                Code::NotFound,
+                "MEMBER_NOT_FOUND",
+                format!("member {node_id} is not a member"),
+            )
+            .fact("member_id", node_id)
+            .into_status());
         }
         if is_voter && view.conf_state.voters.len() == 1 {
-            return Err(Status::failed_precondition(
+            return Err(Problem::new(
+                Code::FailedPrecondition,
+                "LAST_VOTER",
                 "it is the last voter; a cluster cannot remove its only voter",
-            ));
+            )
+            .fact("member_id", node_id)
+            .into_status());
         }
         Ok(())
     }
@@ -130,9 +144,12 @@ impl ClusterService {
             {
                 Some(target) => target,
                 None if self.node.status().is_leader => {
-                    return Err(Status::failed_precondition(
-                        "this node leads and no other voter can take over",
-                    ))
+                    return Err(Problem::new(
+                        Code::FailedPrecondition,
+                        "NO_SUCCESSOR",
+                        "this member leads and no other voter can take over",
+                    )
+                    .into_status())
                 }
                 None => return Ok(()),
             };
@@ -142,9 +159,13 @@ impl ClusterService {
             );
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
-                return Err(Status::unavailable(format!(
-                    "leadership did not move to node {asked} in time, so this leader was not removed; retry"
-                )));
+                return Err(Problem::new(
+                    Code::Unavailable,
+                    "LEADERSHIP_NOT_MOVED",
+                    format!("leadership did not move to member {asked} in time, so this leader was not removed; retry"),
+                )
+                .fact("member_id", asked)
+                .into_status());
             }
             let _ =
                 tokio::time::timeout(wait.min(Duration::from_millis(500)), watch.changed()).await;
@@ -152,40 +173,64 @@ impl ClusterService {
     }
 }
 
-fn membership_response(answer: MembershipAnswer) -> pb::MembershipResponse {
+/// The members and the index of an applied change, for either answer.
+struct Changed {
+    members: Vec<pb::Member>,
+    index: u64,
+}
+
+fn membership_response(answer: MembershipAnswer) -> Changed {
     let members = answer
         .members
         .iter()
         .map(|(id, member)| pb::Member {
-            node_id: *id,
+            member_id: *id,
             address: member.address.clone(),
-            role: if answer.voters.contains(id) {
-                "VOTER".into()
-            } else {
-                "LEARNER".into()
-            },
             peer_address: member.peer_address.clone(),
+            role: if answer.voters.contains(id) {
+                pb::MemberRole::Voter as i32
+            } else {
+                pb::MemberRole::Learner as i32
+            },
         })
         .collect();
-    pb::MembershipResponse {
+    Changed {
         members,
         index: answer.index,
-        leadership_moved_to: 0,
     }
 }
 
-fn check_address(address: &str) -> Result<(), Status> {
-    let Some((host, port)) = address.rsplit_once(':') else {
-        return Err(Status::invalid_argument(format!(
-            "address {address:?} is not HOST:PORT"
-        )));
+fn check_address(field: &'static str, address: &str) -> Result<(), Status> {
+    let well_formed = match address.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
     };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(Status::invalid_argument(format!(
-            "address {address:?} is not HOST:PORT"
-        )));
+    if well_formed {
+        return Ok(());
     }
-    Ok(())
+    Err(Problem::new(
+        Code::InvalidArgument,
+        "ADDRESS_MALFORMED",
+        format!("{field} {address:?} is not HOST:PORT"),
+    )
+    .field(field)
+    .into_status())
+}
+
+/// A member id must be positive (0 means "none" in answers).
+fn check_member_id(member_id: u64) -> Result<(), Status> {
+    if member_id > 0 {
+        return Ok(());
+    }
+    Err(Problem::new(
+        Code::InvalidArgument,
+        "VALUE_OUT_OF_RANGE",
+        "member_id must be positive",
+    )
+    .fact("value", 0)
+    .fact("min", 1)
+    .field("member_id")
+    .into_status())
 }
 
 #[tonic::async_trait]
@@ -207,10 +252,10 @@ impl Cluster for ClusterService {
             s.applied_index
         };
         Ok(Response::new(pb::ClusterStatusResponse {
-            node_id: s.id,
+            member_id: s.id,
             leader_id: s.leader_id,
             term: s.term,
-            role: s.role.name().into(),
+            role: raft_role(s.role) as i32,
             commit_index: s.commit_index,
             applied_index,
             last_index: s.last_index,
@@ -231,15 +276,13 @@ impl Cluster for ClusterService {
     async fn add_member(
         &self,
         request: Request<pb::AddMemberRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
         let origin = Forwarder::origin(request.metadata(), None);
         let r = request.into_inner();
-        if r.node_id == 0 {
-            return Err(Status::invalid_argument("node_id must be positive"));
-        }
-        check_address(&r.address)?;
+        check_member_id(r.member_id)?;
+        check_address("address", &r.address)?;
         if !r.peer_address.is_empty() {
-            check_address(&r.peer_address)?;
+            check_address("peer_address", &r.peer_address)?;
         }
         let deadline = Instant::now() + self.forwarder.budget;
         if let Route::Leader { channel, .. } =
@@ -251,26 +294,34 @@ impl Cluster for ClusterService {
         }
         let member = Member::of(&r.address, &r.peer_address);
         let view = self.node.members();
-        if view.conf_state.voters.contains(&r.node_id) {
-            if view.members.get(&r.node_id) == Some(&member) {
-                return Ok(Response::new(pb::MembershipResponse {
+        if view.conf_state.voters.contains(&r.member_id) {
+            if view.members.get(&r.member_id) == Some(&member) {
+                return Ok(Response::new(pb::AddMemberResponse {
                     members: self.members(),
                     index: 0,
-                    leadership_moved_to: 0,
                 }));
             }
-            return Err(Status::already_exists(format!(
-                "node {} is already a member at other addresses; remove it first",
-                r.node_id
-            )));
+            return Err(Problem::new(
+                Code::AlreadyExists,
+                "MEMBER_EXISTS",
+                format!(
+                    "member {} is already a member at other addresses; remove it first",
+                    r.member_id
+                ),
+            )
+            .fact("member_id", r.member_id)
+            .into_status());
         }
         let answer = self
             .change(MembershipChange::Add {
-                node_id: r.node_id,
+                node_id: r.member_id,
                 member,
             })
             .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(pb::AddMemberResponse {
+            members: answer.members,
+            index: answer.index,
+        }))
     }
 
     /// A leader never removes itself (raft-rs would leave it leading a
@@ -281,10 +332,10 @@ impl Cluster for ClusterService {
     async fn remove_member(
         &self,
         request: Request<pb::RemoveMemberRequest>,
-    ) -> Result<Response<pb::MembershipResponse>, Status> {
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let origin = Forwarder::origin(request.metadata(), None);
         let r = request.into_inner();
-        let node_id = r.node_id;
+        let node_id = r.member_id;
         let deadline = Instant::now() + self.forwarder.budget;
         // Whether this node, the one to remove, led and handed over.
         let mut handed_over = false;
@@ -312,7 +363,11 @@ impl Cluster for ClusterService {
             self.check_removable(node_id)?;
             if node_id != self.node.status().id {
                 let answer = self.change(MembershipChange::Remove { node_id }).await?;
-                return Ok(Response::new(answer));
+                return Ok(Response::new(pb::RemoveMemberResponse {
+                    members: answer.members,
+                    index: answer.index,
+                    leadership_moved_to: 0,
+                }));
             }
             self.hand_over(deadline).await?;
             handed_over = true;
@@ -333,16 +388,22 @@ impl Cluster for ClusterService {
             Forwarder::mark(&mut call, deadline, &origin);
             return ClusterClient::new(channel).transfer_leader(call).await;
         }
-        if !self.node.members().conf_state.voters.contains(&r.node_id) {
-            return Err(Status::failed_precondition(format!(
-                "node {} is not a voter; only a voter can lead",
-                r.node_id
-            )));
+        if !self.node.members().conf_state.voters.contains(&r.member_id) {
+            return Err(Problem::new(
+                Code::FailedPrecondition,
+                "NOT_A_VOTER",
+                format!(
+                    "member {} is not a voter; only a voter can lead",
+                    r.member_id
+                ),
+            )
+            .fact("member_id", r.member_id)
+            .into_status());
         }
         let mut watch = self.node.status_watch();
         loop {
             let s = *watch.borrow_and_update();
-            if s.leader_id == r.node_id {
+            if s.leader_id == r.member_id {
                 return Ok(Response::new(pb::TransferLeaderResponse {
                     leader_id: s.leader_id,
                     term: s.term,
@@ -350,18 +411,34 @@ impl Cluster for ClusterService {
             }
             if s.is_leader {
                 self.node
-                    .transfer_leader(r.node_id)
+                    .transfer_leader(r.member_id)
                     .map_err(status::submit)?;
             }
             let wait = deadline.saturating_duration_since(Instant::now());
             if wait.is_zero() {
-                return Err(Status::deadline_exceeded(format!(
-                    "leadership did not move to node {} in time (is it up and caught up?)",
-                    r.node_id
-                )));
+                return Err(Problem::new(
+                    Code::DeadlineExceeded,
+                    "LEADERSHIP_NOT_MOVED",
+                    format!(
+                        "leadership did not move to member {} in time (is it up and caught up?)",
+                        r.member_id
+                    ),
+                )
+                .fact("member_id", r.member_id)
+                .into_status());
             }
             let _ =
                 tokio::time::timeout(wait.min(Duration::from_millis(500)), watch.changed()).await;
         }
+    }
+}
+
+/// The wire value of a replica's Raft role.
+fn raft_role(role: Role) -> pb::RaftRole {
+    match role {
+        Role::Follower => pb::RaftRole::Follower,
+        Role::PreCandidate => pb::RaftRole::PreCandidate,
+        Role::Candidate => pb::RaftRole::Candidate,
+        Role::Leader => pb::RaftRole::Leader,
     }
 }

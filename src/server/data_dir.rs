@@ -113,7 +113,7 @@ async fn join(
     let mut members: Members = status
         .members
         .iter()
-        .map(|m| (m.node_id, Member::of(&m.address, &m.peer_address)))
+        .map(|m| (m.member_id, Member::of(&m.address, &m.peer_address)))
         .collect();
     members.insert(id, advertise.clone());
     let cluster_id = membership::cluster_id_from_hex(&status.cluster_id);

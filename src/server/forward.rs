@@ -99,20 +99,14 @@ impl Forwarder {
             let wait = deadline.saturating_duration_since(Instant::now());
             match self.node.wait_for_leader(wait).await {
                 Some(id) => id,
-                None => {
-                    return Err(Status::unavailable(
-                        "no leader is known (an election is under way or a majority of nodes is down); retry with the same id",
-                    ))
-                }
+                None => return Err(super::status::no_leader()),
             }
         };
         if leader == status.id {
             return Ok(Route::Here);
         }
         if forwarded {
-            return Err(Status::unavailable(format!(
-                "this node is not the leader (node {leader} is) and the call was already forwarded once; retry with the same id"
-            )));
+            return Err(super::status::forwarded_twice(leader));
         }
         let Some(address) = self
             .node
@@ -121,26 +115,31 @@ impl Forwarder {
             .get(&leader)
             .map(|m| m.address.clone())
         else {
-            return Err(Status::unavailable(format!(
-                "the leader is node {leader} but its address is not known here yet; retry shortly"
-            )));
+            return Err(super::status::leader_unreachable(
+                leader,
+                "its address is not known here yet",
+            ));
         };
+        let channel = self
+            .channel(&address)
+            .map_err(|why| super::status::leader_unreachable(leader, why))?;
         Ok(Route::Leader {
             id: leader,
-            channel: self.channel(&address)?,
+            channel,
         })
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, Status> {
+    /// A channel to `address`, made once and kept.
+    fn channel(&self, address: &str) -> Result<Channel, String> {
         let mut channels = self
             .channels
             .lock()
-            .map_err(|_| Status::internal("forwarding table poisoned"))?;
+            .map_err(|_| "the forwarding table is poisoned".to_string())?;
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
         let endpoint = crate::client::endpoint(address, self.tls.clone())
-            .map_err(|e| Status::internal(format!("cannot reach the leader at {address:?}: {e}")))?
+            .map_err(|e| format!("its address {address:?} is refused: {e}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();

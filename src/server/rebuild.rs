@@ -125,7 +125,7 @@ async fn current_members(
                 let members = s
                     .members
                     .iter()
-                    .map(|m| (m.node_id, Member::of(&m.address, &m.peer_address)))
+                    .map(|m| (m.member_id, Member::of(&m.address, &m.peer_address)))
                     .collect();
                 return Ok((members, cluster_id_from_hex(&s.cluster_id)));
             }

@@ -36,6 +36,10 @@ use crate::proto::v1::cluster_server::ClusterServer;
 use crate::proto::v1::inventory_server::InventoryServer;
 
 const INVENTORY_SERVICE: &str = "stockraft.v1.Inventory";
+/// A health entry SERVING only on the member that leads and is ready:
+/// clients find the leader with the standard health call (no token, no
+/// Cluster role needed) and send their writes there, sparing a forward.
+const LEADER_SERVICE: &str = "stockraft.v1.Leader";
 
 /// How long the peer listener (`--peer-listen`) gets to close its
 /// connections once the node has stopped.
@@ -195,10 +199,24 @@ impl Services {
     }
 }
 
-/// Sets the health of the whole server and of the Inventory service.
+/// Sets the health of the whole server and of the Inventory service; a
+/// member that does not serve does not lead either.
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
     health.set_service_status(INVENTORY_SERVICE, status).await;
+    if status != ServingStatus::Serving {
+        health
+            .set_service_status(LEADER_SERVICE, ServingStatus::NotServing)
+            .await;
+    }
+}
+
+fn serving_if(yes: bool) -> ServingStatus {
+    if yes {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
 }
 
 /// Health follows the replica: SERVING when it can answer (a leader is
@@ -210,19 +228,23 @@ async fn follow_readiness(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut serving = None;
+    let mut leading = None;
     loop {
         let now = handle.is_ready();
         if serving != Some(now) {
-            let value = if now {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_health(&health, value).await;
+            set_health(&health, serving_if(now)).await;
             if now {
                 tracing::info!("ready: serving requests");
             }
             serving = Some(now);
+            leading = None;
+        }
+        let leads = now && handle.status().is_leader;
+        if leading != Some(leads) {
+            health
+                .set_service_status(LEADER_SERVICE, serving_if(leads))
+                .await;
+            leading = Some(leads);
         }
         tokio::select! {
             changed = status.changed() => if changed.is_err() { return },

@@ -153,7 +153,7 @@ impl Sim {
             self.drive_clients(rng);
             self.node_turns()?;
             self.checker.step(self.now_ms, &view(&self.nodes))?;
-            if self.now_ms % TICK_MS == 0 {
+            if self.now_ms.is_multiple_of(TICK_MS) {
                 self.inject_faults(rng);
                 self.checker.compare_digests(&view(&self.nodes))?;
             }

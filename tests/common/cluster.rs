@@ -208,7 +208,7 @@ impl Cluster {
         let mut command = Command::new(BIN);
         command
             .arg("serve")
-            .arg("--node-id")
+            .arg("--member-id")
             .arg(id.to_string())
             .arg("--listen")
             .arg(&node.addr)

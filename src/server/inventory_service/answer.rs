@@ -48,7 +48,7 @@ pub(super) fn state(state: ReservationState) -> i32 {
 /// The answer did not match the command: a bug, never input.
 fn mismatch(applied: Applied) -> Status {
     tracing::error!(?applied, "answer does not match its command");
-    Status::internal("internal error: answer does not match its command")
+    status::internal("answer does not match its command")
 }
 
 /// The answer of a Sell, Adjust or SetOnHand: outcome, level, short.

@@ -106,7 +106,7 @@ impl Meters {
                 by_outcome.push(metrics::counter!(
                     "stockraft_outcomes_total",
                     "method" => name,
-                    "outcome" => outcome.as_str_name()
+                    "outcome" => outcome.short_name()
                 ));
             }
             outcomes.push(by_outcome);

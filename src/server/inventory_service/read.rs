@@ -137,22 +137,24 @@ pub fn checked_availability_request(r: &mut pb::GetAvailabilityRequest) -> Resul
         return Err(status::invalid(InvalidInput::Empty { field: "skus" }));
     }
     if r.skus.len() > SKUS_PER_READ_MAX {
-        return Err(Status::invalid_argument(format!(
-            "{} skus asked; at most {SKUS_PER_READ_MAX} per call",
-            r.skus.len()
-        )));
+        return Err(status::invalid(InvalidInput::TooManyItems {
+            field: "skus",
+            count: r.skus.len(),
+            max: SKUS_PER_READ_MAX,
+        }));
     }
     if r.nodes.len() > NODES_PER_READ_MAX {
-        return Err(Status::invalid_argument(format!(
-            "{} nodes asked; at most {NODES_PER_READ_MAX} per call",
-            r.nodes.len()
-        )));
+        return Err(status::invalid(InvalidInput::TooManyItems {
+            field: "nodes",
+            count: r.nodes.len(),
+            max: NODES_PER_READ_MAX,
+        }));
     }
-    for sku in &r.skus {
-        check_name("sku", sku).map_err(status::invalid)?;
+    for (index, sku) in r.skus.iter().enumerate() {
+        check_name("sku", sku).map_err(|e| status::invalid_element("skus", index, e))?;
     }
-    for node in &r.nodes {
-        check_name("node", node).map_err(status::invalid)?;
+    for (index, node) in r.nodes.iter().enumerate() {
+        check_name("node", node).map_err(|e| status::invalid_element("nodes", index, e))?;
     }
     dedup_in_order(&mut r.skus);
     dedup_in_order(&mut r.nodes);
@@ -164,10 +166,10 @@ pub fn checked_availability_request(r: &mut pb::GetAvailabilityRequest) -> Resul
 }
 
 fn too_many_rows(rows: usize) -> Status {
-    Status::invalid_argument(format!(
-        "the read would answer {rows} (sku, node) rows, more than {AVAILABILITY_ROWS_MAX}; \
-         ask for fewer SKUs, or name the nodes"
-    ))
+    status::invalid(InvalidInput::TooManyRows {
+        rows,
+        max: AVAILABILITY_ROWS_MAX,
+    })
 }
 
 /// Keeps the first of each repeated name.

@@ -267,9 +267,7 @@ impl Session {
                     error,
                     command: None,
                 })) => stream_error(status::submit(SubmitError::Propose(error))),
-                None => stream_error(Status::internal(
-                    "internal error: an operation of the stream got no answer",
-                )),
+                None => stream_error(status::internal("an operation of the stream got no answer")),
             };
             responses.push(Ok(pb::StreamResponse {
                 id: op.id,

@@ -23,10 +23,13 @@ use crate::server::status;
 use pb::stream_request::Op;
 use pb::stream_response::Result as R;
 
+/// The status of one operation of a stream, with the same google.rpc
+/// details a unary call carries in its `grpc-status-details-bin` trailer.
 pub(super) fn stream_error(status: Status) -> R {
     R::Error(pb::StreamError {
         code: status.code() as i32,
         message: status.message().to_string(),
+        details: status::details_of(&status),
     })
 }
 
@@ -47,9 +50,7 @@ pub(super) async fn run_stream_op(
         stream_result(result.map(Response::into_inner), wrap)
     }
     let result = match request.op {
-        None => stream_error(Status::invalid_argument(
-            "a stream request needs an operation",
-        )),
+        None => stream_error(status::operation_missing()),
         Some(Op::Reserve(r)) => done(service.reserve(Request::new(r)).await, R::Reserve),
         Some(Op::Commit(r)) => done(service.commit(Request::new(r)).await, R::Commit),
         Some(Op::Release(r)) => done(service.release(Request::new(r)).await, R::Release),
@@ -95,11 +96,7 @@ pub(super) enum Step {
 pub(super) fn stream_step(service: &InventoryService, leading: bool, op: Option<Op>) -> Step {
     let api = service.api;
     let built: Result<(Command, Shape), Status> = match op {
-        None => {
-            return Step::Answered(stream_error(Status::invalid_argument(
-                "a stream request needs an operation",
-            )))
-        }
+        None => return Step::Answered(stream_error(status::operation_missing())),
         Some(Op::GetAvailability(mut r)) => {
             if r.consistency != pb::Consistency::Local as i32 {
                 return Step::Alone(Some(Op::GetAvailability(r)));
