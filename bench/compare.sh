@@ -152,6 +152,11 @@ stop_last; say "stockraft 1 node, Stream, 16 x 16 in flight, spread" "${R[sr1_st
 # client pipelines 16: the like-for-like setup for the pipelined figure.
 one_node; read -r R[sr1_stream64] _ < <(sr_load 127.0.0.1:26051 --clients 64 --in-flight 16 --stream --skus 100000 --stock 1000000000)
 stop_last; say "stockraft 1 node, Stream, 64 x 16 in flight, spread" "${R[sr1_stream64]}"
+# 64 callers of one call at a time, as the unary row, through the Rust
+# client's multiplexer (two streams): what an application written one
+# call at a time gets.
+one_node; read -r R[sr1_mux] _ < <(sr_load 127.0.0.1:26051 --clients 64 --mux --skus 100000 --stock 1000000000)
+stop_last; say "stockraft 1 node, 64 callers multiplexed over 2 streams, spread" "${R[sr1_mux]}"
 one_node; read -r R[sr1_hot] _ < <(sr_load 127.0.0.1:26051 --clients 64 --skus 1 --zipf 0 --stock 1000000000)
 stop_last; say "stockraft 1 node, unary, 64 clients, one hot SKU" "${R[sr1_hot]}"
 half=$(( R[sr1_unary] / 2 ))
@@ -244,17 +249,19 @@ python3 - "${R[ceil_unary]}" "${R[ceil_stream]}" "${R[redis_spread]}" "${R[redis
   "${R[redis_always]}" "${R[pg_spread]}" "${R[pg_hot]}" "${R[sr1_unary]}" "${R[sr1_stream]}" "${R[sr1_hot]}" \
   "${R[sr1_p99_half]}" "${R[sr3_unary]}" "${R[sr3_stream]}" "${R[ceil_p99_half]}" "${R[sr1_over5_half]}" \
   "${R[sr1_stream64]}" "${R[dur_unary]}" "${R[dur_stream64]}" \
-  "${R[tls1_unary]}" "${R[tls1_stream]}" "${R[tls3_unary]}" "${R[tls3_stream]}" <<'PY'
+  "${R[tls1_unary]}" "${R[tls1_stream]}" "${R[tls3_unary]}" "${R[tls3_stream]}" "${R[sr1_mux]}" <<'PY'
 import sys
 (ceil_u, ceil_s, r_spread, r_hot, r_pipe, r_always, pg_spread, pg_hot,
  s1u, s1s, s1hot, p99half, s3u, s3s, ceil_p99half, over5half, s1s64,
- dur_u, dur_s64, t1u, t1s, t3u, t3s) = [float(x) for x in sys.argv[1:]]
+ dur_u, dur_s64, t1u, t1s, t3u, t3s, s1mux) = [float(x) for x in sys.argv[1:]]
 rows = [
   ("1 node unary vs tonic ceiling", s1u / ceil_u, ">= 0.85"),
   ("  durable trivial service, unary, vs tonic ceiling", dur_u / ceil_u, "(the floor of durability)"),
   ("  1 node unary vs the durable trivial service", s1u / dur_u, "(reference)"),
   ("1 node unary vs Redis fsync always", s1u / r_always, "~1.4 implied"),
   ("1 node unary vs PostgreSQL spread", s1u / pg_spread, "~3 implied"),
+  ("1 node, 64 callers multiplexed vs Redis Lua unary (spread)", s1mux / r_spread, ">= 1.5"),
+  ("  the same vs stockraft plain unary", s1mux / s1u, "(reference)"),
   ("1 node Stream vs Redis pipelined (fsync every second)", s1s / r_pipe, ">= 2"),
   ("  the same, 64 x 16 in flight as Redis's 64 x 16 pipelined", s1s64 / r_pipe, ">= 2"),
   ("  durable trivial service, 64 x 16 streams, vs Redis pipelined", dur_s64 / r_pipe, "(reference)"),
