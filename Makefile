@@ -42,7 +42,9 @@ BUF := tools/node_modules/.bin/buf
 BUF_BASELINE := baseline/stockraft-v1.json
 
 $(BUF): tools/package.json tools/package-lock.json
-	@command -v npm >/dev/null 2>&1 || { echo "npm is missing: apt-get install nodejs npm"; exit 1; }
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing nodejs and npm (for buf)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
 	npm ci --prefix tools --no-audit --no-fund --loglevel=error
 	@touch $@
 

@@ -26,14 +26,23 @@ CLIENTS_TS_GEN := $(CLIENTS_TS)/src/gen/.stamp-generated
 
 clients-deps: $(CLIENTS_PY_DEPS) $(CLIENTS_TS_DEPS)
 
+# Debian's own Python keeps venv in a package of its own: installed when
+# missing, as the top-level Makefile installs what the build needs.
+CLIENTS_SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+
 $(CLIENTS_PY_DEPS): $(CLIENTS_PY)/requirements.txt
 	@command -v $(CLIENTS_PYTHON) >/dev/null || { echo "clients: $(CLIENTS_PYTHON) is missing (Python 3.11 with venv)"; exit 1; }
+	@$(CLIENTS_PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "clients: installing python3-venv"; \
+	  $(CLIENTS_SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(CLIENTS_SUDO) apt-get install -y -qq python3-venv >/dev/null; }
 	test -x $(CLIENTS_PY)/.venv/bin/python || $(CLIENTS_PYTHON) -m venv $(CLIENTS_PY)/.venv
 	$(CLIENTS_PY)/.venv/bin/python -m pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
 $(CLIENTS_TS_DEPS): $(CLIENTS_TS)/package-lock.json
-	@command -v npm >/dev/null || { echo "clients: npm is missing (Node.js 20)"; exit 1; }
+	@command -v npm >/dev/null || { \
+	  echo "clients: installing nodejs and npm"; \
+	  $(CLIENTS_SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(CLIENTS_SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
 	cd $(CLIENTS_TS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 

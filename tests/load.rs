@@ -140,6 +140,14 @@ async fn reserve_over_unary_calls_seeds_reserves_and_verifies() {
     reserve_seeds_reserves_and_verifies(&["--clients", "4"]).await;
 }
 
+/// The same through the Rust client's multiplexer (`--mux`): 16 callers
+/// of one call at a time share two streams (the row of compare.sh that
+/// measures it).
+#[tokio::test]
+async fn reserve_through_the_multiplexer_seeds_reserves_and_verifies() {
+    reserve_seeds_reserves_and_verifies(&["--clients", "16", "--mux"]).await;
+}
+
 /// Runs `stockraft load --workload reserve` against `addr` with `args`,
 /// its report written to `json`; fails the test with the run's output
 /// when the run fails.
