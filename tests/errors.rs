@@ -126,18 +126,7 @@ async fn streamed(c: &mut InventoryClient<Channel>, ops: Vec<Option<Op>>) -> Vec
     let mut by_id: Vec<Option<Status>> = vec![None; count];
     while let Some(answer) = answers.message().await.expect("stream answers") {
         let status = match answer.result {
-            Some(R::Error(e)) => {
-                let encoded = tonic_types::Status {
-                    code: e.code,
-                    message: e.message.clone(),
-                    details: e.details,
-                };
-                Status::with_details(
-                    Code::from_i32(e.code),
-                    e.message,
-                    prost::Message::encode_to_vec(&encoded).into(),
-                )
-            }
+            Some(R::Error(e)) => stockraft::client::mux::status_of(e),
             other => panic!("operation {} was not refused: {other:?}", answer.id),
         };
         by_id[answer.id as usize] = Some(status);

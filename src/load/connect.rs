@@ -88,14 +88,7 @@ pub(super) async fn open_conns(
     for i in 0..config.clients {
         let addr = &targets[i % targets.len()];
         // One connection per client, as each client of a real fleet has.
-        let channel =
-            config
-                .dial(addr, config.call_timeout)
-                .await
-                .map_err(|e| LoadError::Unreachable {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
+        let channel = dial(config, addr).await?;
         let conn = if config.stream {
             Conn::Stream(
                 StreamConn::open(channel, config.call_timeout)
@@ -115,6 +108,17 @@ pub(super) async fn open_conns(
     Ok(conns)
 }
 
+/// A connection to `addr`, or why there is none.
+async fn dial(config: &LoadConfig, addr: &str) -> Result<crate::client::Authed, LoadError> {
+    config
+        .dial(addr, config.call_timeout)
+        .await
+        .map_err(|e| LoadError::Unreachable {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 async fn open_mux(
     config: &LoadConfig,
     targets: &[String],
@@ -122,15 +126,7 @@ async fn open_mux(
 ) -> Result<Vec<Arc<Conn>>, LoadError> {
     let mut members = Vec::with_capacity(targets.len());
     for addr in targets {
-        let channel =
-            config
-                .dial(addr, config.call_timeout)
-                .await
-                .map_err(|e| LoadError::Unreachable {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
-        members.push(channel);
+        members.push(dial(config, addr).await?);
     }
     let mux = Arc::new(crate::client::mux::Multiplexed::new(
         members,
