@@ -165,12 +165,26 @@ async fn json_is_the_proto3_mapping() {
 async fn the_server_list_finds_the_leader() {
     let cluster = Cluster::start(3, &[]);
     let leader = cluster.wait_leader(Duration::from_secs(20)).await.unwrap();
-    for id in 1..=3 {
-        let leads = common::health(&cluster.addr(id), "stockraft.v1.Leader")
-            .await
-            .unwrap();
-        let serving = leads == tonic_health::pb::health_check_response::ServingStatus::Serving;
-        assert_eq!(serving, id == leader, "member {id}, leader {leader}");
+    // Health follows each member's status a moment later: poll until the
+    // leader alone reports the entry SERVING.
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving;
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut leading = Vec::new();
+        for id in 1..=3 {
+            let status = common::health(&cluster.addr(id), "stockraft.v1.Leader").await;
+            if status.ok() == Some(serving) {
+                leading.push(id);
+            }
+        }
+        if leading == vec![leader] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "members reporting stockraft.v1.Leader SERVING: {leading:?}, leader {leader}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A dead address first, then the members: the CLI skips what does not
     // answer and calls the leader.
