@@ -107,12 +107,19 @@ fn a_restart_replays_the_log_to_the_same_state() {
     assert_eq!(restarted.inventory().digest(), digest);
 }
 
-#[test]
-fn snapshots_compact_the_log_and_restarts_load_them() {
-    let mut config = ReplicaConfig::new(1);
+/// A replica that snapshots every 10 entries whatever the log's size and
+/// keeps 2 entries behind each snapshot: compaction within a few entries.
+fn small_snapshots(id: u64) -> ReplicaConfig {
+    let mut config = ReplicaConfig::new(id);
     config.snapshot_entries = 10;
     config.snapshot_log_floor_bytes = 0;
     config.log_keep_entries = 2;
+    config
+}
+
+#[test]
+fn snapshots_compact_the_log_and_restarts_load_them() {
+    let config = small_snapshots(1);
     let mut replica = Replica::new(config.clone(), MemStore::new(&[1]), &logger()).unwrap();
     replica.campaign(&mut Output::default()).unwrap();
     let mut out = Output::default();
@@ -145,10 +152,7 @@ fn snapshots_compact_the_log_and_restarts_load_them() {
 /// a restart from it replays the rest.
 #[test]
 fn a_snapshot_handed_to_the_caller_is_recorded_when_handed_back() {
-    let mut config = ReplicaConfig::new(1);
-    config.snapshot_entries = 10;
-    config.snapshot_log_floor_bytes = 0;
-    config.log_keep_entries = 2;
+    let mut config = small_snapshots(1);
     config.snapshot_by_caller = true;
     let mut replica = Replica::new(config.clone(), MemStore::new(&[1]), &logger()).unwrap();
     replica.campaign(&mut Output::default()).unwrap();
@@ -482,15 +486,7 @@ fn a_joining_replica_learns_the_full_membership() {
 /// that could have led to a newer one.)
 #[test]
 fn a_member_added_behind_a_compacted_log_catches_up_from_a_new_snapshot() {
-    let configs = (1..=3)
-        .map(|id| {
-            let mut config = ReplicaConfig::new(id);
-            config.snapshot_entries = 10;
-            config.snapshot_log_floor_bytes = 0;
-            config.log_keep_entries = 2;
-            config
-        })
-        .collect();
+    let configs = (1..=3).map(small_snapshots).collect();
     let mut group = Group::with_configs(configs);
     group.elect_first();
     for next in 1..=12u64 {
@@ -531,10 +527,7 @@ fn a_member_added_behind_a_compacted_log_catches_up_from_a_new_snapshot() {
 fn a_snapshot_handed_back_after_an_install_from_the_leader_is_dropped() {
     let configs = (1..=3)
         .map(|id| {
-            let mut config = ReplicaConfig::new(id);
-            config.snapshot_entries = 10;
-            config.snapshot_log_floor_bytes = 0;
-            config.log_keep_entries = 2;
+            let mut config = small_snapshots(id);
             config.snapshot_by_caller = id == 3;
             config
         })
