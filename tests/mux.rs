@@ -380,3 +380,15 @@ where
         }
     }
 }
+
+/// A multiplexer given no member answers each call with a status, never
+/// a panic.
+#[tokio::test]
+async fn no_member_is_a_status_not_a_panic() {
+    let mux = Multiplexed::new(Vec::new(), MuxConfig::default());
+    let refused = mux
+        .reserve(reserve_request("o", "S", 1), DEADLINE)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}

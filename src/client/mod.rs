@@ -6,10 +6,13 @@
 //! Beneath everything that makes calls: the CLI and the load harness call
 //! the public API with it, the server reaches other members with it
 //! (forwarding writes to the leader, Raft traffic, joining, rebuilding),
-//! and tests call servers with it. `mux/`: one awaited call per operation
-//! for the application, carried over a few `Stream` calls.
+//! and tests call servers with it. `operation.rs`: one operation sent as
+//! its unary call or read off a stream, the same result either way.
+//! `mux/`: one awaited call per operation for the application, carried
+//! over a few `Stream` calls.
 
 pub mod mux;
+pub mod operation;
 
 use std::time::Duration;
 

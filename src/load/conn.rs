@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::client::mux::Multiplexed;
+use crate::client::operation::{self, answer};
 use crate::client::Authed;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
@@ -113,15 +114,6 @@ fn closed() -> Status {
     Status::unavailable("the stream to the server closed")
 }
 
-/// A stream response as the result of its call.
-pub fn answer(response: pb::StreamResponse) -> Result<R, Status> {
-    match response.result {
-        Some(R::Error(e)) => Err(Status::new(Code::from_i32(e.code), e.message)),
-        Some(result) => Ok(result),
-        None => Err(Status::internal("empty stream response")),
-    }
-}
-
 /// Sweeps a call must outlive to be sure it is `timeout` old: one more
 /// than the timeout's length in sweeps, as a call can be sent just before
 /// a sweep. Sweeps run late under load, never early, so a call fails at
@@ -185,16 +177,6 @@ macro_rules! call {
     };
 }
 
-/// Wraps a unary call's response as the matching stream answer.
-macro_rules! unary {
-    ($client:expr, $name:ident, $request:expr, $kind:ident) => {
-        $client
-            .$name($request)
-            .await
-            .map(|r| R::$kind(r.into_inner()))
-    };
-}
-
 impl Conn {
     /// Sends `op` and waits for its answer, whichever way this connection
     /// carries calls; a unary response comes back as the stream's answer
@@ -203,21 +185,7 @@ impl Conn {
         match self {
             Conn::Stream(stream) => stream.call(op).await,
             Conn::Mux(mux, timeout) => mux.call(op, *timeout).await,
-            Conn::Unary(client) => {
-                let mut client = client.clone();
-                match op {
-                    Op::Reserve(r) => unary!(client, reserve, r, Reserve),
-                    Op::Commit(r) => unary!(client, commit, r, Commit),
-                    Op::Release(r) => unary!(client, release, r, Release),
-                    Op::Extend(r) => unary!(client, extend, r, Extend),
-                    Op::Sell(r) => unary!(client, sell, r, Sell),
-                    Op::Adjust(r) => unary!(client, adjust, r, Adjust),
-                    Op::SetOnHand(r) => unary!(client, set_on_hand, r, SetOnHand),
-                    Op::SetSafetyStock(r) => unary!(client, set_safety_stock, r, SetSafetyStock),
-                    Op::GetAvailability(r) => unary!(client, get_availability, r, GetAvailability),
-                    Op::GetReservation(r) => unary!(client, get_reservation, r, GetReservation),
-                }
-            }
+            Conn::Unary(client) => operation::unary(&mut client.clone(), op, None).await,
         }
     }
 
@@ -276,7 +244,7 @@ mod tests {
         expire(&pending, timeout);
         let failed = answer.try_recv().expect("failed at its timeout");
         let status = failed.expect_err("a timeout is an error");
-        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
         assert!(pending.lock().expect("lock").waiters.is_empty());
     }
 }

@@ -32,17 +32,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 
-use crate::client::Authed;
+use crate::client::{operation, Authed};
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use ordering::Gates;
 use pb::stream_request::Op;
 use pb::stream_response::Result as R;
 use stream::{OpenStream, Reply};
-
-pub use stream::status_of;
 
 /// How many streams, and how much on each.
 #[derive(Debug, Clone, Copy)]
@@ -162,7 +160,7 @@ impl Multiplexed {
         }
         let first = self.target.load(Ordering::Relaxed);
         let opened = self.open_on(first).await;
-        if opened.is_ok() || self.members.len() == 1 {
+        if opened.is_ok() || self.members.len() <= 1 {
             return opened;
         }
         let next = (first + 1) % self.members.len();
@@ -171,7 +169,10 @@ impl Multiplexed {
     }
 
     async fn open_on(&self, member: usize) -> Result<OpenStream, Status> {
-        let client = InventoryClient::new(self.members[member].clone());
+        let Some(channel) = self.members.get(member) else {
+            return Err(no_members());
+        };
+        let client = InventoryClient::new(channel.clone());
         OpenStream::open(client, self.config.in_flight_per_stream).await
     }
 
@@ -194,69 +195,29 @@ impl Multiplexed {
         None
     }
 
-    /// The operation as its unary call (no `Stream` on the server).
+    /// The operation as its unary call (no `Stream` on the server); after
+    /// UNAVAILABLE the leader is found again for the next one.
     async fn unary(&self, op: Op, deadline: Duration) -> Reply {
-        let member = self.target.load(Ordering::Relaxed);
-        let mut client = InventoryClient::new(self.members[member].clone());
-        fn timed<T>(message: T, deadline: Duration) -> Request<T> {
-            let mut request = Request::new(message);
-            request.set_timeout(deadline);
-            request
-        }
-        let d = deadline;
-        let result = match op {
-            Op::Reserve(r) => client
-                .reserve(timed(r, d))
-                .await
-                .map(|a| R::Reserve(a.into_inner())),
-            Op::Commit(r) => client
-                .commit(timed(r, d))
-                .await
-                .map(|a| R::Commit(a.into_inner())),
-            Op::Release(r) => client
-                .release(timed(r, d))
-                .await
-                .map(|a| R::Release(a.into_inner())),
-            Op::Extend(r) => client
-                .extend(timed(r, d))
-                .await
-                .map(|a| R::Extend(a.into_inner())),
-            Op::Sell(r) => client
-                .sell(timed(r, d))
-                .await
-                .map(|a| R::Sell(a.into_inner())),
-            Op::Adjust(r) => client
-                .adjust(timed(r, d))
-                .await
-                .map(|a| R::Adjust(a.into_inner())),
-            Op::SetOnHand(r) => client
-                .set_on_hand(timed(r, d))
-                .await
-                .map(|a| R::SetOnHand(a.into_inner())),
-            Op::SetSafetyStock(r) => client
-                .set_safety_stock(timed(r, d))
-                .await
-                .map(|a| R::SetSafetyStock(a.into_inner())),
-            Op::GetAvailability(r) => client
-                .get_availability(timed(r, d))
-                .await
-                .map(|a| R::GetAvailability(a.into_inner())),
-            Op::GetReservation(r) => client
-                .get_reservation(timed(r, d))
-                .await
-                .map(|a| R::GetReservation(a.into_inner())),
+        let Some(member) = self.members.get(self.target.load(Ordering::Relaxed)) else {
+            return Err(no_members());
         };
-        if result
+        let mut client = InventoryClient::new(member.clone());
+        let result = operation::unary(&mut client, op, Some(deadline)).await;
+        let unavailable = result
             .as_ref()
-            .is_err_and(|s| s.code() == Code::Unavailable)
-            && self.members.len() > 1
-        {
+            .is_err_and(|s| s.code() == Code::Unavailable);
+        if unavailable && self.members.len() > 1 {
             if let Some(leader) = self.find_leader().await {
                 self.target.store(leader, Ordering::Relaxed);
             }
         }
         result
     }
+}
+
+/// A multiplexer given no member to call.
+fn no_members() -> Status {
+    Status::failed_precondition("the multiplexer was given no member to call")
 }
 
 /// The reservation an operation acts on, whose operations keep their order.
@@ -276,116 +237,52 @@ fn mismatch(result: R) -> Status {
     Status::internal(format!("an answer of another call: {result:?}"))
 }
 
-/// The typed methods: one awaited call per operation, as the generated
-/// client has them.
+/// A typed method: one awaited call per operation, as the generated
+/// client has it.
+macro_rules! typed {
+    ($name:ident, $request:ty, $response:ty, $kind:ident) => {
+        pub async fn $name(
+            &self,
+            request: $request,
+            deadline: Duration,
+        ) -> Result<$response, Status> {
+            match self.call(Op::$kind(request), deadline).await? {
+                R::$kind(answer) => Ok(answer),
+                other => Err(mismatch(other)),
+            }
+        }
+    };
+}
+
 impl Multiplexed {
-    pub async fn reserve(
-        &self,
-        r: pb::ReserveRequest,
-        deadline: Duration,
-    ) -> Result<pb::ReserveResponse, Status> {
-        match self.call(Op::Reserve(r), deadline).await? {
-            R::Reserve(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn commit(
-        &self,
-        r: pb::CommitRequest,
-        deadline: Duration,
-    ) -> Result<pb::CommitResponse, Status> {
-        match self.call(Op::Commit(r), deadline).await? {
-            R::Commit(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn release(
-        &self,
-        r: pb::ReleaseRequest,
-        deadline: Duration,
-    ) -> Result<pb::ReleaseResponse, Status> {
-        match self.call(Op::Release(r), deadline).await? {
-            R::Release(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn extend(
-        &self,
-        r: pb::ExtendRequest,
-        deadline: Duration,
-    ) -> Result<pb::ExtendResponse, Status> {
-        match self.call(Op::Extend(r), deadline).await? {
-            R::Extend(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn get_reservation(
-        &self,
-        r: pb::GetReservationRequest,
-        deadline: Duration,
-    ) -> Result<pb::GetReservationResponse, Status> {
-        match self.call(Op::GetReservation(r), deadline).await? {
-            R::GetReservation(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn sell(
-        &self,
-        r: pb::SellRequest,
-        deadline: Duration,
-    ) -> Result<pb::SellResponse, Status> {
-        match self.call(Op::Sell(r), deadline).await? {
-            R::Sell(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn adjust(
-        &self,
-        r: pb::AdjustRequest,
-        deadline: Duration,
-    ) -> Result<pb::AdjustResponse, Status> {
-        match self.call(Op::Adjust(r), deadline).await? {
-            R::Adjust(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn set_on_hand(
-        &self,
-        r: pb::SetOnHandRequest,
-        deadline: Duration,
-    ) -> Result<pb::SetOnHandResponse, Status> {
-        match self.call(Op::SetOnHand(r), deadline).await? {
-            R::SetOnHand(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn set_safety_stock(
-        &self,
-        r: pb::SetSafetyStockRequest,
-        deadline: Duration,
-    ) -> Result<pb::SetSafetyStockResponse, Status> {
-        match self.call(Op::SetSafetyStock(r), deadline).await? {
-            R::SetSafetyStock(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
-
-    pub async fn get_availability(
-        &self,
-        r: pb::GetAvailabilityRequest,
-        deadline: Duration,
-    ) -> Result<pb::GetAvailabilityResponse, Status> {
-        match self.call(Op::GetAvailability(r), deadline).await? {
-            R::GetAvailability(a) => Ok(a),
-            other => Err(mismatch(other)),
-        }
-    }
+    typed!(reserve, pb::ReserveRequest, pb::ReserveResponse, Reserve);
+    typed!(commit, pb::CommitRequest, pb::CommitResponse, Commit);
+    typed!(release, pb::ReleaseRequest, pb::ReleaseResponse, Release);
+    typed!(extend, pb::ExtendRequest, pb::ExtendResponse, Extend);
+    typed!(
+        get_reservation,
+        pb::GetReservationRequest,
+        pb::GetReservationResponse,
+        GetReservation
+    );
+    typed!(sell, pb::SellRequest, pb::SellResponse, Sell);
+    typed!(adjust, pb::AdjustRequest, pb::AdjustResponse, Adjust);
+    typed!(
+        set_on_hand,
+        pb::SetOnHandRequest,
+        pb::SetOnHandResponse,
+        SetOnHand
+    );
+    typed!(
+        set_safety_stock,
+        pb::SetSafetyStockRequest,
+        pb::SetSafetyStockResponse,
+        SetSafetyStock
+    );
+    typed!(
+        get_availability,
+        pb::GetAvailabilityRequest,
+        pb::GetAvailabilityResponse,
+        GetAvailability
+    );
 }

@@ -16,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use super::ordering::Turn;
-use crate::client::Authed;
+use crate::client::{operation, Authed};
 use crate::proto::v1 as pb;
 use crate::proto::v1::inventory_client::InventoryClient;
 use pb::stream_request::Op;
@@ -138,31 +138,11 @@ async fn run(
 
 /// Hands an answer to its caller; a caller that gave up has dropped its
 /// receiver, and the answer is dropped with it.
-fn deliver(in_flight: &mut HashMap<u64, InFlight>, answer: pb::StreamResponse) {
-    let Some(op) = in_flight.remove(&answer.id) else {
+fn deliver(in_flight: &mut HashMap<u64, InFlight>, response: pb::StreamResponse) {
+    let Some(op) = in_flight.remove(&response.id) else {
         return;
     };
-    let reply = match answer.result {
-        Some(R::Error(e)) => Err(status_of(e)),
-        Some(result) => Ok(result),
-        None => Err(Status::internal("an answer with no result")),
-    };
-    let _ = op.reply.send(reply);
-}
-
-/// A stream error as the Status the unary call would have returned, its
-/// google.rpc details included.
-pub fn status_of(e: pb::StreamError) -> Status {
-    let details = tonic_types::pb::Status {
-        code: e.code,
-        message: e.message.clone(),
-        details: e.details,
-    };
-    Status::with_details(
-        Code::from_i32(e.code),
-        e.message,
-        prost::Message::encode_to_vec(&details).into(),
-    )
+    let _ = op.reply.send(operation::answer(response));
 }
 
 /// An operation whose stream ended before its answer: applied or not, it

@@ -11,8 +11,9 @@ use tonic::Status;
 
 use super::{Run, Worker};
 use crate::chunked::{chunked, ready_now, ChunkSender};
+use crate::client::operation::answer;
 use crate::client::Authed;
-use crate::load::conn::{answer, sweeps_to_expire, Conn, SWEEP_INTERVAL};
+use crate::load::conn::{sweeps_to_expire, Conn, SWEEP_INTERVAL};
 use crate::load::flow::{is_unavailable, Answer, Client, Flow};
 use crate::load::leader::LeaderRoute;
 use crate::load::stats::Stats;
