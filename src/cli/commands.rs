@@ -149,15 +149,7 @@ pub(super) async fn sell(client: &ClientArgs, line: &str, txn: Option<String>) -
         .await
         .map_err(|s| retry_with(s, &txn_id))?
         .into_inner();
-    let target = format!("{}@{}", c.sku, c.node);
-    Ok(render::counter_change(
-        &r,
-        Some(&txn_id),
-        &target,
-        r.outcome,
-        &r.level,
-        r.short,
-    ))
+    Ok(render::counter_change(&r, Some(&txn_id), &c.sku, &c.node))
 }
 
 pub(super) async fn adjust(
@@ -180,15 +172,7 @@ pub(super) async fn adjust(
         .await
         .map_err(|s| retry_with(s, &txn_id))?
         .into_inner();
-    let target = format!("{}@{}", c.sku, c.node);
-    Ok(render::counter_change(
-        &r,
-        Some(&txn_id),
-        &target,
-        r.outcome,
-        &r.level,
-        r.short,
-    ))
+    Ok(render::counter_change(&r, Some(&txn_id), &c.sku, &c.node))
 }
 
 /// `set`: on_hand to a count, compare-and-set when `expected` is given.
@@ -212,15 +196,7 @@ pub(super) async fn set_on_hand(
         .await
         .map_err(|s| retry_with(s, &txn_id))?
         .into_inner();
-    let target = format!("{}@{}", c.sku, c.node);
-    Ok(render::counter_change(
-        &r,
-        Some(&txn_id),
-        &target,
-        r.outcome,
-        &r.level,
-        r.short,
-    ))
+    Ok(render::counter_change(&r, Some(&txn_id), &c.sku, &c.node))
 }
 
 /// `safety`. Setting the same value again is harmless, so it takes no txn id.
@@ -236,10 +212,7 @@ pub(super) async fn safety(client: &ClientArgs, line: &str) -> Result<Answer> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let target = format!("{}@{}", c.sku, c.node);
-    Ok(render::counter_change(
-        &r, None, &target, r.outcome, &r.level, r.short,
-    ))
+    Ok(render::counter_change(&r, None, &c.sku, &c.node))
 }
 
 pub(super) async fn avail(
@@ -284,12 +257,11 @@ fn consistency(local: bool) -> i32 {
     }
 }
 
-/// A failed change, with the way to retry it safely when retrying can help.
+/// A failed change, with the way to retry it safely when its outcome is
+/// unknown (a timeout, no leader, an unknown error); a refusal is not.
 fn retry_with(status: tonic::Status, txn_id: &str) -> anyhow::Error {
-    let retryable = matches!(
-        Exit::of_code(status.code()),
-        Exit::Unavailable | Exit::Other
-    );
+    let retryable =
+        Exit::of_code(status.code()) == Exit::Unavailable || status.code() == tonic::Code::Unknown;
     let error = status_error(status);
     if !retryable {
         return error;

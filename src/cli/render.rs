@@ -121,24 +121,52 @@ pub(super) fn reservation(id: &str, r: &pb::GetReservationResponse) -> Answer {
     Answer::of(r, lines)
 }
 
-/// `sell`, `adjust`, `set` and `safety`: a counter's level after the
-/// change, and the txn id that makes retrying it safe.
-pub(super) fn counter_change<M: prost::Message + prost::Name>(
-    response: &M,
+/// The answer of a stock change: its outcome and the counter's level.
+pub(super) trait StockChange: prost::Message + prost::Name {
+    fn outcome(&self) -> i32;
+    fn level(&self) -> &Option<pb::StockLevel>;
+    fn short(&self) -> bool;
+}
+
+macro_rules! stock_change {
+    ($($response:ty),*) => {$(
+        impl StockChange for $response {
+            fn outcome(&self) -> i32 {
+                self.outcome
+            }
+            fn level(&self) -> &Option<pb::StockLevel> {
+                &self.level
+            }
+            fn short(&self) -> bool {
+                self.short
+            }
+        }
+    )*};
+}
+
+stock_change!(
+    pb::SellResponse,
+    pb::AdjustResponse,
+    pb::SetOnHandResponse,
+    pb::SetSafetyStockResponse
+);
+
+/// `sell`, `adjust`, `set` and `safety`: the level of `sku`@`node` after
+/// the change, and the txn id that makes retrying it safe.
+pub(super) fn counter_change(
+    response: &impl StockChange,
     txn_id: Option<&str>,
-    target: &str,
-    outcome: i32,
-    level: &Option<pb::StockLevel>,
-    short: bool,
+    sku: &str,
+    node: &str,
 ) -> Answer {
     let txn = match txn_id {
         Some(id) => format!("  (txn {id})"),
         None => String::new(),
     };
     let line = format!(
-        "{target}: {} {}{txn}",
-        outcome_name(outcome),
-        level_text(level, short)
+        "{sku}@{node}: {} {}{txn}",
+        outcome_name(response.outcome()),
+        level_text(response.level(), response.short())
     );
     Answer::of(response, vec![line])
 }
