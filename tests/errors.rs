@@ -126,7 +126,7 @@ async fn streamed(c: &mut InventoryClient<Channel>, ops: Vec<Option<Op>>) -> Vec
     let mut by_id: Vec<Option<Status>> = vec![None; count];
     while let Some(answer) = answers.message().await.expect("stream answers") {
         let status = match answer.result {
-            Some(R::Error(e)) => stockraft::client::mux::status_of(e),
+            Some(R::Error(e)) => stockraft::client::operation::status_of(e),
             other => panic!("operation {} was not refused: {other:?}", answer.id),
         };
         by_id[answer.id as usize] = Some(status);
@@ -198,6 +198,38 @@ fn invalid_cases() -> Vec<(Op, Expect)> {
                 "VALUE_OUT_OF_RANGE",
                 "lines[1].qty",
                 &[("value", "0"), ("min", "1"), ("max", "1000000000")],
+            ),
+        ),
+        (
+            reserve_op("o", vec![line("S", "N", -1)], 0),
+            invalid(
+                "negative qty",
+                "VALUE_OUT_OF_RANGE",
+                "lines[0].qty",
+                &[("value", "-1")],
+            ),
+        ),
+        (
+            reserve_op("o", vec![line("S", "N", 2_000_000_000)], 0),
+            invalid(
+                "qty over its limit",
+                "VALUE_OUT_OF_RANGE",
+                "lines[0].qty",
+                &[("value", "2000000000")],
+            ),
+        ),
+        (
+            Op::Sell(pb::SellRequest {
+                txn_id: "s".into(),
+                sku: "S".into(),
+                node: "N".into(),
+                qty: 0,
+            }),
+            invalid(
+                "sale of nothing",
+                "VALUE_OUT_OF_RANGE",
+                "qty",
+                &[("value", "0")],
             ),
         ),
         (
@@ -361,6 +393,19 @@ fn state_cases() -> Vec<(Op, Expect)> {
                 reason: "RESERVATION_NOT_ACTIVE",
                 field: None,
                 facts: &[("reservation_id", "com"), ("state", "COMMITTED")],
+            },
+        ),
+        (
+            Op::Extend(pb::ExtendRequest {
+                reservation_id: "com".into(),
+                ttl_ms: 1_000,
+            }),
+            Expect {
+                what: "extend after commit",
+                code: Code::FailedPrecondition,
+                reason: "RESERVATION_NOT_ACTIVE",
+                field: None,
+                facts: &[("state", "COMMITTED")],
             },
         ),
         (
